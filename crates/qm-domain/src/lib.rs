@@ -1,0 +1,20 @@
+//! Domain types of Quartermaster: identifiers, roles, money and the instance lifecycle.
+//!
+//! This crate does no IO. Values are parsed at the edge (`parse`/`TryFrom`) so that the rest of
+//! the code only ever holds valid ones ("parse, don't validate").
+//!
+//! Layout:
+//! - [`ids`]: UUID newtypes (`OrganizationId`, `UserId`, `InstanceId`, ...).
+//! - [`identity`]: roles, usernames and email addresses.
+//! - [`money`]: integer micro-unit amounts and ISO currency codes.
+//! - [`lifecycle`]: instance states and the pure transition function.
+
+pub mod identity;
+pub mod ids;
+pub mod lifecycle;
+pub mod money;
+
+pub use identity::{Email, Role, Username};
+pub use ids::{ActionLogId, ApiKeyId, EventId, InstanceId, OrganizationId, UserId};
+pub use lifecycle::{InstanceState, TransitionError};
+pub use money::{Currency, MicroUnits};

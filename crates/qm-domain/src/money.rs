@@ -1,0 +1,181 @@
+//! Money as integer micro-units (1 unit = 1,000,000 micro-units) with an ISO 4217 currency.
+//! Never floats: sums of many small prorated amounts must add up exactly.
+
+use std::fmt;
+use std::ops::{Add, AddAssign, Sub};
+
+use serde::{Deserialize, Serialize};
+
+/// An amount in millionths of a currency unit. Signed so that corrections can be expressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MicroUnits(i64);
+
+pub const MICRO_UNITS_PER_UNIT: i64 = 1_000_000;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MoneyError {
+    #[error("amount must not be negative")]
+    Negative,
+    #[error("amount is not a decimal number with at most 6 fractional digits")]
+    Malformed,
+    #[error("amount is too large")]
+    Overflow,
+    #[error("a currency is three uppercase letters (ISO 4217), e.g. EUR")]
+    InvalidCurrency,
+}
+
+impl MicroUnits {
+    pub const ZERO: MicroUnits = MicroUnits(0);
+
+    pub const fn new(micro_units: i64) -> Self {
+        Self(micro_units)
+    }
+
+    pub const fn get(&self) -> i64 {
+        self.0
+    }
+
+    /// A price that cannot be negative, e.g. an hourly list price.
+    ///
+    /// # Errors
+    /// [`MoneyError::Negative`] for amounts below zero.
+    pub fn non_negative(micro_units: i64) -> Result<Self, MoneyError> {
+        if micro_units < 0 {
+            Err(MoneyError::Negative)
+        } else {
+            Ok(Self(micro_units))
+        }
+    }
+
+    /// Parses a decimal such as `"0.75"` or `"25.3341"` exactly, without going through floats.
+    ///
+    /// # Errors
+    /// [`MoneyError::Malformed`] for anything but digits with an optional point and up to six
+    /// fractional digits; [`MoneyError::Negative`] for a leading minus; [`MoneyError::Overflow`].
+    pub fn parse_decimal(text: &str) -> Result<Self, MoneyError> {
+        let text = text.trim();
+        if text.starts_with('-') {
+            return Err(MoneyError::Negative);
+        }
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        let all_digits = |part: &str| part.chars().all(|character| character.is_ascii_digit());
+        if whole.is_empty() || !all_digits(whole) || !all_digits(fraction) || fraction.len() > 6 {
+            return Err(MoneyError::Malformed);
+        }
+        let whole: i64 = whole.parse().map_err(|_| MoneyError::Overflow)?;
+        let fraction_value: i64 = format!("{fraction:0<6}").parse().map_err(|_| MoneyError::Malformed)?;
+        whole
+            .checked_mul(MICRO_UNITS_PER_UNIT)
+            .and_then(|micro| micro.checked_add(fraction_value))
+            .map(Self)
+            .ok_or(MoneyError::Overflow)
+    }
+}
+
+impl Add for MicroUnits {
+    type Output = MicroUnits;
+
+    fn add(self, other: MicroUnits) -> MicroUnits {
+        MicroUnits(self.0.saturating_add(other.0))
+    }
+}
+
+impl AddAssign for MicroUnits {
+    fn add_assign(&mut self, other: MicroUnits) {
+        self.0 = self.0.saturating_add(other.0);
+    }
+}
+
+impl Sub for MicroUnits {
+    type Output = MicroUnits;
+
+    fn sub(self, other: MicroUnits) -> MicroUnits {
+        MicroUnits(self.0.saturating_sub(other.0))
+    }
+}
+
+impl fmt::Display for MicroUnits {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let magnitude = self.0.unsigned_abs();
+        let unit = MICRO_UNITS_PER_UNIT.unsigned_abs();
+        write!(formatter, "{sign}{}.{:06}", magnitude / unit, magnitude % unit)
+    }
+}
+
+/// An ISO 4217 currency code such as `EUR` or `USD`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Currency([u8; 3]);
+
+impl Currency {
+    pub const EUR: Currency = Currency(*b"EUR");
+    pub const USD: Currency = Currency(*b"USD");
+
+    /// # Errors
+    /// [`MoneyError::InvalidCurrency`] unless the text is exactly three ASCII uppercase letters.
+    pub fn parse(text: &str) -> Result<Self, MoneyError> {
+        let bytes: [u8; 3] = text.as_bytes().try_into().map_err(|_| MoneyError::InvalidCurrency)?;
+        if bytes.iter().all(u8::is_ascii_uppercase) {
+            Ok(Self(bytes))
+        } else {
+            Err(MoneyError::InvalidCurrency)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // The constructor admits only ASCII uppercase letters, so this cannot fail.
+        std::str::from_utf8(&self.0).unwrap_or("XXX")
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Currency::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decimal_price_is_parsed_exactly() {
+        assert_eq!(MicroUnits::parse_decimal("0.75"), Ok(MicroUnits::new(750_000)));
+        assert_eq!(MicroUnits::parse_decimal("25.334133"), Ok(MicroUnits::new(25_334_133)));
+        assert_eq!(MicroUnits::parse_decimal("3"), Ok(MicroUnits::new(3_000_000)));
+    }
+
+    #[test]
+    fn a_negative_price_is_rejected() {
+        assert_eq!(MicroUnits::parse_decimal("-1.0"), Err(MoneyError::Negative));
+        assert_eq!(MicroUnits::non_negative(-1), Err(MoneyError::Negative));
+    }
+
+    #[test]
+    fn more_than_six_fractional_digits_is_malformed() {
+        assert_eq!(MicroUnits::parse_decimal("0.1234567"), Err(MoneyError::Malformed));
+        assert_eq!(MicroUnits::parse_decimal("1e3"), Err(MoneyError::Malformed));
+        assert_eq!(MicroUnits::parse_decimal(""), Err(MoneyError::Malformed));
+    }
+
+    #[test]
+    fn amounts_print_with_six_decimals() {
+        assert_eq!(MicroUnits::new(750_000).to_string(), "0.750000");
+        assert_eq!(MicroUnits::new(-1_500_000).to_string(), "-1.500000");
+    }
+
+    #[test]
+    fn a_currency_is_three_uppercase_letters() {
+        assert_eq!(Currency::parse("EUR"), Ok(Currency::EUR));
+        assert!(Currency::parse("eur").is_err());
+        assert!(Currency::parse("EURO").is_err());
+    }
+}

@@ -1,1 +1,122 @@
-//! qm-store
+//! Persistence: one [`Store`] trait with an SQLite (embedded default) and a PostgreSQL
+//! implementation that behave the same, proven by one [`conformance`] suite.
+//!
+//! Reads are methods on [`Store`]; every write happens in a [`StoreTx`], so that a state change
+//! and the bus messages it causes (the outbox) commit together or not at all.
+//!
+//! Layout:
+//! - [`model`]: the records the store reads and writes.
+//! - [`error`]: [`StoreError`], with unique violations mapped to [`StoreError::Conflict`].
+//! - `sql`: the SQL, written once as a macro that expands for each backend.
+//! - [`sqlite`], [`postgres`]: connection set-up and migrations per backend.
+//! - [`conformance`]: the suite every backend runs.
+
+pub mod conformance;
+pub mod error;
+pub mod model;
+pub mod postgres;
+mod sql;
+pub mod sqlite;
+pub mod testing;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use qm_domain::{EventId, OrganizationId, UserId};
+use qm_events::Envelope;
+
+pub use error::StoreError;
+pub use model::{
+    ActionLog, ActionStatus, NewActionLog, NewOrganization, NewUser, Organization, OutboxMessage, User,
+};
+
+/// Which database a store runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Reads, and the door to writes ([`Store::begin`]).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Checks that the database answers, for readiness probes.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Starts a transaction; every write goes through one.
+    async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError>;
+
+    async fn organization(&self, id: OrganizationId) -> Result<Option<Organization>, StoreError>;
+    async fn organization_by_slug(&self, slug: &str) -> Result<Option<Organization>, StoreError>;
+
+    async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
+    /// Finds a user by username or by email (emails compare case-insensitively).
+    async fn user_by_login(&self, login: &str) -> Result<Option<User>, StoreError>;
+
+    /// Newest first; `organization = None` lists platform-wide entries and every organization's.
+    async fn action_logs(&self, organization: Option<OrganizationId>, limit: u32) -> Result<Vec<ActionLog>, StoreError>;
+
+    /// Claims up to `limit` unpublished outbox messages, oldest first, for `lease`: other relays
+    /// skip them until the lease ends, so a relay that dies mid-batch delays but loses nothing.
+    async fn claim_outbox(&self, limit: u32, lease: Duration) -> Result<Vec<OutboxMessage>, StoreError>;
+    async fn mark_outbox_published(&self, ids: &[EventId]) -> Result<(), StoreError>;
+    /// Gives a claimed message back after a failed publish, recording why.
+    async fn release_outbox(&self, id: EventId, error: &str) -> Result<(), StoreError>;
+    /// Unpublished messages waiting in the outbox.
+    async fn outbox_backlog(&self) -> Result<u64, StoreError>;
+    /// Deletes published messages older than `age`; returns how many.
+    async fn purge_published_outbox(&self, age: Duration) -> Result<u64, StoreError>;
+}
+
+/// One transaction. Dropping it without [`commit`](StoreTx::commit) rolls everything back.
+#[async_trait]
+pub trait StoreTx: Send {
+    async fn insert_organization(&mut self, organization: &NewOrganization) -> Result<Organization, StoreError>;
+    async fn insert_user(&mut self, user: &NewUser) -> Result<User, StoreError>;
+    async fn insert_action_log(&mut self, entry: &NewActionLog) -> Result<ActionLog, StoreError>;
+    /// Puts a message in the outbox; it is published after (and only if) the transaction commits.
+    async fn enqueue(&mut self, envelope: &Envelope) -> Result<(), StoreError>;
+    /// Records that `consumer` handled `event`. Returns `false` when it already had: the caller
+    /// then skips its effects, which makes at-least-once delivery effectively-once.
+    async fn mark_processed(&mut self, consumer: &str, event: EventId) -> Result<bool, StoreError>;
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// Opens the store named by `url` (`sqlite://path` or `postgres://…`) and applies pending
+/// migrations.
+///
+/// # Errors
+/// [`StoreError::InvalidUrl`] for another scheme; [`StoreError::Unavailable`] when the database
+/// cannot be reached; [`StoreError::Migration`] when the schema cannot be brought up to date.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    let scheme = url.split_once(':').map(|(scheme, _)| scheme).unwrap_or_default();
+    match scheme {
+        "sqlite" => Ok(Arc::new(sqlite::SqliteStore::connect(url).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(postgres::PostgresStore::connect(url).await?)),
+        _ => Err(StoreError::InvalidUrl(
+            "expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE".into(),
+        )),
+    }
+}
+
+/// The current time at the precision both databases keep (microseconds), so that what is
+/// written compares equal to what is read back.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparsable url>".to_owned(),
+    }
+}

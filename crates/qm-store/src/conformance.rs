@@ -1,0 +1,270 @@
+//! The conformance suite every [`Store`] backend must pass.
+//!
+//! [`store_conformance_suite!`](crate::store_conformance_suite) expands to one `#[tokio::test]`
+//! per case for a fixture (`async fn() -> impl TestStore`) that gives a fresh, empty, migrated
+//! database and removes it afterwards, even when the case fails. A fixture whose server is
+//! unreachable must panic naming it: the suite never skips.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use qm_domain::{InstanceId, OrganizationId, Role, UserId};
+use qm_events::{Envelope, MessageType};
+use serde_json::json;
+
+use crate::{ActionStatus, NewActionLog, NewOrganization, NewUser, Organization, Store, StoreError};
+
+#[async_trait]
+pub trait TestStore: Send + Sync {
+    fn store(&self) -> Arc<dyn Store>;
+    async fn cleanup(&self);
+}
+
+async fn create_organization(store: &dyn Store, slug: &str) -> Organization {
+    let mut tx = store.begin().await.expect("begin");
+    let organization = tx
+        .insert_organization(&NewOrganization { id: OrganizationId::new(), name: format!("Org {slug}"), slug: slug.into() })
+        .await
+        .expect("insert organization");
+    tx.commit().await.expect("commit");
+    organization
+}
+
+fn new_user(organization: OrganizationId, username: &str) -> NewUser {
+    NewUser {
+        id: UserId::new(),
+        organization_id: organization,
+        username: username.into(),
+        email: format!("{username}@Example.org"),
+        first_name: "Ada".into(),
+        last_name: "Lovelace".into(),
+        role: Role::Operator,
+        password_hash: "$argon2id$placeholder".into(),
+        is_platform_admin: false,
+    }
+}
+
+fn command(sequence: u32) -> Envelope {
+    Envelope::new(MessageType::InstanceProvision, "conformance", None, json!({ "sequence": sequence }))
+}
+
+pub async fn an_organization_round_trips(store: Arc<dyn Store>) {
+    let created = create_organization(&*store, "acme").await;
+    assert_eq!(store.organization(created.id).await.expect("read"), Some(created.clone()));
+    assert_eq!(store.organization_by_slug("acme").await.expect("read"), Some(created));
+    assert_eq!(store.organization_by_slug("nobody").await.expect("read"), None);
+}
+
+pub async fn a_duplicate_slug_is_a_conflict_naming_the_field(store: Arc<dyn Store>) {
+    create_organization(&*store, "acme").await;
+    let mut tx = store.begin().await.expect("begin");
+    let duplicate = tx
+        .insert_organization(&NewOrganization { id: OrganizationId::new(), name: "Other".into(), slug: "acme".into() })
+        .await;
+    assert!(matches!(&duplicate, Err(StoreError::Conflict { field }) if field == "slug"), "{duplicate:?}");
+}
+
+pub async fn a_user_is_found_by_username_or_email(store: Arc<dyn Store>) {
+    let organization = create_organization(&*store, "acme").await;
+    let mut tx = store.begin().await.expect("begin");
+    let created = tx.insert_user(&new_user(organization.id, "ada")).await.expect("insert user");
+    tx.commit().await.expect("commit");
+
+    assert_eq!(created.email, "ada@example.org", "emails are stored lowercased");
+    assert_eq!(store.user(created.id).await.expect("read"), Some(created.clone()));
+    assert_eq!(store.user_by_login("ada").await.expect("read"), Some(created.clone()));
+    assert_eq!(store.user_by_login("ADA@example.ORG").await.expect("read"), Some(created));
+    assert_eq!(store.user_by_login("grace").await.expect("read"), None);
+}
+
+pub async fn duplicate_usernames_and_emails_are_conflicts(store: Arc<dyn Store>) {
+    let organization = create_organization(&*store, "acme").await;
+    let mut tx = store.begin().await.expect("begin");
+    tx.insert_user(&new_user(organization.id, "ada")).await.expect("insert user");
+    tx.commit().await.expect("commit");
+
+    let mut tx = store.begin().await.expect("begin");
+    let same_name = tx.insert_user(&NewUser { email: "other@example.org".into(), ..new_user(organization.id, "ada") }).await;
+    assert!(matches!(&same_name, Err(StoreError::Conflict { field }) if field == "username"), "{same_name:?}");
+    drop(tx);
+
+    let mut tx = store.begin().await.expect("begin");
+    let same_email = tx.insert_user(&NewUser { email: "ADA@example.org".into(), ..new_user(organization.id, "ada2") }).await;
+    assert!(matches!(&same_email, Err(StoreError::Conflict { field }) if field == "email"), "{same_email:?}");
+}
+
+pub async fn a_user_of_a_missing_organization_is_refused(store: Arc<dyn Store>) {
+    let mut tx = store.begin().await.expect("begin");
+    let orphan = tx.insert_user(&new_user(OrganizationId::new(), "ghost")).await;
+    assert!(matches!(orphan, Err(StoreError::MissingReference)), "{orphan:?}");
+}
+
+pub async fn a_dropped_transaction_leaves_nothing_behind(store: Arc<dyn Store>) {
+    let mut tx = store.begin().await.expect("begin");
+    let organization = tx
+        .insert_organization(&NewOrganization { id: OrganizationId::new(), name: "Gone".into(), slug: "gone".into() })
+        .await
+        .expect("insert");
+    tx.enqueue(&command(1)).await.expect("enqueue");
+    drop(tx);
+
+    assert_eq!(store.organization(organization.id).await.expect("read"), None);
+    assert_eq!(store.outbox_backlog().await.expect("backlog"), 0, "the message went with the state change");
+}
+
+pub async fn outbox_messages_commit_with_their_state_change_and_are_claimed_in_order(store: Arc<dyn Store>) {
+    let sent: Vec<Envelope> = (1..=3).map(command).collect();
+    let mut tx = store.begin().await.expect("begin");
+    tx.insert_organization(&NewOrganization { id: OrganizationId::new(), name: "Acme".into(), slug: "acme".into() })
+        .await
+        .expect("insert");
+    for envelope in &sent {
+        tx.enqueue(envelope).await.expect("enqueue");
+    }
+    tx.commit().await.expect("commit");
+    assert_eq!(store.outbox_backlog().await.expect("backlog"), 3);
+
+    let claimed = store.claim_outbox(10, Duration::from_secs(60)).await.expect("claim");
+    let claimed_envelopes: Vec<Envelope> = claimed.iter().map(|message| message.envelope.clone()).collect();
+    assert_eq!(claimed_envelopes, sent, "oldest first, byte-for-byte the envelopes that were enqueued");
+    assert!(claimed.iter().all(|message| message.attempts == 1));
+    assert!(
+        store.claim_outbox(10, Duration::from_secs(60)).await.expect("claim").is_empty(),
+        "claimed messages are leased"
+    );
+
+    store.mark_outbox_published(&[sent[0].id]).await.expect("mark");
+    assert_eq!(store.outbox_backlog().await.expect("backlog"), 2);
+}
+
+pub async fn an_expired_claim_is_claimed_again(store: Arc<dyn Store>) {
+    let mut tx = store.begin().await.expect("begin");
+    tx.enqueue(&command(1)).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+
+    let first = store.claim_outbox(10, Duration::from_millis(100)).await.expect("claim");
+    assert_eq!(first.len(), 1);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let second = store.claim_outbox(10, Duration::from_secs(60)).await.expect("claim");
+    assert_eq!(second.len(), 1, "a relay that died mid-batch loses nothing");
+    assert_eq!(second[0].attempts, 2);
+}
+
+pub async fn a_released_message_is_claimable_at_once(store: Arc<dyn Store>) {
+    let mut tx = store.begin().await.expect("begin");
+    let envelope = command(1);
+    tx.enqueue(&envelope).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+
+    store.claim_outbox(10, Duration::from_secs(60)).await.expect("claim");
+    store.release_outbox(envelope.id, "bus unavailable").await.expect("release");
+    let again = store.claim_outbox(10, Duration::from_secs(60)).await.expect("claim");
+    assert_eq!(again.iter().map(|message| message.id).collect::<Vec<_>>(), vec![envelope.id]);
+}
+
+pub async fn published_messages_are_purged_after_their_retention(store: Arc<dyn Store>) {
+    let mut tx = store.begin().await.expect("begin");
+    let (published, waiting) = (command(1), command(2));
+    tx.enqueue(&published).await.expect("enqueue");
+    tx.enqueue(&waiting).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    store.mark_outbox_published(&[published.id]).await.expect("mark");
+
+    assert_eq!(store.purge_published_outbox(Duration::from_secs(3600)).await.expect("purge"), 0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.purge_published_outbox(Duration::from_millis(1)).await.expect("purge"), 1);
+    assert_eq!(store.outbox_backlog().await.expect("backlog"), 1, "unpublished messages are never purged");
+}
+
+pub async fn an_event_is_processed_once_per_consumer(store: Arc<dyn Store>) {
+    let event = command(1).id;
+    let mut tx = store.begin().await.expect("begin");
+    assert!(tx.mark_processed("finops", event).await.expect("mark"));
+    assert!(!tx.mark_processed("finops", event).await.expect("mark"), "the same consumer again");
+    assert!(tx.mark_processed("orchestrator", event).await.expect("mark"), "another consumer");
+    tx.commit().await.expect("commit");
+
+    let mut tx = store.begin().await.expect("begin");
+    assert!(!tx.mark_processed("finops", event).await.expect("mark"), "remembered after commit");
+}
+
+pub async fn a_rolled_back_processing_is_not_remembered(store: Arc<dyn Store>) {
+    let event = command(1).id;
+    let mut tx = store.begin().await.expect("begin");
+    assert!(tx.mark_processed("finops", event).await.expect("mark"));
+    drop(tx);
+    let mut tx = store.begin().await.expect("begin");
+    assert!(tx.mark_processed("finops", event).await.expect("mark"), "a failed handler may run again");
+}
+
+pub async fn action_logs_are_listed_newest_first_per_organization(store: Arc<dyn Store>) {
+    let acme = create_organization(&*store, "acme").await;
+    let other = create_organization(&*store, "other").await;
+    let instance = InstanceId::new();
+    let mut tx = store.begin().await.expect("begin");
+    for (organization, action) in [(acme.id, "first"), (other.id, "elsewhere"), (acme.id, "second")] {
+        let mut entry = NewActionLog::new("orchestrator", action, ActionStatus::Succeeded);
+        entry.organization_id = Some(organization);
+        entry.instance_id = Some(instance);
+        entry.duration_ms = Some(42);
+        entry.metadata = json!({ "zone": "fr-par-2", "attempt": 1 });
+        tx.insert_action_log(&entry).await.expect("insert");
+    }
+    let mut failed = NewActionLog::new("api", "login", ActionStatus::Failed);
+    failed.error = Some("wrong password".into());
+    tx.insert_action_log(&failed).await.expect("insert");
+    tx.commit().await.expect("commit");
+
+    let logs = store.action_logs(Some(acme.id), 10).await.expect("list");
+    let actions: Vec<&str> = logs.iter().map(|log| log.action_type.as_str()).collect();
+    assert_eq!(actions, ["second", "first"]);
+    assert_eq!(logs[0].metadata, json!({ "zone": "fr-par-2", "attempt": 1 }));
+    assert_eq!((logs[0].instance_id, logs[0].duration_ms), (Some(instance), Some(42)));
+    assert_eq!(store.action_logs(None, 10).await.expect("list").len(), 4);
+    assert_eq!(store.action_logs(None, 1).await.expect("list")[0].error.as_deref(), Some("wrong password"));
+}
+
+pub async fn the_store_answers_pings(store: Arc<dyn Store>) {
+    store.ping().await.expect("ping");
+}
+
+/// Expands to one `#[tokio::test]` per conformance case for `$fixture`.
+#[macro_export]
+macro_rules! store_conformance_suite {
+    ($fixture:path) => {
+        $crate::store_conformance_suite!(@cases $fixture,
+            an_organization_round_trips,
+            a_duplicate_slug_is_a_conflict_naming_the_field,
+            a_user_is_found_by_username_or_email,
+            duplicate_usernames_and_emails_are_conflicts,
+            a_user_of_a_missing_organization_is_refused,
+            a_dropped_transaction_leaves_nothing_behind,
+            outbox_messages_commit_with_their_state_change_and_are_claimed_in_order,
+            an_expired_claim_is_claimed_again,
+            a_released_message_is_claimable_at_once,
+            published_messages_are_purged_after_their_retention,
+            an_event_is_processed_once_per_consumer,
+            a_rolled_back_processing_is_not_remembered,
+            action_logs_are_listed_newest_first_per_organization,
+            the_store_answers_pings,
+        );
+    };
+    (@cases $fixture:path, $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                use ::futures::FutureExt as _;
+                use $crate::conformance::TestStore as _;
+                let fixture = $fixture().await;
+                let outcome = ::std::panic::AssertUnwindSafe($crate::conformance::$case(fixture.store()))
+                    .catch_unwind()
+                    .await;
+                fixture.cleanup().await;
+                if let Err(panic) = outcome {
+                    ::std::panic::resume_unwind(panic);
+                }
+            }
+        )+
+    };
+}

@@ -1,0 +1,71 @@
+//! PostgreSQL: the production store. Claims use `FOR UPDATE SKIP LOCKED` so that several
+//! replicas share outbox work without taking the same rows.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Pool, Postgres};
+
+const MAX_CONNECTIONS: u32 = 16;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct PostgresStore {
+    pool: Pool<Postgres>,
+}
+
+impl PostgresStore {
+    /// Connects and applies pending migrations (under PostgreSQL's migration lock, so replicas
+    /// starting together apply each migration once).
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidUrl`](crate::StoreError::InvalidUrl),
+    /// [`StoreError::Unavailable`](crate::StoreError::Unavailable) naming the server (never the
+    /// password), [`StoreError::Migration`](crate::StoreError::Migration).
+    pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|error: sqlx::Error| crate::StoreError::InvalidUrl(error.to_string()))?;
+        let target = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("postgres")
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(options.application_name("quartermaster"))
+            .await
+            .map_err(|error| crate::StoreError::Unavailable(format!("cannot connect to PostgreSQL at {target}: {error}")))?;
+        sqlx::migrate!("../../migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|error| crate::StoreError::Migration(error.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for the tests and benchmarks that set up data in bulk.
+    pub fn pool(&self) -> &Pool<Postgres> {
+        &self.pool
+    }
+
+    fn reader(&self) -> &Pool<Postgres> {
+        &self.pool
+    }
+
+    fn writer(&self) -> &Pool<Postgres> {
+        &self.pool
+    }
+}
+
+mod implementation {
+    use super::PostgresStore;
+
+    crate::sql::impl_sql_store!(
+        store: PostgresStore,
+        tx: PostgresTx,
+        db: sqlx::Postgres,
+        backend: Backend::Postgres,
+        skip_locked: " FOR UPDATE SKIP LOCKED"
+    );
+}

@@ -1,0 +1,58 @@
+//! Test support: a uniquely named PostgreSQL database per test, created on the server named by
+//! `QM_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and dropped by
+//! [`TestDatabase::drop_database`]. Used by this crate's suite and by every service's
+//! integration tests.
+
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+
+pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub struct TestDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    /// Creates an empty database named `qm_test_<random>`.
+    ///
+    /// # Panics
+    /// When PostgreSQL cannot be reached: tests that need it fail loudly instead of skipping.
+    pub async fn create() -> Self {
+        let admin_url = std::env::var("QM_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned());
+        let name = format!("qm_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|error| {
+            panic!(
+                "PostgreSQL is not reachable at {} ({error}): start it (see README, \"Services the tests need\") or set QM_TEST_DATABASE_URL",
+                crate::redact(&admin_url)
+            )
+        });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create the test database");
+        let mut url = url::Url::parse(&admin_url).expect("QM_TEST_DATABASE_URL is a URL");
+        url.set_path(&name);
+        Self { admin_url, name, url: url.to_string() }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Drops the database, closing whatever connections are still open to it.
+    pub async fn drop_database(&self) {
+        match PgConnection::connect(&self.admin_url).await {
+            Ok(mut admin) => {
+                if let Err(error) = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                    .execute(&mut admin)
+                    .await
+                {
+                    eprintln!("could not drop test database {}: {error}", self.name);
+                }
+            }
+            Err(error) => eprintln!("could not drop test database {}: {error}", self.name),
+        }
+    }
+}

@@ -1,1 +1,288 @@
-//! qm-config
+//! Configuration from the environment (DESIGN section 7).
+//!
+//! Every secret may come from `NAME` or from the file named by `NAME_FILE` (Kubernetes and
+//! Docker secrets). Errors name the variable and what is wrong with it, never its value.
+//!
+//! Layout:
+//! - [`Secret`]: a string that prints as `***`.
+//! - [`Environment`]: reading variables and `_FILE` variants from a source (the process
+//!   environment, or a map in tests).
+//! - [`Settings`]: everything the services share, for production ([`Settings::from_env`]) and for
+//!   the embedded `qm dev` ([`Settings::embedded`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use qm_domain::Currency;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{name} is not set: {hint}")]
+    Missing { name: String, hint: String },
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("{name}_FILE names {path}, which cannot be read: {reason}")]
+    UnreadableFile { name: String, path: String, reason: String },
+}
+
+/// A secret value: `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("***")
+    }
+}
+
+/// Where variables come from.
+#[derive(Clone, Debug, Default)]
+pub struct Environment {
+    overrides: Option<HashMap<String, String>>,
+}
+
+impl Environment {
+    /// The process environment.
+    pub fn process() -> Self {
+        Self { overrides: None }
+    }
+
+    /// A fixed set of variables (tests).
+    pub fn from_pairs<I: IntoIterator<Item = (K, V)>, K: Into<String>, V: Into<String>>(pairs: I) -> Self {
+        Self { overrides: Some(pairs.into_iter().map(|(key, value)| (key.into(), value.into())).collect()) }
+    }
+
+    /// A variable, with empty values treated as unset.
+    pub fn get(&self, name: &str) -> Option<String> {
+        let value = match &self.overrides {
+            Some(map) => map.get(name).cloned(),
+            None => std::env::var(name).ok(),
+        };
+        value.filter(|value| !value.trim().is_empty())
+    }
+
+    /// A secret from `NAME`, or else from the file named by `NAME_FILE` (trailing newline
+    /// removed).
+    ///
+    /// # Errors
+    /// [`ConfigError::UnreadableFile`] when `NAME_FILE` is set but unreadable or empty.
+    pub fn secret(&self, name: &str) -> Result<Option<Secret>, ConfigError> {
+        if let Some(value) = self.get(name) {
+            return Ok(Some(Secret(value)));
+        }
+        let Some(path) = self.get(&format!("{name}_FILE")) else { return Ok(None) };
+        let unreadable = |reason: String| ConfigError::UnreadableFile { name: name.to_owned(), path: path.clone(), reason };
+        let contents = std::fs::read_to_string(Path::new(&path)).map_err(|error| unreadable(error.to_string()))?;
+        let value = contents.trim_end_matches(['\n', '\r']).to_owned();
+        if value.is_empty() {
+            return Err(unreadable("the file is empty".into()));
+        }
+        Ok(Some(Secret(value)))
+    }
+
+    /// # Errors
+    /// [`ConfigError::Invalid`] when the variable is set but is not `HOST:PORT`.
+    pub fn socket_addr(&self, name: &str, default: &str) -> Result<SocketAddr, ConfigError> {
+        let text = self.get(name).unwrap_or_else(|| default.to_owned());
+        text.parse().map_err(|_| ConfigError::Invalid {
+            name: name.to_owned(),
+            reason: format!("`{text}` is not an address such as 127.0.0.1:8003 or 0.0.0.0:8003"),
+        })
+    }
+}
+
+/// Default listen addresses (DESIGN section 1).
+pub mod defaults {
+    pub const API_ADDR: &str = "127.0.0.1:8003";
+    pub const ORCHESTRATOR_ADDR: &str = "127.0.0.1:8001";
+    pub const FINOPS_ADDR: &str = "127.0.0.1:8002";
+    pub const ROUTER_ADDR: &str = "127.0.0.1:8080";
+    pub const WORKER_AGENT_ADDR: &str = "127.0.0.1:8090";
+    pub const DEV_PROVIDERS: &str = "local,sim";
+}
+
+/// Everything the services share.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `QM_ENV`: `dev`, `staging`, `prod`, ... (labels telemetry; default `dev`).
+    pub environment: String,
+    /// `QM_DATABASE_URL`: `sqlite://…` or `postgres://…`.
+    pub database_url: Secret,
+    /// `QM_BUS_URL`: `memory://`, `nats://…` or `redis://…`.
+    pub bus_url: Secret,
+    /// `QM_ADMIN_PASSWORD` (or `_FILE`): the bootstrap admin's password.
+    pub admin_password: Option<Secret>,
+    pub api_addr: SocketAddr,
+    pub orchestrator_addr: SocketAddr,
+    pub finops_addr: SocketAddr,
+    pub router_addr: SocketAddr,
+    /// `QM_PROVIDERS`: enabled cloud providers.
+    pub providers: Vec<String>,
+    /// `QM_REPORTING_CURRENCY` (default EUR).
+    pub reporting_currency: Currency,
+}
+
+const KNOWN_PROVIDERS: [&str; 4] = ["local", "sim", "aws", "scaleway"];
+
+impl Settings {
+    /// Settings for a production binary: the database and the bus must be named explicitly.
+    ///
+    /// # Errors
+    /// The first missing or malformed variable, by name.
+    pub fn from_env(environment: &Environment) -> Result<Self, ConfigError> {
+        let database_url = environment.secret("QM_DATABASE_URL")?.ok_or_else(|| ConfigError::Missing {
+            name: "QM_DATABASE_URL".into(),
+            hint: "set it to postgres://USER@HOST:5432/DATABASE (or sqlite://PATH)".into(),
+        })?;
+        let bus_url = environment.secret("QM_BUS_URL")?.ok_or_else(|| ConfigError::Missing {
+            name: "QM_BUS_URL".into(),
+            hint: "set it to nats://HOST:4222, redis://HOST:6379 or memory:// (single process only)".into(),
+        })?;
+        Self::build(environment, database_url, bus_url, "")
+    }
+
+    /// Settings for `qm dev`: SQLite in `data_dir`, the in-process bus, `local,sim` providers,
+    /// each overridable by its variable.
+    ///
+    /// # Errors
+    /// The first malformed variable, by name.
+    pub fn embedded(environment: &Environment, data_dir: &Path) -> Result<Self, ConfigError> {
+        let default_database = format!("sqlite://{}", data_dir.join("qm.db").display());
+        let database_url = environment.secret("QM_DATABASE_URL")?.unwrap_or(Secret(default_database));
+        let bus_url = environment.secret("QM_BUS_URL")?.unwrap_or(Secret("memory://".into()));
+        Self::build(environment, database_url, bus_url, defaults::DEV_PROVIDERS)
+    }
+
+    fn build(environment: &Environment, database_url: Secret, bus_url: Secret, default_providers: &str) -> Result<Self, ConfigError> {
+        check_scheme("QM_DATABASE_URL", database_url.expose(), &["sqlite", "postgres", "postgresql"])?;
+        check_scheme("QM_BUS_URL", bus_url.expose(), &["memory", "nats", "tls", "redis", "rediss"])?;
+        let providers = parse_providers(&environment.get("QM_PROVIDERS").unwrap_or_else(|| default_providers.to_owned()))?;
+        let currency_text = environment.get("QM_REPORTING_CURRENCY").unwrap_or_else(|| "EUR".into());
+        let reporting_currency = Currency::parse(&currency_text).map_err(|error| ConfigError::Invalid {
+            name: "QM_REPORTING_CURRENCY".into(),
+            reason: error.to_string(),
+        })?;
+        Ok(Self {
+            environment: environment.get("QM_ENV").unwrap_or_else(|| "dev".into()),
+            database_url,
+            bus_url,
+            admin_password: environment.secret("QM_ADMIN_PASSWORD")?,
+            api_addr: environment.socket_addr("QM_API_ADDR", defaults::API_ADDR)?,
+            orchestrator_addr: environment.socket_addr("QM_ORCHESTRATOR_ADDR", defaults::ORCHESTRATOR_ADDR)?,
+            finops_addr: environment.socket_addr("QM_FINOPS_ADDR", defaults::FINOPS_ADDR)?,
+            router_addr: environment.socket_addr("QM_ROUTER_ADDR", defaults::ROUTER_ADDR)?,
+            providers,
+            reporting_currency,
+        })
+    }
+}
+
+fn check_scheme(name: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
+    let parsed = url::Url::parse(value).map_err(|error| ConfigError::Invalid {
+        name: name.to_owned(),
+        reason: format!("not a URL ({error})"),
+    })?;
+    if allowed.contains(&parsed.scheme()) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            name: name.to_owned(),
+            reason: format!("scheme `{}` is not one of {}", parsed.scheme(), allowed.join(", ")),
+        })
+    }
+}
+
+fn parse_providers(text: &str) -> Result<Vec<String>, ConfigError> {
+    let providers: Vec<String> = text.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect();
+    match providers.iter().find(|name| !KNOWN_PROVIDERS.contains(&name.as_str())) {
+        Some(unknown) => Err(ConfigError::Invalid {
+            name: "QM_PROVIDERS".into(),
+            reason: format!("unknown provider `{unknown}` (known: {})", KNOWN_PROVIDERS.join(", ")),
+        }),
+        None => Ok(providers),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn production(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_env(&Environment::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn a_production_binary_needs_a_database_url() {
+        let error = production(&[("QM_BUS_URL", "nats://127.0.0.1:4222")]).expect_err("refused");
+        assert!(matches!(&error, ConfigError::Missing { name, .. } if name == "QM_DATABASE_URL"), "{error}");
+    }
+
+    #[test]
+    fn a_malformed_bus_url_is_named() {
+        let error = production(&[("QM_DATABASE_URL", "postgres://db/qm"), ("QM_BUS_URL", "kafka://x")]).expect_err("refused");
+        assert_eq!(error.to_string(), "QM_BUS_URL is invalid: scheme `kafka` is not one of memory, nats, tls, redis, rediss");
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_named() {
+        let error = production(&[
+            ("QM_DATABASE_URL", "postgres://db/qm"),
+            ("QM_BUS_URL", "memory://"),
+            ("QM_API_ADDR", "localhost"),
+        ])
+        .expect_err("refused");
+        assert!(error.to_string().starts_with("QM_API_ADDR is invalid"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_provider_is_refused() {
+        let error = production(&[("QM_DATABASE_URL", "postgres://db/qm"), ("QM_BUS_URL", "memory://"), ("QM_PROVIDERS", "aws,gcp")])
+            .expect_err("refused");
+        assert!(error.to_string().contains("unknown provider `gcp`"), "{error}");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_print() {
+        let path = std::env::temp_dir().join(format!("qm-config-test-{}", std::process::id()));
+        std::fs::write(&path, "s3cret\n").expect("write");
+        let environment = Environment::from_pairs([("QM_ADMIN_PASSWORD_FILE", path.display().to_string())]);
+        let secret = environment.secret("QM_ADMIN_PASSWORD").expect("readable").expect("set");
+        assert_eq!(secret.expose(), "s3cret");
+        assert_eq!(format!("{secret:?} {secret}"), "*** ***");
+        std::fs::remove_file(&path).expect("remove");
+    }
+
+    #[test]
+    fn an_unreadable_secret_file_is_an_error_not_an_absence() {
+        let environment = Environment::from_pairs([("QM_ADMIN_PASSWORD_FILE", "/nonexistent/secret")]);
+        assert!(matches!(environment.secret("QM_ADMIN_PASSWORD"), Err(ConfigError::UnreadableFile { .. })));
+    }
+
+    #[test]
+    fn embedded_settings_default_to_sqlite_memory_bus_and_local_providers() {
+        let settings = Settings::embedded(&Environment::from_pairs::<[(&str, &str); 0], _, _>([]), Path::new("/data")).expect("valid");
+        assert_eq!(settings.database_url.expose(), "sqlite:///data/qm.db");
+        assert_eq!(settings.bus_url.expose(), "memory://");
+        assert_eq!(settings.providers, ["local", "sim"]);
+        assert_eq!(settings.api_addr.port(), 8003);
+        assert_eq!(settings.reporting_currency, Currency::EUR);
+    }
+}

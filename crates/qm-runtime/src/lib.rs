@@ -1,1 +1,20 @@
-//! qm-runtime
+//! What every Quartermaster service runs on: shutdown, the HTTP server with its probes and
+//! metrics, the outbox relay and the idempotent bus consumer.
+//!
+//! Layout:
+//! - [`shutdown`]: one signal fanned out to every task.
+//! - [`http`]: serving a router on a bound listener with timeouts, body limits, request metrics
+//!   and graceful shutdown.
+//! - [`probes`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`relay`]: publishes the outbox to the bus.
+//! - [`consumer`]: runs a handler for each bus message exactly once in effect.
+//! - [`backoff`]: exponential backoff with jitter.
+
+pub mod backoff;
+pub mod consumer;
+pub mod http;
+pub mod probes;
+pub mod relay;
+pub mod shutdown;
+
+pub use shutdown::Shutdown;

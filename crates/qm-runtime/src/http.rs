@@ -1,0 +1,122 @@
+//! Serving a router: request timeout, body size limit, request metrics, trace context from the
+//! `traceparent` header, and graceful shutdown with a bound on how long in-flight requests get.
+
+use std::future::IntoFuture as _;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use prometheus::{HistogramVec, IntCounterVec, Registry};
+use tokio::net::TcpListener;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::Shutdown;
+
+/// Longest a request may take before the client gets 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How long in-flight requests may run on after shutdown starts.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+struct HttpMetrics {
+    requests: IntCounterVec,
+    durations: HistogramVec,
+}
+
+impl HttpMetrics {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            requests: qm_telemetry::metrics::counter_vec(
+                registry,
+                "qm_http_requests_total",
+                "HTTP requests served, by route and status",
+                &["method", "route", "status"],
+            ),
+            durations: qm_telemetry::metrics::histogram_vec(
+                registry,
+                "qm_http_request_duration_seconds",
+                "HTTP request latency, by route",
+                &["method", "route"],
+                vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0],
+            ),
+        }
+    }
+}
+
+async fn observe(State(metrics): State<HttpMetrics>, request: Request, next: Next) -> Response {
+    // The route template (`/instances/{id}`), never the raw path, keeps label cardinality bounded.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let traceparent = request.headers().get("traceparent").and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let span = tracing::info_span!("http_request", %method, %route);
+    qm_telemetry::traceparent::continue_from(&span, traceparent.as_deref());
+    let started = Instant::now();
+    let response = tracing::Instrument::instrument(next.run(request), span).await;
+    metrics
+        .requests
+        .with_label_values(&[method.as_str(), route.as_str(), response.status().as_str()])
+        .inc();
+    metrics
+        .durations
+        .with_label_values(&[method.as_str(), route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Adds the standard layers to a service's router.
+pub fn with_standard_layers(router: Router, registry: &Registry) -> Router {
+    router
+        .layer(middleware::from_fn_with_state(HttpMetrics::new(registry), observe))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+}
+
+/// A bound listener, so that callers (and tests on port 0) know the address before serving.
+pub struct Server {
+    listener: TcpListener,
+    address: SocketAddr,
+}
+
+impl Server {
+    /// # Errors
+    /// The bind error, e.g. address in use.
+    pub async fn bind(address: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(address).await?;
+        let address = listener.local_addr()?;
+        Ok(Self { listener, address })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Serves until `shutdown` fires, then lets in-flight requests finish for at most
+    /// [`DRAIN_TIMEOUT`].
+    ///
+    /// # Errors
+    /// An IO error from the listener.
+    pub async fn serve(self, router: Router, shutdown: Shutdown) -> std::io::Result<()> {
+        let graceful = {
+            let shutdown = shutdown.clone();
+            async move { shutdown.wait().await }
+        };
+        let serving = axum::serve(self.listener, router).with_graceful_shutdown(graceful).into_future();
+        tokio::pin!(serving);
+        tokio::select! {
+            result = &mut serving => result,
+            () = async { shutdown.wait().await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
+                tracing::warn!(address = %self.address, "in-flight requests did not finish in time; closing");
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The W3C trace context as a `traceparent` string, to put in envelopes and HTTP headers and to
+//! continue on the other side.
+
+use std::collections::HashMap;
+
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+const HEADER: &str = "traceparent";
+
+/// The current span's context, or `None` when there is no sampled trace (telemetry not set up).
+pub fn current() -> Option<String> {
+    let context = tracing::Span::current().context();
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    carrier.remove(HEADER)
+}
+
+/// Makes `span` a child of the remote span named by `traceparent`. Malformed values are ignored:
+/// a bad header from a client must not fail its request.
+pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(traceparent) = traceparent else { return };
+    let carrier = HashMap::from([(HEADER.to_owned(), traceparent.to_owned())]);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    if context.span().span_context().is_valid() {
+        let _ = span.set_parent(context);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_subscriber_there_is_no_traceparent() {
+        assert_eq!(current(), None);
+    }
+
+    #[test]
+    fn a_malformed_traceparent_is_ignored() {
+        continue_from(&tracing::Span::none(), Some("not-a-traceparent"));
+    }
+}

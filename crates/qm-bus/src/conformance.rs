@@ -100,7 +100,8 @@ pub async fn a_restarted_group_resumes_where_it_stopped(bus: Arc<dyn EventBus>) 
 }
 
 pub async fn an_unacked_message_is_redelivered_after_the_visibility_timeout(bus: Arc<dyn EventBus>) {
-    let options = SubscriptionOptions::new(Channel::Commands, "orchestrator").visibility_timeout(Duration::from_secs(2));
+    let options =
+        SubscriptionOptions::new(Channel::Commands, "orchestrator").visibility_timeout(Duration::from_secs(2));
     let mut crashing_member = subscribe(&*bus, options.clone()).await;
     let mut other_member = subscribe(&*bus, options).await;
     let sent = command(1);
@@ -120,7 +121,8 @@ pub async fn an_unacked_message_is_redelivered_after_the_visibility_timeout(bus:
 }
 
 pub async fn a_retry_comes_back_after_its_delay(bus: Arc<dyn EventBus>) {
-    let options = SubscriptionOptions::new(Channel::Commands, "orchestrator").visibility_timeout(Duration::from_secs(60));
+    let options =
+        SubscriptionOptions::new(Channel::Commands, "orchestrator").visibility_timeout(Duration::from_secs(60));
     let mut member = subscribe(&*bus, options).await;
     bus.publish(&command(1)).await.expect("publish");
 

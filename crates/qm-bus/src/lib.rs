@@ -125,9 +125,9 @@ pub async fn connect(url: &str) -> Result<Arc<dyn EventBus>, BusError> {
         "memory" => Ok(Arc::new(memory::MemoryBus::new())),
         "nats" | "tls" => Ok(Arc::new(nats::NatsBus::connect(&parsed, naming).await?)),
         "redis" | "rediss" => Ok(Arc::new(redis_streams::RedisBus::connect(&parsed, naming)?)),
-        other => Err(BusError::InvalidUrl(format!(
-            "unknown scheme `{other}` (expected memory://, nats:// or redis://)"
-        ))),
+        other => {
+            Err(BusError::InvalidUrl(format!("unknown scheme `{other}` (expected memory://, nats:// or redis://)")))
+        }
     }
 }
 

@@ -101,7 +101,11 @@ impl EventBus for MemoryBus {
 
     async fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         let state = self.shared.lock();
-        Ok(state.dead_letters.get(group).map(|letters| letters.iter().take(limit).cloned().collect()).unwrap_or_default())
+        Ok(state
+            .dead_letters
+            .get(group)
+            .map(|letters| letters.iter().take(limit).cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn ping(&self) -> Result<(), BusError> {

@@ -141,11 +141,7 @@ impl EventBus for NatsBus {
     async fn subscribe(&self, options: SubscriptionOptions) -> Result<Subscription, BusError> {
         options.validate()?;
         self.ensure_streams().await?;
-        let stream = self
-            .jetstream
-            .get_stream(self.naming.nats_stream(options.channel))
-            .await
-            .map_err(unavailable)?;
+        let stream = self.jetstream.get_stream(self.naming.nats_stream(options.channel)).await.map_err(unavailable)?;
         let consumer = stream
             .get_or_create_consumer(
                 &options.group,
@@ -171,11 +167,7 @@ impl EventBus for NatsBus {
 
     async fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         self.ensure_streams().await?;
-        let stream = self
-            .jetstream
-            .get_stream(self.naming.nats_dead_letter_stream())
-            .await
-            .map_err(unavailable)?;
+        let stream = self.jetstream.get_stream(self.naming.nats_dead_letter_stream()).await.map_err(unavailable)?;
         let reader = stream
             .create_consumer(consumer::pull::Config {
                 filter_subject: self.naming.nats_dead_letter_wildcard(Some(group)),
@@ -227,14 +219,8 @@ struct NatsReceiver {
 impl Receive for NatsReceiver {
     async fn receive(&mut self) -> Result<RawDelivery, BusError> {
         loop {
-            let mut batch = self
-                .consumer
-                .fetch()
-                .max_messages(1)
-                .expires(PULL_EXPIRY)
-                .messages()
-                .await
-                .map_err(unavailable)?;
+            let mut batch =
+                self.consumer.fetch().max_messages(1).expires(PULL_EXPIRY).messages().await.map_err(unavailable)?;
             let Some(message) = batch.next().await else { continue };
             let message = message.map_err(unavailable)?;
             let deliveries = message.info().map(|info| info.delivered).unwrap_or(1);

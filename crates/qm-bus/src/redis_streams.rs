@@ -181,11 +181,7 @@ impl RedisReceiver {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(self.block + COMMAND_TIMEOUT));
-        let reader = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(unavailable)?;
+        let reader = self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(unavailable)?;
         self.reader = Some(reader.clone());
         Ok(reader)
     }
@@ -207,7 +203,10 @@ impl RedisReceiver {
     }
 
     /// Takes over one entry whose visibility timeout has passed, if there is one.
-    async fn claim_expired(&mut self, connection: &mut MultiplexedConnection) -> redis::RedisResult<Option<RawDelivery>> {
+    async fn claim_expired(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+    ) -> redis::RedisResult<Option<RawDelivery>> {
         let idle = millis(self.visibility_timeout);
         let pending: StreamPendingCountReply = redis::cmd("XPENDING")
             .arg(&self.stream)

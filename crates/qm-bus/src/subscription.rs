@@ -76,9 +76,7 @@ impl SubscriptionOptions {
     }
 
     fn wants(&self, envelope: &Envelope) -> bool {
-        self.types
-            .as_ref()
-            .is_none_or(|types| types.iter().any(|wanted| *wanted == envelope.message_type))
+        self.types.as_ref().is_none_or(|types| types.contains(&envelope.message_type))
     }
 }
 
@@ -160,7 +158,6 @@ impl Subscription {
             });
         }
     }
-
 }
 
 /// Dead-letters a delivery the handler never saw.

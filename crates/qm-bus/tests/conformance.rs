@@ -18,7 +18,9 @@ fn unique_prefix() -> String {
 fn require_server(url: &url::Url, what: &str, variable: &str) {
     let address = format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port().unwrap_or(0));
     if std::net::TcpStream::connect(&address).is_err() {
-        panic!("{what} is not reachable at {address}: start it (see README, \"Services the tests need\") or set {variable}");
+        panic!(
+            "{what} is not reachable at {address}: start it (see README, \"Services the tests need\") or set {variable}"
+        );
     }
 }
 

@@ -89,7 +89,8 @@ impl Environment {
             return Ok(Some(Secret(value)));
         }
         let Some(path) = self.get(&format!("{name}_FILE")) else { return Ok(None) };
-        let unreadable = |reason: String| ConfigError::UnreadableFile { name: name.to_owned(), path: path.clone(), reason };
+        let unreadable =
+            |reason: String| ConfigError::UnreadableFile { name: name.to_owned(), path: path.clone(), reason };
         let contents = std::fs::read_to_string(Path::new(&path)).map_err(|error| unreadable(error.to_string()))?;
         let value = contents.trim_end_matches(['\n', '\r']).to_owned();
         if value.is_empty() {
@@ -171,10 +172,16 @@ impl Settings {
         Self::build(environment, database_url, bus_url, defaults::DEV_PROVIDERS)
     }
 
-    fn build(environment: &Environment, database_url: Secret, bus_url: Secret, default_providers: &str) -> Result<Self, ConfigError> {
+    fn build(
+        environment: &Environment,
+        database_url: Secret,
+        bus_url: Secret,
+        default_providers: &str,
+    ) -> Result<Self, ConfigError> {
         check_scheme("QM_DATABASE_URL", database_url.expose(), &["sqlite", "postgres", "postgresql"])?;
         check_scheme("QM_BUS_URL", bus_url.expose(), &["memory", "nats", "tls", "redis", "rediss"])?;
-        let providers = parse_providers(&environment.get("QM_PROVIDERS").unwrap_or_else(|| default_providers.to_owned()))?;
+        let providers =
+            parse_providers(&environment.get("QM_PROVIDERS").unwrap_or_else(|| default_providers.to_owned()))?;
         let currency_text = environment.get("QM_REPORTING_CURRENCY").unwrap_or_else(|| "EUR".into());
         let reporting_currency = Currency::parse(&currency_text).map_err(|error| ConfigError::Invalid {
             name: "QM_REPORTING_CURRENCY".into(),
@@ -196,10 +203,8 @@ impl Settings {
 }
 
 fn check_scheme(name: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
-    let parsed = url::Url::parse(value).map_err(|error| ConfigError::Invalid {
-        name: name.to_owned(),
-        reason: format!("not a URL ({error})"),
-    })?;
+    let parsed = url::Url::parse(value)
+        .map_err(|error| ConfigError::Invalid { name: name.to_owned(), reason: format!("not a URL ({error})") })?;
     if allowed.contains(&parsed.scheme()) {
         Ok(())
     } else {
@@ -211,7 +216,8 @@ fn check_scheme(name: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigE
 }
 
 fn parse_providers(text: &str) -> Result<Vec<String>, ConfigError> {
-    let providers: Vec<String> = text.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect();
+    let providers: Vec<String> =
+        text.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect();
     match providers.iter().find(|name| !KNOWN_PROVIDERS.contains(&name.as_str())) {
         Some(unknown) => Err(ConfigError::Invalid {
             name: "QM_PROVIDERS".into(),
@@ -237,8 +243,12 @@ mod tests {
 
     #[test]
     fn a_malformed_bus_url_is_named() {
-        let error = production(&[("QM_DATABASE_URL", "postgres://db/qm"), ("QM_BUS_URL", "kafka://x")]).expect_err("refused");
-        assert_eq!(error.to_string(), "QM_BUS_URL is invalid: scheme `kafka` is not one of memory, nats, tls, redis, rediss");
+        let error =
+            production(&[("QM_DATABASE_URL", "postgres://db/qm"), ("QM_BUS_URL", "kafka://x")]).expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            "QM_BUS_URL is invalid: scheme `kafka` is not one of memory, nats, tls, redis, rediss"
+        );
     }
 
     #[test]
@@ -254,8 +264,12 @@ mod tests {
 
     #[test]
     fn an_unknown_provider_is_refused() {
-        let error = production(&[("QM_DATABASE_URL", "postgres://db/qm"), ("QM_BUS_URL", "memory://"), ("QM_PROVIDERS", "aws,gcp")])
-            .expect_err("refused");
+        let error = production(&[
+            ("QM_DATABASE_URL", "postgres://db/qm"),
+            ("QM_BUS_URL", "memory://"),
+            ("QM_PROVIDERS", "aws,gcp"),
+        ])
+        .expect_err("refused");
         assert!(error.to_string().contains("unknown provider `gcp`"), "{error}");
     }
 
@@ -278,7 +292,8 @@ mod tests {
 
     #[test]
     fn embedded_settings_default_to_sqlite_memory_bus_and_local_providers() {
-        let settings = Settings::embedded(&Environment::from_pairs::<[(&str, &str); 0], _, _>([]), Path::new("/data")).expect("valid");
+        let settings = Settings::embedded(&Environment::from_pairs::<[(&str, &str); 0], _, _>([]), Path::new("/data"))
+            .expect("valid");
         assert_eq!(settings.database_url.expose(), "sqlite:///data/qm.db");
         assert_eq!(settings.bus_url.expose(), "memory://");
         assert_eq!(settings.providers, ["local", "sim"]);

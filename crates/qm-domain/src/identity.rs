@@ -57,7 +57,9 @@ impl FromStr for Role {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {
-    #[error("a username is 3 to 64 characters of lowercase letters, digits, `.`, `_` or `-`, starting with a letter or digit")]
+    #[error(
+        "a username is 3 to 64 characters of lowercase letters, digits, `.`, `_` or `-`, starting with a letter or digit"
+    )]
     InvalidUsername,
     #[error("an email address needs one `@` with text on both sides and at most 254 characters")]
     InvalidEmail,
@@ -73,13 +75,10 @@ impl Username {
     /// [`IdentityError::InvalidUsername`] when the text breaks the rules above.
     pub fn parse(text: &str) -> Result<Self, IdentityError> {
         let valid_length = (3..=64).contains(&text.len());
-        let valid_start = text
+        let valid_start = text.chars().next().is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit());
+        let valid_chars = text
             .chars()
-            .next()
-            .is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit());
-        let valid_chars = text.chars().all(|character| {
-            character.is_ascii_lowercase() || character.is_ascii_digit() || "._-".contains(character)
-        });
+            .all(|character| character.is_ascii_lowercase() || character.is_ascii_digit() || "._-".contains(character));
         if valid_length && valid_start && valid_chars {
             Ok(Self(text.to_owned()))
         } else {
@@ -118,11 +117,7 @@ impl Email {
             && !domain.ends_with('.')
             && trimmed.len() <= 254
             && !trimmed.chars().any(char::is_whitespace);
-        if well_formed {
-            Ok(Self(trimmed.to_lowercase()))
-        } else {
-            Err(IdentityError::InvalidEmail)
-        }
+        if well_formed { Ok(Self(trimmed.to_lowercase())) } else { Err(IdentityError::InvalidEmail) }
     }
 
     pub fn as_str(&self) -> &str {

@@ -84,10 +84,7 @@ impl InstanceState {
 
     /// Whether the provider may be billing for this instance.
     pub const fn may_exist_at_provider(&self) -> bool {
-        !matches!(
-            self,
-            InstanceState::Requested | InstanceState::Terminated | InstanceState::ProvisioningFailed
-        )
+        !matches!(self, InstanceState::Requested | InstanceState::Terminated | InstanceState::ProvisioningFailed)
     }
 
     /// Checks a move against the lifecycle.
@@ -110,11 +107,7 @@ impl InstanceState {
             (StartupFailed, Terminating) => true,
             _ => false,
         };
-        if allowed {
-            Ok(to)
-        } else {
-            Err(TransitionError::NotAllowed { from: self, to })
-        }
+        if allowed { Ok(to) } else { Err(TransitionError::NotAllowed { from: self, to }) }
     }
 }
 
@@ -132,10 +125,7 @@ impl FromStr for InstanceState {
     type Err = UnknownState;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        InstanceState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == text)
-            .ok_or_else(|| UnknownState(text.to_owned()))
+        InstanceState::ALL.into_iter().find(|state| state.as_str() == text).ok_or_else(|| UnknownState(text.to_owned()))
     }
 }
 
@@ -169,10 +159,7 @@ mod tests {
 
     #[test]
     fn an_instance_cannot_skip_booting() {
-        assert_eq!(
-            Provisioning.transition(Ready),
-            Err(TransitionError::NotAllowed { from: Provisioning, to: Ready })
-        );
+        assert_eq!(Provisioning.transition(Ready), Err(TransitionError::NotAllowed { from: Provisioning, to: Ready }));
     }
 
     #[test]

@@ -41,11 +41,7 @@ impl MicroUnits {
     /// # Errors
     /// [`MoneyError::Negative`] for amounts below zero.
     pub fn non_negative(micro_units: i64) -> Result<Self, MoneyError> {
-        if micro_units < 0 {
-            Err(MoneyError::Negative)
-        } else {
-            Ok(Self(micro_units))
-        }
+        if micro_units < 0 { Err(MoneyError::Negative) } else { Ok(Self(micro_units)) }
     }
 
     /// Parses a decimal such as `"0.75"` or `"25.3341"` exactly, without going through floats.
@@ -116,11 +112,7 @@ impl Currency {
     /// [`MoneyError::InvalidCurrency`] unless the text is exactly three ASCII uppercase letters.
     pub fn parse(text: &str) -> Result<Self, MoneyError> {
         let bytes: [u8; 3] = text.as_bytes().try_into().map_err(|_| MoneyError::InvalidCurrency)?;
-        if bytes.iter().all(u8::is_ascii_uppercase) {
-            Ok(Self(bytes))
-        } else {
-            Err(MoneyError::InvalidCurrency)
-        }
+        if bytes.iter().all(u8::is_ascii_uppercase) { Ok(Self(bytes)) } else { Err(MoneyError::InvalidCurrency) }
     }
 
     pub fn as_str(&self) -> &str {

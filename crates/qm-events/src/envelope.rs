@@ -154,9 +154,6 @@ mod tests {
         assert!(Envelope::from_json(b"{not json").is_err());
         let mut envelope = Envelope::new(MessageType::CatalogSync, "api", None, json!({}));
         envelope.message_type = "catalog.>".into();
-        assert!(matches!(
-            Envelope::from_json(&envelope.to_json()),
-            Err(EnvelopeError::InvalidType(_))
-        ));
+        assert!(matches!(Envelope::from_json(&envelope.to_json()), Err(EnvelopeError::InvalidType(_))));
     }
 }

@@ -32,7 +32,11 @@ pub enum HandlerError {
 
 impl From<qm_store::StoreError> for HandlerError {
     fn from(error: qm_store::StoreError) -> Self {
-        if error.is_retryable() { HandlerError::Retry(error.to_string()) } else { HandlerError::Reject(error.to_string()) }
+        if error.is_retryable() {
+            HandlerError::Retry(error.to_string())
+        } else {
+            HandlerError::Reject(error.to_string())
+        }
     }
 }
 
@@ -85,7 +89,14 @@ impl Consumer {
             "Bus messages handled by this service, by consumer group, type and outcome",
             &["group", "type", "outcome"],
         );
-        Self { store, bus, options, handler, messages, backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)) }
+        Self {
+            store,
+            bus,
+            options,
+            handler,
+            messages,
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
+        }
     }
 
     /// Consumes until `shutdown`; reconnects with backoff while the bus is down.

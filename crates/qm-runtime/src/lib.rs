@@ -9,12 +9,16 @@
 //! - [`relay`]: publishes the outbox to the bus.
 //! - [`consumer`]: runs a handler for each bus message exactly once in effect.
 //! - [`backoff`]: exponential backoff with jitter.
+//! - [`service`]: a service's server and background tasks, stopped together.
+//! - [`entrypoint`]: the `main` of every production binary.
 
 pub mod backoff;
 pub mod consumer;
+pub mod entrypoint;
 pub mod http;
 pub mod probes;
 pub mod relay;
+pub mod service;
 pub mod shutdown;
 
 pub use shutdown::Shutdown;

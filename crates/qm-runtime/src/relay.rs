@@ -49,12 +49,26 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn EventBus>, registry: &Registry) -> Self {
-        let published = qm_telemetry::metrics::counter_vec(registry, "qm_outbox_published_total", "Outbox messages published to the bus", &[]);
-        let failures = qm_telemetry::metrics::counter_vec(registry, "qm_outbox_publish_failures_total", "Failed attempts to publish an outbox message", &[]);
+        let published = qm_telemetry::metrics::counter_vec(
+            registry,
+            "qm_outbox_published_total",
+            "Outbox messages published to the bus",
+            &[],
+        );
+        let failures = qm_telemetry::metrics::counter_vec(
+            registry,
+            "qm_outbox_publish_failures_total",
+            "Failed attempts to publish an outbox message",
+            &[],
+        );
         let metrics = RelayMetrics {
             published: published.with_label_values::<&str>(&[]),
             failures: failures.with_label_values::<&str>(&[]),
-            backlog: qm_telemetry::metrics::gauge(registry, "qm_outbox_backlog", "Outbox messages waiting to be published"),
+            backlog: qm_telemetry::metrics::gauge(
+                registry,
+                "qm_outbox_backlog",
+                "Outbox messages waiting to be published",
+            ),
         };
         Self { store, bus, wake: Arc::new(Notify::new()), metrics }
     }

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use qm_bus::SubscriptionOptions;
 use qm_events::{Channel, Envelope, MessageType};
+use qm_runtime::Shutdown;
 use qm_runtime::consumer::{Consumer, Handler, HandlerError};
 use qm_runtime::relay::Relay;
-use qm_runtime::Shutdown;
 use qm_store::testing::TestDatabase;
 use qm_store::{ActionStatus, NewActionLog, StoreTx};
 use serde_json::json;
@@ -37,7 +37,9 @@ fn nats_server_binary() -> PathBuf {
             return PathBuf::from(candidate);
         }
     }
-    panic!("nats-server is not installed: `apt-get install nats-server` (or set QM_NATS_SERVER); `make test` installs it");
+    panic!(
+        "nats-server is not installed: `apt-get install nats-server` (or set QM_NATS_SERVER); `make test` installs it"
+    );
 }
 
 impl PrivateNats {
@@ -144,7 +146,8 @@ async fn scenario(database_url: String) {
     nats.restart();
     let shutdown = Shutdown::new();
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-    let options = SubscriptionOptions::new(Channel::Commands, "effects").types([MessageType::InstanceProvision.as_str()]);
+    let options =
+        SubscriptionOptions::new(Channel::Commands, "effects").types([MessageType::InstanceProvision.as_str()]);
     let consumer = Consumer::new(store.clone(), bus.clone(), options, Arc::new(RecordEffect), &registry);
     let consumer_task = tokio::spawn(consumer.run(shutdown.clone()));
 
@@ -197,7 +200,8 @@ async fn a_message_delivered_twice_takes_effect_once() {
     bus.publish(&envelope).await.expect("publish");
     bus.publish(&envelope).await.expect("publish again");
 
-    let mut subscription = bus.subscribe(SubscriptionOptions::new(Channel::Commands, "effects")).await.expect("subscribe");
+    let mut subscription =
+        bus.subscribe(SubscriptionOptions::new(Channel::Commands, "effects")).await.expect("subscribe");
     let first = consumer.process(subscription.next().await.expect("first delivery")).await;
     let second = consumer.process(subscription.next().await.expect("second delivery")).await;
     assert_eq!((first, second), (qm_runtime::consumer::Outcome::Handled, qm_runtime::consumer::Outcome::Duplicate));

@@ -24,7 +24,11 @@ pub trait TestStore: Send + Sync {
 async fn create_organization(store: &dyn Store, slug: &str) -> Organization {
     let mut tx = store.begin().await.expect("begin");
     let organization = tx
-        .insert_organization(&NewOrganization { id: OrganizationId::new(), name: format!("Org {slug}"), slug: slug.into() })
+        .insert_organization(&NewOrganization {
+            id: OrganizationId::new(),
+            name: format!("Org {slug}"),
+            slug: slug.into(),
+        })
         .await
         .expect("insert organization");
     tx.commit().await.expect("commit");
@@ -85,12 +89,14 @@ pub async fn duplicate_usernames_and_emails_are_conflicts(store: Arc<dyn Store>)
     tx.commit().await.expect("commit");
 
     let mut tx = store.begin().await.expect("begin");
-    let same_name = tx.insert_user(&NewUser { email: "other@example.org".into(), ..new_user(organization.id, "ada") }).await;
+    let same_name =
+        tx.insert_user(&NewUser { email: "other@example.org".into(), ..new_user(organization.id, "ada") }).await;
     assert!(matches!(&same_name, Err(StoreError::Conflict { field }) if field == "username"), "{same_name:?}");
     drop(tx);
 
     let mut tx = store.begin().await.expect("begin");
-    let same_email = tx.insert_user(&NewUser { email: "ADA@example.org".into(), ..new_user(organization.id, "ada2") }).await;
+    let same_email =
+        tx.insert_user(&NewUser { email: "ADA@example.org".into(), ..new_user(organization.id, "ada2") }).await;
     assert!(matches!(&same_email, Err(StoreError::Conflict { field }) if field == "email"), "{same_email:?}");
 }
 

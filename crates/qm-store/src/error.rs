@@ -31,9 +31,9 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
-            sqlx::Error::Database(database_error) if database_error.is_unique_violation() => StoreError::Conflict {
-                field: conflicting_field(database_error.constraint(), database_error.message()),
-            },
+            sqlx::Error::Database(database_error) if database_error.is_unique_violation() => {
+                StoreError::Conflict { field: conflicting_field(database_error.constraint(), database_error.message()) }
+            }
             sqlx::Error::Database(database_error) if database_error.is_foreign_key_violation() => {
                 StoreError::MissingReference
             }

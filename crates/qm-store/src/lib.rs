@@ -27,9 +27,7 @@ use qm_domain::{EventId, OrganizationId, UserId};
 use qm_events::Envelope;
 
 pub use error::StoreError;
-pub use model::{
-    ActionLog, ActionStatus, NewActionLog, NewOrganization, NewUser, Organization, OutboxMessage, User,
-};
+pub use model::{ActionLog, ActionStatus, NewActionLog, NewOrganization, NewUser, Organization, OutboxMessage, User};
 
 /// Which database a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +55,8 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_login(&self, login: &str) -> Result<Option<User>, StoreError>;
 
     /// Newest first; `organization = None` lists platform-wide entries and every organization's.
-    async fn action_logs(&self, organization: Option<OrganizationId>, limit: u32) -> Result<Vec<ActionLog>, StoreError>;
+    async fn action_logs(&self, organization: Option<OrganizationId>, limit: u32)
+    -> Result<Vec<ActionLog>, StoreError>;
 
     /// Claims up to `limit` unpublished outbox messages, oldest first, for `lease`: other relays
     /// skip them until the lease ends, so a relay that dies mid-batch delays but loses nothing.
@@ -96,9 +95,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     match scheme {
         "sqlite" => Ok(Arc::new(sqlite::SqliteStore::connect(url).await?)),
         "postgres" | "postgresql" => Ok(Arc::new(postgres::PostgresStore::connect(url).await?)),
-        _ => Err(StoreError::InvalidUrl(
-            "expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE".into(),
-        )),
+        _ => Err(StoreError::InvalidUrl("expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE".into())),
     }
 }
 

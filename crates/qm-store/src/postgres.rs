@@ -22,21 +22,18 @@ impl PostgresStore {
     /// [`StoreError::Unavailable`](crate::StoreError::Unavailable) naming the server (never the
     /// password), [`StoreError::Migration`](crate::StoreError::Migration).
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {
-        let options: PgConnectOptions = url
-            .parse()
-            .map_err(|error: sqlx::Error| crate::StoreError::InvalidUrl(error.to_string()))?;
-        let target = format!(
-            "{}:{}/{}",
-            options.get_host(),
-            options.get_port(),
-            options.get_database().unwrap_or("postgres")
-        );
+        let options: PgConnectOptions =
+            url.parse().map_err(|error: sqlx::Error| crate::StoreError::InvalidUrl(error.to_string()))?;
+        let target =
+            format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or("postgres"));
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options.application_name("quartermaster"))
             .await
-            .map_err(|error| crate::StoreError::Unavailable(format!("cannot connect to PostgreSQL at {target}: {error}")))?;
+            .map_err(|error| {
+                crate::StoreError::Unavailable(format!("cannot connect to PostgreSQL at {target}: {error}"))
+            })?;
         sqlx::migrate!("../../migrations/postgres")
             .run(&pool)
             .await

@@ -28,10 +28,7 @@ impl TestDatabase {
                 crate::redact(&admin_url)
             )
         });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create the test database");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create the test database");
         let mut url = url::Url::parse(&admin_url).expect("QM_TEST_DATABASE_URL is a URL");
         url.set_path(&name);
         Self { admin_url, name, url: url.to_string() }

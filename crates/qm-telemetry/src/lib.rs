@@ -65,7 +65,8 @@ pub fn init(service: &str) -> Result<TelemetryGuard, TelemetryError> {
         other => return Err(TelemetryError::InvalidFormat(other.to_owned())),
     };
 
-    let mut provider = SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(service.to_owned()).build());
+    let mut provider =
+        SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(service.to_owned()).build());
     if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|endpoint| !endpoint.trim().is_empty()) {
         // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT (and the other OTEL_* variables) itself.
         let exporter = opentelemetry_otlp::SpanExporter::builder()

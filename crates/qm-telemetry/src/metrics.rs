@@ -1,12 +1,15 @@
 //! Prometheus helpers. Each service owns a [`Registry`] and defines its metrics in one module
 //! (`metrics.rs` of the service); this module only builds and renders them.
 
-use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// A registry for one service, with `qm_build_info{service,version}` = 1 already in it.
 pub fn registry(service: &str) -> Registry {
     let registry = Registry::new();
-    let build_info = gauge_vec(&registry, "qm_build_info", "Build information of the running service", &["service", "version"]);
+    let build_info =
+        gauge_vec(&registry, "qm_build_info", "Build information of the running service", &["service", "version"]);
     build_info.with_label_values(&[service, env!("CARGO_PKG_VERSION")]).set(1);
     registry
 }
@@ -14,7 +17,8 @@ pub fn registry(service: &str) -> Registry {
 /// Registers a counter family. Metric names and label sets are compile-time constants in the
 /// services, so a registration failure is a programming error caught by every test run.
 pub fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let counter = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|error| panic!("metric {name}: {error}"));
+    let counter =
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|error| panic!("metric {name}: {error}"));
     registry.register(Box::new(counter.clone())).unwrap_or_else(|error| panic!("metric {name}: {error}"));
     counter
 }
@@ -26,7 +30,8 @@ pub fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let gauge = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|error| panic!("metric {name}: {error}"));
+    let gauge =
+        IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|error| panic!("metric {name}: {error}"));
     registry.register(Box::new(gauge.clone())).unwrap_or_else(|error| panic!("metric {name}: {error}"));
     gauge
 }

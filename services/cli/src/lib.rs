@@ -1,1 +1,8 @@
-//! qm-cli
+//! The `qm` command line.
+//!
+//! Layout:
+//! - [`dev`]: `qm dev`, every service in one process on embedded defaults.
+//! - [`migrate`]: `qm migrate`, applies pending migrations to `QM_DATABASE_URL`.
+
+pub mod dev;
+pub mod migrate;

@@ -1,0 +1,117 @@
+//! A running service: its bound HTTP server, its router and its background tasks, stopped
+//! together by one [`Shutdown`] within a bounded time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use prometheus::Registry;
+use qm_bus::EventBus;
+use qm_config::Settings;
+use qm_store::Store;
+use tokio::task::JoinSet;
+
+use crate::Shutdown;
+use crate::http::Server;
+
+/// How long background tasks get to finish after shutdown starts.
+pub const TASK_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every service is built from.
+#[derive(Clone)]
+pub struct Dependencies {
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn EventBus>,
+}
+
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+pub struct Service {
+    name: &'static str,
+    server: Server,
+    router: Router,
+    tasks: Vec<Task>,
+}
+
+impl Service {
+    /// Binds `address` (port 0 picks a free port) and wraps `router` in the standard layers.
+    ///
+    /// # Errors
+    /// The bind error, with the address.
+    pub async fn bind(
+        name: &'static str,
+        address: SocketAddr,
+        router: Router,
+        registry: &Registry,
+    ) -> Result<Self, std::io::Error> {
+        let server = Server::bind(address).await.map_err(|error| {
+            std::io::Error::new(error.kind(), format!("{name} cannot listen on {address}: {error}"))
+        })?;
+        Ok(Self { name, server, router: crate::http::with_standard_layers(router, registry), tasks: Vec::new() })
+    }
+
+    /// Adds a background task; it must return soon after the shutdown it was given fires.
+    pub fn with_task(mut self, task: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        self.tasks.push(Box::pin(task));
+        self
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.server.address()
+    }
+
+    /// Serves and runs the tasks until `shutdown` fires, then waits for them (bounded).
+    ///
+    /// # Errors
+    /// An IO error from the listener.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> std::io::Result<()> {
+        let mut tasks = JoinSet::new();
+        for task in self.tasks {
+            tasks.spawn(task);
+        }
+        let served = self.server.serve(self.router, shutdown).await;
+        let drained = tokio::time::timeout(TASK_DRAIN_TIMEOUT, async {
+            while let Some(result) = tasks.join_next().await {
+                if let Err(error) = result {
+                    tracing::error!(service = self.name, %error, "background task failed");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(service = self.name, "background tasks did not stop in time; abandoning them");
+        }
+        tracing::info!(service = self.name, "stopped");
+        served
+    }
+}
+
+impl Service {
+    /// A service that serves only its probes and metrics, ready when the store and the bus
+    /// answer: the shape of every service before its own routes and consumers are added.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn with_probes(
+        name: &'static str,
+        dependencies: &Dependencies,
+        address: SocketAddr,
+    ) -> Result<(Self, Registry), std::io::Error> {
+        let registry = qm_telemetry::metrics::registry(name);
+        let router = crate::probes::router(
+            registry.clone(),
+            vec![
+                Arc::new(crate::probes::StoreReady(dependencies.store.clone())),
+                Arc::new(crate::probes::BusReady(dependencies.bus.clone())),
+            ],
+        );
+        let service = Self::bind(name, address, router, &registry).await?;
+        Ok((service, registry))
+    }
+}

@@ -1,0 +1,6 @@
+fn main() -> std::process::ExitCode {
+    qm_runtime::entrypoint::run("qm-api", |dependencies, shutdown| async move {
+        let address = dependencies.settings.api_addr;
+        qm_api::build(dependencies, address, shutdown).await
+    })
+}

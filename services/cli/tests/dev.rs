@@ -1,0 +1,119 @@
+//! `qm dev` as a user runs it: the real binary, its probes over HTTP, SIGTERM, and a restart on
+//! the same data directory.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+struct Dev {
+    child: Child,
+    output: mpsc::Receiver<String>,
+}
+
+impl Dev {
+    /// Starts `qm dev` on free ports and waits for it to print where each service listens.
+    fn start(data_dir: &Path) -> (Self, HashMap<String, String>, Vec<String>) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_qm"));
+        command.args(["dev", "--data-dir"]).arg(data_dir).stdout(Stdio::piped()).stderr(Stdio::null());
+        for variable in ["QM_API_ADDR", "QM_ORCHESTRATOR_ADDR", "QM_FINOPS_ADDR", "QM_ROUTER_ADDR"] {
+            command.env(variable, "127.0.0.1:0");
+        }
+        for variable in ["QM_ADMIN_PASSWORD", "QM_ADMIN_PASSWORD_FILE", "QM_DATABASE_URL", "QM_BUS_URL"] {
+            command.env_remove(variable);
+        }
+        let mut child = command.spawn().expect("start qm dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, output) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let started = Instant::now();
+        let mut lines = Vec::new();
+        let mut urls = HashMap::new();
+        loop {
+            let line = output.recv_timeout(Duration::from_secs(60)).expect("qm dev printed its addresses within 60 s");
+            if let Some((name, url)) = line.trim().split_once(" http://") {
+                urls.insert(name.trim().to_owned(), format!("http://{url}"));
+            }
+            let done = line.starts_with("Stop with Ctrl-C");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60));
+        (Self { child, output }, urls, lines)
+    }
+
+    /// SIGTERM, then the exit status within `patience`.
+    fn terminate(mut self, patience: Duration) -> std::process::ExitStatus {
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                while self.output.try_recv().is_ok() {}
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("qm dev did not stop within {patience:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client")
+}
+
+fn temporary_data_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("qm-dev-test-{}", uuid::Uuid::new_v4().simple()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qm_dev_serves_every_probe_stops_on_sigterm_and_keeps_its_admin() {
+    let data_dir = temporary_data_dir();
+    let (dev, urls, lines) = Dev::start(&data_dir);
+    let client = http();
+
+    for service in ["api", "orchestrator", "finops", "router"] {
+        let base = urls.get(service).unwrap_or_else(|| panic!("{service} address printed: {lines:?}"));
+        for probe in ["healthz", "readyz"] {
+            let response = client.get(format!("{base}/{probe}")).send().await.expect("request");
+            assert_eq!(response.status(), 200, "{service} /{probe}");
+        }
+        let metrics = client.get(format!("{base}/metrics")).send().await.expect("request");
+        assert_eq!(metrics.status(), 200);
+        let text = metrics.text().await.expect("body");
+        assert!(text.contains(&format!("qm_build_info{{service=\"{service}\"")), "{service}: {text}");
+    }
+    let generated = lines.iter().position(|line| line.starts_with("Generated the admin password")).expect("announced");
+    let printed_password = lines[generated + 1].trim().to_owned();
+
+    let status = dev.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status:?}");
+    let saved = std::fs::read_to_string(data_dir.join("admin-password")).expect("password saved");
+    assert_eq!(saved.trim(), printed_password);
+
+    let (dev, urls, lines) = Dev::start(&data_dir);
+    assert!(!lines.iter().any(|line| line.contains("Generated")), "printed once only: {lines:?}");
+    let ready = client.get(format!("{}/readyz", urls["api"])).send().await.expect("request");
+    assert_eq!(ready.status(), 200);
+    assert!(dev.terminate(Duration::from_secs(10)).success());
+
+    let store = qm_store::connect(&format!("sqlite://{}", data_dir.join("qm.db").display())).await.expect("store");
+    let admin = store.user_by_login("admin").await.expect("read").expect("the admin survived the restart");
+    assert!(qm_api::password::verify(&printed_password, &admin.password_hash), "the saved password still logs in");
+    drop(store);
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}

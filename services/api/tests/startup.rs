@@ -38,7 +38,8 @@ fn a_missing_database_url_is_named() {
 
 #[test]
 fn a_malformed_bus_url_is_named() {
-    let output = qm_api(&[("QM_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"), ("QM_BUS_URL", "amqp://x")]);
+    let output =
+        qm_api(&[("QM_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"), ("QM_BUS_URL", "amqp://x")]);
     assert_refused(&output, "QM_BUS_URL is invalid");
 }
 

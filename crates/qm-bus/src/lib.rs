@@ -131,18 +131,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn EventBus>, BusError> {
     }
 }
 
-/// The URL with any password replaced by `***`, for logs and error messages.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            // Setting a password only fails for URLs that cannot have one, which this one has.
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "<unparsable url>".to_owned(),
-    }
-}
+pub use qm_config::redact_url as redact;
 
 #[cfg(test)]
 mod tests {

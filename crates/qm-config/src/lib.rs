@@ -53,6 +53,19 @@ impl fmt::Display for Secret {
     }
 }
 
+/// The URL with any password replaced by `***`, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Setting a password only fails for URLs that cannot have one, which this one has.
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparsable url>".to_owned(),
+    }
+}
+
 /// Where variables come from.
 #[derive(Clone, Debug, Default)]
 pub struct Environment {

@@ -12,10 +12,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::time::Duration;
 
-use qm_domain::Currency;
+use qm_domain::{Currency, ExchangeRates};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -152,9 +153,64 @@ pub struct Settings {
     pub providers: Vec<String>,
     /// `QM_REPORTING_CURRENCY` (default EUR).
     pub reporting_currency: Currency,
+    /// `QM_FX_RATES` (`USD=0.92,GBP=1.17`): other currencies in the reporting currency.
+    pub exchange_rates: ExchangeRates,
+    /// `QM_SESSION_TTL_SECONDS` (default 12 hours): how long a login session lasts.
+    pub session_ttl: Duration,
+    /// `QM_TRUSTED_PROXIES` (comma list of addresses or CIDR blocks): peers whose
+    /// `X-Forwarded-For` is believed. Empty by default: the TCP peer is the client.
+    pub trusted_proxies: Vec<IpBlock>,
+    /// `QM_COOKIE_SECURE` (default `true` outside `QM_ENV=dev`): marks the session cookie
+    /// `Secure`, so browsers send it over HTTPS only.
+    pub cookie_secure: bool,
 }
 
-const KNOWN_PROVIDERS: [&str; 4] = ["local", "sim", "aws", "scaleway"];
+/// An address block such as `10.0.0.0/8` or a single address (`192.0.2.7`, `::1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpBlock {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpBlock {
+    /// # Errors
+    /// A reason when the text is not an address or `address/prefix`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (address, prefix) = text.trim().split_once('/').map_or((text.trim(), None), |(a, p)| (a, Some(p)));
+        let network: IpAddr = address.parse().map_err(|_| format!("`{text}` is not an IP address or CIDR block"))?;
+        let width = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => width,
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|prefix| *prefix <= width)
+                .ok_or_else(|| format!("`{text}` has an invalid prefix length"))?,
+        };
+        Ok(Self { network, prefix })
+    }
+
+    pub fn contains(&self, address: IpAddr) -> bool {
+        let address = match address {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, address) {
+            (IpAddr::V4(network), IpAddr::V4(address)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(network) & mask == u32::from(address) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(address)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(network) & mask == u128::from(address) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The providers Quartermaster can drive.
+pub const KNOWN_PROVIDERS: [&str; 4] = ["local", "sim", "aws", "scaleway"];
 
 impl Settings {
     /// Settings for a production binary: the database and the bus must be named explicitly.
@@ -200,8 +256,41 @@ impl Settings {
             name: "QM_REPORTING_CURRENCY".into(),
             reason: error.to_string(),
         })?;
+        let invalid = |name: &str| {
+            let name = name.to_owned();
+            move |reason: String| ConfigError::Invalid { name: name.clone(), reason }
+        };
+        let exchange_rates = ExchangeRates::parse(
+            reporting_currency,
+            &environment.get("QM_FX_RATES").unwrap_or_else(|| ExchangeRates::DEFAULT.to_owned()),
+        )
+        .map_err(|error| invalid("QM_FX_RATES")(error.to_string()))?;
+        let session_ttl =
+            match environment.get("QM_SESSION_TTL_SECONDS") {
+                None => Duration::from_secs(12 * 3600),
+                Some(text) => {
+                    text.trim().parse::<u64>().ok().filter(|seconds| *seconds > 0).map(Duration::from_secs).ok_or_else(
+                        || invalid("QM_SESSION_TTL_SECONDS")(format!("`{text}` is not a positive number")),
+                    )?
+                }
+            };
+        let trusted_proxies = environment
+            .get("QM_TRUSTED_PROXIES")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|block| !block.trim().is_empty())
+            .map(IpBlock::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid("QM_TRUSTED_PROXIES"))?;
+        let name = environment.get("QM_ENV").unwrap_or_else(|| "dev".into());
+        let cookie_secure = match environment.get("QM_COOKIE_SECURE").as_deref().map(str::trim) {
+            None => name != "dev",
+            Some("true" | "1") => true,
+            Some("false" | "0") => false,
+            Some(other) => return Err(invalid("QM_COOKIE_SECURE")(format!("`{other}` is not true or false"))),
+        };
         Ok(Self {
-            environment: environment.get("QM_ENV").unwrap_or_else(|| "dev".into()),
+            environment: name,
             database_url,
             bus_url,
             admin_password: environment.secret("QM_ADMIN_PASSWORD")?,
@@ -211,6 +300,10 @@ impl Settings {
             router_addr: environment.socket_addr("QM_ROUTER_ADDR", defaults::ROUTER_ADDR)?,
             providers,
             reporting_currency,
+            exchange_rates,
+            session_ttl,
+            trusted_proxies,
+            cookie_secure,
         })
     }
 }
@@ -243,6 +336,20 @@ fn parse_providers(text: &str) -> Result<Vec<String>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_blocks_match_addresses_inside_them_only() {
+        let block = IpBlock::parse("10.1.0.0/16").expect("block");
+        assert!(block.contains("10.1.200.3".parse().expect("ip")));
+        assert!(!block.contains("10.2.0.1".parse().expect("ip")));
+        assert!(block.contains("::ffff:10.1.0.9".parse().expect("ip")));
+        let single = IpBlock::parse("::1").expect("block");
+        assert!(single.contains("::1".parse().expect("ip")));
+        assert!(!single.contains("::2".parse().expect("ip")));
+        assert!(IpBlock::parse("10.0.0.0/33").is_err());
+        assert!(IpBlock::parse("proxy.local").is_err());
+        assert!(IpBlock::parse("0.0.0.0/0").expect("all").contains("8.8.8.8".parse().expect("ip")));
+    }
 
     fn production(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         Settings::from_env(&Environment::from_pairs(pairs.iter().copied()))

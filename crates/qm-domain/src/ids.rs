@@ -10,8 +10,9 @@ use uuid::Uuid;
 macro_rules! uuid_id {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(transparent)]
+        #[schema(value_type = String, format = Uuid)]
         pub struct $name(Uuid);
 
         impl $name {
@@ -86,6 +87,26 @@ uuid_id!(
 uuid_id!(
     /// The id of a bus envelope; consumers deduplicate on it.
     EventId
+);
+uuid_id!(
+    /// A login session (the id, never the token).
+    SessionId
+);
+uuid_id!(
+    /// A deployment: one request for `count` instances of a model.
+    DeploymentId
+);
+uuid_id!(
+    /// A provider region in the catalog.
+    RegionId
+);
+uuid_id!(
+    /// A zone (availability zone) of a region in the catalog.
+    ZoneId
+);
+uuid_id!(
+    /// An instance type of a provider in the catalog.
+    InstanceTypeId
 );
 
 #[cfg(test)]

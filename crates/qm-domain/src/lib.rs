@@ -7,14 +7,19 @@
 //! - [`ids`]: UUID newtypes (`OrganizationId`, `UserId`, `InstanceId`, ...).
 //! - [`identity`]: roles, usernames and email addresses.
 //! - [`money`]: integer micro-unit amounts and ISO currency codes.
+//! - [`actions`]: the catalogue of action log types.
 //! - [`lifecycle`]: instance states and the pure transition function.
 
+pub mod actions;
 pub mod identity;
 pub mod ids;
 pub mod lifecycle;
 pub mod money;
 
 pub use identity::{Email, Role, Username};
-pub use ids::{ActionLogId, ApiKeyId, EventId, InstanceId, OrganizationId, UserId};
+pub use ids::{
+    ActionLogId, ApiKeyId, DeploymentId, EventId, InstanceId, InstanceTypeId, OrganizationId, RegionId, SessionId,
+    UserId, ZoneId,
+};
 pub use lifecycle::{InstanceState, TransitionError};
-pub use money::{Currency, MicroUnits};
+pub use money::{Currency, ExchangeRates, MicroUnits};

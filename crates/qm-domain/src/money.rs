@@ -134,9 +134,62 @@ impl<'de> Deserialize<'de> for Currency {
     }
 }
 
+/// Rates that turn amounts in other currencies into the reporting currency, for ranking offers
+/// priced in different currencies and for reporting. A rate is "one unit of `from` is worth
+/// `rate` units of the reporting currency", held in micro-units so that conversion stays integer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExchangeRates {
+    reporting: Currency,
+    rates: Vec<(Currency, MicroUnits)>,
+}
+
+impl ExchangeRates {
+    /// Nominal rates used when none are configured: they keep ranking sensible in development;
+    /// production sets `QM_FX_RATES`.
+    pub const DEFAULT: &'static str = "USD=0.92,EUR=1,GBP=1.17";
+
+    /// Parses `CUR=rate,CUR=rate` (rates are decimals, relative to `reporting`).
+    ///
+    /// # Errors
+    /// [`MoneyError`] for a malformed currency or rate.
+    pub fn parse(reporting: Currency, text: &str) -> Result<Self, MoneyError> {
+        let mut rates = vec![(reporting, MicroUnits(MICRO_UNITS_PER_UNIT))];
+        for pair in text.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
+            let (currency, rate) = pair.split_once('=').ok_or(MoneyError::Malformed)?;
+            let currency = Currency::parse(currency.trim())?;
+            let rate = MicroUnits::parse_decimal(rate)?;
+            if currency != reporting {
+                rates.push((currency, rate));
+            }
+        }
+        Ok(Self { reporting, rates })
+    }
+
+    pub fn reporting(&self) -> Currency {
+        self.reporting
+    }
+
+    /// `amount` of `from` in the reporting currency, or `None` when no rate is known.
+    pub fn convert(&self, amount: MicroUnits, from: Currency) -> Option<MicroUnits> {
+        let (_, rate) = self.rates.iter().find(|(currency, _)| *currency == from)?;
+        let converted = i128::from(amount.0) * i128::from(rate.0) / i128::from(MICRO_UNITS_PER_UNIT);
+        i64::try_from(converted).ok().map(MicroUnits)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exchange_rates_convert_exactly_and_know_what_they_do_not_know() {
+        let rates = ExchangeRates::parse(Currency::EUR, "USD=0.92").expect("rates");
+        assert_eq!(rates.convert(MicroUnits::new(1_006_000), Currency::USD), Some(MicroUnits::new(925_520)));
+        assert_eq!(rates.convert(MicroUnits::new(5), Currency::EUR), Some(MicroUnits::new(5)));
+        assert_eq!(rates.convert(MicroUnits::new(5), Currency::parse("JPY").expect("code")), None);
+        assert!(ExchangeRates::parse(Currency::EUR, "USD").is_err());
+        assert!(ExchangeRates::parse(Currency::EUR, "usd=1").is_err());
+    }
 
     #[test]
     fn a_decimal_price_is_parsed_exactly() {

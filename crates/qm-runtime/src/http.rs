@@ -11,6 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use prometheus::{HistogramVec, IntCounterVec, Registry};
 use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -66,11 +67,29 @@ async fn observe(State(metrics): State<HttpMetrics>, request: Request, next: Nex
     response
 }
 
+/// A handler panicked: the client gets a bare problem+json 500 (never the panic message), and
+/// the panic is logged.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %message, "request handler panicked");
+    let body = r#"{"type":"about:blank","title":"Internal Server Error","status":500,"detail":"the server failed to handle the request; it has been logged"}"#;
+    Response::builder()
+        .status(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+        .header(axum::http::header::CONTENT_TYPE, "application/problem+json")
+        .body(axum::body::Body::from(body))
+        .unwrap_or_default()
+}
+
 /// Adds the standard layers to a service's router.
 pub fn with_standard_layers(router: Router, registry: &Registry) -> Router {
     router
         .layer(middleware::from_fn_with_state(HttpMetrics::new(registry), observe))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
 }
 
@@ -103,7 +122,9 @@ impl Server {
             let shutdown = shutdown.clone();
             async move { shutdown.wait().await }
         };
-        let serving = axum::serve(self.listener, router).with_graceful_shutdown(graceful).into_future();
+        let serving = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(graceful)
+            .into_future();
         tokio::pin!(serving);
         tokio::select! {
             result = &mut serving => result,

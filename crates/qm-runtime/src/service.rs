@@ -104,6 +104,21 @@ impl Service {
         address: SocketAddr,
     ) -> Result<(Self, Registry), std::io::Error> {
         let registry = qm_telemetry::metrics::registry(name);
+        Self::with_routes(name, dependencies, address, Router::new(), registry).await
+    }
+
+    /// Like [`Service::with_probes`], serving `routes` beside the probes; `registry` is the one
+    /// the routes' own metrics were registered in.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn with_routes(
+        name: &'static str,
+        dependencies: &Dependencies,
+        address: SocketAddr,
+        routes: Router,
+        registry: Registry,
+    ) -> Result<(Self, Registry), std::io::Error> {
         let router = crate::probes::router(
             registry.clone(),
             vec![
@@ -111,7 +126,7 @@ impl Service {
                 Arc::new(crate::probes::BusReady(dependencies.bus.clone())),
             ],
         );
-        let service = Self::bind(name, address, router, &registry).await?;
+        let service = Self::bind(name, address, routes.merge(router), &registry).await?;
         Ok((service, registry))
     }
 }

@@ -5,14 +5,19 @@
 //! and the bus messages it causes (the outbox) commit together or not at all.
 //!
 //! Layout:
-//! - [`model`]: the records the store reads and writes.
+//! - [`model`]: the foundation's records (organizations, users, action logs, outbox).
+//! - [`access`], [`catalog`], [`fleet`]: one area each, with its records, its read and write
+//!   traits (which [`Store`] and [`StoreTx`] include) and its SQL.
 //! - [`error`]: [`StoreError`], with unique violations mapped to [`StoreError::Conflict`].
 //! - `sql`: the SQL, written once as a macro that expands for each backend.
 //! - [`sqlite`], [`postgres`]: connection set-up and migrations per backend.
 //! - [`conformance`]: the suite every backend runs.
 
+pub mod access;
+pub mod catalog;
 pub mod conformance;
 pub mod error;
+pub mod fleet;
 pub mod model;
 pub mod postgres;
 mod sql;
@@ -26,7 +31,15 @@ use async_trait::async_trait;
 use qm_domain::{EventId, OrganizationId, UserId};
 use qm_events::Envelope;
 
+pub use access::{AccessStore, AccessTx, ApiKey, NewApiKey, NewSession, Session};
+pub use catalog::{
+    CatalogStore, CatalogTx, InstanceType, InstanceTypeInput, Offer, Provider, Region, RegionInput, Zone, ZoneInput,
+};
 pub use error::StoreError;
+pub use fleet::{
+    ActionLogCounts, ActionLogQuery, Deployment, FeedEntry, FleetStore, FleetTx, Instance, InstanceFilter, NewInstance,
+    StateChange, Transition,
+};
 pub use model::{ActionLog, ActionStatus, NewActionLog, NewOrganization, NewUser, Organization, OutboxMessage, User};
 
 /// Which database a store runs on.
@@ -38,7 +51,7 @@ pub enum Backend {
 
 /// Reads, and the door to writes ([`Store::begin`]).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AccessStore + CatalogStore + FleetStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Checks that the database answers, for readiness probes.
@@ -72,7 +85,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// One transaction. Dropping it without [`commit`](StoreTx::commit) rolls everything back.
 #[async_trait]
-pub trait StoreTx: Send {
+pub trait StoreTx: AccessTx + CatalogTx + FleetTx + Send {
     async fn insert_organization(&mut self, organization: &NewOrganization) -> Result<Organization, StoreError>;
     async fn insert_user(&mut self, user: &NewUser) -> Result<User, StoreError>;
     async fn insert_action_log(&mut self, entry: &NewActionLog) -> Result<ActionLog, StoreError>;

@@ -6,7 +6,7 @@ use qm_events::Envelope;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Organization {
     pub id: OrganizationId,
     pub name: String,
@@ -53,7 +53,7 @@ pub struct NewUser {
     pub is_platform_admin: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionStatus {
     Started,
@@ -78,7 +78,7 @@ impl ActionStatus {
 }
 
 /// What a component did, how long it took and how it ended.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ActionLog {
     pub id: ActionLogId,
     pub organization_id: Option<OrganizationId>,
@@ -89,6 +89,7 @@ pub struct ActionLog {
     pub instance_id: Option<InstanceId>,
     pub user_id: Option<UserId>,
     pub error: Option<String>,
+    #[schema(value_type = Object)]
     pub metadata: Value,
     pub created_at: DateTime<Utc>,
 }

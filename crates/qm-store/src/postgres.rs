@@ -65,4 +65,7 @@ mod implementation {
         backend: Backend::Postgres,
         skip_locked: " FOR UPDATE SKIP LOCKED"
     );
+    crate::access::impl_access_sql!(store: PostgresStore, tx: PostgresTx, db: sqlx::Postgres);
+    crate::catalog::impl_catalog_sql!(store: PostgresStore, tx: PostgresTx, db: sqlx::Postgres);
+    crate::fleet::impl_fleet_sql!(store: PostgresStore, tx: PostgresTx, db: sqlx::Postgres);
 }

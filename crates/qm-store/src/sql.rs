@@ -267,13 +267,14 @@ macro_rules! impl_sql_store {
             async fn enqueue(&mut self, envelope: &Envelope) -> Result<(), StoreError> {
                 let payload = String::from_utf8(envelope.to_json()).map_err(|error| StoreError::Corrupt(error.to_string()))?;
                 sqlx::query(
-                    "INSERT INTO outbox (id, channel, message_type, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO outbox (id, channel, message_type, payload, created_at, organization_id) VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(envelope.id.as_uuid())
                 .bind(envelope.channel().short_name())
                 .bind(&envelope.message_type)
                 .bind(payload)
                 .bind(now())
+                .bind(envelope.org_id.map(|id| id.as_uuid()))
                 .execute(&mut *self.transaction)
                 .await?;
                 Ok(())

@@ -69,4 +69,7 @@ mod implementation {
         backend: Backend::Sqlite,
         skip_locked: ""
     );
+    crate::access::impl_access_sql!(store: SqliteStore, tx: SqliteTx, db: sqlx::Sqlite);
+    crate::catalog::impl_catalog_sql!(store: SqliteStore, tx: SqliteTx, db: sqlx::Sqlite);
+    crate::fleet::impl_fleet_sql!(store: SqliteStore, tx: SqliteTx, db: sqlx::Sqlite);
 }

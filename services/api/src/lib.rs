@@ -1,14 +1,27 @@
-//! The `api` service (default port 8003): the REST API, the outbox relay, and the bootstrap of
-//! the platform admin.
+//! The `api` service (default port 8003): the REST API and its OpenAPI document, the live event
+//! stream, the outbox relay, and the bootstrap of the platform admin.
 //!
 //! Layout:
-//! - [`bootstrap`]: the default organization and the `admin` user, created once.
-//! - [`password`]: argon2id hashing and verification, and generated passwords.
+//! - [`problem`]: problem+json errors and the extractors that produce them.
+//! - [`auth`]: tokens, the caller ([`auth::Principal`]), client addresses, the login limiter.
+//! - [`routes`]: one module per resource; [`openapi`] assembles them into the router and the
+//!   document.
+//! - [`feed`]: follows the outbox for the `/events` stream.
+//! - [`seeds`]: the catalog seed, loaded by `qm dev` and `qm seed`.
+//! - [`bootstrap`], [`password`]: the first admin; argon2id.
 
+pub mod auth;
 pub mod bootstrap;
+pub mod feed;
+pub mod openapi;
 pub mod password;
+pub mod problem;
+pub mod routes;
+pub mod seeds;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use qm_runtime::Shutdown;
 use qm_runtime::relay::Relay;
@@ -16,15 +29,40 @@ use qm_runtime::service::{Dependencies, Service};
 
 pub const NAME: &str = "api";
 
-/// Bootstraps the admin if needed, then builds the API on `address` with the outbox relay
-/// running beside it.
+/// Login limits: failures allowed in [`LOGIN_WINDOW`] per client address and per account.
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
+pub const LOGIN_FAILURES_PER_CLIENT: usize = 20;
+pub const LOGIN_FAILURES_PER_ACCOUNT: usize = 5;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub dependencies: Dependencies,
+    pub login_limiter: Arc<auth::LoginLimiter>,
+    pub feed: feed::FeedHandle,
+}
+
+/// Bootstraps the admin if needed, then builds the API on `address` with the outbox relay and
+/// the event feed running beside it.
 ///
 /// # Errors
 /// When no admin exists and no password was configured, when the store fails, or when the
 /// address cannot be bound.
 pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Shutdown) -> anyhow::Result<Service> {
     bootstrap::ensure_admin(&*dependencies.store, dependencies.settings.admin_password.as_ref()).await?;
-    let (service, registry) = Service::with_probes(NAME, &dependencies, address).await?;
+    let registry = qm_telemetry::metrics::registry(NAME);
+    let (feed, follower) = feed::Feed::start(dependencies.store.clone(), shutdown.clone()).await?;
+    let state = AppState {
+        dependencies: dependencies.clone(),
+        login_limiter: Arc::new(auth::LoginLimiter::new(
+            LOGIN_WINDOW,
+            LOGIN_FAILURES_PER_CLIENT,
+            LOGIN_FAILURES_PER_ACCOUNT,
+        )),
+        feed,
+    };
+    let routes = openapi::router(state);
+    let (service, registry) = Service::with_routes(NAME, &dependencies, address, routes, registry).await?;
     let relay = Relay::new(dependencies.store.clone(), dependencies.bus.clone(), &registry);
-    Ok(service.with_task(relay.run(shutdown)))
+    Ok(service.with_task(relay.run(shutdown.clone())).with_task(follower.run(shutdown)))
 }

@@ -1,0 +1,511 @@
+//! The fleet: deployments, instances and their state history; the searchable action log; and
+//! the event feed (events in the outbox, read back per organization for live streams).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use qm_domain::{DeploymentId, InstanceId, InstanceState, InstanceTypeId, OrganizationId, UserId, ZoneId};
+use qm_events::Envelope;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::StoreError;
+use crate::catalog::Offer;
+use crate::model::{ActionLog, ActionStatus};
+
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Deployment {
+    pub id: DeploymentId,
+    pub organization_id: OrganizationId,
+    pub created_by: Option<UserId>,
+    pub model: String,
+    pub count: i32,
+    /// The request as accepted.
+    #[schema(value_type = Object)]
+    pub request: Value,
+    /// Where its instances may run, in the order the orchestrator tries them.
+    pub placements: Vec<Offer>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub organization_id: OrganizationId,
+    pub deployment_id: Option<DeploymentId>,
+    pub provider: String,
+    pub zone_id: ZoneId,
+    pub zone: String,
+    pub instance_type_id: InstanceTypeId,
+    pub instance_type: String,
+    pub model: String,
+    pub state: InstanceState,
+    pub state_changed_at: DateTime<Utc>,
+    /// 0 to 100, from completed steps: provider create, start, address, agent registered,
+    /// engine ready, ready.
+    pub progress_percent: i32,
+    pub provider_instance_id: Option<String>,
+    pub address: Option<String>,
+    pub hourly_price_micros: i64,
+    pub currency: String,
+    pub failure_reason: Option<String>,
+    pub deleted_by_provider: bool,
+    pub archived: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewInstance {
+    pub id: InstanceId,
+    pub organization_id: OrganizationId,
+    pub deployment_id: Option<DeploymentId>,
+    pub placement: Offer,
+    pub model: String,
+}
+
+/// One move of an instance, recorded in `instance_state_history`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct StateChange {
+    pub from_state: Option<InstanceState>,
+    pub to_state: InstanceState,
+    pub reason: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// A conditional state change: applied only while the instance is still in `from`.
+#[derive(Clone, Debug)]
+pub struct Transition {
+    pub instance: InstanceId,
+    pub from: InstanceState,
+    pub to: InstanceState,
+    pub reason: Option<String>,
+    /// New progress, when the step changes it.
+    pub progress_percent: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct InstanceFilter {
+    pub organization: Option<OrganizationId>,
+    pub deployment: Option<DeploymentId>,
+    pub state: Option<InstanceState>,
+    pub provider: Option<String>,
+    /// Zone code.
+    pub zone: Option<String>,
+    pub archived: Option<bool>,
+    /// Cursor: only instances with a smaller id (older).
+    pub before: Option<InstanceId>,
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ActionLogQuery {
+    pub organization: Option<OrganizationId>,
+    pub component: Option<String>,
+    pub action_type: Option<String>,
+    pub status: Option<ActionStatus>,
+    pub instance: Option<InstanceId>,
+    pub user: Option<UserId>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Cursor: only entries with a smaller id (older).
+    pub before: Option<uuid::Uuid>,
+    pub limit: u32,
+}
+
+/// How many entries match a query, by status and by type (the cursor is ignored).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ActionLogCounts {
+    pub total: u64,
+    pub by_status: Vec<(String, u64)>,
+    pub by_type: Vec<(String, u64)>,
+}
+
+/// A message of the outbox as the event feed reads it.
+#[derive(Clone, Debug)]
+pub struct FeedEntry {
+    /// Position in the outbox; feeds resume from it.
+    pub seq: i64,
+    pub organization_id: Option<OrganizationId>,
+    pub is_event: bool,
+    pub created_at: DateTime<Utc>,
+    pub envelope: Envelope,
+}
+
+#[async_trait]
+pub trait FleetStore {
+    async fn deployment(&self, id: DeploymentId) -> Result<Option<Deployment>, StoreError>;
+    async fn deployments(
+        &self,
+        organization: Option<OrganizationId>,
+        before: Option<DeploymentId>,
+        limit: u32,
+    ) -> Result<Vec<Deployment>, StoreError>;
+    async fn instance(&self, id: InstanceId) -> Result<Option<Instance>, StoreError>;
+    /// Newest first.
+    async fn instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>, StoreError>;
+    /// Oldest first.
+    async fn instance_history(&self, id: InstanceId) -> Result<Vec<StateChange>, StoreError>;
+    /// Newest first.
+    async fn search_action_logs(&self, query: &ActionLogQuery) -> Result<Vec<ActionLog>, StoreError>;
+    async fn count_action_logs(&self, query: &ActionLogQuery) -> Result<ActionLogCounts, StoreError>;
+    /// Outbox messages after `after`, oldest first: events only and of one organization when
+    /// asked, and never past `up_to`.
+    async fn feed(
+        &self,
+        after: i64,
+        up_to: Option<i64>,
+        organization: Option<OrganizationId>,
+        limit: u32,
+    ) -> Result<Vec<FeedEntry>, StoreError>;
+    /// The newest outbox position (0 when empty).
+    async fn feed_head(&self) -> Result<i64, StoreError>;
+}
+
+#[async_trait]
+pub trait FleetTx {
+    async fn insert_deployment(&mut self, deployment: &Deployment) -> Result<(), StoreError>;
+    /// Inserts the instance in `requested` and records that first state.
+    async fn insert_instance(&mut self, instance: &NewInstance) -> Result<Instance, StoreError>;
+    /// Applies the transition if the instance is still in `from` and records it; `None` when it
+    /// had moved on (or does not exist), so that racing writers cannot both win.
+    async fn transition_instance(&mut self, transition: &Transition) -> Result<Option<Instance>, StoreError>;
+    /// Archives a terminated or failed instance; `None` when it is in another state.
+    async fn archive_instance(&mut self, id: InstanceId) -> Result<Option<Instance>, StoreError>;
+}
+
+macro_rules! impl_fleet_sql {
+    (store: $store:ty, tx: $tx:ty, db: $db:ty) => {
+        mod fleet_sql {
+            use async_trait::async_trait;
+            use qm_domain::{DeploymentId, InstanceId, InstanceState, OrganizationId};
+            use qm_events::Envelope;
+            use sqlx::Row as _;
+            use uuid::Uuid;
+
+            use super::*;
+            use crate::fleet::{
+                ActionLogCounts, ActionLogQuery, Deployment, FeedEntry, FleetStore, FleetTx, Instance, InstanceFilter,
+                NewInstance, StateChange, Transition,
+            };
+            use crate::model::ActionLog;
+            use crate::{StoreError, now};
+
+            type DbRow = <$db as sqlx::Database>::Row;
+
+            const DEPLOYMENT_COLUMNS: &str = "id, organization_id, created_by, model, count, request, placements, created_at";
+            const INSTANCE_COLUMNS: &str = "id, organization_id, deployment_id, provider, zone_id, zone, instance_type_id, instance_type, model, state, \
+                 state_changed_at, progress_percent, provider_instance_id, address, hourly_price_micros, currency, failure_reason, \
+                 deleted_by_provider, archived, created_at, updated_at";
+            /// The filters shared by the action log search and its counts; `$1`..`$8`.
+            const ACTION_LOG_FILTER: &str = "($1 IS NULL OR organization_id = $1) AND ($2 IS NULL OR component = $2) \
+                 AND ($3 IS NULL OR action_type = $3) AND ($4 IS NULL OR status = $4) AND ($5 IS NULL OR instance_id = $5) \
+                 AND ($6 IS NULL OR user_id = $6) AND ($7 IS NULL OR created_at >= $7) AND ($8 IS NULL OR created_at < $8)";
+
+            fn state_from_text(text: &str) -> Result<InstanceState, StoreError> {
+                text.parse().map_err(|error: qm_domain::lifecycle::UnknownState| StoreError::Corrupt(error.to_string()))
+            }
+
+            fn deployment_from_row(row: &DbRow) -> Result<Deployment, StoreError> {
+                let request: sqlx::types::Json<serde_json::Value> = row.try_get("request")?;
+                let placements: sqlx::types::Json<Vec<crate::catalog::Offer>> = row.try_get("placements")?;
+                Ok(Deployment {
+                    id: DeploymentId::from_uuid(row.try_get("id")?),
+                    organization_id: OrganizationId::from_uuid(row.try_get("organization_id")?),
+                    created_by: row.try_get::<Option<Uuid>, _>("created_by")?.map(Into::into),
+                    model: row.try_get("model")?,
+                    count: row.try_get("count")?,
+                    request: request.0,
+                    placements: placements.0,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+
+            fn instance_from_row(row: &DbRow) -> Result<Instance, StoreError> {
+                let state: String = row.try_get("state")?;
+                Ok(Instance {
+                    id: InstanceId::from_uuid(row.try_get("id")?),
+                    organization_id: OrganizationId::from_uuid(row.try_get("organization_id")?),
+                    deployment_id: row.try_get::<Option<Uuid>, _>("deployment_id")?.map(Into::into),
+                    provider: row.try_get("provider")?,
+                    zone_id: row.try_get::<Uuid, _>("zone_id")?.into(),
+                    zone: row.try_get("zone")?,
+                    instance_type_id: row.try_get::<Uuid, _>("instance_type_id")?.into(),
+                    instance_type: row.try_get("instance_type")?,
+                    model: row.try_get("model")?,
+                    state: state_from_text(&state)?,
+                    state_changed_at: row.try_get("state_changed_at")?,
+                    progress_percent: row.try_get("progress_percent")?,
+                    provider_instance_id: row.try_get("provider_instance_id")?,
+                    address: row.try_get("address")?,
+                    hourly_price_micros: row.try_get("hourly_price_micros")?,
+                    currency: row.try_get("currency")?,
+                    failure_reason: row.try_get("failure_reason")?,
+                    deleted_by_provider: row.try_get("deleted_by_provider")?,
+                    archived: row.try_get("archived")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            }
+
+            fn feed_from_row(row: &DbRow) -> Result<FeedEntry, StoreError> {
+                let payload: String = row.try_get("payload")?;
+                let channel: String = row.try_get("channel")?;
+                Ok(FeedEntry {
+                    seq: row.try_get("seq")?,
+                    organization_id: row.try_get::<Option<Uuid>, _>("organization_id")?.map(Into::into),
+                    is_event: channel == "evt",
+                    created_at: row.try_get("created_at")?,
+                    envelope: Envelope::from_json(payload.as_bytes()).map_err(|error| StoreError::Corrupt(error.to_string()))?,
+                })
+            }
+
+            fn bind_action_log_filter<'q>(
+                query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+                filter: &'q ActionLogQuery,
+            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+                query
+                    .bind(filter.organization.map(|id| id.as_uuid()))
+                    .bind(filter.component.as_deref())
+                    .bind(filter.action_type.as_deref())
+                    .bind(filter.status.map(|status| status.as_str()))
+                    .bind(filter.instance.map(|id| id.as_uuid()))
+                    .bind(filter.user.map(|id| id.as_uuid()))
+                    .bind(filter.since)
+                    .bind(filter.until)
+            }
+
+            async fn counts_by(
+                store: &$store,
+                column: &str,
+                filter: &ActionLogQuery,
+            ) -> Result<Vec<(String, u64)>, StoreError> {
+                let sql = format!(
+                    "SELECT {column} AS label, COUNT(*) AS n FROM action_logs WHERE {ACTION_LOG_FILTER} GROUP BY {column} ORDER BY {column}"
+                );
+                let rows = bind_action_log_filter(sqlx::query(&sql), filter).fetch_all(store.reader()).await?;
+                rows.iter()
+                    .map(|row| {
+                        let count: i64 = row.try_get("n")?;
+                        Ok((row.try_get("label")?, u64::try_from(count).unwrap_or_default()))
+                    })
+                    .collect()
+            }
+
+            #[async_trait]
+            impl FleetStore for $store {
+                async fn deployment(&self, id: DeploymentId) -> Result<Option<Deployment>, StoreError> {
+                    let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1");
+                    let row = sqlx::query(&sql).bind(id.as_uuid()).fetch_optional(self.reader()).await?;
+                    row.as_ref().map(deployment_from_row).transpose()
+                }
+
+                async fn deployments(
+                    &self,
+                    organization: Option<OrganizationId>,
+                    before: Option<DeploymentId>,
+                    limit: u32,
+                ) -> Result<Vec<Deployment>, StoreError> {
+                    let sql = format!(
+                        "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE ($1 IS NULL OR organization_id = $1) AND ($2 IS NULL OR id < $2) \
+                         ORDER BY id DESC LIMIT $3"
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(organization.map(|id| id.as_uuid()))
+                        .bind(before.map(|id| id.as_uuid()))
+                        .bind(i64::from(limit))
+                        .fetch_all(self.reader())
+                        .await?;
+                    rows.iter().map(deployment_from_row).collect()
+                }
+
+                async fn instance(&self, id: InstanceId) -> Result<Option<Instance>, StoreError> {
+                    let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1");
+                    let row = sqlx::query(&sql).bind(id.as_uuid()).fetch_optional(self.reader()).await?;
+                    row.as_ref().map(instance_from_row).transpose()
+                }
+
+                async fn instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>, StoreError> {
+                    let sql = format!(
+                        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE ($1 IS NULL OR organization_id = $1) \
+                         AND ($2 IS NULL OR deployment_id = $2) AND ($3 IS NULL OR state = $3) AND ($4 IS NULL OR provider = $4) \
+                         AND ($5 IS NULL OR zone = $5) AND ($6 IS NULL OR archived = $6) AND ($7 IS NULL OR id < $7) \
+                         ORDER BY id DESC LIMIT $8"
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(filter.organization.map(|id| id.as_uuid()))
+                        .bind(filter.deployment.map(|id| id.as_uuid()))
+                        .bind(filter.state.map(|state| state.as_str()))
+                        .bind(filter.provider.as_deref())
+                        .bind(filter.zone.as_deref())
+                        .bind(filter.archived)
+                        .bind(filter.before.map(|id| id.as_uuid()))
+                        .bind(i64::from(filter.limit))
+                        .fetch_all(self.reader())
+                        .await?;
+                    rows.iter().map(instance_from_row).collect()
+                }
+
+                async fn instance_history(&self, id: InstanceId) -> Result<Vec<StateChange>, StoreError> {
+                    let rows = sqlx::query(
+                        "SELECT from_state, to_state, reason, occurred_at FROM instance_state_history WHERE instance_id = $1 ORDER BY id",
+                    )
+                    .bind(id.as_uuid())
+                    .fetch_all(self.reader())
+                    .await?;
+                    rows.iter()
+                        .map(|row| {
+                            let from: Option<String> = row.try_get("from_state")?;
+                            let to: String = row.try_get("to_state")?;
+                            Ok(StateChange {
+                                from_state: from.as_deref().map(state_from_text).transpose()?,
+                                to_state: state_from_text(&to)?,
+                                reason: row.try_get("reason")?,
+                                occurred_at: row.try_get("occurred_at")?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn search_action_logs(&self, query: &ActionLogQuery) -> Result<Vec<ActionLog>, StoreError> {
+                    let sql = format!(
+                        "SELECT {ACTION_LOG_COLUMNS} FROM action_logs WHERE {ACTION_LOG_FILTER} AND ($9 IS NULL OR id < $9) \
+                         ORDER BY id DESC LIMIT $10"
+                    );
+                    let rows = bind_action_log_filter(sqlx::query(&sql), query)
+                        .bind(query.before)
+                        .bind(i64::from(query.limit))
+                        .fetch_all(self.reader())
+                        .await?;
+                    rows.iter().map(action_log_from_row).collect()
+                }
+
+                async fn count_action_logs(&self, query: &ActionLogQuery) -> Result<ActionLogCounts, StoreError> {
+                    let by_status = counts_by(self, "status", query).await?;
+                    let by_type = counts_by(self, "action_type", query).await?;
+                    Ok(ActionLogCounts { total: by_status.iter().map(|(_, count)| count).sum(), by_status, by_type })
+                }
+
+                async fn feed(
+                    &self,
+                    after: i64,
+                    up_to: Option<i64>,
+                    organization: Option<OrganizationId>,
+                    limit: u32,
+                ) -> Result<Vec<FeedEntry>, StoreError> {
+                    let rows = sqlx::query(
+                        "SELECT seq, organization_id, channel, created_at, payload FROM outbox \
+                         WHERE seq > $1 AND ($2 IS NULL OR seq <= $2) AND ($3 IS NULL OR (organization_id = $3 AND channel = 'evt')) \
+                         ORDER BY seq LIMIT $4",
+                    )
+                    .bind(after)
+                    .bind(up_to)
+                    .bind(organization.map(|id| id.as_uuid()))
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                    rows.iter().map(feed_from_row).collect()
+                }
+
+                async fn feed_head(&self) -> Result<i64, StoreError> {
+                    let head: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM outbox").fetch_one(self.reader()).await?;
+                    Ok(head.unwrap_or(0))
+                }
+            }
+
+            #[async_trait]
+            impl FleetTx for $tx {
+                async fn insert_deployment(&mut self, deployment: &Deployment) -> Result<(), StoreError> {
+                    let sql = format!("INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
+                    sqlx::query(&sql)
+                        .bind(deployment.id.as_uuid())
+                        .bind(deployment.organization_id.as_uuid())
+                        .bind(deployment.created_by.map(|id| id.as_uuid()))
+                        .bind(&deployment.model)
+                        .bind(deployment.count)
+                        .bind(sqlx::types::Json(&deployment.request))
+                        .bind(sqlx::types::Json(&deployment.placements))
+                        .bind(deployment.created_at)
+                        .execute(&mut *self.transaction)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn insert_instance(&mut self, instance: &NewInstance) -> Result<Instance, StoreError> {
+                    let at = now();
+                    let placement = &instance.placement;
+                    let sql = format!(
+                        "INSERT INTO instances (id, organization_id, deployment_id, provider, zone_id, zone, instance_type_id, instance_type, \
+                         model, state, state_changed_at, hourly_price_micros, currency, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'requested', $10, $11, $12, $10, $10) RETURNING {INSTANCE_COLUMNS}"
+                    );
+                    let row = sqlx::query(&sql)
+                        .bind(instance.id.as_uuid())
+                        .bind(instance.organization_id.as_uuid())
+                        .bind(instance.deployment_id.map(|id| id.as_uuid()))
+                        .bind(&placement.provider)
+                        .bind(placement.zone_id.as_uuid())
+                        .bind(&placement.zone)
+                        .bind(placement.instance_type_id.as_uuid())
+                        .bind(&placement.instance_type)
+                        .bind(&instance.model)
+                        .bind(at)
+                        .bind(placement.hourly_price_micros)
+                        .bind(&placement.currency)
+                        .fetch_one(&mut *self.transaction)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO instance_state_history (id, instance_id, from_state, to_state, reason, occurred_at) \
+                         VALUES ($1, $2, NULL, 'requested', NULL, $3)",
+                    )
+                    .bind(Uuid::now_v7())
+                    .bind(instance.id.as_uuid())
+                    .bind(at)
+                    .execute(&mut *self.transaction)
+                    .await?;
+                    instance_from_row(&row)
+                }
+
+                async fn transition_instance(&mut self, transition: &Transition) -> Result<Option<Instance>, StoreError> {
+                    let at = now();
+                    let sql = format!(
+                        "UPDATE instances SET state = $1, state_changed_at = $2, updated_at = $2, \
+                         progress_percent = COALESCE($3, progress_percent) WHERE id = $4 AND state = $5 RETURNING {INSTANCE_COLUMNS}"
+                    );
+                    let row = sqlx::query(&sql)
+                        .bind(transition.to.as_str())
+                        .bind(at)
+                        .bind(transition.progress_percent)
+                        .bind(transition.instance.as_uuid())
+                        .bind(transition.from.as_str())
+                        .fetch_optional(&mut *self.transaction)
+                        .await?;
+                    let Some(row) = row else { return Ok(None) };
+                    sqlx::query(
+                        "INSERT INTO instance_state_history (id, instance_id, from_state, to_state, reason, occurred_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(Uuid::now_v7())
+                    .bind(transition.instance.as_uuid())
+                    .bind(transition.from.as_str())
+                    .bind(transition.to.as_str())
+                    .bind(&transition.reason)
+                    .bind(at)
+                    .execute(&mut *self.transaction)
+                    .await?;
+                    instance_from_row(&row).map(Some)
+                }
+
+                async fn archive_instance(&mut self, id: InstanceId) -> Result<Option<Instance>, StoreError> {
+                    let sql = format!(
+                        "UPDATE instances SET archived = TRUE, updated_at = $1 \
+                         WHERE id = $2 AND state IN ('terminated', 'provisioning_failed') RETURNING {INSTANCE_COLUMNS}"
+                    );
+                    let row = sqlx::query(&sql).bind(now()).bind(id.as_uuid()).fetch_optional(&mut *self.transaction).await?;
+                    row.as_ref().map(instance_from_row).transpose()
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use impl_fleet_sql;

@@ -1,0 +1,296 @@
+//! Who is calling: bearer tokens and the session cookie, API keys, roles, the client's address
+//! (behind trusted proxies only), and the login rate limiter.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use qm_config::IpBlock;
+use qm_domain::{ApiKeyId, OrganizationId, Role, SessionId, UserId};
+use rand::Rng as _;
+use sha2::{Digest as _, Sha256};
+
+use crate::AppState;
+use crate::problem::Problem;
+
+pub const SESSION_COOKIE: &str = "qm_session";
+pub const API_KEY_PREFIX: &str = "qm_";
+pub const SESSION_TOKEN_PREFIX: &str = "qms_";
+/// A key's `last_used_at` is written at most this often.
+pub const LAST_USED_GRANULARITY: Duration = Duration::from_secs(60);
+
+/// A new secret: `prefix` and 43 random base62 characters (about 256 bits).
+pub fn generate_token(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let random: String = (0..43).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect();
+    format!("{prefix}{random}")
+}
+
+/// How tokens are stored: SHA-256, hex. Tokens carry 256 random bits, so no salt or slow hash is
+/// needed, and lookups stay one indexed query.
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    Session(SessionId),
+    ApiKey(ApiKeyId),
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub organization_id: OrganizationId,
+    pub role: Role,
+    /// The user behind a session, or the creator of an API key.
+    pub user_id: Option<UserId>,
+    /// Only a session of the bootstrap admin (never an API key) administers the platform.
+    pub platform_admin: bool,
+    pub credential: Credential,
+}
+
+impl Principal {
+    /// # Errors
+    /// 403 when the caller's role is below `role`.
+    pub fn require(&self, role: Role) -> Result<(), Problem> {
+        if self.role.allows(role) {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!("this needs the `{role}` role; you have `{}`", self.role)))
+        }
+    }
+
+    /// # Errors
+    /// 403 unless the caller is the platform administrator.
+    pub fn require_platform_admin(&self) -> Result<(), Problem> {
+        if self.platform_admin { Ok(()) } else { Err(Problem::forbidden("this needs the platform administrator")) }
+    }
+
+    /// Whether the caller may see records of `organization`.
+    pub fn sees(&self, organization: OrganizationId) -> bool {
+        self.organization_id == organization
+    }
+
+    /// The session, when the caller used one.
+    pub fn session(&self) -> Option<SessionId> {
+        match self.credential {
+            Credential::Session(id) => Some(id),
+            Credential::ApiKey(_) => None,
+        }
+    }
+}
+
+/// The token of a request: `Authorization: Bearer …`, else the session cookie.
+pub fn presented_token(headers: &HeaderMap) -> Option<String> {
+    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok()) {
+        let (scheme, token) = value.trim().split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned());
+    }
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = presented_token(&parts.headers).ok_or_else(|| {
+            Problem::unauthorized("log in (POST /auth/login) or send `Authorization: Bearer <token>`")
+        })?;
+        let hash = token_hash(&token);
+        let store = &state.dependencies.store;
+        if token.starts_with(SESSION_TOKEN_PREFIX) {
+            let (session, user) = store
+                .live_session(&hash, qm_store::now())
+                .await?
+                .ok_or_else(|| Problem::unauthorized("the session has expired or was revoked; log in again"))?;
+            return Ok(Principal {
+                organization_id: user.organization_id,
+                role: user.role,
+                user_id: Some(user.id),
+                platform_admin: user.is_platform_admin,
+                credential: Credential::Session(session.id),
+            });
+        }
+        if token.starts_with(API_KEY_PREFIX) {
+            let key = store
+                .live_api_key(&hash)
+                .await?
+                .ok_or_else(|| Problem::unauthorized("the API key is unknown or was revoked"))?;
+            if let Err(error) = store.touch_api_key(key.id, qm_store::now(), LAST_USED_GRANULARITY).await {
+                tracing::warn!(%error, key = %key.id, "could not record the key's last use");
+            }
+            return Ok(Principal {
+                organization_id: key.organization_id,
+                role: key.role,
+                user_id: key.created_by,
+                platform_admin: false,
+                credential: Credential::ApiKey(key.id),
+            });
+        }
+        Err(Problem::unauthorized("the token is not a Quartermaster session token or API key"))
+    }
+}
+
+/// The caller's address: the TCP peer, or, when the peer is a trusted proxy, the nearest
+/// untrusted address in `X-Forwarded-For` (read right to left, since each proxy appends).
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpBlock]) -> IpAddr {
+    let is_trusted = |address: IpAddr| trusted.iter().any(|block| block.contains(address));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|part| part.trim().parse().ok())
+        .collect();
+    forwarded.iter().rev().copied().find(|address| !is_trusted(*address)).or(forwarded.first().copied()).unwrap_or(peer)
+}
+
+/// The caller's address as an extractor.
+pub struct ClientAddress(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::from([127, 0, 0, 1]), |ConnectInfo(address)| address.ip());
+        Ok(Self(client_address(peer, &parts.headers, &state.dependencies.settings.trusted_proxies)))
+    }
+}
+
+/// Failed logins per key (a client address or an account) in a sliding window. Kept in memory:
+/// each API replica limits on its own (documented in docs/decisions.md).
+pub struct LoginLimiter {
+    window: Duration,
+    per_client: usize,
+    per_account: usize,
+    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+/// Past this many tracked keys, stale ones are swept on the next failure.
+const SWEEP_THRESHOLD: usize = 10_000;
+
+impl LoginLimiter {
+    pub fn new(window: Duration, per_client: usize, per_account: usize) -> Self {
+        Self { window, per_client, per_account, failures: Mutex::new(HashMap::new()) }
+    }
+
+    fn keys(client: IpAddr, login: &str) -> [(String, bool); 2] {
+        [(format!("client:{client}"), true), (format!("account:{}", login.trim().to_lowercase()), false)]
+    }
+
+    /// `Err(seconds to wait)` when the client or the account has failed too often lately.
+    pub fn check(&self, client: IpAddr, login: &str) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut wait = None;
+        for (key, is_client) in Self::keys(client, login) {
+            let Some(times) = failures.get_mut(&key) else { continue };
+            while times.front().is_some_and(|time| now.duration_since(*time) >= self.window) {
+                times.pop_front();
+            }
+            let limit = if is_client { self.per_client } else { self.per_account };
+            if times.len() >= limit
+                && let Some(oldest) = times.front()
+            {
+                let seconds = self.window.saturating_sub(now.duration_since(*oldest)).as_secs() + 1;
+                wait = Some(wait.map_or(seconds, |other: u64| other.max(seconds)));
+            }
+        }
+        wait.map_or(Ok(()), Err)
+    }
+
+    pub fn record_failure(&self, client: IpAddr, login: &str) {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failures.len() > SWEEP_THRESHOLD {
+            failures.retain(|_, times| times.back().is_some_and(|time| now.duration_since(*time) < self.window));
+        }
+        for (key, _) in Self::keys(client, login) {
+            failures.entry(key).or_default().push_back(now);
+        }
+    }
+
+    /// A successful login clears the account's failures (not the client's).
+    pub fn record_success(&self, login: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        failures.remove(&format!("account:{}", login.trim().to_lowercase()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    #[test]
+    fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().expect("header"));
+        let trusted = vec![IpBlock::parse("10.0.0.0/8").expect("block")];
+        assert_eq!(client_address(ip("198.51.100.1"), &headers, &trusted), ip("198.51.100.1"));
+        assert_eq!(client_address(ip("10.0.0.1"), &headers, &trusted), ip("203.0.113.9"));
+        assert_eq!(client_address(ip("10.0.0.1"), &headers, &[]), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn a_spoofed_leftmost_entry_does_not_win() {
+        let mut headers = HeaderMap::new();
+        // The client wrote the first entry itself; the proxy appended the real address.
+        headers.insert("x-forwarded-for", "1.2.3.4, 203.0.113.9".parse().expect("header"));
+        let trusted = vec![IpBlock::parse("10.0.0.1").expect("block")];
+        assert_eq!(client_address(ip("10.0.0.1"), &headers, &trusted), ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn the_limiter_locks_an_account_after_repeated_failures_and_tells_how_long() {
+        let limiter = LoginLimiter::new(Duration::from_secs(60), 100, 3);
+        let client = ip("192.0.2.1");
+        for _ in 0..3 {
+            assert!(limiter.check(client, "alice").is_ok());
+            limiter.record_failure(client, "alice");
+        }
+        let wait = limiter.check(client, "Alice").expect_err("locked");
+        assert!((1..=61).contains(&wait), "{wait}");
+        assert!(limiter.check(client, "bob").is_ok(), "another account is not affected");
+    }
+
+    #[test]
+    fn the_limiter_locks_a_client_that_tries_many_accounts() {
+        let limiter = LoginLimiter::new(Duration::from_secs(60), 2, 100);
+        let client = ip("192.0.2.2");
+        limiter.record_failure(client, "a");
+        limiter.record_failure(client, "b");
+        assert!(limiter.check(client, "c").is_err());
+        assert!(limiter.check(ip("192.0.2.3"), "c").is_ok());
+    }
+
+    #[test]
+    fn tokens_are_long_random_and_hashed_stably() {
+        let token = generate_token(API_KEY_PREFIX);
+        assert!(token.starts_with("qm_") && token.len() == 46, "{token}");
+        assert_ne!(token, generate_token(API_KEY_PREFIX));
+        assert_eq!(token_hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

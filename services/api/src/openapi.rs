@@ -1,0 +1,145 @@
+//! The router and its OpenAPI document, built together from the handlers' `#[utoipa::path]`
+//! annotations so that they cannot drift apart; `/swagger-ui` serves the UI from the binary.
+
+use axum::Router;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as OpenApiDocument, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::AppState;
+use crate::problem::Problem;
+use crate::routes::{action_logs, api_keys, catalog, deployments, events, instances, organizations, session, users};
+
+pub const DOCUMENT_PATH: &str = "/api-docs/openapi.json";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Quartermaster API", description = "Control plane for GPU and compute fleets across clouds."),
+    modifiers(&Security, &ErrorResponses),
+    security(("bearer" = []), ("session_cookie" = [])),
+    components(schemas(Problem))
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut OpenApiDocument) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A session token from POST /auth/login, or an API key (`qm_…`)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(crate::auth::SESSION_COOKIE))),
+        );
+    }
+}
+
+/// Adds the errors every operation can answer (as problem+json) where the handler's own
+/// annotation does not already describe them.
+struct ErrorResponses;
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut OpenApiDocument) {
+        let problem = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        crate::problem::CONTENT_TYPE,
+                        ContentBuilder::new()
+                            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem"))))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in &mut openapi.paths.paths {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete];
+            for operation in operations.into_iter().flatten() {
+                let public = path == "/auth/login";
+                let mut add = |status: &str, description: &str| {
+                    operation.responses.responses.entry(status.to_owned()).or_insert_with(|| problem(description));
+                };
+                add("400", "Malformed request (body, query string or path)");
+                if !public {
+                    add("401", "Not authenticated, or the session or key expired or was revoked");
+                    add("403", "The caller's role does not allow this");
+                }
+                if path.contains('{') {
+                    add("404", "Not found (or in another organization)");
+                }
+                if operation.request_body.is_some() {
+                    add("413", "The body is too large");
+                    add("415", "The body is not JSON");
+                }
+                add("422", "Invalid field values; `errors` names them");
+                add("500", "Server fault (details are logged, not returned)");
+                add("503", "The database is unavailable");
+            }
+        }
+    }
+}
+
+/// The routes of the API and the document describing them.
+pub fn routes() -> (Router<AppState>, OpenApiDocument) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(session::login))
+        .routes(routes!(session::logout))
+        .routes(routes!(session::me, session::update_me))
+        .routes(routes!(session::change_password))
+        .routes(routes!(organizations::list, organizations::create))
+        .routes(routes!(organizations::get, organizations::update, organizations::delete))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::get, users::update, users::delete))
+        .routes(routes!(api_keys::list, api_keys::create))
+        .routes(routes!(api_keys::revoke))
+        .routes(routes!(catalog::providers))
+        .routes(routes!(catalog::provider, catalog::put_provider))
+        .routes(routes!(catalog::regions))
+        .routes(routes!(catalog::region, catalog::put_region))
+        .routes(routes!(catalog::zones))
+        .routes(routes!(catalog::zone, catalog::put_zone))
+        .routes(routes!(catalog::zone_instance_types))
+        .routes(routes!(catalog::instance_types))
+        .routes(routes!(catalog::instance_type, catalog::put_instance_type))
+        .routes(routes!(catalog::instance_type_zones, catalog::put_instance_type_zones))
+        .routes(routes!(catalog::sync))
+        .routes(routes!(deployments::list, deployments::create))
+        .routes(routes!(deployments::get))
+        .routes(routes!(instances::list))
+        .routes(routes!(instances::get, instances::terminate))
+        .routes(routes!(instances::archive))
+        .routes(routes!(instances::reconcile))
+        .routes(routes!(action_logs::list))
+        .routes(routes!(action_logs::search))
+        .routes(routes!(action_logs::types))
+        .routes(routes!(events::stream))
+        .split_for_parts()
+}
+
+/// The OpenAPI document alone (for `qm openapi` and tests).
+pub fn document() -> OpenApiDocument {
+    routes().1
+}
+
+/// The complete API: routes, `/api-docs/openapi.json`, `/swagger-ui`, and problem+json for
+/// everything that goes wrong, including unknown routes.
+pub fn router(state: AppState) -> Router {
+    let (routes, document) = routes();
+    routes
+        .with_state(state)
+        .merge(SwaggerUi::new("/swagger-ui").url(DOCUMENT_PATH, document))
+        .fallback(|| async { Problem::not_found("route") })
+        .layer(axum::middleware::map_response(crate::problem::normalize_errors))
+}

@@ -1,0 +1,99 @@
+//! `/api_keys`: bearer tokens for programs, scoped to one organization, shown once.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use qm_domain::{ApiKeyId, Role};
+use qm_store::{ApiKey, NewApiKey};
+use serde::{Deserialize, Serialize};
+
+use super::{Audit, Page, PageParams, bounded_text};
+use crate::AppState;
+use crate::auth::{API_KEY_PREFIX, Principal, generate_token, token_hash};
+use crate::problem::{ApiResult, Json, Path, Problem, Query};
+
+/// Characters of a key kept in clear to tell keys apart.
+const SHOWN_PREFIX: usize = 8;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    pub name: String,
+    /// At most the caller's own role (the default).
+    pub role: Option<Role>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// The key itself (`qm_…`). Shown this once; only its hash is kept.
+    pub secret: String,
+}
+
+/// The organization's keys, revoked ones included.
+#[utoipa::path(get, path = "/api_keys", tag = "api_keys", params(PageParams),
+    responses((status = 200, body = Page<ApiKey>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(page): Query<PageParams>,
+) -> ApiResult<Json<Page<ApiKey>>> {
+    let (limit, cursor) = page.resolve::<ApiKeyId>()?;
+    let keys = state.dependencies.store.api_keys(principal.organization_id, cursor, limit + 1).await?;
+    Ok(Json(Page::from_overfetch(keys, limit, |key: &ApiKey| key.id.to_string())))
+}
+
+/// Create a key (operators and admins).
+#[utoipa::path(post, path = "/api_keys", tag = "api_keys", request_body = CreateApiKey,
+    responses((status = 201, body = CreatedApiKey)))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(request): Json<CreateApiKey>,
+) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
+    let audit = Audit::start("api_key.create");
+    principal.require(Role::Operator)?;
+    let role = request.role.unwrap_or(principal.role);
+    if !principal.role.allows(role) {
+        return Err(Problem::invalid("role", format!("cannot exceed your own role (`{}`)", principal.role)));
+    }
+    let secret = generate_token(API_KEY_PREFIX);
+    let new_key = NewApiKey {
+        id: ApiKeyId::new(),
+        organization_id: principal.organization_id,
+        created_by: principal.user_id,
+        name: bounded_text("name", &request.name, 200)?,
+        role,
+        prefix: secret.chars().take(SHOWN_PREFIX).collect(),
+        key_hash: token_hash(&secret),
+    };
+    let mut tx = state.dependencies.store.begin().await?;
+    let key = tx.insert_api_key(&new_key).await?;
+    audit
+        .record(&mut *tx, &principal, None, serde_json::json!({ "key_id": key.id, "name": key.name, "role": key.role }))
+        .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(CreatedApiKey { key, secret })))
+}
+
+/// Revoke a key: it stops working at once. Operators revoke their own keys, admins any.
+#[utoipa::path(delete, path = "/api_keys/{id}", tag = "api_keys", params(("id" = ApiKeyId, Path)),
+    responses((status = 204, description = "Revoked")))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<ApiKeyId>,
+) -> ApiResult<StatusCode> {
+    let audit = Audit::start("api_key.revoke");
+    principal.require(Role::Operator)?;
+    let key = state.dependencies.store.api_key(id).await?;
+    let key = key.filter(|key| principal.sees(key.organization_id)).ok_or_else(|| Problem::not_found("API key"))?;
+    if !principal.role.allows(Role::Admin) && key.created_by != principal.user_id {
+        return Err(Problem::forbidden("operators may revoke only the keys they created"));
+    }
+    let mut tx = state.dependencies.store.begin().await?;
+    tx.revoke_api_key(id).await?;
+    audit.record(&mut *tx, &principal, None, serde_json::json!({ "key_id": key.id, "name": key.name })).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

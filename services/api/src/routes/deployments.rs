@@ -1,0 +1,363 @@
+//! `/deployments`: ask for `count` instances of a model, either at an exact place (provider,
+//! zone, instance type, plus an optional failover list) or wherever the cheapest offer meets
+//! constraints. The API validates against the catalog, records the instances in `requested`,
+//! and writes one `instance.provision` command per instance through the outbox.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use qm_domain::{Currency, DeploymentId, InstanceId, MicroUnits, Role};
+use qm_events::MessageType;
+use qm_store::{Deployment, Instance, InstanceFilter, NewInstance, Offer, Store};
+use serde::{Deserialize, Serialize};
+
+use super::{Audit, Page, PageParams, bounded_text, message};
+use crate::AppState;
+use crate::auth::Principal;
+use crate::problem::{ApiResult, FieldError, Json, Path, Problem, Query};
+
+pub const MAX_COUNT: i64 = 100;
+/// How many matching offers a constraint deployment keeps to fail over through.
+pub const MAX_PLACEMENTS: usize = 20;
+
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentRequest {
+    /// The model the workers serve, e.g. `meta-llama/Llama-3.1-8B-Instruct`.
+    pub model: String,
+    /// 1 to 100 instances.
+    pub count: i64,
+    pub provider: Option<String>,
+    /// Zone code (or id); with `instance_type`, pins the placement.
+    pub zone: Option<String>,
+    /// Instance type code (or id).
+    pub instance_type: Option<String>,
+    /// Places to try, in order, when the first has no capacity.
+    #[serde(default)]
+    pub failover: Vec<PlacementRequest>,
+    /// Instead of `zone` and `instance_type`: the cheapest active offer that meets these.
+    pub constraints: Option<Constraints>,
+}
+
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementRequest {
+    pub provider: String,
+    pub zone: String,
+    pub instance_type: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Constraints {
+    /// Exact GPU model, case-insensitive (`L4`, `A10G`, `H100`).
+    pub gpu_model: Option<String>,
+    pub min_gpus: Option<i32>,
+    /// Memory of one GPU, in GB.
+    pub min_gpu_memory_gb: Option<i32>,
+    /// Decimal, in the reporting currency (`QM_REPORTING_CURRENCY`), e.g. `"2.50"`.
+    pub max_hourly_price: Option<String>,
+    /// Allowed providers (all when left out).
+    pub providers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeploymentAccepted {
+    pub deployment_id: DeploymentId,
+    pub instance_ids: Vec<InstanceId>,
+    /// Where the instances will be tried, in order.
+    pub placements: Vec<Offer>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeploymentView {
+    #[serde(flatten)]
+    pub deployment: Deployment,
+    pub instances: Vec<Instance>,
+}
+
+/// A reference to a catalog record by code or by id.
+fn matches_reference(reference: &str, code: &str, id: uuid::Uuid) -> bool {
+    reference == code || reference.parse::<uuid::Uuid>().is_ok_and(|parsed| parsed == id)
+}
+
+/// Resolves one explicit placement against the catalog, naming the field at fault.
+async fn resolve_placement(
+    store: &dyn Store,
+    prefix: &str,
+    provider: &str,
+    zone: &str,
+    instance_type: &str,
+) -> ApiResult<Result<Offer, FieldError>> {
+    let field = |name: &str, message: String| Err(FieldError { field: format!("{prefix}{name}"), message });
+    let Some(provider_record) = store.provider(provider).await? else {
+        return Ok(field("provider", format!("unknown provider `{provider}`")));
+    };
+    if !provider_record.active {
+        return Ok(field("provider", format!("provider `{provider}` is inactive")));
+    }
+    let zones = store.zones(Some(provider), None).await?;
+    let Some(zone_record) =
+        zones.into_iter().find(|candidate| matches_reference(zone, &candidate.code, candidate.id.as_uuid()))
+    else {
+        return Ok(field("zone", format!("unknown zone `{zone}` for provider `{provider}`")));
+    };
+    let region_active = store.region(zone_record.region_id).await?.is_some_and(|region| region.active);
+    if !zone_record.active || !region_active {
+        return Ok(field("zone", format!("zone `{}` is inactive", zone_record.code)));
+    }
+    let types = store.instance_types(Some(provider)).await?;
+    let Some(type_record) =
+        types.into_iter().find(|candidate| matches_reference(instance_type, &candidate.code, candidate.id.as_uuid()))
+    else {
+        return Ok(field(
+            "instance_type",
+            format!("unknown instance type `{instance_type}` for provider `{provider}`"),
+        ));
+    };
+    if !type_record.active {
+        return Ok(field("instance_type", format!("instance type `{}` is inactive", type_record.code)));
+    }
+    let offered = store.zone_instance_types(zone_record.id).await?.iter().any(|offered| offered.id == type_record.id);
+    if !offered {
+        return Ok(field(
+            "instance_type",
+            format!("instance type `{}` is not offered in zone `{}`", type_record.code, zone_record.code),
+        ));
+    }
+    let region = store.region(zone_record.region_id).await?.map(|region| region.code).unwrap_or_default();
+    Ok(Ok(Offer {
+        provider: provider_record.name,
+        region,
+        zone_id: zone_record.id,
+        zone: zone_record.code,
+        instance_type_id: type_record.id,
+        instance_type: type_record.code,
+        gpu_model: type_record.gpu_model,
+        gpu_count: type_record.gpu_count,
+        gpu_memory_gb: type_record.gpu_memory_gb,
+        hourly_price_micros: type_record.hourly_price_micros,
+        currency: type_record.currency,
+    }))
+}
+
+/// The active offers meeting `constraints`, cheapest first in the reporting currency.
+async fn matching_offers(state: &AppState, constraints: &Constraints, provider: Option<&str>) -> ApiResult<Vec<Offer>> {
+    let rates = &state.dependencies.settings.exchange_rates;
+    let max_price = constraints
+        .max_hourly_price
+        .as_deref()
+        .map(|text| {
+            MicroUnits::parse_decimal(text).map_err(|error| {
+                Problem::invalid("constraints.max_hourly_price", format!("{error} (use a decimal such as \"2.50\")"))
+            })
+        })
+        .transpose()?;
+    let mut errors = Vec::new();
+    for (name, value) in [("min_gpus", constraints.min_gpus), ("min_gpu_memory_gb", constraints.min_gpu_memory_gb)] {
+        if value.is_some_and(|value| value < 0) {
+            errors.push(FieldError { field: format!("constraints.{name}"), message: "must not be negative".into() });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Problem::invalid_fields(errors));
+    }
+    let in_reporting_currency = |offer: &Offer| {
+        Currency::parse(&offer.currency)
+            .ok()
+            .and_then(|currency| rates.convert(MicroUnits::new(offer.hourly_price_micros), currency))
+    };
+    let mut offers: Vec<(Option<MicroUnits>, Offer)> = state
+        .dependencies
+        .store
+        .offers()
+        .await?
+        .into_iter()
+        .filter(|offer| provider.is_none_or(|provider| offer.provider == provider))
+        .filter(|offer| constraints.providers.as_ref().is_none_or(|allowed| allowed.contains(&offer.provider)))
+        .filter(|offer| {
+            constraints.gpu_model.as_ref().is_none_or(|wanted| {
+                offer.gpu_model.as_ref().is_some_and(|model| model.eq_ignore_ascii_case(wanted.trim()))
+            })
+        })
+        .filter(|offer| constraints.min_gpus.is_none_or(|min| offer.gpu_count >= min))
+        .filter(|offer| constraints.min_gpu_memory_gb.is_none_or(|min| offer.gpu_memory_gb >= min))
+        .map(|offer| (in_reporting_currency(&offer), offer))
+        .filter(|(price, _)| max_price.is_none_or(|max| price.is_some_and(|price| price <= max)))
+        .collect();
+    // Unknown currencies rank last; ties break on provider, zone and type for a stable order.
+    offers.sort_by(|(left_price, left), (right_price, right)| {
+        (left_price.is_none(), left_price, &left.provider, &left.zone, &left.instance_type).cmp(&(
+            right_price.is_none(),
+            right_price,
+            &right.provider,
+            &right.zone,
+            &right.instance_type,
+        ))
+    });
+    Ok(offers.into_iter().map(|(_, offer)| offer).collect())
+}
+
+/// Turns a request into the ordered list of places to try.
+async fn placements(state: &AppState, request: &DeploymentRequest) -> ApiResult<Vec<Offer>> {
+    let store = &*state.dependencies.store;
+    let mut placements = Vec::new();
+    let mut errors = Vec::new();
+    match (&request.zone, &request.instance_type, &request.constraints) {
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+            return Err(Problem::invalid(
+                "constraints",
+                "give either zone and instance_type, or constraints, not both",
+            ));
+        }
+        (Some(zone), Some(instance_type), None) => {
+            let Some(provider) = &request.provider else {
+                return Err(Problem::invalid("provider", "is required with zone and instance_type"));
+            };
+            match resolve_placement(store, "", provider, zone, instance_type).await? {
+                Ok(offer) => placements.push(offer),
+                Err(error) => errors.push(error),
+            }
+        }
+        (Some(_), None, None) => return Err(Problem::invalid("instance_type", "is required with zone")),
+        (None, Some(_), None) => return Err(Problem::invalid("zone", "is required with instance_type")),
+        (None, None, None) => {
+            return Err(Problem::invalid("zone", "give provider, zone and instance_type, or constraints"));
+        }
+        (None, None, Some(constraints)) => {
+            if let Some(provider) = &request.provider
+                && store.provider(provider).await?.is_none_or(|record| !record.active)
+            {
+                return Err(Problem::invalid("provider", format!("unknown or inactive provider `{provider}`")));
+            }
+            let offers = matching_offers(state, constraints, request.provider.as_deref()).await?;
+            if offers.is_empty() {
+                return Err(Problem::invalid("constraints", "no active offer in the catalog meets these constraints"));
+            }
+            placements.extend(offers.into_iter().take(MAX_PLACEMENTS));
+        }
+    }
+    for (index, failover) in request.failover.iter().enumerate() {
+        let prefix = format!("failover[{index}].");
+        match resolve_placement(store, &prefix, &failover.provider, &failover.zone, &failover.instance_type).await? {
+            Ok(offer) => placements.push(offer),
+            Err(error) => errors.push(error),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Problem::invalid_fields(errors));
+    }
+    let mut seen = std::collections::HashSet::new();
+    placements.retain(|offer| seen.insert((offer.zone_id, offer.instance_type_id)));
+    Ok(placements)
+}
+
+/// Deploy a model: validates against the catalog and queues one provision command per instance.
+#[utoipa::path(post, path = "/deployments", tag = "deployments", request_body = DeploymentRequest,
+    responses((status = 202, description = "Accepted; instances are `requested`", body = DeploymentAccepted)))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(request): Json<DeploymentRequest>,
+) -> ApiResult<(StatusCode, Json<DeploymentAccepted>)> {
+    let audit = Audit::start("deployment.create");
+    principal.require(Role::Operator)?;
+    let model = bounded_text("model", &request.model, 200)?;
+    if !(1..=MAX_COUNT).contains(&request.count) {
+        return Err(Problem::invalid("count", format!("must be between 1 and {MAX_COUNT}")));
+    }
+    let count = i32::try_from(request.count).unwrap_or(1);
+    let placements = placements(&state, &request).await?;
+    let Some(primary) = placements.first().cloned() else {
+        return Err(Problem::invalid("zone", "no placement"));
+    };
+    let deployment = Deployment {
+        id: DeploymentId::new(),
+        organization_id: principal.organization_id,
+        created_by: principal.user_id,
+        model: model.clone(),
+        count,
+        request: serde_json::to_value(&request).unwrap_or_default(),
+        placements: placements.clone(),
+        created_at: qm_store::now(),
+    };
+    let mut tx = state.dependencies.store.begin().await?;
+    tx.insert_deployment(&deployment).await?;
+    let mut instance_ids = Vec::with_capacity(placements.len());
+    for _ in 0..count {
+        let instance = tx
+            .insert_instance(&NewInstance {
+                id: InstanceId::new(),
+                organization_id: principal.organization_id,
+                deployment_id: Some(deployment.id),
+                placement: primary.clone(),
+                model: model.clone(),
+            })
+            .await?;
+        let provision = message(
+            MessageType::InstanceProvision,
+            Some(&principal),
+            serde_json::json!({
+                "instance_id": instance.id,
+                "deployment_id": deployment.id,
+                "model": model,
+                "placements": placements,
+            }),
+        );
+        tx.enqueue(&provision).await?;
+        tx.enqueue(&provision.caused(
+            MessageType::InstanceStateChanged,
+            crate::NAME,
+            super::instances::state_changed_data(&instance, None, Some("deployment created")),
+        ))
+        .await?;
+        instance_ids.push(instance.id);
+    }
+    audit
+        .record(
+            &mut *tx,
+            &principal,
+            None,
+            serde_json::json!({ "deployment_id": deployment.id, "model": model, "count": count, "instance_ids": instance_ids, "placements": placements.len() }),
+        )
+        .await?;
+    tx.commit().await?;
+    tracing::info!(deployment = %deployment.id, count, "deployment accepted");
+    Ok((StatusCode::ACCEPTED, Json(DeploymentAccepted { deployment_id: deployment.id, instance_ids, placements })))
+}
+
+/// The organization's deployments, newest first.
+#[utoipa::path(get, path = "/deployments", tag = "deployments", params(PageParams),
+    responses((status = 200, body = Page<Deployment>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(page): Query<PageParams>,
+) -> ApiResult<Json<Page<Deployment>>> {
+    let (limit, cursor) = page.resolve::<DeploymentId>()?;
+    let deployments = state.dependencies.store.deployments(Some(principal.organization_id), cursor, limit + 1).await?;
+    Ok(Json(Page::from_overfetch(deployments, limit, |deployment: &Deployment| deployment.id.to_string())))
+}
+
+/// A deployment and its instances.
+#[utoipa::path(get, path = "/deployments/{id}", tag = "deployments", params(("id" = DeploymentId, Path)),
+    responses((status = 200, body = DeploymentView)))]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<DeploymentId>,
+) -> ApiResult<Json<DeploymentView>> {
+    let store = &state.dependencies.store;
+    let deployment = store
+        .deployment(id)
+        .await?
+        .filter(|deployment| principal.sees(deployment.organization_id))
+        .ok_or_else(|| Problem::not_found("deployment"))?;
+    let filter = InstanceFilter {
+        organization: Some(principal.organization_id),
+        deployment: Some(id),
+        limit: u32::try_from(MAX_COUNT).unwrap_or(100),
+        ..InstanceFilter::default()
+    };
+    let instances = store.instances(&filter).await?;
+    Ok(Json(DeploymentView { deployment, instances }))
+}

@@ -1,0 +1,176 @@
+//! `/instances`: list and inspect the fleet, terminate and archive instances, and ask for a
+//! reconciliation with the providers.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use qm_domain::{InstanceId, InstanceState, Role};
+use qm_events::MessageType;
+use qm_store::{Instance, InstanceFilter, StateChange, Transition};
+use serde::{Deserialize, Serialize};
+
+use super::catalog::{Accepted, issue_command};
+use super::{Audit, Page, PageParams, message};
+use crate::AppState;
+use crate::auth::Principal;
+use crate::problem::{ApiResult, Json, Path, Problem, Query};
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InstanceQuery {
+    pub state: Option<InstanceState>,
+    pub provider: Option<String>,
+    /// Zone code.
+    pub zone: Option<String>,
+    /// `true` lists only archived instances, `false` (the default) only the others.
+    pub archived: Option<bool>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InstanceDetail {
+    #[serde(flatten)]
+    pub instance: Instance,
+    /// Every state the instance went through, oldest first.
+    pub history: Vec<StateChange>,
+}
+
+/// The `data` of an `instance.state_changed` event.
+pub fn state_changed_data(instance: &Instance, from: Option<InstanceState>, reason: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
+        "instance_id": instance.id,
+        "deployment_id": instance.deployment_id,
+        "provider": instance.provider,
+        "zone": instance.zone,
+        "instance_type": instance.instance_type,
+        "from": from,
+        "to": instance.state,
+        "reason": reason,
+        "progress_percent": instance.progress_percent,
+    })
+}
+
+async fn visible(state: &AppState, principal: &Principal, id: InstanceId) -> ApiResult<Instance> {
+    let instance = state.dependencies.store.instance(id).await?;
+    instance.filter(|instance| principal.sees(instance.organization_id)).ok_or_else(|| Problem::not_found("instance"))
+}
+
+/// The organization's instances, newest first.
+#[utoipa::path(get, path = "/instances", tag = "instances", params(PageParams, InstanceQuery),
+    responses((status = 200, body = Page<Instance>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(page): Query<PageParams>,
+    Query(query): Query<InstanceQuery>,
+) -> ApiResult<Json<Page<Instance>>> {
+    let (limit, cursor) = page.resolve::<InstanceId>()?;
+    let filter = InstanceFilter {
+        organization: Some(principal.organization_id),
+        deployment: None,
+        state: query.state,
+        provider: query.provider,
+        zone: query.zone,
+        archived: Some(query.archived.unwrap_or(false)),
+        before: cursor,
+        limit: limit + 1,
+    };
+    let instances = state.dependencies.store.instances(&filter).await?;
+    Ok(Json(Page::from_overfetch(instances, limit, |instance: &Instance| instance.id.to_string())))
+}
+
+/// An instance with its state history and progress.
+#[utoipa::path(get, path = "/instances/{id}", tag = "instances", params(("id" = InstanceId, Path)),
+    responses((status = 200, body = InstanceDetail)))]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<InstanceId>,
+) -> ApiResult<Json<InstanceDetail>> {
+    let instance = visible(&state, &principal, id).await?;
+    let history = state.dependencies.store.instance_history(id).await?;
+    Ok(Json(InstanceDetail { instance, history }))
+}
+
+/// Terminate an instance: it moves to `terminating` and the orchestrator releases it at the
+/// provider. Asking again while it terminates changes nothing.
+#[utoipa::path(delete, path = "/instances/{id}", tag = "instances", params(("id" = InstanceId, Path)),
+    responses((status = 202, description = "Terminating", body = Instance),
+              (status = 409, description = "Already terminated or failed", body = Problem)))]
+pub async fn terminate(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<InstanceId>,
+) -> ApiResult<(StatusCode, Json<Instance>)> {
+    let audit = Audit::start("instance.terminate");
+    principal.require(Role::Operator)?;
+    let instance = visible(&state, &principal, id).await?;
+    if instance.state == InstanceState::Terminating {
+        return Ok((StatusCode::ACCEPTED, Json(instance)));
+    }
+    instance.state.transition(InstanceState::Terminating).map_err(|error| Problem::conflict(error.to_string()))?;
+    let mut tx = state.dependencies.store.begin().await?;
+    let reason = "terminated by request";
+    let transition = Transition {
+        instance: id,
+        from: instance.state,
+        to: InstanceState::Terminating,
+        reason: Some(reason.into()),
+        progress_percent: None,
+    };
+    let Some(updated) = tx.transition_instance(&transition).await? else {
+        return Err(Problem::conflict("the instance changed state meanwhile; read it again and retry"));
+    };
+    let command = message(
+        MessageType::InstanceTerminate,
+        Some(&principal),
+        serde_json::json!({ "instance_id": id, "reason": reason, "requested_by": principal.user_id }),
+    );
+    tx.enqueue(&command).await?;
+    tx.enqueue(&command.caused(
+        MessageType::InstanceStateChanged,
+        crate::NAME,
+        state_changed_data(&updated, Some(instance.state), Some(reason)),
+    ))
+    .await?;
+    audit
+        .record(&mut *tx, &principal, Some(id), serde_json::json!({ "from": instance.state, "command_id": command.id }))
+        .await?;
+    tx.commit().await?;
+    Ok((StatusCode::ACCEPTED, Json(updated)))
+}
+
+/// Archive a terminated or failed instance: it leaves the default listing.
+#[utoipa::path(put, path = "/instances/{id}/archive", tag = "instances", params(("id" = InstanceId, Path)),
+    responses((status = 200, body = Instance),
+              (status = 409, description = "Not terminated or failed", body = Problem)))]
+pub async fn archive(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<InstanceId>,
+) -> ApiResult<Json<Instance>> {
+    let audit = Audit::start("instance.archive");
+    principal.require(Role::Operator)?;
+    let instance = visible(&state, &principal, id).await?;
+    let mut tx = state.dependencies.store.begin().await?;
+    let Some(archived) = tx.archive_instance(id).await? else {
+        return Err(Problem::conflict(format!(
+            "only terminated or failed instances can be archived; this one is `{}`",
+            instance.state
+        )));
+    };
+    audit.record(&mut *tx, &principal, Some(id), serde_json::json!({ "state": archived.state })).await?;
+    tx.commit().await?;
+    Ok(Json(archived))
+}
+
+/// Ask the orchestrator to reconcile the fleet with the providers now (operators).
+#[utoipa::path(post, path = "/fleet/reconcile", tag = "instances",
+    request_body(content = super::catalog::SyncRequest, description = "Optional"),
+    responses((status = 202, body = Accepted)))]
+pub async fn reconcile(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    let request = crate::problem::optional_json(&body)?;
+    issue_command(&state, &principal, MessageType::FleetReconcile, "fleet.reconcile", request).await
+}

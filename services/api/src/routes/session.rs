@@ -1,0 +1,196 @@
+//! `/auth/*`: log in and out, and the caller's own account.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use qm_domain::{Email, SessionId};
+use qm_store::{NewSession, User};
+use serde::{Deserialize, Serialize};
+
+use super::Audit;
+use super::users::UserView;
+use crate::AppState;
+use crate::auth::{ClientAddress, Principal, SESSION_COOKIE, SESSION_TOKEN_PREFIX, generate_token, token_hash};
+use crate::password;
+use crate::problem::{ApiResult, Json, Problem};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// Username or email address.
+    pub login: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LoginResponse {
+    /// Send as `Authorization: Bearer <token>`; the same token is set as the `qm_session`
+    /// HttpOnly cookie.
+    pub token: String,
+    pub token_type: String,
+    pub expires_at: DateTime<Utc>,
+    pub user: UserView,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMe {
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+fn session_cookie(state: &AppState, value: &str, max_age_seconds: u64) -> HeaderValue {
+    let secure = if state.dependencies.settings.cookie_secure { "; Secure" } else { "" };
+    let cookie = format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_seconds}{secure}");
+    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static("qm_session=; Max-Age=0"))
+}
+
+/// Log in with a username or email and a password.
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, description = "Logged in; also sets the `qm_session` cookie", body = LoginResponse),
+              (status = 401, description = "Wrong login or password", body = Problem),
+              (status = 429, description = "Too many failed attempts; see `Retry-After`", body = Problem)),
+    security(()))]
+pub async fn login(
+    State(state): State<AppState>,
+    ClientAddress(client): ClientAddress,
+    Json(request): Json<LoginRequest>,
+) -> ApiResult<Response> {
+    let limiter = &state.login_limiter;
+    if let Err(seconds) = limiter.check(client, &request.login) {
+        return Err(Problem::too_many_requests(format!("too many failed logins; try again in {seconds} s"), seconds));
+    }
+    let store = &state.dependencies.store;
+    let user = store.user_by_login(request.login.trim()).await?;
+    // Verify against a real hash even for unknown users, so timing does not reveal accounts.
+    let stored_hash = user.as_ref().map_or(password::dummy_hash(), |user| user.password_hash.as_str());
+    let verified = password::verify(&request.password, stored_hash);
+    let Some(user) = user.filter(|_| verified) else {
+        limiter.record_failure(client, &request.login);
+        tracing::info!(%client, "failed login");
+        return Err(Problem::unauthorized("wrong login or password"));
+    };
+    limiter.record_success(&request.login);
+    let token = generate_token(SESSION_TOKEN_PREFIX);
+    let ttl = state.dependencies.settings.session_ttl;
+    let expires_at = qm_store::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(12));
+    let mut tx = store.begin().await?;
+    let session = tx
+        .insert_session(&NewSession {
+            id: SessionId::new(),
+            user_id: user.id,
+            token_hash: token_hash(&token),
+            client_address: Some(client.to_string()),
+            expires_at,
+        })
+        .await?;
+    let principal = Principal {
+        organization_id: user.organization_id,
+        role: user.role,
+        user_id: Some(user.id),
+        platform_admin: user.is_platform_admin,
+        credential: crate::auth::Credential::Session(session.id),
+    };
+    Audit::start("auth.login")
+        .record(&mut *tx, &principal, None, serde_json::json!({ "client_address": client.to_string() }))
+        .await?;
+    tx.commit().await?;
+    let body =
+        LoginResponse { token: token.clone(), token_type: "Bearer".into(), expires_at, user: UserView::from(&user) };
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, session_cookie(&state, &token, ttl.as_secs()));
+    Ok(response)
+}
+
+/// End the current session.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth",
+    responses((status = 204, description = "Session revoked and cookie cleared")))]
+pub async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResult<Response> {
+    let Some(session) = principal.session() else {
+        return Err(Problem::bad_request("API keys do not log out; revoke them with DELETE /api_keys/{id}"));
+    };
+    let mut tx = state.dependencies.store.begin().await?;
+    tx.revoke_session(session).await?;
+    Audit::start("auth.logout").record(&mut *tx, &principal, None, serde_json::Value::Null).await?;
+    tx.commit().await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(header::SET_COOKIE, session_cookie(&state, "", 0));
+    Ok(response)
+}
+
+async fn caller(state: &AppState, principal: &Principal) -> ApiResult<User> {
+    let user_id = principal.user_id.filter(|_| principal.session().is_some());
+    let Some(user_id) = user_id else {
+        return Err(Problem::bad_request("an API key has no account of its own; log in as a user"));
+    };
+    state.dependencies.store.user(user_id).await?.ok_or_else(|| Problem::unauthorized("the account no longer exists"))
+}
+
+/// The caller's account.
+#[utoipa::path(get, path = "/auth/me", tag = "auth", responses((status = 200, body = UserView)))]
+pub async fn me(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<UserView>> {
+    Ok(Json(UserView::from(&caller(&state, &principal).await?)))
+}
+
+/// Change the caller's email address or names.
+#[utoipa::path(put, path = "/auth/me", tag = "auth", request_body = UpdateMe, responses((status = 200, body = UserView)))]
+pub async fn update_me(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(request): Json<UpdateMe>,
+) -> ApiResult<Json<UserView>> {
+    let audit = Audit::start("user.update_self");
+    let mut user = caller(&state, &principal).await?;
+    if let Some(email) = &request.email {
+        user.email =
+            Email::parse(email).map_err(|error| Problem::invalid("email", error.to_string()))?.as_str().to_owned();
+    }
+    if let Some(first_name) = &request.first_name {
+        user.first_name = super::users::name_field("first_name", first_name)?;
+    }
+    if let Some(last_name) = &request.last_name {
+        user.last_name = super::users::name_field("last_name", last_name)?;
+    }
+    let mut tx = state.dependencies.store.begin().await?;
+    let updated = tx.update_user(&user).await?.ok_or_else(|| Problem::unauthorized("the account no longer exists"))?;
+    audit.record(&mut *tx, &principal, None, serde_json::json!({ "user_id": user.id })).await?;
+    tx.commit().await?;
+    Ok(Json(UserView::from(&updated)))
+}
+
+/// Change the caller's password; other sessions of the account are revoked.
+#[utoipa::path(put, path = "/auth/me/password", tag = "auth", request_body = ChangePassword,
+    responses((status = 204, description = "Changed")))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    ClientAddress(client): ClientAddress,
+    principal: Principal,
+    Json(request): Json<ChangePassword>,
+) -> ApiResult<StatusCode> {
+    let audit = Audit::start("user.change_password");
+    let mut user = caller(&state, &principal).await?;
+    if let Err(seconds) = state.login_limiter.check(client, &user.username) {
+        return Err(Problem::too_many_requests(format!("too many wrong passwords; try again in {seconds} s"), seconds));
+    }
+    if !password::verify(&request.current_password, &user.password_hash) {
+        state.login_limiter.record_failure(client, &user.username);
+        return Err(Problem::invalid("current_password", "is wrong"));
+    }
+    user.password_hash =
+        password::hash(&request.new_password).map_err(|error| Problem::invalid("new_password", error.to_string()))?;
+    let mut tx = state.dependencies.store.begin().await?;
+    tx.update_user(&user).await?;
+    tx.revoke_user_sessions(user.id, principal.session()).await?;
+    audit.record(&mut *tx, &principal, None, serde_json::Value::Null).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

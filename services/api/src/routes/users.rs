@@ -1,0 +1,257 @@
+//! `/users`: accounts, managed by their organization's admins (and by the platform admin in
+//! any organization).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use qm_domain::{Email, OrganizationId, Role, UserId, Username};
+use qm_store::{NewUser, User};
+use serde::{Deserialize, Serialize};
+
+use super::{Audit, Page, PageParams};
+use crate::AppState;
+use crate::auth::Principal;
+use crate::password;
+use crate::problem::{ApiResult, Json, Path, Problem, Query};
+
+/// A user as the API shows it (never the password hash).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    pub id: UserId,
+    pub organization_id: OrganizationId,
+    pub username: String,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub role: Role,
+    pub is_platform_admin: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&User> for UserView {
+    fn from(user: &User) -> Self {
+        Self {
+            id: user.id,
+            organization_id: user.organization_id,
+            username: user.username.clone(),
+            email: user.email.clone(),
+            first_name: user.first_name.clone(),
+            last_name: user.last_name.clone(),
+            role: user.role,
+            is_platform_admin: user.is_platform_admin,
+            created_at: user.created_at,
+            updated_at: user.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    /// Lowercase letters, digits, `.`, `_` and `-`.
+    pub username: String,
+    pub email: String,
+    /// At least 8 characters.
+    pub password: String,
+    #[serde(default)]
+    pub first_name: String,
+    #[serde(default)]
+    pub last_name: String,
+    pub role: Role,
+    /// Defaults to the caller's organization; only the platform admin may name another.
+    pub organization_id: Option<OrganizationId>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub role: Option<Role>,
+    /// Sets a new password (and revokes the user's sessions).
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UserFilter {
+    /// Platform admin only: another organization's users.
+    pub organization_id: Option<OrganizationId>,
+}
+
+/// A first or last name: may be empty, at most 100 characters.
+///
+/// # Errors
+/// 422 naming `field`.
+pub fn name_field(field: &str, value: &str) -> Result<String, Problem> {
+    let value = value.trim();
+    if value.chars().count() > 100 {
+        return Err(Problem::invalid(field, "must be at most 100 characters"));
+    }
+    Ok(value.to_owned())
+}
+
+/// The user, if the caller administers its organization.
+async fn administered_user(state: &AppState, principal: &Principal, id: UserId) -> ApiResult<User> {
+    principal.require(Role::Admin)?;
+    let user = state.dependencies.store.user(id).await?;
+    user.filter(|user| principal.platform_admin || principal.sees(user.organization_id))
+        .ok_or_else(|| Problem::not_found("user"))
+}
+
+/// List users of the caller's organization.
+#[utoipa::path(get, path = "/users", tag = "users", params(PageParams, UserFilter),
+    responses((status = 200, body = Page<UserView>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(page): Query<PageParams>,
+    Query(filter): Query<UserFilter>,
+) -> ApiResult<Json<Page<UserView>>> {
+    principal.require(Role::Admin)?;
+    let organization = match filter.organization_id {
+        Some(other) if other != principal.organization_id => {
+            principal.require_platform_admin()?;
+            other
+        }
+        _ => principal.organization_id,
+    };
+    let (limit, cursor) = page.resolve::<UserId>()?;
+    let users = state.dependencies.store.users(Some(organization), cursor, limit + 1).await?;
+    let views = users.iter().map(UserView::from).collect();
+    Ok(Json(Page::from_overfetch(views, limit, |user: &UserView| user.id.to_string())))
+}
+
+/// Create a user.
+#[utoipa::path(post, path = "/users", tag = "users", request_body = CreateUser,
+    responses((status = 201, body = UserView), (status = 409, description = "Username or email taken", body = Problem)))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(request): Json<CreateUser>,
+) -> ApiResult<(StatusCode, Json<UserView>)> {
+    let audit = Audit::start("user.create");
+    principal.require(Role::Admin)?;
+    let organization_id = request.organization_id.unwrap_or(principal.organization_id);
+    if organization_id != principal.organization_id {
+        principal.require_platform_admin()?;
+    }
+    let store = &state.dependencies.store;
+    if store.organization(organization_id).await?.is_none() {
+        return Err(Problem::invalid("organization_id", "no such organization"));
+    }
+    let username =
+        Username::parse(&request.username).map_err(|error| Problem::invalid("username", error.to_string()))?;
+    let email = Email::parse(&request.email).map_err(|error| Problem::invalid("email", error.to_string()))?;
+    let password_hash =
+        password::hash(&request.password).map_err(|error| Problem::invalid("password", error.to_string()))?;
+    let new_user = NewUser {
+        id: UserId::new(),
+        organization_id,
+        username: username.as_str().to_owned(),
+        email: email.as_str().to_owned(),
+        first_name: name_field("first_name", &request.first_name)?,
+        last_name: name_field("last_name", &request.last_name)?,
+        role: request.role,
+        password_hash,
+        is_platform_admin: false,
+    };
+    let mut tx = store.begin().await?;
+    let user = tx.insert_user(&new_user).await?;
+    audit
+        .record(
+            &mut *tx,
+            &principal,
+            None,
+            serde_json::json!({ "user_id": user.id, "username": user.username, "role": user.role }),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(UserView::from(&user))))
+}
+
+/// A user.
+#[utoipa::path(get, path = "/users/{id}", tag = "users", params(("id" = UserId, Path)),
+    responses((status = 200, body = UserView)))]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<UserId>,
+) -> ApiResult<Json<UserView>> {
+    Ok(Json(UserView::from(&administered_user(&state, &principal, id).await?)))
+}
+
+/// Change a user's email, names, role or password.
+#[utoipa::path(put, path = "/users/{id}", tag = "users", params(("id" = UserId, Path)), request_body = UpdateUser,
+    responses((status = 200, body = UserView)))]
+pub async fn update(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<UserId>,
+    Json(request): Json<UpdateUser>,
+) -> ApiResult<Json<UserView>> {
+    let audit = Audit::start("user.update");
+    let mut user = administered_user(&state, &principal, id).await?;
+    if let Some(email) = &request.email {
+        user.email =
+            Email::parse(email).map_err(|error| Problem::invalid("email", error.to_string()))?.as_str().to_owned();
+    }
+    if let Some(first_name) = &request.first_name {
+        user.first_name = name_field("first_name", first_name)?;
+    }
+    if let Some(last_name) = &request.last_name {
+        user.last_name = name_field("last_name", last_name)?;
+    }
+    if let Some(role) = request.role
+        && role != user.role
+    {
+        if Some(user.id) == principal.user_id {
+            return Err(Problem::invalid("role", "you cannot change your own role"));
+        }
+        if user.is_platform_admin {
+            return Err(Problem::invalid("role", "the platform administrator stays an admin"));
+        }
+        user.role = role;
+    }
+    if let Some(new_password) = &request.password {
+        user.password_hash =
+            password::hash(new_password).map_err(|error| Problem::invalid("password", error.to_string()))?;
+    }
+    let mut tx = state.dependencies.store.begin().await?;
+    let updated = tx.update_user(&user).await?.ok_or_else(|| Problem::not_found("user"))?;
+    if request.password.is_some() {
+        tx.revoke_user_sessions(user.id, principal.session().filter(|_| principal.user_id == Some(user.id))).await?;
+    }
+    audit.record(&mut *tx, &principal, None, serde_json::json!({ "user_id": user.id, "role": updated.role })).await?;
+    tx.commit().await?;
+    Ok(Json(UserView::from(&updated)))
+}
+
+/// Delete a user (their sessions go with them).
+#[utoipa::path(delete, path = "/users/{id}", tag = "users", params(("id" = UserId, Path)),
+    responses((status = 204, description = "Deleted")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<UserId>,
+) -> ApiResult<StatusCode> {
+    let audit = Audit::start("user.delete");
+    let user = administered_user(&state, &principal, id).await?;
+    if Some(user.id) == principal.user_id {
+        return Err(Problem::conflict("you cannot delete your own account"));
+    }
+    if user.is_platform_admin {
+        return Err(Problem::conflict("the platform administrator cannot be deleted"));
+    }
+    let mut tx = state.dependencies.store.begin().await?;
+    if !tx.delete_user(user.id).await? {
+        return Err(Problem::not_found("user"));
+    }
+    audit
+        .record(&mut *tx, &principal, None, serde_json::json!({ "user_id": user.id, "username": user.username }))
+        .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

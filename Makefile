@@ -48,6 +48,14 @@ env-file:
 migrate: env-file build ## Apply migrations to the database of env/$(ENV).env (make migrate ENV=staging)
 	set -a && source $(ENV_FILE) && set +a && $(BIN_DIR)/qm migrate
 
+.PHONY: seed
+seed: env-file build ## Apply the catalog seed (seeds/catalog.json) to env/$(ENV).env's database, idempotently
+	set -a && source $(ENV_FILE) && set +a && $(BIN_DIR)/qm seed
+
+.PHONY: openapi
+openapi: build ## Write the API's OpenAPI document to docs/openapi.json
+	$(BIN_DIR)/qm openapi > docs/openapi.json
+
 .PHONY: %-up
 %-up: ## Start the services of env/<env>.env in the background (make staging-up)
 	@$(MAKE) --no-print-directory env-file ENV=$*

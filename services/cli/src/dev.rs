@@ -19,7 +19,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// # Errors
 /// A configuration, store or bind error; start-up stops at the first.
-pub async fn run(data_dir: &Path) -> anyhow::Result<()> {
+pub async fn run(data_dir: &Path, without: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let environment = Environment::process();
@@ -31,14 +31,27 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<()> {
         settings.admin_password = Some(admin_password(data_dir, &*dependencies.store).await?);
     }
     let dependencies = qm_runtime::service::Dependencies { settings: settings.clone(), ..dependencies };
+    if let Some(report) = qm_api::seeds::apply_if_empty(&*dependencies.store).await? {
+        println!(
+            "Loaded the catalog seed: {} providers, {} zones, {} instance types.",
+            report.providers, report.zones, report.instance_types
+        );
+    }
 
     let shutdown = Shutdown::new();
-    let services: Vec<Service> = vec![
-        qm_api::build(dependencies.clone(), settings.api_addr, shutdown.clone()).await?,
-        qm_orchestrator::build(dependencies.clone(), settings.orchestrator_addr, shutdown.clone()).await?,
-        qm_finops::build(dependencies.clone(), settings.finops_addr, shutdown.clone()).await?,
-        qm_router::build(dependencies.clone(), settings.router_addr, shutdown.clone()).await?,
-    ];
+    let wanted = |name: &str| !without.iter().any(|left_out| left_out == name);
+    let mut services: Vec<Service> =
+        vec![qm_api::build(dependencies.clone(), settings.api_addr, shutdown.clone()).await?];
+    if wanted(qm_orchestrator::NAME) {
+        services
+            .push(qm_orchestrator::build(dependencies.clone(), settings.orchestrator_addr, shutdown.clone()).await?);
+    }
+    if wanted(qm_finops::NAME) {
+        services.push(qm_finops::build(dependencies.clone(), settings.finops_addr, shutdown.clone()).await?);
+    }
+    if wanted(qm_router::NAME) {
+        services.push(qm_router::build(dependencies.clone(), settings.router_addr, shutdown.clone()).await?);
+    }
 
     println!("Quartermaster dev is running (data in {})", data_dir.display());
     for service in &services {

@@ -3,6 +3,8 @@
 //! Layout:
 //! - [`dev`]: `qm dev`, every service in one process on embedded defaults.
 //! - [`migrate`]: `qm migrate`, applies pending migrations to `QM_DATABASE_URL`.
+//! - [`seed`]: `qm seed`, applies the catalog seed to `QM_DATABASE_URL`.
 
 pub mod dev;
 pub mod migrate;
+pub mod seed;

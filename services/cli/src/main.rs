@@ -19,7 +19,19 @@ enum Command {
         /// Where the database and the generated admin password live.
         #[arg(long, default_value = "./.qm", env = "QM_DATA_DIR")]
         data_dir: PathBuf,
+        /// Leave a service out (repeatable): `--without orchestrator` shows commands waiting on
+        /// the bus until an orchestrator runs.
+        #[arg(long, value_parser = ["orchestrator", "finops", "router"])]
+        without: Vec<String>,
     },
+    /// Apply the catalog seed to the database named by QM_DATABASE_URL (idempotent).
+    Seed {
+        /// A seed file instead of the built-in seeds/catalog.json.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Print the API's OpenAPI document.
+    Openapi,
     /// Apply pending migrations to the database named by QM_DATABASE_URL, then exit.
     Migrate,
 }
@@ -35,7 +47,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Dev { data_dir } => qm_cli::dev::run(&data_dir).await,
+            Command::Dev { data_dir, without } => qm_cli::dev::run(&data_dir, &without).await,
+            Command::Seed { file } => qm_cli::seed::run(file.as_deref()).await,
+            Command::Openapi => {
+                println!("{}", qm_api::openapi::document().to_pretty_json()?);
+                Ok(())
+            }
             Command::Migrate => qm_cli::migrate::run().await,
         }
     });

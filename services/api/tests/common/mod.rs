@@ -60,6 +60,9 @@ impl Api {
 
     pub async fn start_with(backend: Backend, variables: &[(&str, &str)]) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Tracing as in production, so that trace context flows into the commands.
+        static TELEMETRY: std::sync::OnceLock<Option<qm_telemetry::TelemetryGuard>> = std::sync::OnceLock::new();
+        TELEMETRY.get_or_init(|| qm_telemetry::init("api-test").ok());
         let (database, directory, url) = match backend {
             Backend::Sqlite => {
                 let directory = std::env::temp_dir().join(format!("qm-api-test-{}", uuid::Uuid::new_v4().simple()));

@@ -25,8 +25,18 @@ build: ## Build every binary (debug)
 services: ## Make sure PostgreSQL, Redis and NATS (JetStream) run on loopback; install what is missing
 	@scripts/ensure-services.sh
 
+VENV := .venv
+PYTHON_TOOLS := openapi-spec-validator==0.7.2
+
+.PHONY: venv
+venv: $(VENV)/.installed ## Python tools the tests use (openapi-spec-validator), in ./.venv
+$(VENV)/.installed: Makefile
+	python3 -m venv $(VENV) || { echo "error: python3 -m venv failed; install python3 and python3-venv" >&2; exit 1; }
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PYTHON_TOOLS)
+	touch $@
+
 .PHONY: test
-test: services ## fmt check, clippy -D warnings, and every test against the real services
+test: services venv ## fmt check, clippy -D warnings, and every test against the real services
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) nextest run --workspace --no-fail-fast

@@ -18,7 +18,7 @@ pub const DOCUMENT_PATH: &str = "/api-docs/openapi.json";
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Quartermaster API", description = "Control plane for GPU and compute fleets across clouds."),
-    modifiers(&Security, &ErrorResponses),
+    modifiers(&Security),
     security(("bearer" = []), ("session_cookie" = [])),
     components(schemas(Problem))
 )]
@@ -45,8 +45,8 @@ impl Modify for Security {
     }
 }
 
-/// Adds the errors every operation can answer (as problem+json) where the handler's own
-/// annotation does not already describe them.
+/// Finishes each operation: a unique operation id, a description on every response, and the
+/// errors every operation can answer (as problem+json) where its annotation does not list them.
 struct ErrorResponses;
 
 impl Modify for ErrorResponses {
@@ -67,6 +67,23 @@ impl Modify for ErrorResponses {
         for (path, item) in &mut openapi.paths.paths {
             let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete];
             for operation in operations.into_iter().flatten() {
+                // Handler names repeat across resources (`list`, `get`); ids must be unique.
+                if let (Some(tag), Some(id)) =
+                    (operation.tags.as_ref().and_then(|tags| tags.first()), &operation.operation_id)
+                {
+                    operation.operation_id = Some(format!("{tag}_{id}"));
+                }
+                // Every response needs a description; default to the status's reason phrase.
+                for (status, response) in &mut operation.responses.responses {
+                    if let RefOr::T(response) = response
+                        && response.description.is_empty()
+                    {
+                        let reason =
+                            status.parse::<u16>().ok().and_then(|code| axum::http::StatusCode::from_u16(code).ok());
+                        response.description =
+                            reason.and_then(|code| code.canonical_reason()).unwrap_or("Response").to_owned();
+                    }
+                }
                 let public = path == "/auth/login";
                 let mut add = |status: &str, description: &str| {
                     operation.responses.responses.entry(status.to_owned()).or_insert_with(|| problem(description));
@@ -93,7 +110,7 @@ impl Modify for ErrorResponses {
 
 /// The routes of the API and the document describing them.
 pub fn routes() -> (Router<AppState>, OpenApiDocument) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(session::login))
         .routes(routes!(session::logout))
         .routes(routes!(session::me, session::update_me))
@@ -125,7 +142,10 @@ pub fn routes() -> (Router<AppState>, OpenApiDocument) {
         .routes(routes!(action_logs::search))
         .routes(routes!(action_logs::types))
         .routes(routes!(events::stream))
-        .split_for_parts()
+        .split_for_parts();
+    // After the paths are in: the error responses are added to each of them.
+    ErrorResponses.modify(&mut document);
+    (router, document)
 }
 
 /// The OpenAPI document alone (for `qm openapi` and tests).

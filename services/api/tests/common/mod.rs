@@ -6,6 +6,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod schema;
+
 use std::sync::Arc;
 
 use qm_bus::EventBus;

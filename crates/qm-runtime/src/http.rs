@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use prometheus::{HistogramVec, IntCounterVec, Registry};
@@ -76,21 +77,91 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     tracing::error!(panic = %message, "request handler panicked");
-    let body = r#"{"type":"about:blank","title":"Internal Server Error","status":500,"detail":"the server failed to handle the request; it has been logged"}"#;
+    problem(StatusCode::INTERNAL_SERVER_ERROR, "the server failed to handle the request; it has been logged")
+}
+
+const PROBLEM_JSON: &str = "application/problem+json";
+
+fn problem(status: StatusCode, detail: &str) -> Response {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
     Response::builder()
-        .status(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
-        .header(axum::http::header::CONTENT_TYPE, "application/problem+json")
-        .body(axum::body::Body::from(body))
+        .status(status)
+        .header(header::CONTENT_TYPE, PROBLEM_JSON)
+        .body(axum::body::Body::from(body.to_string()))
         .unwrap_or_default()
+}
+
+/// Turns whatever error escaped the handlers as plain text (wrong method, a body over the limit,
+/// a timeout) into problem+json, so that clients parse one error shape.
+async fn normalize_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem || is_json {
+        return response;
+    }
+    let detail = match status {
+        StatusCode::NOT_FOUND => "no such route".to_owned(),
+        StatusCode::METHOD_NOT_ALLOWED => "this route does not take that method".to_owned(),
+        StatusCode::PAYLOAD_TOO_LARGE => format!("the body exceeds {MAX_BODY_BYTES} bytes"),
+        StatusCode::REQUEST_TIMEOUT => format!("the request took longer than {} s", REQUEST_TIMEOUT.as_secs()),
+        other => other.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let mut normalized = problem(status, &detail);
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(value) = response.headers().get(&name) {
+            normalized.headers_mut().insert(name, value.clone());
+        }
+    }
+    normalized
+}
+
+/// Bodies declared larger than this are refused without reading them (the client may then see
+/// the connection reset instead of the answer).
+pub const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Refuses a body whose declared length is over [`MAX_BODY_BYTES`] before any handler runs. A
+/// moderately oversized body is read and discarded first: closing the connection while the
+/// client still uploads would reset it before the client reads the 413.
+async fn refuse_oversized(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    let Some(length) = declared.filter(|length| *length > MAX_BODY_BYTES as u64) else {
+        return next.run(request).await;
+    };
+    if length <= DRAIN_LIMIT {
+        use futures::StreamExt as _;
+        let mut body = request.into_body().into_data_stream();
+        while let Some(Ok(_)) = body.next().await {}
+    }
+    problem(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body exceeds {MAX_BODY_BYTES} bytes"))
 }
 
 /// Adds the standard layers to a service's router.
 pub fn with_standard_layers(router: Router, registry: &Registry) -> Router {
+    // Innermost first: the metrics see what the limits and the panic guard answered, and every
+    // stray error, a timeout included, leaves as problem+json.
     router
-        .layer(middleware::from_fn_with_state(HttpMetrics::new(registry), observe))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(refuse_oversized))
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(middleware::from_fn_with_state(HttpMetrics::new(registry), observe))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(middleware::map_response(normalize_errors))
 }
 
 /// A bound listener, so that callers (and tests on port 0) know the address before serving.

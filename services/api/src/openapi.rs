@@ -154,12 +154,12 @@ pub fn document() -> OpenApiDocument {
 }
 
 /// The complete API: routes, `/api-docs/openapi.json`, `/swagger-ui`, and problem+json for
-/// everything that goes wrong, including unknown routes.
+/// unknown routes (the standard layers turn the other stray errors into problem+json).
 pub fn router(state: AppState) -> Router {
     let (routes, document) = routes();
     routes
         .with_state(state)
         .merge(SwaggerUi::new("/swagger-ui").url(DOCUMENT_PATH, document))
         .fallback(|| async { Problem::not_found("route") })
-        .layer(axum::middleware::map_response(crate::problem::normalize_errors))
+        .layer(axum::middleware::from_fn(crate::problem::refuse_nul))
 }

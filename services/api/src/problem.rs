@@ -166,10 +166,50 @@ impl From<PathRejection> for Problem {
     }
 }
 
-/// A JSON body; a malformed one is a problem+json 400/413/415/422 naming what was wrong.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(Problem))]
+/// A JSON body; a malformed one is a problem+json 400/413/415/422 naming what was wrong. Text
+/// with NUL characters is refused here, since no database column can hold them.
 pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type =
+            request.headers().get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if mime != "application/json" && !mime.ends_with("+json") {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| Problem::new(rejection.status(), "malformed-body", rejection.body_text()))?;
+        if contains_escaped_nul(&bytes) {
+            return Err(Problem::bad_request("text must not contain NUL characters (\\u0000)"));
+        }
+        axum::Json::<T>::from_bytes(&bytes).map(|axum::Json(value)| Json(value)).map_err(Problem::from)
+    }
+}
+
+/// Whether JSON text holds a `\u0000` escape (a raw NUL byte is not valid JSON at all).
+fn contains_escaped_nul(bytes: &[u8]) -> bool {
+    bytes.windows(6).enumerate().any(|(start, window)| {
+        window.eq_ignore_ascii_case(b"\\u0000")
+            && bytes[..start].iter().rev().take_while(|byte| **byte == b'\\').count() % 2 == 0
+    })
+}
+
+/// Refuses NUL characters in the path or query string (`%00`) before any handler runs.
+pub async fn refuse_nul(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let uri = request.uri().to_string().to_ascii_lowercase();
+    if uri.contains("%00") {
+        return Problem::bad_request("the URL must not contain NUL characters (%00)").into_response();
+    }
+    next.run(request).await
+}
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
@@ -193,37 +233,24 @@ pub fn optional_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Opti
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
+    if contains_escaped_nul(body) {
+        return Err(Problem::bad_request("text must not contain NUL characters (\\u0000)"));
+    }
     serde_json::from_slice(body).map(Some).map_err(|error| {
         let status = if error.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
         Problem::new(status, if error.is_data() { "validation" } else { "malformed-body" }, error.to_string())
     })
 }
 
-/// Turns whatever error response escaped the handlers (unknown route, wrong method, a body over
-/// the limit, a timeout) into problem+json, so that clients only ever parse one error shape.
-pub async fn normalize_errors(response: Response) -> Response {
-    let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(CONTENT_TYPE.as_bytes()));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
-        return response;
+#[cfg(test)]
+mod tests {
+    use super::contains_escaped_nul;
+
+    #[test]
+    fn nul_escapes_are_found_but_escaped_backslashes_are_not_mistaken_for_them() {
+        assert!(contains_escaped_nul(br#"{"model":"a\u0000b"}"#));
+        assert!(contains_escaped_nul(br#"{"model":"\\\u0000"}"#));
+        assert!(!contains_escaped_nul(br#"{"model":"a\\u0000b"}"#));
+        assert!(!contains_escaped_nul(br#"{"model":"u0000"}"#));
     }
-    let (kind, detail) = match status {
-        StatusCode::NOT_FOUND => ("not-found", "no such route".to_owned()),
-        StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "this route does not take that method".to_owned()),
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ("payload-too-large", format!("the body exceeds {} bytes", qm_runtime::http::MAX_BODY_BYTES))
-        }
-        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long".to_owned()),
-        other => ("error", other.canonical_reason().unwrap_or("error").to_lowercase()),
-    };
-    let mut problem = Problem::new(status, kind, detail).into_response();
-    for name in [header::ALLOW, header::RETRY_AFTER] {
-        if let Some(value) = response.headers().get(&name) {
-            problem.headers_mut().insert(name, value.clone());
-        }
-    }
-    problem
 }

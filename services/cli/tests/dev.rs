@@ -16,14 +16,23 @@ struct Dev {
 impl Dev {
     /// Starts `qm dev` on free ports and waits for it to print where each service listens.
     fn start(data_dir: &Path) -> (Self, HashMap<String, String>, Vec<String>) {
+        Self::start_with(data_dir, &[], &[])
+    }
+
+    fn start_with(
+        data_dir: &Path,
+        arguments: &[&str],
+        variables: &[(&str, &str)],
+    ) -> (Self, HashMap<String, String>, Vec<String>) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_qm"));
-        command.args(["dev", "--data-dir"]).arg(data_dir).stdout(Stdio::piped()).stderr(Stdio::null());
+        command.args(["dev", "--data-dir"]).arg(data_dir).args(arguments).stdout(Stdio::piped()).stderr(Stdio::null());
         for variable in ["QM_API_ADDR", "QM_ORCHESTRATOR_ADDR", "QM_FINOPS_ADDR", "QM_ROUTER_ADDR"] {
             command.env(variable, "127.0.0.1:0");
         }
         for variable in ["QM_ADMIN_PASSWORD", "QM_ADMIN_PASSWORD_FILE", "QM_DATABASE_URL", "QM_BUS_URL"] {
             command.env_remove(variable);
         }
+        command.envs(variables.iter().copied());
         let mut child = command.spawn().expect("start qm dev");
         let stdout = child.stdout.take().expect("stdout");
         let (sender, output) = mpsc::channel();
@@ -115,5 +124,81 @@ async fn qm_dev_serves_every_probe_stops_on_sigterm_and_keeps_its_admin() {
     let admin = store.user_by_login("admin").await.expect("read").expect("the admin survived the restart");
     assert!(qm_api::password::verify(&printed_password, &admin.password_hash), "the saved password still logs in");
     drop(store);
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}
+
+/// With the orchestrator left out and NATS as the bus, a deployment's provision commands wait
+/// in the orchestrator's durable consumer group, survive `qm dev` stopping, and are delivered
+/// to the group when a consumer starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_commands_wait_on_the_bus_while_no_orchestrator_runs() {
+    let data_dir = temporary_data_dir();
+    let prefix = format!("devtest{}", uuid::Uuid::new_v4().simple());
+    let bus_url = format!("nats://127.0.0.1:4222?prefix={prefix}");
+    let variables = [("QM_BUS_URL", bus_url.as_str()), ("QM_ADMIN_PASSWORD", "dev-test-password")];
+    let (dev, urls, lines) = Dev::start_with(&data_dir, &["--without", "orchestrator"], &variables);
+    assert!(!urls.contains_key("orchestrator"), "{lines:?}");
+    assert!(lines.iter().any(|line| line.starts_with("Loaded the catalog seed")), "{lines:?}");
+    let client = http();
+    let api = &urls["api"];
+    let login: serde_json::Value = client
+        .post(format!("{api}/auth/login"))
+        .json(&serde_json::json!({ "login": "admin", "password": "dev-test-password" }))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let token = login["token"].as_str().expect("token");
+    let accepted = client
+        .post(format!("{api}/deployments"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "model": "m", "count": 2, "provider": "local", "zone": "local-1", "instance_type": "local.cpu" }))
+        .send()
+        .await
+        .expect("deploy");
+    assert_eq!(accepted.status(), 202);
+    let accepted: serde_json::Value = accepted.json().await.expect("json");
+    let mut expected: Vec<String> = accepted["instance_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|id| id.as_str().expect("id").to_owned())
+        .collect();
+    // Give the relay a moment to publish, then stop: the commands must outlive the process.
+    let outbox_drained = async {
+        let store = qm_store::connect(&format!("sqlite://{}", data_dir.join("qm.db").display())).await.expect("store");
+        for _ in 0..100 {
+            if store.outbox_backlog().await.expect("backlog") == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the relay did not publish the commands");
+    };
+    outbox_drained.await;
+    assert!(dev.terminate(Duration::from_secs(10)).success());
+
+    let bus = qm_bus::connect(&bus_url).await.expect("bus");
+    let options = qm_bus::SubscriptionOptions::new(qm_events::Channel::Commands, "orchestrator");
+    let mut subscription = bus.subscribe(options).await.expect("subscribe");
+    let mut received = Vec::new();
+    while received.len() < expected.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("the commands waited on the bus")
+            .expect("delivery");
+        assert_eq!(delivery.envelope.message_type, "instance.provision");
+        received.push(delivery.envelope.data["instance_id"].as_str().expect("id").to_owned());
+        delivery.ack().await.expect("ack");
+    }
+    received.sort();
+    expected.sort();
+    assert_eq!(received, expected);
+    drop(subscription);
+    let nats_url = url::Url::parse(&bus_url).expect("url");
+    let naming = qm_bus::Naming::new(Some(&prefix)).expect("naming");
+    qm_bus::nats::NatsBus::connect(&nats_url, naming).await.expect("nats").delete_streams().await.expect("clean up");
     std::fs::remove_dir_all(&data_dir).expect("clean up");
 }

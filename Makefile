@@ -41,6 +41,10 @@ test: services venv ## fmt check, clippy -D warnings, and every test against the
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) nextest run --workspace --no-fail-fast
 
+.PHONY: bench
+bench: services ## Benchmarks (release build): API latency under load vs a same-run baseline
+	$(CARGO) bench -p qm-api --bench api
+
 .PHONY: lint
 lint: ## fmt check and clippy only
 	$(CARGO) fmt --all -- --check

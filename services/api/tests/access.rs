@@ -1,6 +1,8 @@
 //! Auth, organizations, users and API keys, driven over HTTP on SQLite and PostgreSQL: logins
 //! and sessions, brute-force limits, roles, and isolation between organizations.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;

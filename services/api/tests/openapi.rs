@@ -2,6 +2,8 @@
 //! which `make venv` installs), served with the Swagger UI from the binary, and true: every
 //! documented operation is called here and its answer checked against its documented schema.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

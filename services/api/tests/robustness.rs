@@ -3,6 +3,8 @@
 //! panic. Every documented route is tried with every kind of bad input; `Api::raw` asserts the
 //! rules on each answer.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;

@@ -1,0 +1,205 @@
+//! `make bench`: the API under load on PostgreSQL. 64 concurrent clients read
+//! `GET /instances` (authenticated, default page) from an organization with 1,000 instances,
+//! against a baseline measured in the same run: `GET /healthz` (no auth, no database) with the
+//! same 64 clients. Reports p50/p95/p99 latency, requests per second, and the ratios to the
+//! baseline; the target is p95 under 20 ms. Results also go to
+//! `$CARGO_TARGET_DIR/bench/api.json`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use qm_config::{Environment, Settings};
+use qm_domain::{DeploymentId, InstanceId};
+use qm_runtime::Shutdown;
+use qm_store::testing::TestDatabase;
+use qm_store::{Deployment, NewInstance};
+use serde_json::json;
+
+const INSTANCES: usize = 1_000;
+const CLIENTS: usize = 64;
+const WARM_UP: Duration = Duration::from_secs(2);
+const MEASURE: Duration = Duration::from_secs(10);
+const TARGET_P95: Duration = Duration::from_millis(20);
+
+struct Measurement {
+    name: &'static str,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    errors: usize,
+}
+
+impl Measurement {
+    fn percentile(&self, fraction: f64) -> Duration {
+        let index = ((self.latencies.len() as f64 - 1.0) * fraction).round() as usize;
+        self.latencies[index]
+    }
+
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let ms = |duration: Duration| (duration.as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
+        println!(
+            "{:<28} p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  {:>8.0} req/s  ({} requests, {} errors)",
+            self.name,
+            ms(self.percentile(0.50)),
+            ms(self.percentile(0.95)),
+            ms(self.percentile(0.99)),
+            self.throughput(),
+            self.latencies.len(),
+            self.errors
+        );
+        json!({
+            "name": self.name, "requests": self.latencies.len(), "errors": self.errors,
+            "p50_ms": ms(self.percentile(0.50)), "p95_ms": ms(self.percentile(0.95)), "p99_ms": ms(self.percentile(0.99)),
+            "requests_per_second": self.throughput().round(),
+        })
+    }
+}
+
+/// `CLIENTS` loops requesting `url` for `MEASURE` after `WARM_UP`.
+async fn load(name: &'static str, client: &reqwest::Client, url: String, token: Option<String>) -> Measurement {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (client, url, token) = (client.clone(), url.clone(), token.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                let warm_until = started + WARM_UP;
+                let stop_at = warm_until + MEASURE;
+                loop {
+                    let sent = Instant::now();
+                    if sent >= stop_at {
+                        break;
+                    }
+                    let mut request = client.get(&url);
+                    if let Some(token) = &token {
+                        request = request.bearer_auth(token);
+                    }
+                    let ok = match request.send().await {
+                        Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if sent >= warm_until {
+                        if ok {
+                            latencies.push(sent.elapsed());
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (mut some, failed) = task.await.unwrap();
+        latencies.append(&mut some);
+        errors += failed;
+    }
+    latencies.sort_unstable();
+    Measurement { name, latencies, elapsed: MEASURE, errors }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let database = TestDatabase::create().await;
+    let password = "bench-admin-password";
+    let pairs = [
+        ("QM_DATABASE_URL", database.url()),
+        ("QM_BUS_URL", "memory://"),
+        ("QM_ADMIN_PASSWORD", password),
+        ("QM_ENV", "bench"),
+    ];
+    let settings = Settings::from_env(&Environment::from_pairs(pairs)).unwrap();
+    let dependencies = qm_runtime::entrypoint::connect(settings).await.unwrap();
+    let store = dependencies.store.clone();
+    qm_api::seeds::apply(&*store, &qm_api::seeds::parse(qm_api::seeds::CATALOG).unwrap()).await.unwrap();
+    let shutdown = Shutdown::new();
+    let service = qm_api::build(dependencies, "127.0.0.1:0".parse().unwrap(), shutdown.clone()).await.unwrap();
+    let base = format!("http://{}", service.address());
+    let server = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { service.run_until_stopped(shutdown).await.unwrap() }
+    });
+
+    // 1,000 instances in the admin's organization, as a deployment would leave them.
+    let admin = store.user_by_login("admin").await.unwrap().unwrap();
+    let offer = store.offers().await.unwrap().into_iter().find(|offer| offer.provider == "sim").unwrap();
+    let deployment = Deployment {
+        id: DeploymentId::new(),
+        organization_id: admin.organization_id,
+        created_by: Some(admin.id),
+        model: "bench-model".into(),
+        count: i32::try_from(INSTANCES).unwrap(),
+        request: json!({}),
+        placements: vec![offer.clone()],
+        created_at: qm_store::now(),
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_deployment(&deployment).await.unwrap();
+    for _ in 0..INSTANCES {
+        let instance = NewInstance {
+            id: InstanceId::new(),
+            organization_id: admin.organization_id,
+            deployment_id: Some(deployment.id),
+            placement: offer.clone(),
+            model: "bench-model".into(),
+        };
+        tx.insert_instance(&instance).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let client = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().unwrap();
+    let login: serde_json::Value = client
+        .post(format!("{base}/auth/login"))
+        .json(&json!({ "login": "admin", "password": password }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap().to_owned();
+    let page: serde_json::Value =
+        client.get(format!("{base}/instances")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 50, "the default page is full");
+
+    println!("API benchmark: {INSTANCES} instances on PostgreSQL, {CLIENTS} concurrent clients, {MEASURE:?} each");
+    let baseline = load("baseline GET /healthz", &client, format!("{base}/healthz"), None).await;
+    let listing =
+        load("GET /instances (auth, 50/page)", &client, format!("{base}/instances"), Some(token.clone())).await;
+    let baseline_report = baseline.report();
+    let listing_report = listing.report();
+    let p95_ratio = listing.percentile(0.95).as_secs_f64() / baseline.percentile(0.95).as_secs_f64();
+    let throughput_ratio = listing.throughput() / baseline.throughput();
+    let verdict = if listing.percentile(0.95) < TARGET_P95 { "met" } else { "MISSED" };
+    println!("ratio to baseline: p95 x{p95_ratio:.2}, throughput x{throughput_ratio:.2}");
+    println!("target p95 < {} ms: {verdict}", TARGET_P95.as_millis());
+
+    let directory =
+        std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("bench");
+    std::fs::create_dir_all(&directory).unwrap();
+    let report = json!({
+        "instances": INSTANCES, "clients": CLIENTS, "seconds": MEASURE.as_secs(),
+        "baseline": baseline_report, "list_instances": listing_report,
+        "p95_ratio_to_baseline": (p95_ratio * 100.0).round() / 100.0,
+        "throughput_ratio_to_baseline": (throughput_ratio * 100.0).round() / 100.0,
+        "target_p95_ms": TARGET_P95.as_millis(), "target": verdict,
+    });
+    std::fs::write(directory.join("api.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+
+    shutdown.trigger();
+    let _ = server.await;
+    database.drop_database().await;
+}

@@ -123,7 +123,7 @@ CREATE TABLE instances (
     created_at            TIMESTAMPTZ NOT NULL,
     updated_at            TIMESTAMPTZ NOT NULL
 );
-CREATE INDEX instances_organization_idx ON instances (organization_id, id DESC);
+CREATE INDEX instances_organization_idx ON instances (organization_id, archived, id DESC);
 CREATE INDEX instances_state_idx ON instances (state);
 
 CREATE TABLE instance_state_history (

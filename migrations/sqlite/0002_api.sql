@@ -124,7 +124,7 @@ CREATE TABLE instances (
     created_at            TEXT NOT NULL,
     updated_at            TEXT NOT NULL
 );
-CREATE INDEX instances_organization_idx ON instances (organization_id, id DESC);
+CREATE INDEX instances_organization_idx ON instances (organization_id, archived, id DESC);
 CREATE INDEX instances_state_idx ON instances (state);
 
 CREATE TABLE instance_state_history (

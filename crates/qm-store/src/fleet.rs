@@ -325,23 +325,48 @@ macro_rules! impl_fleet_sql {
                 }
 
                 async fn instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>, StoreError> {
-                    let sql = format!(
-                        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE ($1 IS NULL OR organization_id = $1) \
-                         AND ($2 IS NULL OR deployment_id = $2) AND ($3 IS NULL OR state = $3) AND ($4 IS NULL OR provider = $4) \
-                         AND ($5 IS NULL OR zone = $5) AND ($6 IS NULL OR archived = $6) AND ($7 IS NULL OR id < $7) \
-                         ORDER BY id DESC LIMIT $8"
-                    );
-                    let rows = sqlx::query(&sql)
-                        .bind(filter.organization.map(|id| id.as_uuid()))
-                        .bind(filter.deployment.map(|id| id.as_uuid()))
-                        .bind(filter.state.map(|state| state.as_str()))
-                        .bind(filter.provider.as_deref())
-                        .bind(filter.zone.as_deref())
-                        .bind(filter.archived)
-                        .bind(filter.before.map(|id| id.as_uuid()))
-                        .bind(i64::from(filter.limit))
-                        .fetch_all(self.reader())
-                        .await?;
+                    // Only the filters given become conditions, so that each shape gets a plan
+                    // that walks (organization_id, id DESC) and stops at the limit.
+                    let mut conditions = Vec::new();
+                    let mut placeholder = 0;
+                    let mut condition = |column: &str, present: bool| {
+                        if present {
+                            placeholder += 1;
+                            conditions.push(format!("{column} ${placeholder}"));
+                        }
+                    };
+                    condition("organization_id =", filter.organization.is_some());
+                    condition("deployment_id =", filter.deployment.is_some());
+                    condition("state =", filter.state.is_some());
+                    condition("provider =", filter.provider.is_some());
+                    condition("zone =", filter.zone.is_some());
+                    condition("archived =", filter.archived.is_some());
+                    condition("id <", filter.before.is_some());
+                    let clause = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+                    let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances {clause} ORDER BY id DESC LIMIT ${}", conditions.len() + 1);
+                    let mut query = sqlx::query(&sql);
+                    if let Some(organization) = filter.organization {
+                        query = query.bind(organization.as_uuid());
+                    }
+                    if let Some(deployment) = filter.deployment {
+                        query = query.bind(deployment.as_uuid());
+                    }
+                    if let Some(state) = filter.state {
+                        query = query.bind(state.as_str());
+                    }
+                    if let Some(provider) = &filter.provider {
+                        query = query.bind(provider.as_str());
+                    }
+                    if let Some(zone) = &filter.zone {
+                        query = query.bind(zone.as_str());
+                    }
+                    if let Some(archived) = filter.archived {
+                        query = query.bind(archived);
+                    }
+                    if let Some(before) = filter.before {
+                        query = query.bind(before.as_uuid());
+                    }
+                    let rows = query.bind(i64::from(filter.limit)).fetch_all(self.reader()).await?;
                     rows.iter().map(instance_from_row).collect()
                 }
 

@@ -177,9 +177,14 @@ async fn run() {
 
     println!("API benchmark: {INSTANCES} instances on PostgreSQL, {CLIENTS} concurrent clients, {MEASURE:?} each");
     let baseline = load("baseline GET /healthz", &client, format!("{base}/healthz"), None).await;
+    let authenticated = load("GET /auth/me (auth only)", &client, format!("{base}/auth/me"), Some(token.clone())).await;
+    let small_page =
+        load("GET /instances?limit=1", &client, format!("{base}/instances?limit=1"), Some(token.clone())).await;
     let listing =
         load("GET /instances (auth, 50/page)", &client, format!("{base}/instances"), Some(token.clone())).await;
     let baseline_report = baseline.report();
+    let authenticated_report = authenticated.report();
+    let small_page_report = small_page.report();
     let listing_report = listing.report();
     let p95_ratio = listing.percentile(0.95).as_secs_f64() / baseline.percentile(0.95).as_secs_f64();
     let throughput_ratio = listing.throughput() / baseline.throughput();
@@ -193,6 +198,7 @@ async fn run() {
     let report = json!({
         "instances": INSTANCES, "clients": CLIENTS, "seconds": MEASURE.as_secs(),
         "baseline": baseline_report, "list_instances": listing_report,
+        "auth_only": authenticated_report, "list_instances_limit_1": small_page_report,
         "p95_ratio_to_baseline": (p95_ratio * 100.0).round() / 100.0,
         "throughput_ratio_to_baseline": (throughput_ratio * 100.0).round() / 100.0,
         "target_p95_ms": TARGET_P95.as_millis(), "target": verdict,

@@ -53,6 +53,8 @@ pub struct Principal {
     /// Only a session of the bootstrap admin (never an API key) administers the platform.
     pub platform_admin: bool,
     pub credential: Credential,
+    /// How long the credential stays valid (a session's remaining lifetime).
+    pub expires_in: Duration,
 }
 
 impl Principal {
@@ -102,6 +104,44 @@ pub fn presented_token(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
+/// How long a resolved credential is reused without asking the database again. Revocations on
+/// this replica take effect at once (they evict); on other replicas within this time.
+pub const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(5);
+const CREDENTIAL_CACHE_CAPACITY: usize = 10_000;
+
+/// Recently resolved credentials by token hash, so that a busy client costs one database
+/// lookup per [`CREDENTIAL_CACHE_TTL`] instead of one per request.
+#[derive(Default)]
+pub struct CredentialCache {
+    entries: Mutex<HashMap<String, (Principal, Instant)>>,
+}
+
+impl CredentialCache {
+    fn get(&self, hash: &str) -> Option<Principal> {
+        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries.get(hash).filter(|(_, until)| Instant::now() < *until).map(|(principal, _)| principal.clone())
+    }
+
+    fn insert(&self, hash: String, principal: Principal) {
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= CREDENTIAL_CACHE_CAPACITY {
+            let now = Instant::now();
+            entries.retain(|_, (_, until)| now < *until);
+            if entries.len() >= CREDENTIAL_CACHE_CAPACITY {
+                entries.clear();
+            }
+        }
+        let until = Instant::now() + principal.expires_in.min(CREDENTIAL_CACHE_TTL);
+        entries.insert(hash, (principal, until));
+    }
+
+    /// Forgets every cached credential matching `matches` (a revoked key, a user's sessions).
+    pub fn evict(&self, matches: impl Fn(&Principal) -> bool) {
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries.retain(|_, (principal, _)| !matches(principal));
+    }
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = Problem;
 
@@ -110,10 +150,23 @@ impl FromRequestParts<AppState> for Principal {
             Problem::unauthorized("log in (POST /auth/login) or send `Authorization: Bearer <token>`")
         })?;
         let hash = token_hash(&token);
+        if let Some(principal) = state.credentials.get(&hash) {
+            return Ok(principal);
+        }
+        let principal = resolve(state, &token, &hash).await?;
+        state.credentials.insert(hash, principal.clone());
+        Ok(principal)
+    }
+}
+
+/// Looks the credential up in the store.
+async fn resolve(state: &AppState, token: &str, hash: &str) -> Result<Principal, Problem> {
+    {
         let store = &state.dependencies.store;
         if token.starts_with(SESSION_TOKEN_PREFIX) {
+            let now = qm_store::now();
             let (session, user) = store
-                .live_session(&hash, qm_store::now())
+                .live_session(hash, now)
                 .await?
                 .ok_or_else(|| Problem::unauthorized("the session has expired or was revoked; log in again"))?;
             return Ok(Principal {
@@ -122,11 +175,12 @@ impl FromRequestParts<AppState> for Principal {
                 user_id: Some(user.id),
                 platform_admin: user.is_platform_admin,
                 credential: Credential::Session(session.id),
+                expires_in: (session.expires_at - now).to_std().unwrap_or_default(),
             });
         }
         if token.starts_with(API_KEY_PREFIX) {
             let key = store
-                .live_api_key(&hash)
+                .live_api_key(hash)
                 .await?
                 .ok_or_else(|| Problem::unauthorized("the API key is unknown or was revoked"))?;
             if let Err(error) = store.touch_api_key(key.id, qm_store::now(), LAST_USED_GRANULARITY).await {
@@ -138,6 +192,7 @@ impl FromRequestParts<AppState> for Principal {
                 user_id: key.created_by,
                 platform_admin: false,
                 credential: Credential::ApiKey(key.id),
+                expires_in: CREDENTIAL_CACHE_TTL,
             });
         }
         Err(Problem::unauthorized("the token is not a Quartermaster session token or API key"))

@@ -39,6 +39,7 @@ pub const LOGIN_FAILURES_PER_ACCOUNT: usize = 5;
 pub struct AppState {
     pub dependencies: Dependencies,
     pub login_limiter: Arc<auth::LoginLimiter>,
+    pub credentials: Arc<auth::CredentialCache>,
     pub feed: feed::FeedHandle,
 }
 
@@ -59,6 +60,7 @@ pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Sh
             LOGIN_FAILURES_PER_CLIENT,
             LOGIN_FAILURES_PER_ACCOUNT,
         )),
+        credentials: Arc::new(auth::CredentialCache::default()),
         feed,
     };
     let routes = openapi::router(state);

@@ -175,6 +175,10 @@ async fn organizations_and_users_are_administered_and_isolated(api: Arc<Api>) {
     // An operator is not an admin.
     let operator = api.member(&admin_b, "olga", "operator").await;
     api.get("/users", &operator).await.expect(403);
+    // A demotion takes effect on the next request, even for a session just used.
+    let olga = api.get("/auth/me", &operator).await.expect(200)["id"].as_str().unwrap().to_owned();
+    api.put(&format!("/users/{olga}"), &admin_b, json!({ "role": "viewer" })).await.expect(200);
+    api.post("/api_keys", &operator, json!({ "name": "k" })).await.expect(403);
 
     // Deleting an organization that still runs instances is refused; once they are gone it works.
     let instances = api.deploy(&admin_b, 1).await;

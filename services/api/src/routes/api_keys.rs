@@ -95,5 +95,6 @@ pub async fn revoke(
     tx.revoke_api_key(id).await?;
     audit.record(&mut *tx, &principal, None, serde_json::json!({ "key_id": key.id, "name": key.name })).await?;
     tx.commit().await?;
+    state.credentials.evict(|cached| cached.credential == crate::auth::Credential::ApiKey(id));
     Ok(StatusCode::NO_CONTENT)
 }

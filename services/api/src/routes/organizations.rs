@@ -151,5 +151,6 @@ pub async fn delete(
         .record(&mut *tx, &principal, None, serde_json::json!({ "organization_id": id, "slug": organization.slug }))
         .await?;
     tx.commit().await?;
+    state.credentials.evict(|cached| cached.organization_id == id);
     Ok(StatusCode::NO_CONTENT)
 }

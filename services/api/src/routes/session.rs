@@ -99,6 +99,7 @@ pub async fn login(
         user_id: Some(user.id),
         platform_admin: user.is_platform_admin,
         credential: crate::auth::Credential::Session(session.id),
+        expires_in: ttl,
     };
     Audit::start("auth.login")
         .record(&mut *tx, &principal, None, serde_json::json!({ "client_address": client.to_string() }))
@@ -122,6 +123,7 @@ pub async fn logout(State(state): State<AppState>, principal: Principal) -> ApiR
     tx.revoke_session(session).await?;
     Audit::start("auth.logout").record(&mut *tx, &principal, None, serde_json::Value::Null).await?;
     tx.commit().await?;
+    state.credentials.evict(|cached| cached.session() == Some(session));
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(header::SET_COOKIE, session_cookie(&state, "", 0));
     Ok(response)
@@ -192,5 +194,9 @@ pub async fn change_password(
     tx.revoke_user_sessions(user.id, principal.session()).await?;
     audit.record(&mut *tx, &principal, None, serde_json::Value::Null).await?;
     tx.commit().await?;
+    let keep = principal.session();
+    state
+        .credentials
+        .evict(|cached| cached.user_id == Some(user.id) && cached.session().is_some() && cached.session() != keep);
     Ok(StatusCode::NO_CONTENT)
 }

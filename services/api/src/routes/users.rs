@@ -226,6 +226,11 @@ pub async fn update(
     }
     audit.record(&mut *tx, &principal, None, serde_json::json!({ "user_id": user.id, "role": updated.role })).await?;
     tx.commit().await?;
+    // Its sessions carry the old role (and, after a password change, are revoked).
+    let keep = principal.session();
+    state
+        .credentials
+        .evict(|cached| cached.user_id == Some(user.id) && cached.session().is_some() && cached.session() != keep);
     Ok(Json(UserView::from(&updated)))
 }
 
@@ -253,5 +258,6 @@ pub async fn delete(
         .record(&mut *tx, &principal, None, serde_json::json!({ "user_id": user.id, "username": user.username }))
         .await?;
     tx.commit().await?;
+    state.credentials.evict(|cached| cached.user_id == Some(user.id) && cached.session().is_some());
     Ok(StatusCode::NO_CONTENT)
 }

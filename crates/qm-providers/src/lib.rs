@@ -1,0 +1,155 @@
+//! Clouds: one [`CloudProvider`] trait (DESIGN sections 3 and 5) that every provider implements
+//! and one [`conformance`] suite that every provider runs.
+//!
+//! Layout:
+//! - this file: the trait, what it creates and lists, and classified [`ProviderError`]s.
+//! - [`sim`]: an in-memory cloud with boot delays, per-zone capacity, rate limits and injected
+//!   faults, deterministic under a seed, for scale and chaos tests.
+//! - [`conformance`]: the promises every provider keeps.
+//!
+//! Every instance Quartermaster creates carries the tag [`INSTANCE_TAG`] = its instance id, and
+//! creation is idempotent on it: asking twice (say, after a timeout whose request had in fact
+//! succeeded) yields the one instance, never two.
+
+pub mod conformance;
+pub mod sim;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use qm_domain::InstanceId;
+use serde::{Deserialize, Serialize};
+
+/// The tag (or label) that marks an instance as Quartermaster's, valued with its instance id.
+pub const INSTANCE_TAG: &str = "qm-instance-id";
+
+/// The name a provider gives its instance, as `qm-<instance id>` (Scaleway looks it up by name).
+pub fn instance_name(id: InstanceId) -> String {
+    format!("qm-{id}")
+}
+
+/// What to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateRequest {
+    pub instance_id: InstanceId,
+    pub zone: String,
+    pub instance_type: String,
+    /// Boot script or cloud-init handed to the instance (carries the bootstrap token).
+    pub user_data: String,
+    /// Extra tags; [`INSTANCE_TAG`] is always added.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Where an instance is in the provider's own lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderStatus {
+    /// Created, not running yet (or starting).
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    Terminated,
+}
+
+/// An instance as the provider reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderInstance {
+    /// The provider's id (`i-0abc…`, a Scaleway UUID, a local process id).
+    pub provider_id: String,
+    /// From [`INSTANCE_TAG`]; `None` for an instance that is not Quartermaster's.
+    pub instance_id: Option<InstanceId>,
+    pub zone: String,
+    pub instance_type: String,
+    pub status: ProviderStatus,
+    /// Where the agent can be reached, once known.
+    pub address: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An instance type a provider offers in a zone, with its list price.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderOffer {
+    pub region: String,
+    pub zone: String,
+    pub instance_type: String,
+    pub gpu_model: Option<String>,
+    pub gpu_count: i32,
+    pub gpu_memory_gb: i32,
+    pub vcpus: i32,
+    pub memory_gb: i32,
+    pub hourly_price_micros: i64,
+    pub currency: String,
+    /// Whether the provider reports capacity for it now.
+    pub available: bool,
+}
+
+/// How a provider call failed, which decides what the caller does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No capacity for this type in this zone: fail over to the next placement.
+    Capacity,
+    /// An account limit: fail over too.
+    Quota,
+    /// Rate limited: retry with backoff.
+    Throttled,
+    /// 5xx, timeouts, connection resets: retry with backoff.
+    Transient,
+    /// Bad or missing credentials: fail fast.
+    Auth,
+    /// A request the provider refuses (unknown zone or type, bad parameter): fail fast.
+    Invalid,
+    /// The instance does not exist (or no longer does).
+    NotFound,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{provider}: {kind:?}: {message}")]
+pub struct ProviderError {
+    pub provider: String,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ProviderError {
+    pub fn new(provider: &str, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { provider: provider.to_owned(), kind, message: message.into() }
+    }
+
+    /// Worth retrying the same call later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Throttled | ErrorKind::Transient)
+    }
+
+    /// Worth trying another zone, type or provider.
+    pub fn calls_for_failover(&self) -> bool {
+        matches!(self.kind, ErrorKind::Capacity | ErrorKind::Quota)
+    }
+}
+
+/// One cloud.
+#[async_trait]
+pub trait CloudProvider: Send + Sync + 'static {
+    /// `local`, `sim`, `aws` or `scaleway`.
+    fn name(&self) -> &str;
+
+    /// Creates the instance, or returns the one already created for `request.instance_id`.
+    async fn create(&self, request: &CreateRequest) -> Result<ProviderInstance, ProviderError>;
+
+    /// Starts a created instance (a no-op where creation starts it).
+    async fn start(&self, provider_id: &str) -> Result<ProviderInstance, ProviderError>;
+
+    /// # Errors
+    /// [`ErrorKind::NotFound`] once the instance is gone.
+    async fn describe(&self, provider_id: &str) -> Result<ProviderInstance, ProviderError>;
+
+    /// Every instance carrying [`INSTANCE_TAG`], terminated ones excluded.
+    async fn list(&self) -> Result<Vec<ProviderInstance>, ProviderError>;
+
+    /// Terminates the instance; one already gone is a success.
+    async fn terminate(&self, provider_id: &str) -> Result<(), ProviderError>;
+
+    /// What can be launched where, at what price.
+    async fn offers(&self) -> Result<Vec<ProviderOffer>, ProviderError>;
+}

@@ -7,6 +7,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+/// The allocator of the production binaries.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use qm_config::{Environment, Settings};

@@ -1,3 +1,7 @@
+/// mimalloc: glibc's allocator contends under many concurrent requests (see `make bench`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -38,6 +38,12 @@ pub const ACTION_TYPES: &[ActionType] = &[
     action("deployment.create", "api", "Deployment requested"),
     action("instance.terminate", "api", "Termination requested"),
     action("instance.archive", "api", "Instance archived"),
+    action("instance.provisioning", "orchestrator", "Provisioning started"),
+    action("instance.failover", "orchestrator", "Failed over to the next placement"),
+    action("instance.booting", "orchestrator", "Provider instance running; booting"),
+    action("instance.compensate", "orchestrator", "Created instance terminated after a failure"),
+    action("instance.provisioning_failed", "orchestrator", "Provisioning failed"),
+    action("instance.terminated", "orchestrator", "Terminated at the provider"),
 ];
 
 /// The entry for `name`, if it is in the catalogue.

@@ -54,6 +54,23 @@ pub struct Instance {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Instance {
+    /// The `data` of the `instance.state_changed` event announcing its current state.
+    pub fn state_changed(&self, from: Option<InstanceState>, reason: Option<&str>) -> Value {
+        serde_json::json!({
+            "instance_id": self.id,
+            "deployment_id": self.deployment_id,
+            "provider": self.provider,
+            "zone": self.zone,
+            "instance_type": self.instance_type,
+            "from": from,
+            "to": self.state,
+            "reason": reason,
+            "progress_percent": self.progress_percent,
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct NewInstance {
     pub id: InstanceId,
@@ -81,6 +98,17 @@ pub struct Transition {
     pub reason: Option<String>,
     /// New progress, when the step changes it.
     pub progress_percent: Option<i32>,
+}
+
+/// Facts learned about an instance while provisioning it; `None` fields are left as they are.
+#[derive(Clone, Debug, Default)]
+pub struct InstanceAnnotation {
+    pub provider_instance_id: Option<String>,
+    pub address: Option<String>,
+    /// A new placement (after a failover).
+    pub placement: Option<Offer>,
+    pub progress_percent: Option<i32>,
+    pub failure_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -171,6 +199,12 @@ pub trait FleetTx {
     async fn transition_instance(&mut self, transition: &Transition) -> Result<Option<Instance>, StoreError>;
     /// Archives a terminated or failed instance; `None` when it is in another state.
     async fn archive_instance(&mut self, id: InstanceId) -> Result<Option<Instance>, StoreError>;
+    /// Records what provisioning learned; `None` when the instance does not exist.
+    async fn annotate_instance(
+        &mut self,
+        id: InstanceId,
+        annotation: &InstanceAnnotation,
+    ) -> Result<Option<Instance>, StoreError>;
 }
 
 macro_rules! impl_fleet_sql {
@@ -184,8 +218,8 @@ macro_rules! impl_fleet_sql {
 
             use super::*;
             use crate::fleet::{
-                ActionLogCounts, ActionLogQuery, Deployment, FeedEntry, FleetStore, FleetTx, Instance, InstanceFilter,
-                NewInstance, StateChange, Transition,
+                ActionLogCounts, ActionLogQuery, Deployment, FeedEntry, FleetStore, FleetTx, Instance, InstanceAnnotation,
+                InstanceFilter, NewInstance, StateChange, Transition,
             };
             use crate::model::ActionLog;
             use crate::{StoreError, now};
@@ -518,6 +552,39 @@ macro_rules! impl_fleet_sql {
                     .execute(&mut *self.transaction)
                     .await?;
                     instance_from_row(&row).map(Some)
+                }
+
+                async fn annotate_instance(
+                    &mut self,
+                    id: InstanceId,
+                    annotation: &InstanceAnnotation,
+                ) -> Result<Option<Instance>, StoreError> {
+                    let placement = annotation.placement.as_ref();
+                    let sql = format!(
+                        "UPDATE instances SET provider_instance_id = COALESCE($1, provider_instance_id), address = COALESCE($2, address), \
+                         provider = COALESCE($3, provider), zone_id = COALESCE($4, zone_id), zone = COALESCE($5, zone), \
+                         instance_type_id = COALESCE($6, instance_type_id), instance_type = COALESCE($7, instance_type), \
+                         hourly_price_micros = COALESCE($8, hourly_price_micros), currency = COALESCE($9, currency), \
+                         progress_percent = COALESCE($10, progress_percent), failure_reason = COALESCE($11, failure_reason), \
+                         updated_at = $12 WHERE id = $13 RETURNING {INSTANCE_COLUMNS}"
+                    );
+                    let row = sqlx::query(&sql)
+                        .bind(annotation.provider_instance_id.as_deref())
+                        .bind(annotation.address.as_deref())
+                        .bind(placement.map(|offer| offer.provider.as_str()))
+                        .bind(placement.map(|offer| offer.zone_id.as_uuid()))
+                        .bind(placement.map(|offer| offer.zone.as_str()))
+                        .bind(placement.map(|offer| offer.instance_type_id.as_uuid()))
+                        .bind(placement.map(|offer| offer.instance_type.as_str()))
+                        .bind(placement.map(|offer| offer.hourly_price_micros))
+                        .bind(placement.map(|offer| offer.currency.as_str()))
+                        .bind(annotation.progress_percent)
+                        .bind(annotation.failure_reason.as_deref())
+                        .bind(now())
+                        .bind(id.as_uuid())
+                        .fetch_optional(&mut *self.transaction)
+                        .await?;
+                    row.as_ref().map(instance_from_row).transpose()
                 }
 
                 async fn archive_instance(&mut self, id: InstanceId) -> Result<Option<Instance>, StoreError> {

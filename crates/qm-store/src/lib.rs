@@ -37,8 +37,8 @@ pub use catalog::{
 };
 pub use error::StoreError;
 pub use fleet::{
-    ActionLogCounts, ActionLogQuery, Deployment, FeedEntry, FleetStore, FleetTx, Instance, InstanceFilter, NewInstance,
-    StateChange, Transition,
+    ActionLogCounts, ActionLogQuery, Deployment, FeedEntry, FleetStore, FleetTx, Instance, InstanceAnnotation,
+    InstanceFilter, NewInstance, StateChange, Transition,
 };
 pub use model::{ActionLog, ActionStatus, NewActionLog, NewOrganization, NewUser, Organization, OutboxMessage, User};
 

@@ -1,17 +1,77 @@
-//! The `orchestrator` service. Provisions, health-checks, terminates and reconciles instances across providers. This foundation serves its probes and metrics on `QM_ORCHESTRATOR_ADDR` (default 8001); command handling lands with the orchestrator issue, and until then it does not consume `qm.cmd.*`, so commands wait on the bus instead of being lost.
+//! The `orchestrator` service (probes and metrics on `QM_ORCHESTRATOR_ADDR`, default 8001):
+//! consumes `instance.provision` and `instance.terminate` and carries them out on the enabled
+//! providers.
+//!
+//! Layout:
+//! - [`saga`]: provisioning (with failover, retries and compensation) and termination.
+//! - [`commands`]: the consumer group that feeds the saga.
+//!
+//! Not yet here (issue 4 goes on): the `local` provider, health checks and the worker protocol,
+//! reconciliation, catalog sync; `catalog.sync`, `fleet.reconcile` and `pool.scale` commands are
+//! dead-lettered with that reason rather than dropped.
 
+pub mod commands;
+pub mod saga;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use qm_providers::CloudProvider;
 use qm_runtime::Shutdown;
 use qm_runtime::service::{Dependencies, Service};
 
 pub const NAME: &str = "orchestrator";
+/// Members of the consumer group per replica.
+pub const MEMBERS: usize = 4;
 
-/// Builds the service on `address` (port 0 picks a free one).
+/// The providers this orchestrator drives: those of `QM_PROVIDERS` it has an implementation for.
+pub fn providers(enabled: &[String]) -> BTreeMap<String, Arc<dyn CloudProvider>> {
+    let mut providers: BTreeMap<String, Arc<dyn CloudProvider>> = BTreeMap::new();
+    for name in enabled {
+        if name == qm_providers::sim::NAME {
+            providers.insert(
+                name.clone(),
+                Arc::new(qm_providers::sim::SimCloud::new(qm_providers::sim::SimConfig::default())),
+            );
+        } else {
+            tracing::warn!(provider = %name, "provider enabled but not implemented yet; its instances fail with that reason");
+        }
+    }
+    providers
+}
+
+/// Builds the service on `address` (port 0 picks a free one) with `providers`.
 ///
 /// # Errors
 /// When the address cannot be bound.
-pub async fn build(dependencies: Dependencies, address: SocketAddr, _shutdown: Shutdown) -> anyhow::Result<Service> {
-    let (service, _registry) = Service::with_probes(NAME, &dependencies, address).await?;
+pub async fn build_with(
+    dependencies: Dependencies,
+    address: SocketAddr,
+    shutdown: Shutdown,
+    providers: BTreeMap<String, Arc<dyn CloudProvider>>,
+    timing: saga::Timing,
+) -> anyhow::Result<Service> {
+    let (mut service, registry) = Service::with_probes(NAME, &dependencies, address).await?;
+    let handled = qm_telemetry::metrics::counter_vec(
+        &registry,
+        "qm_orchestrator_commands_total",
+        "Commands carried out, by type and outcome",
+        &["type", "outcome"],
+    );
+    let saga = Arc::new(saga::Saga::new(dependencies.store.clone(), providers, timing));
+    let commands = Arc::new(commands::Commands { bus: dependencies.bus.clone(), saga, handled });
+    for _ in 0..MEMBERS {
+        service = service.with_task(commands.clone().run(shutdown.clone()));
+    }
     Ok(service)
+}
+
+/// Builds the service on `address` with the providers of `QM_PROVIDERS`.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Shutdown) -> anyhow::Result<Service> {
+    let providers = providers(&dependencies.settings.providers);
+    build_with(dependencies, address, shutdown, providers, saga::Timing::default()).await
 }

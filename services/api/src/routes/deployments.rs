@@ -307,7 +307,7 @@ pub async fn create(
         tx.enqueue(&provision.caused(
             MessageType::InstanceStateChanged,
             crate::NAME,
-            super::instances::state_changed_data(&instance, None, Some("deployment created")),
+            instance.state_changed(None, Some("deployment created")),
         ))
         .await?;
         instance_ids.push(instance.id);

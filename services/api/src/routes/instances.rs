@@ -33,21 +33,6 @@ pub struct InstanceDetail {
     pub history: Vec<StateChange>,
 }
 
-/// The `data` of an `instance.state_changed` event.
-pub fn state_changed_data(instance: &Instance, from: Option<InstanceState>, reason: Option<&str>) -> serde_json::Value {
-    serde_json::json!({
-        "instance_id": instance.id,
-        "deployment_id": instance.deployment_id,
-        "provider": instance.provider,
-        "zone": instance.zone,
-        "instance_type": instance.instance_type,
-        "from": from,
-        "to": instance.state,
-        "reason": reason,
-        "progress_percent": instance.progress_percent,
-    })
-}
-
 async fn visible(state: &AppState, principal: &Principal, id: InstanceId) -> ApiResult<Instance> {
     let instance = state.dependencies.store.instance(id).await?;
     instance.filter(|instance| principal.sees(instance.organization_id)).ok_or_else(|| Problem::not_found("instance"))
@@ -128,7 +113,7 @@ pub async fn terminate(
     tx.enqueue(&command.caused(
         MessageType::InstanceStateChanged,
         crate::NAME,
-        state_changed_data(&updated, Some(instance.state), Some(reason)),
+        updated.state_changed(Some(instance.state), Some(reason)),
     ))
     .await?;
     audit

@@ -1,0 +1,406 @@
+//! Provisioning and termination (DESIGN section 5).
+//!
+//! Provisioning is a saga: `requested → provisioning`, then for each placement in order:
+//! create (idempotent on the instance id, so a retry after a timeout finds the instance rather
+//! than making a second), start, wait for the address, `booting`. Capacity and quota errors
+//! fail over to the next placement and mark the offer exhausted for a while; throttling and
+//! transient errors are retried with exponential backoff and jitter; anything else fails fast.
+//! A failure after creation terminates what was created (compensation) before the instance is
+//! marked `provisioning_failed` with the reason.
+//!
+//! Every step commits on its own (provider calls never run inside a database transaction), and
+//! every step is safe to repeat: a redelivered command resumes from the state it finds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use qm_domain::{InstanceId, InstanceState, InstanceTypeId, ZoneId};
+use qm_events::{Envelope, MessageType};
+use qm_providers::{CloudProvider, CreateRequest, ProviderError, ProviderStatus};
+use qm_runtime::backoff::Backoff;
+use qm_store::{ActionStatus, Instance, InstanceAnnotation, NewActionLog, Offer, Store, StoreError, Transition};
+use serde::Deserialize;
+
+/// Progress after each provisioning step (DESIGN section 5).
+pub mod progress {
+    pub const CREATED: i32 = 20;
+    pub const STARTED: i32 = 40;
+    pub const ADDRESS: i32 = 60;
+}
+
+/// How long an offer that answered "no capacity" is skipped.
+pub const EXHAUSTED_FOR: Duration = Duration::from_secs(5 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SagaError {
+    /// Try the whole command again later (a provider or the database is unavailable).
+    #[error("{0}")]
+    Retry(String),
+    /// The command can never be carried out (malformed).
+    #[error("{0}")]
+    Reject(String),
+}
+
+impl From<StoreError> for SagaError {
+    fn from(error: StoreError) -> Self {
+        if error.is_retryable() { SagaError::Retry(error.to_string()) } else { SagaError::Reject(error.to_string()) }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ProvisionCommand {
+    instance_id: InstanceId,
+    placements: Vec<Offer>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TerminateCommand {
+    instance_id: InstanceId,
+}
+
+/// Retry and wait settings.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub attempts: u32,
+    pub backoff: Backoff,
+    /// How long a started instance may take to run with an address.
+    pub boot_timeout: Duration,
+    pub poll_interval: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
+            boot_timeout: Duration::from_secs(10 * 60),
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+pub struct Saga {
+    store: Arc<dyn Store>,
+    providers: BTreeMap<String, Arc<dyn CloudProvider>>,
+    exhausted: Mutex<HashMap<(ZoneId, InstanceTypeId), Instant>>,
+    timing: Timing,
+}
+
+impl Saga {
+    pub fn new(store: Arc<dyn Store>, providers: BTreeMap<String, Arc<dyn CloudProvider>>, timing: Timing) -> Self {
+        Self { store, providers, exhausted: Mutex::new(HashMap::new()), timing }
+    }
+
+    fn is_exhausted(&self, offer: &Offer) -> bool {
+        let exhausted = self.exhausted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        exhausted.get(&(offer.zone_id, offer.instance_type_id)).is_some_and(|since| since.elapsed() < EXHAUSTED_FOR)
+    }
+
+    fn exhaust(&self, offer: &Offer) {
+        let mut exhausted = self.exhausted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        exhausted.insert((offer.zone_id, offer.instance_type_id), Instant::now());
+    }
+
+    /// Calls the provider, retrying throttling and transient errors with backoff and jitter.
+    async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match call().await {
+                Err(error) if error.is_retryable() && attempt < self.timing.attempts => {
+                    tracing::debug!(%error, attempt, "provider call failed; retrying");
+                    tokio::time::sleep(self.timing.backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Moves the instance if it is still in `from`, with its history, action log and event.
+    /// Returns `None` when it had moved on.
+    async fn transition(
+        &self,
+        command: &Envelope,
+        instance: &Instance,
+        to: InstanceState,
+        reason: &str,
+        progress_percent: Option<i32>,
+        started: Instant,
+    ) -> Result<Option<Instance>, SagaError> {
+        let mut tx = self.store.begin().await?;
+        let transition = Transition {
+            instance: instance.id,
+            from: instance.state,
+            to,
+            reason: Some(reason.to_owned()),
+            progress_percent,
+        };
+        let Some(moved) = tx.transition_instance(&transition).await? else { return Ok(None) };
+        let failed = matches!(to, InstanceState::ProvisioningFailed);
+        let status = if failed { ActionStatus::Failed } else { ActionStatus::Succeeded };
+        let mut entry = NewActionLog::new(crate::NAME, &format!("instance.{to}"), status);
+        entry.organization_id = Some(instance.organization_id);
+        entry.instance_id = Some(instance.id);
+        entry.duration_ms = Some(i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX));
+        entry.error = failed.then(|| reason.to_owned());
+        entry.metadata = serde_json::json!({
+            "from": instance.state, "to": to, "reason": reason, "provider": moved.provider, "zone": moved.zone,
+            "instance_type": moved.instance_type, "provider_instance_id": moved.provider_instance_id,
+        });
+        tx.insert_action_log(&entry).await?;
+        tx.enqueue(&command.caused(
+            MessageType::InstanceStateChanged,
+            crate::NAME,
+            moved.state_changed(Some(instance.state), Some(reason)),
+        ))
+        .await?;
+        tx.commit().await?;
+        Ok(Some(moved))
+    }
+
+    async fn annotate(&self, id: InstanceId, annotation: InstanceAnnotation) -> Result<Option<Instance>, SagaError> {
+        let mut tx = self.store.begin().await?;
+        let instance = tx.annotate_instance(id, &annotation).await?;
+        tx.commit().await?;
+        Ok(instance)
+    }
+
+    async fn log(
+        &self,
+        instance: &Instance,
+        action_type: &str,
+        status: ActionStatus,
+        error: Option<String>,
+        metadata: serde_json::Value,
+    ) -> Result<(), SagaError> {
+        let mut tx = self.store.begin().await?;
+        let mut entry = NewActionLog::new(crate::NAME, action_type, status);
+        entry.organization_id = Some(instance.organization_id);
+        entry.instance_id = Some(instance.id);
+        entry.error = error;
+        entry.metadata = metadata;
+        tx.insert_action_log(&entry).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Carries out an `instance.provision` command.
+    ///
+    /// # Errors
+    /// [`SagaError::Retry`] when a provider or the database stayed unavailable (the command is
+    /// redelivered and resumes); [`SagaError::Reject`] for a malformed command.
+    pub async fn provision(&self, command: &Envelope) -> Result<(), SagaError> {
+        let started = Instant::now();
+        let request: ProvisionCommand =
+            serde_json::from_value(command.data.clone()).map_err(|error| SagaError::Reject(error.to_string()))?;
+        let Some(mut instance) = self.store.instance(request.instance_id).await? else {
+            tracing::info!(instance = %request.instance_id, "provision: the instance no longer exists");
+            return Ok(());
+        };
+        if instance.state == InstanceState::Requested {
+            match self
+                .transition(command, &instance, InstanceState::Provisioning, "provisioning started", None, started)
+                .await?
+            {
+                Some(moved) => instance = moved,
+                None => return Ok(()),
+            }
+        }
+        if instance.state != InstanceState::Provisioning {
+            return Ok(());
+        }
+        let mut failures = Vec::new();
+        for placement in &request.placements {
+            if self.is_exhausted(placement) {
+                failures.push(format!("{}/{}: skipped (no capacity lately)", placement.zone, placement.instance_type));
+                continue;
+            }
+            let Some(provider) = self.providers.get(&placement.provider).cloned() else {
+                failures.push(format!(
+                    "provider `{}` is not available on this orchestrator (not in QM_PROVIDERS, or not implemented yet)",
+                    placement.provider
+                ));
+                continue;
+            };
+            if instance.zone_id != placement.zone_id || instance.instance_type_id != placement.instance_type_id {
+                let annotation =
+                    InstanceAnnotation { placement: Some(placement.clone()), ..InstanceAnnotation::default() };
+                instance = self.annotate(instance.id, annotation).await?.unwrap_or(instance);
+                self.log(&instance, "instance.failover", ActionStatus::Succeeded, None, serde_json::json!({ "to_zone": placement.zone, "to_instance_type": placement.instance_type, "after": failures })).await?;
+            }
+            let create = CreateRequest {
+                instance_id: instance.id,
+                zone: placement.zone.clone(),
+                instance_type: placement.instance_type.clone(),
+                user_data: String::new(),
+                tags: BTreeMap::from([("qm-organization-id".to_owned(), instance.organization_id.to_string())]),
+            };
+            match self.with_retries(|| provider.create(&create)).await {
+                Ok(created) => return self.boot(command, instance, &*provider, created.provider_id, started).await,
+                Err(error) if error.calls_for_failover() => {
+                    self.exhaust(placement);
+                    failures.push(format!("{}/{}: {}", placement.zone, placement.instance_type, error.message));
+                }
+                Err(error) if error.is_retryable() => return Err(SagaError::Retry(error.to_string())),
+                Err(error) => {
+                    failures.push(format!("{}/{}: {}", placement.zone, placement.instance_type, error));
+                    break;
+                }
+            }
+        }
+        let reason = format!("no placement could be provisioned: {}", failures.join("; "));
+        self.fail(command, &instance, &reason, started).await
+    }
+
+    /// After a successful create: start, wait for the address, `booting`; compensate on failure.
+    async fn boot(
+        &self,
+        command: &Envelope,
+        instance: Instance,
+        provider: &dyn CloudProvider,
+        provider_id: String,
+        started: Instant,
+    ) -> Result<(), SagaError> {
+        let annotation = InstanceAnnotation {
+            provider_instance_id: Some(provider_id.clone()),
+            progress_percent: Some(progress::CREATED),
+            ..InstanceAnnotation::default()
+        };
+        let instance = self.annotate(instance.id, annotation).await?.unwrap_or(instance);
+        if let Err(error) = self.with_retries(|| provider.start(&provider_id)).await {
+            return self
+                .compensate(command, &instance, provider, &provider_id, &format!("start failed: {error}"), started)
+                .await;
+        }
+        let deadline = Instant::now() + self.timing.boot_timeout;
+        let address = loop {
+            match self.with_retries(|| provider.describe(&provider_id)).await {
+                Ok(described) if described.status == ProviderStatus::Running && described.address.is_some() => {
+                    break described.address;
+                }
+                Ok(described) if described.status == ProviderStatus::Terminated => {
+                    let reason = "the provider terminated the instance while it started";
+                    return self.compensate(command, &instance, provider, &provider_id, reason, started).await;
+                }
+                Ok(_) if Instant::now() < deadline => tokio::time::sleep(self.timing.poll_interval).await,
+                Ok(described) => {
+                    let reason = format!(
+                        "not running with an address after {:?} (status {:?})",
+                        self.timing.boot_timeout, described.status
+                    );
+                    return self.compensate(command, &instance, provider, &provider_id, &reason, started).await;
+                }
+                Err(error) => {
+                    return self
+                        .compensate(
+                            command,
+                            &instance,
+                            provider,
+                            &provider_id,
+                            &format!("describe failed: {error}"),
+                            started,
+                        )
+                        .await;
+                }
+            }
+        };
+        let annotation = InstanceAnnotation { address, ..InstanceAnnotation::default() };
+        let instance = self.annotate(instance.id, annotation).await?.unwrap_or(instance);
+        let moved = self
+            .transition(
+                command,
+                &instance,
+                InstanceState::Booting,
+                "provider instance running",
+                Some(progress::ADDRESS),
+                started,
+            )
+            .await?;
+        if moved.is_none() {
+            // Someone moved it meanwhile (a termination request): the termination path owns it now,
+            // and finds the provider id recorded above.
+            tracing::info!(instance = %instance.id, "instance changed state during provisioning");
+        }
+        Ok(())
+    }
+
+    /// Terminates what was created, then fails the instance with `reason`.
+    async fn compensate(
+        &self,
+        command: &Envelope,
+        instance: &Instance,
+        provider: &dyn CloudProvider,
+        provider_id: &str,
+        reason: &str,
+        started: Instant,
+    ) -> Result<(), SagaError> {
+        if let Err(error) = self.with_retries(|| provider.terminate(provider_id)).await {
+            // Not failed yet: the command comes back and compensation is tried again.
+            return Err(SagaError::Retry(format!("compensation (terminate {provider_id}) failed: {error}")));
+        }
+        self.log(
+            instance,
+            "instance.compensate",
+            ActionStatus::Succeeded,
+            Some(reason.to_owned()),
+            serde_json::json!({ "provider_instance_id": provider_id }),
+        )
+        .await?;
+        self.fail(command, instance, reason, started).await
+    }
+
+    async fn fail(
+        &self,
+        command: &Envelope,
+        instance: &Instance,
+        reason: &str,
+        started: Instant,
+    ) -> Result<(), SagaError> {
+        let annotation =
+            InstanceAnnotation { failure_reason: Some(reason.to_owned()), ..InstanceAnnotation::default() };
+        let instance = self.annotate(instance.id, annotation).await?.unwrap_or_else(|| instance.clone());
+        self.transition(command, &instance, InstanceState::ProvisioningFailed, reason, None, started).await?;
+        Ok(())
+    }
+
+    /// Carries out an `instance.terminate` command: terminates at the provider (by the recorded
+    /// id, or by the tag when provisioning had not recorded one yet) and confirms `terminated`.
+    ///
+    /// # Errors
+    /// [`SagaError::Retry`] while the provider keeps failing.
+    pub async fn terminate(&self, command: &Envelope) -> Result<(), SagaError> {
+        let started = Instant::now();
+        let request: TerminateCommand =
+            serde_json::from_value(command.data.clone()).map_err(|error| SagaError::Reject(error.to_string()))?;
+        let Some(instance) = self.store.instance(request.instance_id).await? else { return Ok(()) };
+        if instance.state != InstanceState::Terminating {
+            return Ok(());
+        }
+        if let Some(provider) = self.providers.get(&instance.provider) {
+            let mut provider_ids: Vec<String> = instance.provider_instance_id.iter().cloned().collect();
+            let listed =
+                self.with_retries(|| provider.list()).await.map_err(|error| SagaError::Retry(error.to_string()))?;
+            provider_ids.extend(
+                listed
+                    .into_iter()
+                    .filter(|found| found.instance_id == Some(instance.id))
+                    .map(|found| found.provider_id),
+            );
+            provider_ids.sort();
+            provider_ids.dedup();
+            for provider_id in &provider_ids {
+                self.with_retries(|| provider.terminate(provider_id))
+                    .await
+                    .map_err(|error| SagaError::Retry(format!("terminate {provider_id}: {error}")))?;
+            }
+        }
+        self.transition(command, &instance, InstanceState::Terminated, "terminated at the provider", None, started)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! The provisioning saga and termination on the `sim` cloud, against a real SQLite store: the
+//! happy path, failover on capacity, no duplicate after a create that timed out, compensation,
+//! termination that has to retry, and the whole path through the bus.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qm_domain::{InstanceId, InstanceState, OrganizationId};
+use qm_events::{Envelope, MessageType};
+use qm_orchestrator::saga::{Saga, Timing};
+use qm_providers::CloudProvider;
+use qm_providers::sim::{Faults, SimCloud, SimConfig};
+use qm_runtime::backoff::Backoff;
+use qm_store::{NewInstance, NewOrganization, Offer, Store, Transition};
+use serde_json::json;
+
+struct World {
+    store: Arc<dyn Store>,
+    organization: OrganizationId,
+    directory: std::path::PathBuf,
+}
+
+impl World {
+    async fn new() -> Self {
+        let directory = std::env::temp_dir().join(format!("qm-orchestrator-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let store = qm_store::connect(&format!("sqlite://{}", directory.join("qm.db").display())).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let organization = OrganizationId::new();
+        tx.insert_organization(&NewOrganization { id: organization, name: "Test".into(), slug: "test".into() })
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        Self { store, organization, directory }
+    }
+
+    /// An instance in `requested` and its provision command, as the API writes them.
+    async fn requested(&self, zones: &[&str]) -> (InstanceId, Envelope) {
+        let placements: Vec<Offer> = zones.iter().map(|zone| offer(zone)).collect();
+        let id = InstanceId::new();
+        let mut tx = self.store.begin().await.unwrap();
+        let instance = NewInstance {
+            id,
+            organization_id: self.organization,
+            deployment_id: None,
+            placement: placements[0].clone(),
+            model: "m".into(),
+        };
+        tx.insert_instance(&instance).await.unwrap();
+        tx.commit().await.unwrap();
+        let command = Envelope::new(
+            MessageType::InstanceProvision,
+            "test",
+            Some(self.organization),
+            json!({ "instance_id": id, "model": "m", "placements": placements }),
+        );
+        (id, command)
+    }
+
+    async fn state(&self, id: InstanceId) -> qm_store::Instance {
+        self.store.instance(id).await.unwrap().unwrap()
+    }
+
+    async fn request_termination(&self, id: InstanceId) -> Envelope {
+        let instance = self.state(id).await;
+        let mut tx = self.store.begin().await.unwrap();
+        let transition = Transition {
+            instance: id,
+            from: instance.state,
+            to: InstanceState::Terminating,
+            reason: None,
+            progress_percent: None,
+        };
+        tx.transition_instance(&transition).await.unwrap().unwrap();
+        tx.commit().await.unwrap();
+        Envelope::new(MessageType::InstanceTerminate, "test", Some(self.organization), json!({ "instance_id": id }))
+    }
+
+    fn cleanup(&self) {
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+fn offer(zone: &str) -> Offer {
+    // Catalog ids do not matter to the provider; stable ones per zone keep failover checks simple.
+    let zone_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, zone.as_bytes());
+    Offer {
+        provider: "sim".into(),
+        region: "sim-eu".into(),
+        zone_id: zone_id.into(),
+        zone: zone.into(),
+        instance_type_id: uuid::Uuid::nil().into(),
+        instance_type: "sim.l4".into(),
+        gpu_model: Some("L4".into()),
+        gpu_count: 1,
+        gpu_memory_gb: 24,
+        hourly_price_micros: 700_000,
+        currency: "EUR".into(),
+    }
+}
+
+fn fast() -> Timing {
+    Timing {
+        attempts: 4,
+        backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(20)),
+        boot_timeout: Duration::from_secs(5),
+        poll_interval: Duration::from_millis(20),
+    }
+}
+
+fn providers(cloud: &Arc<SimCloud>) -> BTreeMap<String, Arc<dyn CloudProvider>> {
+    BTreeMap::from([("sim".to_owned(), cloud.clone() as Arc<dyn CloudProvider>)])
+}
+
+fn saga(world: &World, cloud: &Arc<SimCloud>) -> Saga {
+    Saga::new(world.store.clone(), providers(cloud), fast())
+}
+
+fn history(instance_history: &[qm_store::StateChange]) -> Vec<InstanceState> {
+    instance_history.iter().map(|change| change.to_state).collect()
+}
+
+#[tokio::test]
+async fn a_provisioned_instance_boots_with_its_history_logs_and_events() {
+    let world = World::new().await;
+    let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::from_millis(50), ..SimConfig::default() }));
+    let saga = saga(&world, &cloud);
+    let (id, command) = world.requested(&["sim-eu-1"]).await;
+    saga.provision(&command).await.unwrap();
+    let instance = world.state(id).await;
+    assert_eq!(instance.state, InstanceState::Booting);
+    assert_eq!(instance.progress_percent, 60);
+    assert!(instance.provider_instance_id.is_some() && instance.address.is_some());
+    let changes = world.store.instance_history(id).await.unwrap();
+    assert_eq!(history(&changes), [InstanceState::Requested, InstanceState::Provisioning, InstanceState::Booting]);
+    let logs = world.store.action_logs(Some(world.organization), 50).await.unwrap();
+    let types: Vec<_> = logs.iter().map(|entry| entry.action_type.as_str()).collect();
+    assert!(types.contains(&"instance.provisioning") && types.contains(&"instance.booting"), "{types:?}");
+    assert!(logs.iter().all(|entry| entry.component == "orchestrator" && entry.duration_ms.is_some()));
+    assert!(
+        logs.iter().all(|entry| qm_domain::actions::action_type(&entry.action_type).is_some()),
+        "catalogued: {types:?}"
+    );
+    let events = world.store.feed(0, None, Some(world.organization), 100).await.unwrap();
+    let caused: Vec<_> =
+        events.iter().filter(|entry| entry.envelope.causation_id == Some(command.id.as_uuid())).collect();
+    assert_eq!(caused.len(), 2, "one event per transition, caused by the command");
+    // Delivered again (a redelivery after a crash): nothing changes, nothing is created twice.
+    saga.provision(&command).await.unwrap();
+    assert_eq!(cloud.stats().created, 1);
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn a_capacity_error_in_zone_1_lands_the_instance_in_zone_2() {
+    let world = World::new().await;
+    let config = SimConfig { zone_capacity: BTreeMap::from([("sim-eu-1".to_owned(), 0)]), ..SimConfig::default() };
+    let cloud = Arc::new(SimCloud::new(config));
+    let saga = saga(&world, &cloud);
+    let (id, command) = world.requested(&["sim-eu-1", "sim-eu-2"]).await;
+    saga.provision(&command).await.unwrap();
+    let instance = world.state(id).await;
+    assert_eq!(instance.state, InstanceState::Booting);
+    assert_eq!(instance.zone, "sim-eu-2");
+    let logs = world.store.action_logs(Some(world.organization), 50).await.unwrap();
+    let failover = logs.iter().find(|entry| entry.action_type == "instance.failover").expect("failover logged");
+    assert!(failover.metadata.to_string().contains("no capacity"), "{}", failover.metadata);
+    // The exhausted offer is remembered: the next instance goes straight to zone 2.
+    let (second, command) = world.requested(&["sim-eu-1", "sim-eu-2"]).await;
+    saga.provision(&command).await.unwrap();
+    assert_eq!(world.state(second).await.zone, "sim-eu-2");
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn no_capacity_anywhere_fails_with_the_reasons() {
+    let world = World::new().await;
+    let capacity = BTreeMap::from([("sim-eu-1".to_owned(), 0), ("sim-eu-2".to_owned(), 0)]);
+    let cloud = Arc::new(SimCloud::new(SimConfig { zone_capacity: capacity, ..SimConfig::default() }));
+    let saga = saga(&world, &cloud);
+    let (id, command) = world.requested(&["sim-eu-1", "sim-eu-2"]).await;
+    saga.provision(&command).await.unwrap();
+    let instance = world.state(id).await;
+    assert_eq!(instance.state, InstanceState::ProvisioningFailed);
+    let reason = instance.failure_reason.unwrap();
+    assert!(reason.contains("sim-eu-1") && reason.contains("sim-eu-2"), "{reason}");
+    let logs = world.store.action_logs(Some(world.organization), 50).await.unwrap();
+    let failed = logs.iter().find(|entry| entry.action_type == "instance.provisioning_failed").unwrap();
+    assert_eq!(failed.status, qm_store::ActionStatus::Failed);
+    assert!(failed.error.as_deref().is_some_and(|error| error.contains("no placement")));
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn a_create_that_timed_out_after_succeeding_is_not_duplicated() {
+    let world = World::new().await;
+    let faults = Faults { create_times_out: 1.0, ..Faults::default() };
+    let cloud = Arc::new(SimCloud::new(SimConfig { faults, ..SimConfig::default() }));
+    let saga = saga(&world, &cloud);
+    let (id, command) = world.requested(&["sim-eu-1"]).await;
+    saga.provision(&command).await.unwrap();
+    assert_eq!(world.state(id).await.state, InstanceState::Booting);
+    assert_eq!(cloud.stats().created, 1, "the retry found the instance the timed-out create made");
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn an_instance_the_provider_loses_while_starting_is_compensated_and_failed() {
+    let world = World::new().await;
+    let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::from_secs(60), ..SimConfig::default() }));
+    let timing = Timing { boot_timeout: Duration::from_millis(200), ..fast() };
+    let saga = Saga::new(world.store.clone(), providers(&cloud), timing);
+    let (id, command) = world.requested(&["sim-eu-1"]).await;
+    saga.provision(&command).await.unwrap();
+    let instance = world.state(id).await;
+    assert_eq!(instance.state, InstanceState::ProvisioningFailed);
+    assert!(instance.failure_reason.unwrap().contains("not running"));
+    assert_eq!(cloud.stats().live, 0, "what was created was terminated");
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn termination_retries_the_provider_and_confirms() {
+    let world = World::new().await;
+    let faults = Faults { terminate_failures: 2, ..Faults::default() };
+    let cloud = Arc::new(SimCloud::new(SimConfig { faults, ..SimConfig::default() }));
+    let saga = saga(&world, &cloud);
+    let (id, command) = world.requested(&["sim-eu-1"]).await;
+    saga.provision(&command).await.unwrap();
+    assert_eq!(cloud.stats().live, 1);
+    let terminate = world.request_termination(id).await;
+    saga.terminate(&terminate).await.unwrap();
+    assert_eq!(world.state(id).await.state, InstanceState::Terminated);
+    assert_eq!(cloud.stats().live, 0);
+    // Terminating an instance that never reached the provider just confirms it.
+    let (never, _) = world.requested(&["sim-eu-1"]).await;
+    let terminate = world.request_termination(never).await;
+    saga.terminate(&terminate).await.unwrap();
+    assert_eq!(world.state(never).await.state, InstanceState::Terminated);
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn a_provider_that_is_not_enabled_fails_the_instance_with_that_reason() {
+    let world = World::new().await;
+    let saga = Saga::new(world.store.clone(), BTreeMap::new(), fast());
+    let (id, command) = world.requested(&["sim-eu-1"]).await;
+    saga.provision(&command).await.unwrap();
+    let instance = world.state(id).await;
+    assert_eq!(instance.state, InstanceState::ProvisioningFailed);
+    assert!(instance.failure_reason.unwrap().contains("not available on this orchestrator"));
+    world.cleanup();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_on_the_bus_are_carried_out_by_the_service() {
+    let world = World::new().await;
+    let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::from_millis(20), ..SimConfig::default() }));
+    let bus = qm_bus::connect("memory://").await.unwrap();
+    let settings = qm_config::Settings::from_env(&qm_config::Environment::from_pairs([
+        ("QM_DATABASE_URL", "sqlite://unused"),
+        ("QM_BUS_URL", "memory://"),
+    ]))
+    .unwrap();
+    let dependencies = qm_runtime::service::Dependencies { settings, store: world.store.clone(), bus: bus.clone() };
+    let shutdown = qm_runtime::Shutdown::new();
+    let service = qm_orchestrator::build_with(
+        dependencies,
+        "127.0.0.1:0".parse().unwrap(),
+        shutdown.clone(),
+        providers(&cloud),
+        fast(),
+    )
+    .await
+    .unwrap();
+    let running = tokio::spawn(service.run_until_stopped(shutdown.clone()));
+
+    let (id, command) = world.requested(&["sim-eu-1"]).await;
+    bus.publish(&command).await.unwrap();
+    let unknown = Envelope::new(MessageType::CatalogSync, "test", None, json!({}));
+    bus.publish(&unknown).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while world.state(id).await.state != InstanceState::Booting {
+        assert!(tokio::time::Instant::now() < deadline, "not booting in time: {:?}", world.state(id).await.state);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let terminate = world.request_termination(id).await;
+    bus.publish(&terminate).await.unwrap();
+    while world.state(id).await.state != InstanceState::Terminated {
+        assert!(tokio::time::Instant::now() < deadline, "not terminated in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cloud.stats().live, 0);
+    // A command this version cannot carry out is dead-lettered, not dropped.
+    let mut dead = Vec::new();
+    while dead.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "not dead-lettered in time");
+        dead = bus.dead_letters(qm_orchestrator::commands::GROUP, 10).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.trigger();
+    running.await.unwrap().unwrap();
+    world.cleanup();
+}

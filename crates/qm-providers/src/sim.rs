@@ -102,6 +102,7 @@ struct State {
     instances: BTreeMap<String, SimInstance>,
     by_instance_id: HashMap<InstanceId, String>,
     created: u64,
+    calls: u64,
     window_start: Instant,
     window_calls: u32,
 }
@@ -113,6 +114,8 @@ pub struct SimStats {
     pub created: u64,
     /// Instances not terminated.
     pub live: usize,
+    /// Calls received, throttled ones included.
+    pub calls: u64,
 }
 
 pub struct SimCloud {
@@ -127,6 +130,7 @@ impl SimCloud {
             instances: BTreeMap::new(),
             by_instance_id: HashMap::new(),
             created: 0,
+            calls: 0,
             window_start: Instant::now(),
             window_calls: 0,
         };
@@ -143,6 +147,7 @@ impl SimCloud {
 
     /// Counts the call against the rate limit.
     fn admit(&self, state: &mut State) -> Result<(), ProviderError> {
+        state.calls += 1;
         let Some(limit) = self.config.calls_per_second else { return Ok(()) };
         let now = Instant::now();
         if now.duration_since(state.window_start) >= Duration::from_secs(1) {
@@ -200,6 +205,7 @@ impl SimCloud {
         SimStats {
             created: state.created,
             live: state.instances.values().filter(|instance| !instance.terminated).count(),
+            calls: state.calls,
         }
     }
 }
@@ -378,7 +384,7 @@ mod tests {
         assert!(error.is_retryable());
         let instance = cloud.create(&request).await.expect("the retry finds it");
         assert_eq!(instance.instance_id, Some(request.instance_id));
-        assert_eq!(cloud.stats(), SimStats { created: 1, live: 1 });
+        assert_eq!((cloud.stats().created, cloud.stats().live), (1, 1));
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@
 //! - [`entrypoint`]: the `main` of every production binary.
 
 pub mod backoff;
+pub mod breaker;
 pub mod consumer;
 pub mod entrypoint;
 pub mod http;

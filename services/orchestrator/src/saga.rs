@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use qm_domain::{InstanceId, InstanceState, InstanceTypeId, ZoneId};
 use qm_events::{Envelope, MessageType};
-use qm_providers::{CloudProvider, CreateRequest, ProviderError, ProviderStatus};
+use qm_providers::{CloudProvider, CreateRequest, ErrorKind, ProviderError, ProviderStatus};
 use qm_runtime::backoff::Backoff;
+use qm_runtime::breaker::CircuitBreaker;
 use qm_store::{ActionStatus, Instance, InstanceAnnotation, NewActionLog, Offer, Store, StoreError, Transition};
 use serde::Deserialize;
 
@@ -80,16 +81,25 @@ impl Default for Timing {
     }
 }
 
+/// Consecutive retryable failures that open a provider's circuit, and for how long.
+pub const BREAKER_THRESHOLD: u32 = 10;
+pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
+
 pub struct Saga {
     store: Arc<dyn Store>,
     providers: BTreeMap<String, Arc<dyn CloudProvider>>,
+    breakers: BTreeMap<String, CircuitBreaker>,
     exhausted: Mutex<HashMap<(ZoneId, InstanceTypeId), Instant>>,
     timing: Timing,
 }
 
 impl Saga {
     pub fn new(store: Arc<dyn Store>, providers: BTreeMap<String, Arc<dyn CloudProvider>>, timing: Timing) -> Self {
-        Self { store, providers, exhausted: Mutex::new(HashMap::new()), timing }
+        let breakers = providers
+            .keys()
+            .map(|name| (name.clone(), CircuitBreaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN)))
+            .collect();
+        Self { store, providers, breakers, exhausted: Mutex::new(HashMap::new()), timing }
     }
 
     fn is_exhausted(&self, offer: &Offer) -> bool {
@@ -102,15 +112,29 @@ impl Saga {
         exhausted.insert((offer.zone_id, offer.instance_type_id), Instant::now());
     }
 
-    /// Calls the provider, retrying throttling and transient errors with backoff and jitter.
-    async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, ProviderError>
+    /// Calls `provider`, retrying throttling and transient errors with backoff and jitter, behind
+    /// the provider's circuit breaker: while it is open the call fails at once (transient), so
+    /// the command waits on the bus instead of hammering a provider that is down.
+    async fn with_retries<T, F, Fut>(&self, provider: &dyn CloudProvider, mut call: F) -> Result<T, ProviderError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ProviderError>>,
     {
+        let breaker = self.breakers.get(provider.name());
         let mut attempt = 1;
         loop {
-            match call().await {
+            if let Some(Err(wait)) = breaker.map(CircuitBreaker::allow) {
+                let message = format!("circuit open after repeated failures; next trial in {} s", wait.as_secs() + 1);
+                return Err(ProviderError::new(provider.name(), ErrorKind::Transient, message));
+            }
+            let result = call().await;
+            if let Some(breaker) = breaker {
+                match &result {
+                    Err(error) if error.is_retryable() => breaker.record_failure(),
+                    _ => breaker.record_success(),
+                }
+            }
+            match result {
                 Err(error) if error.is_retryable() && attempt < self.timing.attempts => {
                     tracing::debug!(%error, attempt, "provider call failed; retrying");
                     tokio::time::sleep(self.timing.backoff.delay(attempt)).await;
@@ -240,7 +264,7 @@ impl Saga {
                 user_data: String::new(),
                 tags: BTreeMap::from([("qm-organization-id".to_owned(), instance.organization_id.to_string())]),
             };
-            match self.with_retries(|| provider.create(&create)).await {
+            match self.with_retries(&*provider, || provider.create(&create)).await {
                 Ok(created) => return self.boot(command, instance, &*provider, created.provider_id, started).await,
                 Err(error) if error.calls_for_failover() => {
                     self.exhaust(placement);
@@ -272,14 +296,14 @@ impl Saga {
             ..InstanceAnnotation::default()
         };
         let instance = self.annotate(instance.id, annotation).await?.unwrap_or(instance);
-        if let Err(error) = self.with_retries(|| provider.start(&provider_id)).await {
+        if let Err(error) = self.with_retries(provider, || provider.start(&provider_id)).await {
             return self
                 .compensate(command, &instance, provider, &provider_id, &format!("start failed: {error}"), started)
                 .await;
         }
         let deadline = Instant::now() + self.timing.boot_timeout;
         let address = loop {
-            match self.with_retries(|| provider.describe(&provider_id)).await {
+            match self.with_retries(provider, || provider.describe(&provider_id)).await {
                 Ok(described) if described.status == ProviderStatus::Running && described.address.is_some() => {
                     break described.address;
                 }
@@ -339,7 +363,7 @@ impl Saga {
         reason: &str,
         started: Instant,
     ) -> Result<(), SagaError> {
-        if let Err(error) = self.with_retries(|| provider.terminate(provider_id)).await {
+        if let Err(error) = self.with_retries(provider, || provider.terminate(provider_id)).await {
             // Not failed yet: the command comes back and compensation is tried again.
             return Err(SagaError::Retry(format!("compensation (terminate {provider_id}) failed: {error}")));
         }
@@ -383,8 +407,10 @@ impl Saga {
         }
         if let Some(provider) = self.providers.get(&instance.provider) {
             let mut provider_ids: Vec<String> = instance.provider_instance_id.iter().cloned().collect();
-            let listed =
-                self.with_retries(|| provider.list()).await.map_err(|error| SagaError::Retry(error.to_string()))?;
+            let listed = self
+                .with_retries(&**provider, || provider.list())
+                .await
+                .map_err(|error| SagaError::Retry(error.to_string()))?;
             provider_ids.extend(
                 listed
                     .into_iter()
@@ -394,7 +420,7 @@ impl Saga {
             provider_ids.sort();
             provider_ids.dedup();
             for provider_id in &provider_ids {
-                self.with_retries(|| provider.terminate(provider_id))
+                self.with_retries(&**provider, || provider.terminate(provider_id))
                     .await
                     .map_err(|error| SagaError::Retry(format!("terminate {provider_id}: {error}")))?;
             }

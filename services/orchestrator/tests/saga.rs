@@ -244,6 +244,31 @@ async fn termination_retries_the_provider_and_confirms() {
 }
 
 #[tokio::test]
+async fn a_provider_that_keeps_failing_opens_its_circuit_and_instances_wait() {
+    let world = World::new().await;
+    let faults = Faults { create_fails: 1.0, ..Faults::default() };
+    let cloud = Arc::new(SimCloud::new(SimConfig { faults, ..SimConfig::default() }));
+    let saga = saga(&world, &cloud);
+    let (id, command) = world.requested(&["sim-eu-1"]).await;
+    let mut refusals = 0;
+    while cloud.stats().calls < u64::from(qm_orchestrator::saga::BREAKER_THRESHOLD) {
+        let outcome = saga.provision(&command).await;
+        assert!(matches!(outcome, Err(qm_orchestrator::saga::SagaError::Retry(_))), "the command is retried later");
+        refusals += 1;
+        assert!(refusals < 10, "the breaker never opened");
+    }
+    let calls = cloud.stats().calls;
+    let outcome = saga.provision(&command).await;
+    match outcome {
+        Err(qm_orchestrator::saga::SagaError::Retry(reason)) => assert!(reason.contains("circuit open"), "{reason}"),
+        other => panic!("expected a retry, got {other:?}"),
+    }
+    assert_eq!(cloud.stats().calls, calls, "an open circuit spares the provider");
+    assert_eq!(world.state(id).await.state, InstanceState::Provisioning, "an outage does not fail instances");
+    world.cleanup();
+}
+
+#[tokio::test]
 async fn a_provider_that_is_not_enabled_fails_the_instance_with_that_reason() {
     let world = World::new().await;
     let saga = Saga::new(world.store.clone(), BTreeMap::new(), fast());

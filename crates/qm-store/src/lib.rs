@@ -7,7 +7,8 @@
 //! Layout:
 //! - [`model`]: the foundation's records (organizations, users, action logs, outbox).
 //! - [`access`], [`catalog`], [`fleet`]: one area each, with its records, its read and write
-//!   traits (which [`Store`] and [`StoreTx`] include) and its SQL.
+//!   traits (which [`Store`] and [`StoreTx`] include) and its SQL; [`workers`] likewise for the
+//!   worker protocol.
 //! - [`error`]: [`StoreError`], with unique violations mapped to [`StoreError::Conflict`].
 //! - `sql`: the SQL, written once as a macro that expands for each backend.
 //! - [`sqlite`], [`postgres`]: connection set-up and migrations per backend.
@@ -23,6 +24,7 @@ pub mod postgres;
 mod sql;
 pub mod sqlite;
 pub mod testing;
+pub mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,7 @@ pub use fleet::{
     InstanceFilter, NewInstance, StateChange, Transition,
 };
 pub use model::{ActionLog, ActionStatus, NewActionLog, NewOrganization, NewUser, Organization, OutboxMessage, User};
+pub use workers::{Heartbeat, Registration, Worker, WorkerStore, WorkerTx};
 
 /// Which database a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +54,7 @@ pub enum Backend {
 
 /// Reads, and the door to writes ([`Store::begin`]).
 #[async_trait]
-pub trait Store: AccessStore + CatalogStore + FleetStore + Send + Sync + 'static {
+pub trait Store: AccessStore + CatalogStore + FleetStore + WorkerStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Checks that the database answers, for readiness probes.
@@ -85,7 +88,7 @@ pub trait Store: AccessStore + CatalogStore + FleetStore + Send + Sync + 'static
 
 /// One transaction. Dropping it without [`commit`](StoreTx::commit) rolls everything back.
 #[async_trait]
-pub trait StoreTx: AccessTx + CatalogTx + FleetTx + Send {
+pub trait StoreTx: AccessTx + CatalogTx + FleetTx + WorkerTx + Send {
     async fn insert_organization(&mut self, organization: &NewOrganization) -> Result<Organization, StoreError>;
     async fn insert_user(&mut self, user: &NewUser) -> Result<User, StoreError>;
     async fn insert_action_log(&mut self, entry: &NewActionLog) -> Result<ActionLog, StoreError>;

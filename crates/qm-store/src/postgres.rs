@@ -68,4 +68,5 @@ mod implementation {
     crate::access::impl_access_sql!(store: PostgresStore, tx: PostgresTx, db: sqlx::Postgres);
     crate::catalog::impl_catalog_sql!(store: PostgresStore, tx: PostgresTx, db: sqlx::Postgres);
     crate::fleet::impl_fleet_sql!(store: PostgresStore, tx: PostgresTx, db: sqlx::Postgres);
+    crate::workers::impl_workers_sql!(store: PostgresStore, tx: PostgresTx, db: sqlx::Postgres);
 }

@@ -72,4 +72,5 @@ mod implementation {
     crate::access::impl_access_sql!(store: SqliteStore, tx: SqliteTx, db: sqlx::Sqlite);
     crate::catalog::impl_catalog_sql!(store: SqliteStore, tx: SqliteTx, db: sqlx::Sqlite);
     crate::fleet::impl_fleet_sql!(store: SqliteStore, tx: SqliteTx, db: sqlx::Sqlite);
+    crate::workers::impl_workers_sql!(store: SqliteStore, tx: SqliteTx, db: sqlx::Sqlite);
 }

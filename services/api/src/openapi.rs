@@ -11,7 +11,9 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
 use crate::problem::Problem;
-use crate::routes::{action_logs, api_keys, catalog, deployments, events, instances, organizations, session, users};
+use crate::routes::{
+    action_logs, api_keys, catalog, deployments, events, instances, organizations, session, users, workers,
+};
 
 pub const DOCUMENT_PATH: &str = "/api-docs/openapi.json";
 
@@ -84,7 +86,7 @@ impl Modify for ErrorResponses {
                             reason.and_then(|code| code.canonical_reason()).unwrap_or("Response").to_owned();
                     }
                 }
-                let public = path == "/auth/login";
+                let public = path == "/auth/login" || path == "/internal/worker/register";
                 let mut add = |status: &str, description: &str| {
                     operation.responses.responses.entry(status.to_owned()).or_insert_with(|| problem(description));
                 };
@@ -142,6 +144,10 @@ pub fn routes() -> (Router<AppState>, OpenApiDocument) {
         .routes(routes!(action_logs::search))
         .routes(routes!(action_logs::types))
         .routes(routes!(events::stream))
+        .routes(routes!(workers::register))
+        .routes(routes!(workers::heartbeat))
+        .routes(routes!(workers::rotate))
+        .routes(routes!(workers::revoke))
         .split_for_parts();
     // After the paths are in: the error responses are added to each of them.
     ErrorResponses.modify(&mut document);

@@ -165,6 +165,45 @@ async fn every_documented_operation_answers_as_documented() {
         c.call("PUT", "/instances/{id}/archive", &format!("/instances/{instance}/archive"), a, None).await.expect(409);
         c.call("GET", "/instances/{id}", &format!("/instances/{}", uuid::Uuid::now_v7()), a, None).await.expect(404);
 
+        // The worker protocol, for the second instance (booting, with a bootstrap token).
+        let worker_instance = accepted["instance_ids"][1].as_str().unwrap();
+        let bootstrap = "qmb_openapi-test-token";
+        {
+            use qm_domain::InstanceState::{Booting, Provisioning, Requested};
+            let id: qm_domain::InstanceId = worker_instance.parse().unwrap();
+            let mut tx = api.store.begin().await.unwrap();
+            for (from, to) in [(Requested, Provisioning), (Provisioning, Booting)] {
+                let transition = qm_store::Transition { instance: id, from, to, reason: None, progress_percent: None };
+                tx.transition_instance(&transition).await.unwrap().unwrap();
+            }
+            tx.issue_bootstrap_token(id, &qm_api::auth::token_hash(bootstrap)).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        let registration = json!({ "instance_id": worker_instance, "bootstrap_token": bootstrap, "model": "m", "engine_url": "http://127.0.0.1:9", "agent_version": "0.1.0" });
+        c.call("POST", "/internal/worker/register", "/internal/worker/register", None, Some(registration.clone())).await.expect(200);
+        c.call("POST", "/internal/worker/register", "/internal/worker/register", None, Some(registration)).await.expect(401);
+        let worker = api
+            .call("POST", "/internal/worker/register", None, None)
+            .await;
+        assert_eq!(worker.status, 415, "a body is required");
+        let mut tx = api.store.begin().await.unwrap();
+        tx.issue_bootstrap_token(worker_instance.parse().unwrap(), &qm_api::auth::token_hash("qmb_second")).await.unwrap();
+        tx.commit().await.unwrap();
+        let token = c
+            .call("POST", "/internal/worker/register", "/internal/worker/register", None, Some(json!({ "instance_id": worker_instance, "bootstrap_token": "qmb_second", "model": "m", "engine_url": "http://127.0.0.1:9", "agent_version": "0.1.0" })))
+            .await
+            .expect(200)["worker_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let beat = json!({ "instance_id": worker_instance, "status": "ready", "queue_depth": 0, "in_flight": 0 });
+        c.call("POST", "/internal/worker/heartbeat", "/internal/worker/heartbeat", Some(&token), Some(beat.clone())).await.expect(200);
+        let other = json!({ "instance_id": instance, "status": "ready", "queue_depth": 0, "in_flight": 0 });
+        c.call("POST", "/internal/worker/heartbeat", "/internal/worker/heartbeat", Some(&token), Some(other)).await.expect(403);
+        c.call("POST", "/internal/worker/rotate", "/internal/worker/rotate", Some(&token), None).await.expect(200);
+        c.call("POST", "/instances/{id}/worker/revoke", &format!("/instances/{worker_instance}/worker/revoke"), a, None).await;
+        c.call("POST", "/internal/worker/heartbeat", "/internal/worker/heartbeat", Some(&token), Some(beat)).await.expect(401);
+
         // Action logs.
         c.call("GET", "/action_logs", "/action_logs?limit=5", a, None).await.expect(200);
         c.call("GET", "/action_logs/search", "/action_logs/search?limit=5", a, None).await.expect(200);

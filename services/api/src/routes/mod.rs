@@ -10,6 +10,7 @@ pub mod instances;
 pub mod organizations;
 pub mod session;
 pub mod users;
+pub mod workers;
 
 use std::str::FromStr;
 use std::time::Instant;

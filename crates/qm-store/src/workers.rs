@@ -1,0 +1,229 @@
+//! The worker protocol's records (DESIGN section 6): per instance, the one-time bootstrap token,
+//! the agent's token (with the one a rotation replaced, valid for a grace period), what the
+//! agent registered with, and its last heartbeat. Tokens are stored as SHA-256 hashes only.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use qm_domain::InstanceId;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::StoreError;
+
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Worker {
+    pub instance_id: InstanceId,
+    pub registered: bool,
+    pub revoked: bool,
+    pub agent_version: Option<String>,
+    pub engine_url: Option<String>,
+    pub model: Option<String>,
+    #[schema(value_type = Object)]
+    pub gpus: Value,
+    pub status: Option<String>,
+    pub queue_depth: Option<i32>,
+    pub in_flight: Option<i32>,
+    #[schema(value_type = Object)]
+    pub gpu_metrics: Value,
+    pub registered_at: Option<DateTime<Utc>>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub token_hash: String,
+    pub agent_version: String,
+    pub engine_url: String,
+    pub model: String,
+    pub gpus: Value,
+}
+
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    pub status: String,
+    pub queue_depth: i32,
+    pub in_flight: i32,
+    pub gpu_metrics: Value,
+}
+
+#[async_trait]
+pub trait WorkerStore {
+    async fn worker(&self, instance: InstanceId) -> Result<Option<Worker>, StoreError>;
+    /// The unrevoked worker whose current token, or whose previous token still in its grace
+    /// period at `at`, has this hash.
+    async fn worker_by_token(&self, token_hash: &str, at: DateTime<Utc>) -> Result<Option<Worker>, StoreError>;
+}
+
+#[async_trait]
+pub trait WorkerTx {
+    /// Gives the instance a (new) bootstrap token; a previous registration is forgotten.
+    async fn issue_bootstrap_token(&mut self, instance: InstanceId, token_hash: &str) -> Result<(), StoreError>;
+    /// Registers with the bootstrap token, which works once. `false` when it is wrong, used or
+    /// revoked.
+    async fn register_worker(
+        &mut self,
+        instance: InstanceId,
+        bootstrap_hash: &str,
+        registration: &Registration,
+    ) -> Result<bool, StoreError>;
+    async fn record_heartbeat(&mut self, instance: InstanceId, heartbeat: &Heartbeat) -> Result<(), StoreError>;
+    /// Replaces the token; the old one stays valid until `grace_until`.
+    async fn rotate_worker_token(
+        &mut self,
+        instance: InstanceId,
+        token_hash: &str,
+        grace_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Revokes every token of the instance's worker.
+    async fn revoke_worker(&mut self, instance: InstanceId) -> Result<bool, StoreError>;
+}
+
+macro_rules! impl_workers_sql {
+    (store: $store:ty, tx: $tx:ty, db: $db:ty) => {
+        mod workers_sql {
+            use async_trait::async_trait;
+            use chrono::{DateTime, Utc};
+            use qm_domain::InstanceId;
+            use sqlx::Row as _;
+
+            use super::*;
+            use crate::workers::{Heartbeat, Registration, Worker, WorkerStore, WorkerTx};
+            use crate::{StoreError, now};
+
+            type DbRow = <$db as sqlx::Database>::Row;
+
+            const WORKER_COLUMNS: &str = "instance_id, bootstrap_used_at, revoked_at, agent_version, engine_url, model, gpus, \
+                 status, queue_depth, in_flight, gpu_metrics, registered_at, last_heartbeat_at";
+
+            fn json(row: &DbRow, column: &str) -> Result<serde_json::Value, StoreError> {
+                let value: Option<sqlx::types::Json<serde_json::Value>> = row.try_get(column)?;
+                Ok(value.map_or(serde_json::Value::Null, |json| json.0))
+            }
+
+            fn worker_from_row(row: &DbRow) -> Result<Worker, StoreError> {
+                let used: Option<DateTime<Utc>> = row.try_get("bootstrap_used_at")?;
+                let revoked: Option<DateTime<Utc>> = row.try_get("revoked_at")?;
+                Ok(Worker {
+                    instance_id: InstanceId::from_uuid(row.try_get("instance_id")?),
+                    registered: used.is_some(),
+                    revoked: revoked.is_some(),
+                    agent_version: row.try_get("agent_version")?,
+                    engine_url: row.try_get("engine_url")?,
+                    model: row.try_get("model")?,
+                    gpus: json(row, "gpus")?,
+                    status: row.try_get("status")?,
+                    queue_depth: row.try_get("queue_depth")?,
+                    in_flight: row.try_get("in_flight")?,
+                    gpu_metrics: json(row, "gpu_metrics")?,
+                    registered_at: row.try_get("registered_at")?,
+                    last_heartbeat_at: row.try_get("last_heartbeat_at")?,
+                })
+            }
+
+            #[async_trait]
+            impl WorkerStore for $store {
+                async fn worker(&self, instance: InstanceId) -> Result<Option<Worker>, StoreError> {
+                    let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE instance_id = $1");
+                    let row = sqlx::query(&sql).bind(instance.as_uuid()).fetch_optional(self.reader()).await?;
+                    row.as_ref().map(worker_from_row).transpose()
+                }
+
+                async fn worker_by_token(&self, token_hash: &str, at: DateTime<Utc>) -> Result<Option<Worker>, StoreError> {
+                    let sql = format!(
+                        "SELECT {WORKER_COLUMNS} FROM workers WHERE revoked_at IS NULL \
+                         AND (token_hash = $1 OR (previous_token_hash = $1 AND previous_valid_until > $2))"
+                    );
+                    let row = sqlx::query(&sql).bind(token_hash).bind(at).fetch_optional(self.reader()).await?;
+                    row.as_ref().map(worker_from_row).transpose()
+                }
+            }
+
+            #[async_trait]
+            impl WorkerTx for $tx {
+                async fn issue_bootstrap_token(&mut self, instance: InstanceId, token_hash: &str) -> Result<(), StoreError> {
+                    sqlx::query(
+                        "INSERT INTO workers (instance_id, bootstrap_token_hash, created_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (instance_id) DO UPDATE SET bootstrap_token_hash = excluded.bootstrap_token_hash, \
+                         bootstrap_used_at = NULL, token_hash = NULL, previous_token_hash = NULL, previous_valid_until = NULL, \
+                         revoked_at = NULL",
+                    )
+                    .bind(instance.as_uuid())
+                    .bind(token_hash)
+                    .bind(now())
+                    .execute(&mut *self.transaction)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn register_worker(
+                    &mut self,
+                    instance: InstanceId,
+                    bootstrap_hash: &str,
+                    registration: &Registration,
+                ) -> Result<bool, StoreError> {
+                    let result = sqlx::query(
+                        "UPDATE workers SET bootstrap_used_at = $1, registered_at = $1, token_hash = $2, agent_version = $3, \
+                         engine_url = $4, model = $5, gpus = $6 \
+                         WHERE instance_id = $7 AND bootstrap_token_hash = $8 AND bootstrap_used_at IS NULL AND revoked_at IS NULL",
+                    )
+                    .bind(now())
+                    .bind(&registration.token_hash)
+                    .bind(&registration.agent_version)
+                    .bind(&registration.engine_url)
+                    .bind(&registration.model)
+                    .bind(sqlx::types::Json(&registration.gpus))
+                    .bind(instance.as_uuid())
+                    .bind(bootstrap_hash)
+                    .execute(&mut *self.transaction)
+                    .await?;
+                    Ok(result.rows_affected() == 1)
+                }
+
+                async fn record_heartbeat(&mut self, instance: InstanceId, heartbeat: &Heartbeat) -> Result<(), StoreError> {
+                    sqlx::query(
+                        "UPDATE workers SET status = $1, queue_depth = $2, in_flight = $3, gpu_metrics = $4, last_heartbeat_at = $5 \
+                         WHERE instance_id = $6",
+                    )
+                    .bind(&heartbeat.status)
+                    .bind(heartbeat.queue_depth)
+                    .bind(heartbeat.in_flight)
+                    .bind(sqlx::types::Json(&heartbeat.gpu_metrics))
+                    .bind(now())
+                    .bind(instance.as_uuid())
+                    .execute(&mut *self.transaction)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn rotate_worker_token(
+                    &mut self,
+                    instance: InstanceId,
+                    token_hash: &str,
+                    grace_until: DateTime<Utc>,
+                ) -> Result<bool, StoreError> {
+                    let result = sqlx::query(
+                        "UPDATE workers SET previous_token_hash = token_hash, previous_valid_until = $1, token_hash = $2 \
+                         WHERE instance_id = $3 AND revoked_at IS NULL AND token_hash IS NOT NULL",
+                    )
+                    .bind(grace_until)
+                    .bind(token_hash)
+                    .bind(instance.as_uuid())
+                    .execute(&mut *self.transaction)
+                    .await?;
+                    Ok(result.rows_affected() == 1)
+                }
+
+                async fn revoke_worker(&mut self, instance: InstanceId) -> Result<bool, StoreError> {
+                    let result = sqlx::query("UPDATE workers SET revoked_at = $1 WHERE instance_id = $2 AND revoked_at IS NULL")
+                        .bind(now())
+                        .bind(instance.as_uuid())
+                        .execute(&mut *self.transaction)
+                        .await?;
+                    Ok(result.rows_affected() == 1)
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use impl_workers_sql;

@@ -146,6 +146,9 @@ pub struct Settings {
     /// `QM_ADMIN_PASSWORD` (or `_FILE`): the bootstrap admin's password.
     pub admin_password: Option<Secret>,
     pub api_addr: SocketAddr,
+    /// `QM_API_URL`: where agents (and the CLI) reach the api, e.g. `https://qm.example.com`.
+    /// `qm dev` sets it to the address it bound.
+    pub api_url: Option<String>,
     pub orchestrator_addr: SocketAddr,
     pub finops_addr: SocketAddr,
     pub router_addr: SocketAddr,
@@ -282,6 +285,10 @@ impl Settings {
             .map(IpBlock::parse)
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid("QM_TRUSTED_PROXIES"))?;
+        let api_url = environment.get("QM_API_URL").map(|url| url.trim_end_matches('/').to_owned());
+        if let Some(url) = &api_url {
+            check_scheme("QM_API_URL", url, &["http", "https"])?;
+        }
         let name = environment.get("QM_ENV").unwrap_or_else(|| "dev".into());
         let cookie_secure = match environment.get("QM_COOKIE_SECURE").as_deref().map(str::trim) {
             None => name != "dev",
@@ -295,6 +302,7 @@ impl Settings {
             bus_url,
             admin_password: environment.secret("QM_ADMIN_PASSWORD")?,
             api_addr: environment.socket_addr("QM_API_ADDR", defaults::API_ADDR)?,
+            api_url,
             orchestrator_addr: environment.socket_addr("QM_ORCHESTRATOR_ADDR", defaults::ORCHESTRATOR_ADDR)?,
             finops_addr: environment.socket_addr("QM_FINOPS_ADDR", defaults::FINOPS_ADDR)?,
             router_addr: environment.socket_addr("QM_ROUTER_ADDR", defaults::ROUTER_ADDR)?,

@@ -5,12 +5,14 @@
 //! - this file: the trait, what it creates and lists, and classified [`ProviderError`]s.
 //! - [`sim`]: an in-memory cloud with boot delays, per-zone capacity, rate limits and injected
 //!   faults, deterministic under a seed, for scale and chaos tests.
+//! - [`agent`]: the user data handed to instances, and the simulated agent of `sim` instances.
 //! - [`conformance`]: the promises every provider keeps.
 //!
 //! Every instance Quartermaster creates carries the tag [`INSTANCE_TAG`] = its instance id, and
 //! creation is idempotent on it: asking twice (say, after a timeout whose request had in fact
 //! succeeded) yields the one instance, never two.
 
+pub mod agent;
 pub mod conformance;
 pub mod sim;
 

@@ -5,7 +5,8 @@
 //! seeded generator, so a given sequence of calls behaves the same on every run.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -95,6 +96,9 @@ struct SimInstance {
     started_at: Option<Instant>,
     terminated: bool,
     terminate_failures_left: u32,
+    user_data: String,
+    /// Tells the simulated agent to stop.
+    gone: Arc<AtomicBool>,
 }
 
 struct State {
@@ -174,6 +178,7 @@ impl SimCloud {
         let instance = state.instances.get_mut(provider_id)?;
         if vanishes {
             instance.terminated = true;
+            instance.gone.store(true, Ordering::Relaxed);
         }
         if instance.terminated {
             instance.record.status = ProviderStatus::Terminated;
@@ -190,6 +195,7 @@ impl SimCloud {
         let mut state = self.state();
         state.instances.get_mut(provider_id).is_some_and(|instance| {
             instance.terminated = true;
+            instance.gone.store(true, Ordering::Relaxed);
             true
         })
     }
@@ -225,7 +231,14 @@ fn insert(state: &mut State, instance_id: InstanceId, zone: &str, instance_type:
     };
     state.instances.insert(
         provider_id.clone(),
-        SimInstance { record, started_at: None, terminated: false, terminate_failures_left: 0 },
+        SimInstance {
+            record,
+            started_at: None,
+            terminated: false,
+            terminate_failures_left: 0,
+            user_data: String::new(),
+            gone: Arc::new(AtomicBool::new(false)),
+        },
     );
     state.by_instance_id.insert(instance_id, provider_id.clone());
     provider_id
@@ -273,6 +286,7 @@ impl CloudProvider for SimCloud {
         let provider_id = insert(&mut state, request.instance_id, &request.zone, &request.instance_type);
         if let Some(instance) = state.instances.get_mut(&provider_id) {
             instance.terminate_failures_left = self.config.faults.terminate_failures;
+            instance.user_data.clone_from(&request.user_data);
         }
         if Self::roll(&mut state, self.config.faults.create_times_out) {
             return Err(Self::error(ErrorKind::Transient, "injected fault: create timed out (it did succeed)"));
@@ -288,7 +302,13 @@ impl CloudProvider for SimCloud {
             .get_mut(provider_id)
             .filter(|instance| !instance.terminated)
             .ok_or_else(|| Self::error(ErrorKind::NotFound, format!("no instance `{provider_id}`")))?;
-        instance.started_at.get_or_insert_with(Instant::now);
+        if instance.started_at.is_none() {
+            instance.started_at = Some(Instant::now());
+            // A real instance runs an agent that registers once booted; so does a simulated one.
+            if let Some(config) = crate::agent::BootConfig::parse(&instance.user_data) {
+                tokio::spawn(crate::agent::run(config, self.config.boot_delay, instance.gone.clone()));
+            }
+        }
         self.observe(&mut state, provider_id).ok_or_else(|| Self::error(ErrorKind::NotFound, "instance lost"))
     }
 
@@ -327,6 +347,7 @@ impl CloudProvider for SimCloud {
         }
         instance.terminated = true;
         instance.record.status = ProviderStatus::Terminated;
+        instance.gone.store(true, Ordering::Relaxed);
         Ok(())
     }
 

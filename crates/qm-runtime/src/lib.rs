@@ -21,5 +21,6 @@ pub mod probes;
 pub mod relay;
 pub mod service;
 pub mod shutdown;
+pub mod tokens;
 
 pub use shutdown::Shutdown;

@@ -11,8 +11,6 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use qm_config::IpBlock;
 use qm_domain::{ApiKeyId, OrganizationId, Role, SessionId, UserId};
-use rand::Rng as _;
-use sha2::{Digest as _, Sha256};
 
 use crate::AppState;
 use crate::problem::Problem;
@@ -23,19 +21,7 @@ pub const SESSION_TOKEN_PREFIX: &str = "qms_";
 /// A key's `last_used_at` is written at most this often.
 pub const LAST_USED_GRANULARITY: Duration = Duration::from_secs(60);
 
-/// A new secret: `prefix` and 43 random base62 characters (about 256 bits).
-pub fn generate_token(prefix: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    let random: String = (0..43).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect();
-    format!("{prefix}{random}")
-}
-
-/// How tokens are stored: SHA-256, hex. Tokens carry 256 random bits, so no salt or slow hash is
-/// needed, and lookups stay one indexed query.
-pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect()
-}
+pub use qm_runtime::tokens::{generate as generate_token, hash as token_hash};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Credential {

@@ -40,8 +40,13 @@ pub async fn run(data_dir: &Path, without: &[String]) -> anyhow::Result<()> {
 
     let shutdown = Shutdown::new();
     let wanted = |name: &str| !without.iter().any(|left_out| left_out == name);
-    let mut services: Vec<Service> =
-        vec![qm_api::build(dependencies.clone(), settings.api_addr, shutdown.clone()).await?];
+    let api = qm_api::build(dependencies.clone(), settings.api_addr, shutdown.clone()).await?;
+    // Agents of local and sim instances register with the api where it actually listens.
+    let mut dependencies = dependencies;
+    if dependencies.settings.api_url.is_none() {
+        dependencies.settings.api_url = Some(format!("http://{}", api.address()));
+    }
+    let mut services: Vec<Service> = vec![api];
     if wanted(qm_orchestrator::NAME) {
         services
             .push(qm_orchestrator::build(dependencies.clone(), settings.orchestrator_addr, shutdown.clone()).await?);

@@ -202,3 +202,93 @@ async fn provision_commands_wait_on_the_bus_while_no_orchestrator_runs() {
     qm_bus::nats::NatsBus::connect(&nats_url, naming).await.expect("nats").delete_streams().await.expect("clean up");
     std::fs::remove_dir_all(&data_dir).expect("clean up");
 }
+
+/// On `qm dev`, a deployment on the `sim` provider goes the whole way: the orchestrator creates
+/// and starts the instance with a bootstrap token in its user data, the simulated agent
+/// registers and heartbeats `ready` over HTTP, and the instance reaches `ready` at 100%; a
+/// termination releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sim_deployment_reaches_ready_through_the_worker_protocol_and_terminates() {
+    let data_dir = temporary_data_dir();
+    let (dev, urls, _) = Dev::start_with(&data_dir, &[], &[("QM_ADMIN_PASSWORD", "dev-test-password")]);
+    let client = http();
+    let api = &urls["api"];
+    let login: serde_json::Value = client
+        .post(format!("{api}/auth/login"))
+        .json(&serde_json::json!({ "login": "admin", "password": "dev-test-password" }))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let token = login["token"].as_str().expect("token").to_owned();
+    let get = |path: String| {
+        let (client, token) = (client.clone(), token.clone());
+        async move {
+            let response = client.get(path).bearer_auth(token).send().await.expect("get");
+            response.json::<serde_json::Value>().await.expect("json")
+        }
+    };
+    let accepted: serde_json::Value = client
+        .post(format!("{api}/deployments"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "model": "m", "count": 2, "provider": "sim", "zone": "sim-eu-1", "instance_type": "sim.l4" }))
+        .send()
+        .await
+        .expect("deploy")
+        .json()
+        .await
+        .expect("json");
+    let ids: Vec<String> = accepted["instance_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|id| id.as_str().expect("id").to_owned())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        loop {
+            let detail = get(format!("{api}/instances/{id}")).await;
+            if detail["state"] == "ready" {
+                assert_eq!(detail["progress_percent"], 100);
+                let states: Vec<_> = detail["history"]
+                    .as_array()
+                    .expect("history")
+                    .iter()
+                    .map(|change| change["to_state"].clone())
+                    .collect();
+                assert_eq!(states, ["requested", "provisioning", "booting", "ready"]);
+                assert!(detail["provider_instance_id"].is_string() && detail["address"].is_string());
+                break;
+            }
+            assert!(Instant::now() < deadline, "not ready within 30 s: {detail}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let terminating =
+        client.delete(format!("{api}/instances/{}", ids[0])).bearer_auth(&token).send().await.expect("delete");
+    assert_eq!(terminating.status(), 202);
+    loop {
+        let detail = get(format!("{api}/instances/{}", ids[0])).await;
+        if detail["state"] == "terminated" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not terminated in time: {detail}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = get(format!("{api}/action_logs/search?instance_id={}", ids[0])).await;
+    let types = logs["counts"]["by_type"].as_object().expect("counts").keys().cloned().collect::<Vec<_>>();
+    for expected in [
+        "instance.provisioning",
+        "instance.booting",
+        "worker.register",
+        "instance.ready",
+        "instance.terminate",
+        "instance.terminated",
+    ] {
+        assert!(types.iter().any(|logged| logged == expected), "{expected} missing from {types:?}");
+    }
+    assert!(dev.terminate(Duration::from_secs(10)).success());
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}

@@ -59,7 +59,10 @@ pub async fn build_with(
         "Commands carried out, by type and outcome",
         &["type", "outcome"],
     );
-    let saga = Arc::new(saga::Saga::new(dependencies.store.clone(), providers, timing));
+    let saga = Arc::new(
+        saga::Saga::new(dependencies.store.clone(), providers, timing)
+            .with_api_url(dependencies.settings.api_url.clone()),
+    );
     let commands = Arc::new(commands::Commands { bus: dependencies.bus.clone(), saga, handled });
     for _ in 0..MEMBERS {
         service = service.with_task(commands.clone().run(shutdown.clone()));

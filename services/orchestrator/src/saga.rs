@@ -52,8 +52,13 @@ impl From<StoreError> for SagaError {
 #[derive(Debug, Deserialize)]
 struct ProvisionCommand {
     instance_id: InstanceId,
+    #[serde(default)]
+    model: String,
     placements: Vec<Offer>,
 }
+
+/// Prefix of the one-time bootstrap tokens handed to instances.
+pub const BOOTSTRAP_TOKEN_PREFIX: &str = "qmb_";
 
 #[derive(Debug, Deserialize)]
 struct TerminateCommand {
@@ -86,6 +91,8 @@ pub const BREAKER_THRESHOLD: u32 = 10;
 pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
 
 pub struct Saga {
+    /// Where agents register (`QM_API_URL`); without it instances get no way to register.
+    api_url: Option<String>,
     store: Arc<dyn Store>,
     providers: BTreeMap<String, Arc<dyn CloudProvider>>,
     breakers: BTreeMap<String, CircuitBreaker>,
@@ -99,7 +106,36 @@ impl Saga {
             .keys()
             .map(|name| (name.clone(), CircuitBreaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN)))
             .collect();
-        Self { store, providers, breakers, exhausted: Mutex::new(HashMap::new()), timing }
+        Self { api_url: None, store, providers, breakers, exhausted: Mutex::new(HashMap::new()), timing }
+    }
+
+    pub fn with_api_url(mut self, api_url: Option<String>) -> Self {
+        self.api_url = api_url;
+        self
+    }
+
+    /// The user data for a new instance, with a fresh one-time bootstrap token (its hash
+    /// stored). Once a provider instance is recorded no token is issued again: the instance
+    /// already holds its own, and a create is then answered with the existing instance.
+    async fn user_data(&self, instance: &Instance, model: &str) -> Result<String, SagaError> {
+        let Some(api_url) = &self.api_url else {
+            tracing::warn!(instance = %instance.id, "QM_API_URL is not set: the instance's agent cannot register");
+            return Ok(String::new());
+        };
+        if instance.provider_instance_id.is_some() {
+            return Ok(String::new());
+        }
+        let token = qm_runtime::tokens::generate(BOOTSTRAP_TOKEN_PREFIX);
+        let mut tx = self.store.begin().await?;
+        tx.issue_bootstrap_token(instance.id, &qm_runtime::tokens::hash(&token)).await?;
+        tx.commit().await?;
+        let config = qm_providers::agent::BootConfig {
+            api_url: api_url.clone(),
+            instance_id: instance.id.to_string(),
+            bootstrap_token: token,
+            model: model.to_owned(),
+        };
+        Ok(config.render())
     }
 
     fn is_exhausted(&self, offer: &Offer) -> bool {
@@ -238,6 +274,7 @@ impl Saga {
         if instance.state != InstanceState::Provisioning {
             return Ok(());
         }
+        let user_data = self.user_data(&instance, &request.model).await?;
         let mut failures = Vec::new();
         for placement in &request.placements {
             if self.is_exhausted(placement) {
@@ -261,7 +298,7 @@ impl Saga {
                 instance_id: instance.id,
                 zone: placement.zone.clone(),
                 instance_type: placement.instance_type.clone(),
-                user_data: String::new(),
+                user_data: user_data.clone(),
                 tags: BTreeMap::from([("qm-organization-id".to_owned(), instance.organization_id.to_string())]),
             };
             match self.with_retries(&*provider, || provider.create(&create)).await {

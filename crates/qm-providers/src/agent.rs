@@ -1,0 +1,120 @@
+//! The simulated worker agent of `sim` instances: once its instance runs, it registers with the
+//! bootstrap token from the instance's user data and heartbeats `ready`, over the real protocol
+//! (`POST /internal/worker/register`, `/internal/worker/heartbeat`), until the instance is gone.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// What an instance's user data tells its agent, as `KEY=value` lines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootConfig {
+    pub api_url: String,
+    pub instance_id: String,
+    pub bootstrap_token: String,
+    pub model: String,
+}
+
+impl BootConfig {
+    /// The user data handed to an instance.
+    pub fn render(&self) -> String {
+        format!(
+            "QM_API_URL={}\nQM_INSTANCE_ID={}\nQM_BOOTSTRAP_TOKEN={}\nQM_MODEL={}\n",
+            self.api_url, self.instance_id, self.bootstrap_token, self.model
+        )
+    }
+
+    /// Reads user data written by [`BootConfig::render`]; `None` when a value is missing.
+    pub fn parse(user_data: &str) -> Option<Self> {
+        let value = |key: &str| {
+            user_data
+                .lines()
+                .find_map(|line| line.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+                .map(str::to_owned)
+        };
+        Some(Self {
+            api_url: value("QM_API_URL")?,
+            instance_id: value("QM_INSTANCE_ID")?,
+            bootstrap_token: value("QM_BOOTSTRAP_TOKEN")?,
+            model: value("QM_MODEL").unwrap_or_default(),
+        })
+    }
+}
+
+/// Runs the agent until `gone` is set: register (retrying while the api is unreachable), then
+/// heartbeat at the interval the api asks for.
+pub async fn run(config: BootConfig, boot_delay: Duration, gone: Arc<AtomicBool>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(10)).build() else { return };
+    tokio::time::sleep(boot_delay).await;
+    let registration = serde_json::json!({
+        "instance_id": config.instance_id, "bootstrap_token": config.bootstrap_token, "model": config.model,
+        "engine_url": "sim://engine", "agent_version": concat!("sim-", env!("CARGO_PKG_VERSION")),
+    });
+    let (token, mut interval) = loop {
+        if gone.load(Ordering::Relaxed) {
+            return;
+        }
+        let response =
+            client.post(format!("{}/internal/worker/register", config.api_url)).json(&registration).send().await;
+        match response {
+            Ok(response) if response.status().is_success() => {
+                let Ok(body) = response.json::<serde_json::Value>().await else { return };
+                let token = body["worker_token"].as_str().unwrap_or_default().to_owned();
+                let interval = Duration::from_secs(body["heartbeat_interval_seconds"].as_u64().unwrap_or(5).max(1));
+                break (token, interval);
+            }
+            // Refused (a wrong or reused token): a real agent would stop too.
+            Ok(response) if response.status().is_client_error() => {
+                tracing::warn!(instance = %config.instance_id, status = %response.status(), "sim agent: registration refused");
+                return;
+            }
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    };
+    let heartbeat =
+        serde_json::json!({ "instance_id": config.instance_id, "status": "ready", "queue_depth": 0, "in_flight": 0 });
+    while !gone.load(Ordering::Relaxed) {
+        let sent = client
+            .post(format!("{}/internal/worker/heartbeat", config.api_url))
+            .bearer_auth(&token)
+            .json(&heartbeat)
+            .send()
+            .await;
+        if let Ok(response) = sent {
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED
+                || response.status() == reqwest::StatusCode::FORBIDDEN
+            {
+                return;
+            }
+            if let Ok(body) = response.json::<serde_json::Value>().await
+                && let Some(seconds) = body["heartbeat_interval_seconds"].as_u64()
+            {
+                interval = Duration::from_secs(seconds.max(1));
+            }
+        }
+        // Short naps, so a terminated instance stops heartbeating promptly.
+        let mut slept = Duration::ZERO;
+        while slept < interval && !gone.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            slept += Duration::from_millis(100);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_config_round_trips_through_user_data() {
+        let config = BootConfig {
+            api_url: "http://127.0.0.1:8003".into(),
+            instance_id: "01a2-x".into(),
+            bootstrap_token: "qmb_abc".into(),
+            model: "m".into(),
+        };
+        assert_eq!(BootConfig::parse(&config.render()), Some(config));
+        assert_eq!(BootConfig::parse("QM_API_URL=x\n"), None);
+    }
+}

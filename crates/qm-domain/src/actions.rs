@@ -50,6 +50,8 @@ pub const ACTION_TYPES: &[ActionType] = &[
     action("instance.compensate", "orchestrator", "Created instance terminated after a failure"),
     action("instance.provisioning_failed", "orchestrator", "Provisioning failed"),
     action("instance.terminated", "orchestrator", "Terminated at the provider"),
+    action("instance.startup_failed", "orchestrator", "Not ready within the startup deadline"),
+    action("instance.terminating", "orchestrator", "Termination started by the orchestrator"),
 ];
 
 /// The entry for `name`, if it is in the catalogue.

@@ -173,6 +173,20 @@ pub trait FleetStore {
     async fn instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>, StoreError>;
     /// Oldest first.
     async fn instance_history(&self, id: InstanceId) -> Result<Vec<StateChange>, StoreError>;
+    /// Instances (of every organization) in `state` since before `changed_before`, longest
+    /// waiting first: the ones past a deadline.
+    async fn instances_in_state_since(
+        &self,
+        state: InstanceState,
+        changed_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Instance>, StoreError>;
+    /// `ready` instances whose worker has not heartbeaten since `heartbeat_before`.
+    async fn silent_ready_instances(
+        &self,
+        heartbeat_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Instance>, StoreError>;
     /// Newest first.
     async fn search_action_logs(&self, query: &ActionLogQuery) -> Result<Vec<ActionLog>, StoreError>;
     async fn count_action_logs(&self, query: &ActionLogQuery) -> Result<ActionLogCounts, StoreError>;
@@ -423,6 +437,39 @@ macro_rules! impl_fleet_sql {
                             })
                         })
                         .collect()
+                }
+
+                async fn instances_in_state_since(
+                    &self,
+                    state: InstanceState,
+                    changed_before: chrono::DateTime<chrono::Utc>,
+                    limit: u32,
+                ) -> Result<Vec<Instance>, StoreError> {
+                    let sql = format!(
+                        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE state = $1 AND state_changed_at < $2 ORDER BY state_changed_at LIMIT $3"
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(state.as_str())
+                        .bind(changed_before)
+                        .bind(i64::from(limit))
+                        .fetch_all(self.reader())
+                        .await?;
+                    rows.iter().map(instance_from_row).collect()
+                }
+
+                async fn silent_ready_instances(
+                    &self,
+                    heartbeat_before: chrono::DateTime<chrono::Utc>,
+                    limit: u32,
+                ) -> Result<Vec<Instance>, StoreError> {
+                    let columns = INSTANCE_COLUMNS.split(',').map(|column| format!("i.{}", column.trim())).collect::<Vec<_>>().join(", ");
+                    let sql = format!(
+                        "SELECT {columns} FROM instances i LEFT JOIN workers w ON w.instance_id = i.id \
+                         WHERE i.state = 'ready' AND i.state_changed_at < $1 \
+                         AND (w.last_heartbeat_at IS NULL OR w.last_heartbeat_at < $1) ORDER BY i.state_changed_at LIMIT $2"
+                    );
+                    let rows = sqlx::query(&sql).bind(heartbeat_before).bind(i64::from(limit)).fetch_all(self.reader()).await?;
+                    rows.iter().map(instance_from_row).collect()
                 }
 
                 async fn search_action_logs(&self, query: &ActionLogQuery) -> Result<Vec<ActionLog>, StoreError> {

@@ -5,12 +5,14 @@
 //! Layout:
 //! - [`saga`]: provisioning (with failover, retries and compensation) and termination.
 //! - [`commands`]: the consumer group that feeds the saga.
+//! - [`health`]: startup and heartbeat deadlines, swept periodically.
 //!
 //! Not yet here (issue 4 goes on): the `local` provider, health checks and the worker protocol,
 //! reconciliation, catalog sync; `catalog.sync`, `fleet.reconcile` and `pool.scale` commands are
 //! dead-lettered with that reason rather than dropped.
 
 pub mod commands;
+pub mod health;
 pub mod saga;
 
 use std::collections::BTreeMap;
@@ -51,6 +53,7 @@ pub async fn build_with(
     shutdown: Shutdown,
     providers: BTreeMap<String, Arc<dyn CloudProvider>>,
     timing: saga::Timing,
+    deadlines: health::Deadlines,
 ) -> anyhow::Result<Service> {
     let (mut service, registry) = Service::with_probes(NAME, &dependencies, address).await?;
     let handled = qm_telemetry::metrics::counter_vec(
@@ -63,6 +66,8 @@ pub async fn build_with(
         saga::Saga::new(dependencies.store.clone(), providers, timing)
             .with_api_url(dependencies.settings.api_url.clone()),
     );
+    let health = Arc::new(health::Health { store: dependencies.store.clone(), saga: saga.clone(), deadlines });
+    service = service.with_task(health.run(shutdown.clone()));
     let commands = Arc::new(commands::Commands { bus: dependencies.bus.clone(), saga, handled });
     for _ in 0..MEMBERS {
         service = service.with_task(commands.clone().run(shutdown.clone()));
@@ -76,5 +81,5 @@ pub async fn build_with(
 /// When the address cannot be bound.
 pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Shutdown) -> anyhow::Result<Service> {
     let providers = providers(&dependencies.settings.providers);
-    build_with(dependencies, address, shutdown, providers, saga::Timing::default()).await
+    build_with(dependencies, address, shutdown, providers, saga::Timing::default(), health::Deadlines::default()).await
 }

@@ -90,6 +90,18 @@ impl Default for Timing {
 pub const BREAKER_THRESHOLD: u32 = 10;
 pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
 
+/// One move of an instance as the orchestrator makes it.
+pub(crate) struct Step<'a> {
+    /// The command that caused it (for the event's correlation), if any.
+    pub cause: Option<&'a Envelope>,
+    pub to: InstanceState,
+    pub reason: &'a str,
+    pub progress_percent: Option<i32>,
+    pub started: Instant,
+    /// Also write an `instance.terminate` command (a move to `terminating`).
+    pub then_terminate: bool,
+}
+
 pub struct Saga {
     /// Where agents register (`QM_API_URL`); without it instances get no way to register.
     api_url: Option<String>,
@@ -192,33 +204,46 @@ impl Saga {
         progress_percent: Option<i32>,
         started: Instant,
     ) -> Result<Option<Instance>, SagaError> {
+        let step = Step { cause: Some(command), to, reason, progress_percent, started, then_terminate: false };
+        self.apply(instance, &step).await
+    }
+
+    /// Applies a step in one transaction: the conditional transition, its history, action log
+    /// and `instance.state_changed`, and, for a move to `terminating`, the `instance.terminate`
+    /// command that carries it out.
+    pub(crate) async fn apply(&self, instance: &Instance, step: &Step<'_>) -> Result<Option<Instance>, SagaError> {
         let mut tx = self.store.begin().await?;
         let transition = Transition {
             instance: instance.id,
             from: instance.state,
-            to,
-            reason: Some(reason.to_owned()),
-            progress_percent,
+            to: step.to,
+            reason: Some(step.reason.to_owned()),
+            progress_percent: step.progress_percent,
         };
         let Some(moved) = tx.transition_instance(&transition).await? else { return Ok(None) };
-        let failed = matches!(to, InstanceState::ProvisioningFailed);
+        let failed = matches!(step.to, InstanceState::ProvisioningFailed | InstanceState::StartupFailed);
         let status = if failed { ActionStatus::Failed } else { ActionStatus::Succeeded };
-        let mut entry = NewActionLog::new(crate::NAME, &format!("instance.{to}"), status);
+        let mut entry = NewActionLog::new(crate::NAME, &format!("instance.{}", step.to), status);
         entry.organization_id = Some(instance.organization_id);
         entry.instance_id = Some(instance.id);
-        entry.duration_ms = Some(i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX));
-        entry.error = failed.then(|| reason.to_owned());
+        entry.duration_ms = Some(i64::try_from(step.started.elapsed().as_millis()).unwrap_or(i64::MAX));
+        entry.error = failed.then(|| step.reason.to_owned());
         entry.metadata = serde_json::json!({
-            "from": instance.state, "to": to, "reason": reason, "provider": moved.provider, "zone": moved.zone,
+            "from": instance.state, "to": step.to, "reason": step.reason, "provider": moved.provider, "zone": moved.zone,
             "instance_type": moved.instance_type, "provider_instance_id": moved.provider_instance_id,
         });
         tx.insert_action_log(&entry).await?;
-        tx.enqueue(&command.caused(
-            MessageType::InstanceStateChanged,
-            crate::NAME,
-            moved.state_changed(Some(instance.state), Some(reason)),
-        ))
-        .await?;
+        let data = moved.state_changed(Some(instance.state), Some(step.reason));
+        let event = match step.cause {
+            Some(command) => command.caused(MessageType::InstanceStateChanged, crate::NAME, data),
+            None => Envelope::new(MessageType::InstanceStateChanged, crate::NAME, Some(moved.organization_id), data)
+                .with_traceparent(qm_telemetry::traceparent::current()),
+        };
+        tx.enqueue(&event).await?;
+        if step.then_terminate {
+            let data = serde_json::json!({ "instance_id": moved.id, "reason": step.reason, "requested_by": null });
+            tx.enqueue(&event.caused(MessageType::InstanceTerminate, crate::NAME, data)).await?;
+        }
         tx.commit().await?;
         Ok(Some(moved))
     }

@@ -298,6 +298,7 @@ async fn commands_on_the_bus_are_carried_out_by_the_service() {
         shutdown.clone(),
         providers(&cloud),
         fast(),
+        qm_orchestrator::health::Deadlines::default(),
     )
     .await
     .unwrap();
@@ -328,5 +329,64 @@ async fn commands_on_the_bus_are_carried_out_by_the_service() {
     }
     shutdown.trigger();
     running.await.unwrap().unwrap();
+    world.cleanup();
+}
+
+fn health(world: &World, saga: Saga, startup: Duration, heartbeat: Duration) -> qm_orchestrator::health::Health {
+    let deadlines = qm_orchestrator::health::Deadlines { startup, heartbeat, sweep_every: Duration::from_millis(50) };
+    qm_orchestrator::health::Health { store: world.store.clone(), saga: Arc::new(saga), deadlines }
+}
+
+#[tokio::test]
+async fn an_instance_booting_past_its_deadline_fails_and_is_terminated() {
+    let world = World::new().await;
+    let cloud = Arc::new(SimCloud::new(SimConfig::default()));
+    let (id, command) = world.requested(&["sim-eu-1"]).await;
+    saga(&world, &cloud).provision(&command).await.unwrap();
+    assert_eq!(world.state(id).await.state, InstanceState::Booting, "no agent ever registers: no api url");
+    let health = health(&world, saga(&world, &cloud), Duration::from_millis(10), Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(health.sweep().await.unwrap(), 1);
+    let instance = world.state(id).await;
+    assert_eq!(instance.state, InstanceState::Terminating);
+    let changes = world.store.instance_history(id).await.unwrap();
+    assert_eq!(
+        &history(&changes)[2..],
+        [InstanceState::Booting, InstanceState::StartupFailed, InstanceState::Terminating]
+    );
+    // The sweep wrote the terminate command; carried out, it releases the provider instance.
+    let outbox = world.store.feed(0, None, None, 100).await.unwrap();
+    let terminate = outbox.iter().find(|entry| entry.envelope.message_type == "instance.terminate").expect("command");
+    saga(&world, &cloud).terminate(&terminate.envelope).await.unwrap();
+    assert_eq!(world.state(id).await.state, InstanceState::Terminated);
+    assert_eq!(cloud.stats().live, 0);
+    assert_eq!(health.sweep().await.unwrap(), 0, "nothing left to do");
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn a_ready_instance_whose_agent_falls_silent_becomes_unhealthy() {
+    let world = World::new().await;
+    let cloud = Arc::new(SimCloud::new(SimConfig::default()));
+    let (id, command) = world.requested(&["sim-eu-1"]).await;
+    saga(&world, &cloud).provision(&command).await.unwrap();
+    let mut tx = world.store.begin().await.unwrap();
+    let ready = Transition {
+        instance: id,
+        from: InstanceState::Booting,
+        to: InstanceState::Ready,
+        reason: None,
+        progress_percent: Some(100),
+    };
+    tx.transition_instance(&ready).await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+    let health = health(&world, saga(&world, &cloud), Duration::from_secs(600), Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(health.sweep().await.unwrap(), 1);
+    let instance = world.state(id).await;
+    assert_eq!(instance.state, InstanceState::Unhealthy);
+    let logs = world.store.action_logs(Some(world.organization), 50).await.unwrap();
+    let entry = logs.iter().find(|entry| entry.action_type == "instance.unhealthy").unwrap();
+    assert!(entry.metadata["reason"].as_str().unwrap().contains("no heartbeat"));
     world.cleanup();
 }

@@ -52,6 +52,7 @@ pub const ACTION_TYPES: &[ActionType] = &[
     action("instance.terminated", "orchestrator", "Terminated at the provider"),
     action("instance.startup_failed", "orchestrator", "Not ready within the startup deadline"),
     action("instance.terminating", "orchestrator", "Termination started by the orchestrator"),
+    action("fleet.orphan_terminated", "orchestrator", "Orphan terminated at the provider"),
 ];
 
 /// The entry for `name`, if it is in the catalogue.

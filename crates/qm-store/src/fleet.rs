@@ -109,6 +109,8 @@ pub struct InstanceAnnotation {
     pub placement: Option<Offer>,
     pub progress_percent: Option<i32>,
     pub failure_reason: Option<String>,
+    /// The provider removed it (found gone by reconciliation).
+    pub deleted_by_provider: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -181,6 +183,14 @@ pub trait FleetStore {
         changed_before: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Instance>, StoreError>;
+    /// Instances (of every organization) on `provider` in one of `states`.
+    async fn instances_on_provider(
+        &self,
+        provider: &str,
+        states: &[InstanceState],
+    ) -> Result<Vec<Instance>, StoreError>;
+    /// The instances among `ids` that exist, whatever their state.
+    async fn instances_by_ids(&self, ids: &[InstanceId]) -> Result<Vec<Instance>, StoreError>;
     /// `ready` instances whose worker has not heartbeaten since `heartbeat_before`.
     async fn silent_ready_instances(
         &self,
@@ -457,6 +467,36 @@ macro_rules! impl_fleet_sql {
                     rows.iter().map(instance_from_row).collect()
                 }
 
+                async fn instances_on_provider(&self, provider: &str, states: &[InstanceState]) -> Result<Vec<Instance>, StoreError> {
+                    if states.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let placeholders = (0..states.len()).map(|index| format!("${}", index + 2)).collect::<Vec<_>>().join(", ");
+                    let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE provider = $1 AND state IN ({placeholders})");
+                    let mut query = sqlx::query(&sql).bind(provider);
+                    for state in states {
+                        query = query.bind(state.as_str());
+                    }
+                    query.fetch_all(self.reader()).await?.iter().map(instance_from_row).collect()
+                }
+
+                async fn instances_by_ids(&self, ids: &[InstanceId]) -> Result<Vec<Instance>, StoreError> {
+                    let mut found = Vec::with_capacity(ids.len());
+                    // Chunks keep the statement under every database's parameter limit.
+                    for chunk in ids.chunks(500) {
+                        let placeholders = (0..chunk.len()).map(|index| format!("${}", index + 1)).collect::<Vec<_>>().join(", ");
+                        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id IN ({placeholders})");
+                        let mut query = sqlx::query(&sql);
+                        for id in chunk {
+                            query = query.bind(id.as_uuid());
+                        }
+                        for row in query.fetch_all(self.reader()).await? {
+                            found.push(instance_from_row(&row)?);
+                        }
+                    }
+                    Ok(found)
+                }
+
                 async fn silent_ready_instances(
                     &self,
                     heartbeat_before: chrono::DateTime<chrono::Utc>,
@@ -613,7 +653,7 @@ macro_rules! impl_fleet_sql {
                          instance_type_id = COALESCE($6, instance_type_id), instance_type = COALESCE($7, instance_type), \
                          hourly_price_micros = COALESCE($8, hourly_price_micros), currency = COALESCE($9, currency), \
                          progress_percent = COALESCE($10, progress_percent), failure_reason = COALESCE($11, failure_reason), \
-                         updated_at = $12 WHERE id = $13 RETURNING {INSTANCE_COLUMNS}"
+                         deleted_by_provider = COALESCE($14, deleted_by_provider), updated_at = $12 WHERE id = $13 RETURNING {INSTANCE_COLUMNS}"
                     );
                     let row = sqlx::query(&sql)
                         .bind(annotation.provider_instance_id.as_deref())
@@ -629,6 +669,7 @@ macro_rules! impl_fleet_sql {
                         .bind(annotation.failure_reason.as_deref())
                         .bind(now())
                         .bind(id.as_uuid())
+                        .bind(annotation.deleted_by_provider)
                         .fetch_optional(&mut *self.transaction)
                         .await?;
                     row.as_ref().map(instance_from_row).transpose()

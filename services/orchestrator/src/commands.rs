@@ -22,6 +22,7 @@ pub const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub struct Commands {
     pub bus: Arc<dyn EventBus>,
     pub saga: Arc<Saga>,
+    pub reconciler: Arc<crate::reconcile::Reconciler>,
     pub handled: IntCounterVec,
 }
 
@@ -63,6 +64,12 @@ impl Commands {
             let result = match kind {
                 Some(MessageType::InstanceProvision) => self.saga.provision(&delivery.envelope).await,
                 Some(MessageType::InstanceTerminate) => self.saga.terminate(&delivery.envelope).await,
+                Some(MessageType::FleetReconcile) => {
+                    let provider = delivery.envelope.data["provider"].as_str().map(str::to_owned);
+                    self.reconciler.reconcile(provider.as_deref()).await.map(|report| {
+                        tracing::info!(?report, "reconciliation on request");
+                    })
+                }
                 _ => Err(SagaError::Reject(format!(
                     "this orchestrator version does not carry out `{}` commands",
                     delivery.envelope.message_type

@@ -6,13 +6,16 @@
 //! - [`saga`]: provisioning (with failover, retries and compensation) and termination.
 //! - [`commands`]: the consumer group that feeds the saga.
 //! - [`health`]: startup and heartbeat deadlines, swept periodically.
+//! - [`reconcile`]: drift between the database and the providers, repaired periodically and on
+//!   `fleet.reconcile`.
 //!
 //! Not yet here (issue 4 goes on): the `local` provider, health checks and the worker protocol,
-//! reconciliation, catalog sync; `catalog.sync`, `fleet.reconcile` and `pool.scale` commands are
-//! dead-lettered with that reason rather than dropped.
+//! catalog sync; `catalog.sync` and `pool.scale` commands are dead-lettered with that reason
+//! rather than dropped.
 
 pub mod commands;
 pub mod health;
+pub mod reconcile;
 pub mod saga;
 
 use std::collections::BTreeMap;
@@ -26,6 +29,8 @@ use qm_runtime::service::{Dependencies, Service};
 pub const NAME: &str = "orchestrator";
 /// Members of the consumer group per replica.
 pub const MEMBERS: usize = 4;
+/// How often each replica reconciles on its own.
+pub const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The providers this orchestrator drives: those of `QM_PROVIDERS` it has an implementation for.
 pub fn providers(enabled: &[String]) -> BTreeMap<String, Arc<dyn CloudProvider>> {
@@ -62,13 +67,21 @@ pub async fn build_with(
         "Commands carried out, by type and outcome",
         &["type", "outcome"],
     );
+    let providers_for_reconcile = providers.clone();
     let saga = Arc::new(
         saga::Saga::new(dependencies.store.clone(), providers, timing)
             .with_api_url(dependencies.settings.api_url.clone()),
     );
     let health = Arc::new(health::Health { store: dependencies.store.clone(), saga: saga.clone(), deadlines });
     service = service.with_task(health.run(shutdown.clone()));
-    let commands = Arc::new(commands::Commands { bus: dependencies.bus.clone(), saga, handled });
+    let reconciler = Arc::new(reconcile::Reconciler {
+        store: dependencies.store.clone(),
+        saga: saga.clone(),
+        providers: providers_for_reconcile,
+        every: RECONCILE_EVERY,
+    });
+    service = service.with_task(reconciler.clone().run(shutdown.clone()));
+    let commands = Arc::new(commands::Commands { bus: dependencies.bus.clone(), saga, reconciler, handled });
     for _ in 0..MEMBERS {
         service = service.with_task(commands.clone().run(shutdown.clone()));
     }

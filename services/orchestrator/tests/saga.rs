@@ -390,3 +390,50 @@ async fn a_ready_instance_whose_agent_falls_silent_becomes_unhealthy() {
     assert!(entry.metadata["reason"].as_str().unwrap().contains("no heartbeat"));
     world.cleanup();
 }
+
+#[tokio::test]
+async fn reconciliation_marks_vanished_instances_and_terminates_orphans() {
+    let world = World::new().await;
+    let cloud = Arc::new(SimCloud::new(SimConfig::default()));
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (id, command) = world.requested(&["sim-eu-1"]).await;
+        saga(&world, &cloud).provision(&command).await.unwrap();
+        ids.push(id);
+    }
+    // Drift: one instance deleted in the provider's console; one tagged instance the database
+    // never heard of; one the database believes terminated but the provider still runs.
+    let vanished = world.state(ids[0]).await.provider_instance_id.unwrap();
+    assert!(cloud.vanish(&vanished));
+    cloud.plant(InstanceId::new(), "sim-eu-1", "sim.l4");
+    let mut tx = world.store.begin().await.unwrap();
+    let finished = Transition {
+        instance: ids[1],
+        from: InstanceState::Booting,
+        to: InstanceState::Terminated,
+        reason: None,
+        progress_percent: None,
+    };
+    tx.transition_instance(&finished).await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(cloud.stats().live, 3);
+
+    let reconciler = qm_orchestrator::reconcile::Reconciler {
+        store: world.store.clone(),
+        saga: Arc::new(saga(&world, &cloud)),
+        providers: providers(&cloud),
+        every: Duration::from_secs(60),
+    };
+    let report = reconciler.reconcile(None).await.unwrap();
+    assert_eq!((report.gone, report.orphans), (1, 2), "{report:?}");
+    let gone = world.state(ids[0]).await;
+    assert_eq!(gone.state, InstanceState::Terminated);
+    assert!(gone.deleted_by_provider);
+    assert_eq!(world.state(ids[2]).await.state, InstanceState::Booting, "the healthy one is untouched");
+    assert_eq!(cloud.stats().live, 1, "only the recorded, running instance is left");
+    let logs = world.store.action_logs(None, 100).await.unwrap();
+    assert_eq!(logs.iter().filter(|entry| entry.action_type == "fleet.orphan_terminated").count(), 2);
+    let again = reconciler.reconcile(Some("sim")).await.unwrap();
+    assert_eq!((again.gone, again.orphans), (0, 0), "a second pass finds nothing");
+    world.cleanup();
+}

@@ -206,6 +206,19 @@ impl SimCloud {
         insert(&mut state, instance_id, zone, instance_type)
     }
 
+    /// The most provider instances ever created for one Quartermaster instance id (1 means no
+    /// duplicate was ever made).
+    pub fn most_creates_per_instance(&self) -> usize {
+        let state = self.state();
+        let mut counts: HashMap<InstanceId, usize> = HashMap::new();
+        for instance in state.instances.values() {
+            if let Some(id) = instance.record.instance_id {
+                *counts.entry(id).or_default() += 1;
+            }
+        }
+        counts.values().copied().max().unwrap_or(0)
+    }
+
     pub fn stats(&self) -> SimStats {
         let state = self.state();
         SimStats {

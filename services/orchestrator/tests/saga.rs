@@ -462,7 +462,7 @@ async fn a_thousand_instances_under_injected_faults_leak_nothing_and_duplicate_n
     let run = |index: usize, command: Envelope| {
         let saga = saga.clone();
         async move {
-            if index % 5 == 0 {
+            if index.is_multiple_of(5) {
                 // A crash mid-saga: the future is dropped wherever it was.
                 let _ = tokio::time::timeout(Duration::from_millis((index % 7) as u64), saga.provision(&command)).await;
             }

@@ -293,7 +293,12 @@ impl Saga {
                 .await?
             {
                 Some(moved) => instance = moved,
-                None => return Ok(()),
+                // It moved meanwhile (another delivery of this command got there first): go on
+                // from wherever it is now.
+                None => match self.store.instance(request.instance_id).await? {
+                    Some(current) => instance = current,
+                    None => return Ok(()),
+                },
             }
         }
         if instance.state != InstanceState::Provisioning {

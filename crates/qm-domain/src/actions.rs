@@ -53,6 +53,7 @@ pub const ACTION_TYPES: &[ActionType] = &[
     action("instance.startup_failed", "orchestrator", "Not ready within the startup deadline"),
     action("instance.terminating", "orchestrator", "Termination started by the orchestrator"),
     action("fleet.orphan_terminated", "orchestrator", "Orphan terminated at the provider"),
+    action("catalog.synced", "orchestrator", "Catalog synced from the provider's offers"),
 ];
 
 /// The entry for `name`, if it is in the catalogue.

@@ -67,25 +67,32 @@ impl Default for SimConfig {
 
 /// The offers of the `sim` provider in `seeds/catalog.json`.
 pub fn default_offers() -> Vec<ProviderOffer> {
-    let offer = |region: &str, zone: &str, instance_type: &str, gpu: Option<(&str, i32)>, price: i64| ProviderOffer {
-        region: region.into(),
-        zone: zone.into(),
-        instance_type: instance_type.into(),
-        gpu_model: gpu.map(|(model, _)| model.into()),
-        gpu_count: i32::from(gpu.is_some()),
-        gpu_memory_gb: gpu.map_or(0, |(_, memory)| memory),
-        vcpus: if gpu.is_some() { 8 } else { 2 },
-        memory_gb: if gpu.is_some() { 32 } else { 4 },
-        hourly_price_micros: price,
-        currency: "EUR".into(),
-        available: true,
-    };
+    // (type, GPU model and memory, vCPUs, RAM GB, price): as in seeds/catalog.json.
+    type Spec = (&'static str, Option<(&'static str, i32)>, i32, i32, i64);
+    let types: [Spec; 3] = [
+        ("sim.cpu", None, 2, 4, 80_000),
+        ("sim.l4", Some(("L4", 24)), 8, 32, 700_000),
+        ("sim.h100", Some(("H100", 80)), 24, 240, 2_500_000),
+    ];
     let mut offers = Vec::new();
     for (region, zone) in [("sim-eu", "sim-eu-1"), ("sim-eu", "sim-eu-2"), ("sim-us", "sim-us-1")] {
-        offers.push(offer(region, zone, "sim.cpu", None, 80_000));
-        offers.push(offer(region, zone, "sim.l4", Some(("L4", 24)), 700_000));
-        if zone != "sim-eu-2" {
-            offers.push(offer(region, zone, "sim.h100", Some(("H100", 80)), 2_500_000));
+        for (instance_type, gpu, vcpus, memory_gb, price) in types {
+            if instance_type == "sim.h100" && zone == "sim-eu-2" {
+                continue;
+            }
+            offers.push(ProviderOffer {
+                region: region.into(),
+                zone: zone.into(),
+                instance_type: instance_type.into(),
+                gpu_model: gpu.map(|(model, _)| model.into()),
+                gpu_count: i32::from(gpu.is_some()),
+                gpu_memory_gb: gpu.map_or(0, |(_, memory)| memory),
+                vcpus,
+                memory_gb,
+                hourly_price_micros: price,
+                currency: "EUR".into(),
+                available: true,
+            });
         }
     }
     offers

@@ -23,6 +23,7 @@ pub struct Commands {
     pub bus: Arc<dyn EventBus>,
     pub saga: Arc<Saga>,
     pub reconciler: Arc<crate::reconcile::Reconciler>,
+    pub catalog: Arc<crate::catalog::CatalogSync>,
     pub handled: IntCounterVec,
 }
 
@@ -64,6 +65,12 @@ impl Commands {
             let result = match kind {
                 Some(MessageType::InstanceProvision) => self.saga.provision(&delivery.envelope).await,
                 Some(MessageType::InstanceTerminate) => self.saga.terminate(&delivery.envelope).await,
+                Some(MessageType::CatalogSync) => {
+                    let provider = delivery.envelope.data["provider"].as_str().map(str::to_owned);
+                    self.catalog.sync(provider.as_deref()).await.map(|report| {
+                        tracing::info!(?report, "catalog synced on request");
+                    })
+                }
                 Some(MessageType::FleetReconcile) => {
                     let provider = delivery.envelope.data["provider"].as_str().map(str::to_owned);
                     self.reconciler.reconcile(provider.as_deref()).await.map(|report| {

@@ -4,15 +4,16 @@
 //!
 //! Layout:
 //! - [`saga`]: provisioning (with failover, retries and compensation) and termination.
+//! - [`catalog`]: providers' offers written into the catalog (`catalog.sync`).
 //! - [`commands`]: the consumer group that feeds the saga.
 //! - [`health`]: startup and heartbeat deadlines, swept periodically.
 //! - [`reconcile`]: drift between the database and the providers, repaired periodically and on
 //!   `fleet.reconcile`.
 //!
 //! Not yet here (issue 4 goes on): the `local` provider, health checks and the worker protocol,
-//! catalog sync; `catalog.sync` and `pool.scale` commands are dead-lettered with that reason
-//! rather than dropped.
+//! the autoscaler; `pool.scale` commands are dead-lettered with that reason rather than dropped.
 
+pub mod catalog;
 pub mod commands;
 pub mod health;
 pub mod reconcile;
@@ -81,7 +82,9 @@ pub async fn build_with(
         every: RECONCILE_EVERY,
     });
     service = service.with_task(reconciler.clone().run(shutdown.clone()));
-    let commands = Arc::new(commands::Commands { bus: dependencies.bus.clone(), saga, reconciler, handled });
+    let catalog =
+        Arc::new(catalog::CatalogSync { store: dependencies.store.clone(), providers: reconciler.providers.clone() });
+    let commands = Arc::new(commands::Commands { bus: dependencies.bus.clone(), saga, reconciler, catalog, handled });
     for _ in 0..MEMBERS {
         service = service.with_task(commands.clone().run(shutdown.clone()));
     }

@@ -306,7 +306,7 @@ async fn commands_on_the_bus_are_carried_out_by_the_service() {
 
     let (id, command) = world.requested(&["sim-eu-1"]).await;
     bus.publish(&command).await.unwrap();
-    let unknown = Envelope::new(MessageType::CatalogSync, "test", None, json!({}));
+    let unknown = Envelope::new(MessageType::PoolScale, "test", None, json!({}));
     bus.publish(&unknown).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while world.state(id).await.state != InstanceState::Booting {
@@ -535,5 +535,43 @@ async fn a_thousand_instances_under_injected_faults_leak_nothing_and_duplicate_n
     };
     reconciler.reconcile(None).await.unwrap();
     assert_eq!(cloud.stats().live, 0, "no provider instance leaked");
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn catalog_sync_writes_the_offers_and_a_second_sync_changes_nothing() {
+    let world = World::new().await;
+    let mut offers = qm_providers::sim::default_offers();
+    let cloud = Arc::new(SimCloud::new(SimConfig { offers: offers.clone(), ..SimConfig::default() }));
+    let sync = qm_orchestrator::catalog::CatalogSync { store: world.store.clone(), providers: providers(&cloud) };
+    let report = sync.sync(None).await.unwrap();
+    assert_eq!((report.regions, report.zones, report.instance_types, report.deactivated), (2, 3, 3, 0));
+    let types = world.store.instance_types(Some("sim")).await.unwrap();
+    assert_eq!(types.len(), 3);
+    let h100 = types.iter().find(|instance_type| instance_type.code == "sim.h100").unwrap();
+    assert_eq!((h100.vcpus, h100.memory_gb, h100.hourly_price_micros), (24, 240, 2_500_000));
+    let zones: Vec<_> =
+        world.store.instance_type_zones(h100.id).await.unwrap().into_iter().map(|zone| zone.code).collect();
+    assert_eq!(zones, ["sim-eu-1", "sim-us-1"]);
+    let offers_before = world.store.offers().await.unwrap();
+    sync.sync(Some("sim")).await.unwrap();
+    assert_eq!(world.store.offers().await.unwrap(), offers_before, "idempotent");
+    assert_eq!(world.store.instance_types(Some("sim")).await.unwrap().len(), 3, "no duplicates");
+
+    // The provider changes a price and stops offering a type.
+    offers.retain(|offer| offer.instance_type != "sim.cpu");
+    for offer in &mut offers {
+        if offer.instance_type == "sim.l4" {
+            offer.hourly_price_micros = 650_000;
+        }
+    }
+    let changed = Arc::new(SimCloud::new(SimConfig { offers, ..SimConfig::default() }));
+    let sync = qm_orchestrator::catalog::CatalogSync { store: world.store.clone(), providers: providers(&changed) };
+    let report = sync.sync(None).await.unwrap();
+    assert_eq!(report.deactivated, 1);
+    let types = world.store.instance_types(Some("sim")).await.unwrap();
+    let cpu = types.iter().find(|instance_type| instance_type.code == "sim.cpu").unwrap();
+    assert!(!cpu.active, "kept, deactivated");
+    assert_eq!(types.iter().find(|instance_type| instance_type.code == "sim.l4").unwrap().hourly_price_micros, 650_000);
     world.cleanup();
 }

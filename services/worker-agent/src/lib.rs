@@ -2,8 +2,12 @@
 //! the inference engine.
 //!
 //! This foundation serves `/healthz`, `/metrics` and a `/readyz` that answers 200 only while the
-//! engine at `QM_ENGINE_URL` accepts connections. Registration, heartbeats, GPU metrics, engine
-//! supervision and the mock engine land with the orchestrator and worker-agent issue.
+//! engine at `QM_ENGINE_URL` accepts connections. [`mock_engine`] is the built-in OpenAI-compatible
+//! engine for development and tests. Registration, heartbeats, GPU metrics and engine supervision
+//! in this binary are still to come (the protocol is served by the api and spoken by `sim`'s
+//! simulated agent).
+
+pub mod mock_engine;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,6 +7,10 @@ use std::time::Duration;
 use qm_worker_agent::mock_engine::MockEngine;
 use serde_json::{Value, json};
 
+async fn post(url: String, body: &Value) -> Value {
+    reqwest::Client::new().post(url).json(body).send().await.unwrap().json().await.unwrap()
+}
+
 async fn serve() -> String {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let engine = MockEngine::new("mock-model", Duration::ZERO);
@@ -32,15 +36,11 @@ async fn chat_and_completions_are_deterministic_and_report_usage() {
     assert_eq!(first["usage"], json!({ "prompt_tokens": 6, "completion_tokens": 5, "total_tokens": 11 }));
     assert_eq!(first["choices"][0]["message"]["content"].as_str().unwrap().split_whitespace().count(), 5);
 
-    let completion: Value = client
-        .post(format!("{base}/v1/completions"))
-        .json(&json!({ "model": "mock-model", "prompt": "one two three", "max_tokens": 2 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let completion = post(
+        format!("{base}/v1/completions"),
+        &json!({ "model": "mock-model", "prompt": "one two three", "max_tokens": 2 }),
+    )
+    .await;
     assert_eq!(completion["usage"]["total_tokens"], 5);
 
     let unknown = client
@@ -80,15 +80,11 @@ async fn streams_send_one_chunk_per_token_then_usage_then_done() {
             serde_json::from_str::<Value>(chunk).unwrap()["choices"][0]["delta"]["content"].as_str().unwrap().to_owned()
         })
         .collect();
-    let whole: Value = reqwest::Client::new()
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({ "model": "mock-model", "messages": [{ "role": "user", "content": "hello there" }], "max_tokens": 3 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let whole = post(
+        format!("{base}/v1/chat/completions"),
+        &json!({ "model": "mock-model", "messages": [{ "role": "user", "content": "hello there" }], "max_tokens": 3 }),
+    )
+    .await;
     assert_eq!(
         streamed.trim(),
         whole["choices"][0]["message"]["content"].as_str().unwrap(),

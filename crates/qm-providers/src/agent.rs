@@ -1,6 +1,6 @@
-//! The simulated worker agent of `sim` instances: once its instance runs, it registers with the
-//! bootstrap token from the instance's user data and heartbeats `ready`, over the real protocol
-//! (`POST /internal/worker/register`, `/internal/worker/heartbeat`), until the instance is gone.
+//! The agent side of the worker protocol (`POST /internal/worker/register`,
+//! `/internal/worker/heartbeat`), spoken by `qm-worker-agent` on real instances and by the
+//! simulated agent of `sim` instances, and the user data that carries its bootstrap token.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,15 +41,64 @@ impl BootConfig {
     }
 }
 
-/// Runs the agent until `gone` is set: register (retrying while the api is unreachable), then
-/// heartbeat at the interval the api asks for.
+/// What an agent reports in each heartbeat.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentStatus {
+    /// `starting`, `ready`, `not_ready` or `draining`.
+    pub status: &'static str,
+    pub queue_depth: u32,
+    pub in_flight: u32,
+    /// GPU metrics as the heartbeat carries them (empty without NVML).
+    pub gpus: Vec<serde_json::Value>,
+}
+
+impl AgentStatus {
+    pub fn ready() -> Self {
+        Self { status: "ready", queue_depth: 0, in_flight: 0, gpus: Vec::new() }
+    }
+}
+
+/// Where an agent's status comes from: always ready for a simulated one, the engine for a real one.
+#[async_trait::async_trait]
+pub trait StatusSource: Send + Sync {
+    async fn status(&self) -> AgentStatus;
+}
+
+struct AlwaysReady;
+
+#[async_trait::async_trait]
+impl StatusSource for AlwaysReady {
+    async fn status(&self) -> AgentStatus {
+        AgentStatus::ready()
+    }
+}
+
+/// Identity an agent registers with.
+#[derive(Clone, Debug)]
+pub struct AgentInfo {
+    pub engine_url: String,
+    pub agent_version: String,
+}
+
+/// Runs the simulated agent of a `sim` instance until `gone` is set.
 pub async fn run(config: BootConfig, boot_delay: Duration, gone: Arc<AtomicBool>) {
+    tokio::time::sleep(boot_delay).await;
+    let info = AgentInfo {
+        engine_url: "sim://engine".into(),
+        agent_version: concat!("sim-", env!("CARGO_PKG_VERSION")).into(),
+    };
+    speak(config, info, Arc::new(AlwaysReady), gone).await;
+}
+
+/// The protocol, until `gone` is set: register (retrying while the api is unreachable), then
+/// heartbeat what `source` reports, at the interval the api asks for. Returns early when the api
+/// refuses the agent (a wrong, reused or revoked token).
+pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSource>, gone: Arc<AtomicBool>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(10)).build() else { return };
-    tokio::time::sleep(boot_delay).await;
     let registration = serde_json::json!({
         "instance_id": config.instance_id, "bootstrap_token": config.bootstrap_token, "model": config.model,
-        "engine_url": "sim://engine", "agent_version": concat!("sim-", env!("CARGO_PKG_VERSION")),
+        "engine_url": info.engine_url, "agent_version": info.agent_version,
     });
     let (token, mut interval) = loop {
         if gone.load(Ordering::Relaxed) {
@@ -64,17 +113,20 @@ pub async fn run(config: BootConfig, boot_delay: Duration, gone: Arc<AtomicBool>
                 let interval = Duration::from_secs(body["heartbeat_interval_seconds"].as_u64().unwrap_or(5).max(1));
                 break (token, interval);
             }
-            // Refused (a wrong or reused token): a real agent would stop too.
             Ok(response) if response.status().is_client_error() => {
-                tracing::warn!(instance = %config.instance_id, status = %response.status(), "sim agent: registration refused");
+                tracing::warn!(instance = %config.instance_id, status = %response.status(), "agent: registration refused");
                 return;
             }
             _ => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     };
-    let heartbeat =
-        serde_json::json!({ "instance_id": config.instance_id, "status": "ready", "queue_depth": 0, "in_flight": 0 });
+    tracing::info!(instance = %config.instance_id, "agent: registered");
     while !gone.load(Ordering::Relaxed) {
+        let status = source.status().await;
+        let heartbeat = serde_json::json!({
+            "instance_id": config.instance_id, "status": status.status, "queue_depth": status.queue_depth,
+            "in_flight": status.in_flight, "gpus": status.gpus,
+        });
         let sent = client
             .post(format!("{}/internal/worker/heartbeat", config.api_url))
             .bearer_auth(&token)
@@ -85,6 +137,7 @@ pub async fn run(config: BootConfig, boot_delay: Duration, gone: Arc<AtomicBool>
             if response.status() == reqwest::StatusCode::UNAUTHORIZED
                 || response.status() == reqwest::StatusCode::FORBIDDEN
             {
+                tracing::warn!(instance = %config.instance_id, status = %response.status(), "agent: heartbeat refused; stopping");
                 return;
             }
             if let Ok(body) = response.json::<serde_json::Value>().await
@@ -93,7 +146,7 @@ pub async fn run(config: BootConfig, boot_delay: Duration, gone: Arc<AtomicBool>
                 interval = Duration::from_secs(seconds.max(1));
             }
         }
-        // Short naps, so a terminated instance stops heartbeating promptly.
+        // Short naps, so that a stop is noticed promptly.
         let mut slept = Duration::ZERO;
         while slept < interval && !gone.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(100)).await;

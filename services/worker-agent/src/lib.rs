@@ -7,6 +7,7 @@
 //! in this binary are still to come (the protocol is served by the api and spoken by `sim`'s
 //! simulated agent).
 
+pub mod engine;
 pub mod mock_engine;
 
 use std::net::SocketAddr;

@@ -1,7 +1,13 @@
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use qm_config::Environment;
+use qm_providers::agent::{AgentInfo, BootConfig};
 use qm_runtime::Shutdown;
+use qm_worker_agent::engine::EngineStatus;
+use qm_worker_agent::mock_engine::MockEngine;
 
 fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -20,18 +26,89 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long a stopping agent waits for in-flight requests before it exits.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn run() -> anyhow::Result<()> {
     let environment = Environment::process();
     let address = environment.socket_addr("QM_WORKER_AGENT_ADDR", qm_config::defaults::WORKER_AGENT_ADDR)?;
     let _telemetry = qm_telemetry::init("qm-worker-agent")?;
-    let service = qm_worker_agent::build(address, environment.get("QM_ENGINE_URL").as_deref()).await?;
-    tracing::info!(address = %service.address(), "listening");
+    let model = environment.get("QM_MODEL").unwrap_or_else(|| "mock-model".into());
     let shutdown = Shutdown::new();
+
+    // The engine: the built-in mock (`QM_ENGINE=mock`) or an OpenAI-compatible server by URL.
+    let engine_url = match environment.get("QM_ENGINE").as_deref() {
+        Some("mock") => {
+            let engine_address = environment.socket_addr("QM_MOCK_ENGINE_ADDR", "127.0.0.1:8000")?;
+            let listener = tokio::net::TcpListener::bind(engine_address).await?;
+            let bound = listener.local_addr()?;
+            let engine = MockEngine::new(&model, Duration::ZERO);
+            let stopping = shutdown.clone();
+            tokio::spawn(async move {
+                let serving =
+                    axum::serve(listener, engine.router()).with_graceful_shutdown(async move { stopping.wait().await });
+                if let Err(error) = serving.await {
+                    tracing::error!(%error, "mock engine stopped");
+                }
+            });
+            tracing::info!(address = %bound, "mock engine listening");
+            format!("http://{bound}")
+        }
+        Some(other) => anyhow::bail!("QM_ENGINE must be `mock` (or unset, with QM_ENGINE_URL): got `{other}`"),
+        None => {
+            environment.get("QM_ENGINE_URL").ok_or_else(|| anyhow::anyhow!("set QM_ENGINE_URL, or QM_ENGINE=mock"))?
+        }
+    };
+
+    let service = qm_worker_agent::build(address, Some(&engine_url)).await?;
+    tracing::info!(address = %service.address(), engine = %engine_url, "listening");
+
+    // The worker protocol, when the instance was given its boot configuration.
+    let status = Arc::new(EngineStatus::new(&engine_url));
+    let gone = Arc::new(AtomicBool::new(false));
+    let boot = match (
+        environment.get("QM_API_URL"),
+        environment.get("QM_INSTANCE_ID"),
+        environment.secret("QM_BOOTSTRAP_TOKEN")?,
+    ) {
+        (Some(api_url), Some(instance_id), Some(token)) => {
+            Some(BootConfig { api_url, instance_id, bootstrap_token: token.expose().to_owned(), model: model.clone() })
+        }
+        _ => {
+            tracing::warn!(
+                "QM_API_URL, QM_INSTANCE_ID or QM_BOOTSTRAP_TOKEN missing: not registering with Quartermaster"
+            );
+            None
+        }
+    };
+    let protocol = boot.map(|config| {
+        let info = AgentInfo { engine_url: engine_url.clone(), agent_version: env!("CARGO_PKG_VERSION").into() };
+        tokio::spawn(qm_providers::agent::speak(config, info, status.clone(), gone.clone()))
+    });
+
     let trigger = shutdown.clone();
+    let draining = status.draining.clone();
+    let drain_status = status.clone();
+    let stop_protocol = gone.clone();
     tokio::spawn(async move {
         qm_runtime::shutdown::signal().await;
+        // Drain: report `draining`, let in-flight requests finish (bounded), then stop.
+        draining.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            use qm_providers::agent::StatusSource as _;
+            if drain_status.status().await.in_flight == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stop_protocol.store(true, Ordering::Relaxed);
         trigger.trigger();
     });
     service.run_until_stopped(shutdown).await?;
+    gone.store(true, Ordering::Relaxed);
+    if let Some(protocol) = protocol {
+        let _ = tokio::time::timeout(Duration::from_secs(2), protocol).await;
+    }
     Ok(())
 }

@@ -15,7 +15,8 @@ help: ## List the targets
 
 .PHONY: dev
 dev: ## Run every service in one process on embedded defaults (qm dev, data in ./.qm)
-	$(CARGO) run -p qm-cli --bin qm -- dev
+	$(CARGO) build -p qm-cli -p qm-worker-agent --bins
+	$(BIN_DIR)/qm dev
 
 .PHONY: build
 build: ## Build every binary (debug)

@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - this file: the trait, what it creates and lists, and classified [`ProviderError`]s.
+//! - [`local`]: real `qm-worker-agent` processes on this machine (the embedded default).
 //! - [`sim`]: an in-memory cloud with boot delays, per-zone capacity, rate limits and injected
 //!   faults, deterministic under a seed, for scale and chaos tests.
 //! - [`agent`]: the user data handed to instances, and the simulated agent of `sim` instances.
@@ -14,6 +15,7 @@
 
 pub mod agent;
 pub mod conformance;
+pub mod local;
 pub mod sim;
 
 use std::collections::BTreeMap;

@@ -141,16 +141,8 @@ async fn provision_commands_wait_on_the_bus_while_no_orchestrator_runs() {
     assert!(lines.iter().any(|line| line.starts_with("Loaded the catalog seed")), "{lines:?}");
     let client = http();
     let api = &urls["api"];
-    let login: serde_json::Value = client
-        .post(format!("{api}/auth/login"))
-        .json(&serde_json::json!({ "login": "admin", "password": "dev-test-password" }))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    let token = login["token"].as_str().expect("token");
+    let session = Session::login(api, "dev-test-password").await;
+    let token = session.token.as_str();
     let accepted = client
         .post(format!("{api}/deployments"))
         .bearer_auth(token)
@@ -210,74 +202,19 @@ async fn provision_commands_wait_on_the_bus_while_no_orchestrator_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sim_deployment_reaches_ready_through_the_worker_protocol_and_terminates() {
     let data_dir = temporary_data_dir();
-    let (dev, urls, _) = Dev::start_with(&data_dir, &[], &[("QM_ADMIN_PASSWORD", "dev-test-password")]);
-    let client = http();
-    let api = &urls["api"];
-    let login: serde_json::Value = client
-        .post(format!("{api}/auth/login"))
-        .json(&serde_json::json!({ "login": "admin", "password": "dev-test-password" }))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    let token = login["token"].as_str().expect("token").to_owned();
-    let get = |path: String| {
-        let (client, token) = (client.clone(), token.clone());
-        async move {
-            let response = client.get(path).bearer_auth(token).send().await.expect("get");
-            response.json::<serde_json::Value>().await.expect("json")
-        }
-    };
-    let accepted: serde_json::Value = client
-        .post(format!("{api}/deployments"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "model": "m", "count": 2, "provider": "sim", "zone": "sim-eu-1", "instance_type": "sim.l4" }))
-        .send()
-        .await
-        .expect("deploy")
-        .json()
-        .await
-        .expect("json");
-    let ids: Vec<String> = accepted["instance_ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|id| id.as_str().expect("id").to_owned())
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let (dev, session) = Session::start(&data_dir).await;
+    let ids = session.deploy(["sim", "sim-eu-1", "sim.l4"], 2).await;
     for id in &ids {
-        loop {
-            let detail = get(format!("{api}/instances/{id}")).await;
-            if detail["state"] == "ready" {
-                assert_eq!(detail["progress_percent"], 100);
-                let states: Vec<_> = detail["history"]
-                    .as_array()
-                    .expect("history")
-                    .iter()
-                    .map(|change| change["to_state"].clone())
-                    .collect();
-                assert_eq!(states, ["requested", "provisioning", "booting", "ready"]);
-                assert!(detail["provider_instance_id"].is_string() && detail["address"].is_string());
-                break;
-            }
-            assert!(Instant::now() < deadline, "not ready within 30 s: {detail}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let detail = session.state_within(id, |state| state == "ready", Duration::from_secs(30)).await;
+        assert_eq!(detail["progress_percent"], 100);
+        let states: Vec<_> =
+            detail["history"].as_array().expect("history").iter().map(|change| change["to_state"].clone()).collect();
+        assert_eq!(states, ["requested", "provisioning", "booting", "ready"]);
+        assert!(detail["provider_instance_id"].is_string() && detail["address"].is_string());
     }
-    let terminating =
-        client.delete(format!("{api}/instances/{}", ids[0])).bearer_auth(&token).send().await.expect("delete");
-    assert_eq!(terminating.status(), 202);
-    loop {
-        let detail = get(format!("{api}/instances/{}", ids[0])).await;
-        if detail["state"] == "terminated" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not terminated in time: {detail}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let logs = get(format!("{api}/action_logs/search?instance_id={}", ids[0])).await;
+    session.send(reqwest::Method::DELETE, &format!("/instances/{}", ids[0]), None).await;
+    session.state_within(&ids[0], |state| state == "terminated", Duration::from_secs(30)).await;
+    let logs = session.send(reqwest::Method::GET, &format!("/action_logs/search?instance_id={}", ids[0]), None).await;
     let types = logs["counts"]["by_type"].as_object().expect("counts").keys().cloned().collect::<Vec<_>>();
     for expected in [
         "instance.provisioning",
@@ -290,5 +227,128 @@ async fn a_sim_deployment_reaches_ready_through_the_worker_protocol_and_terminat
         assert!(types.iter().any(|logged| logged == expected), "{expected} missing from {types:?}");
     }
     assert!(dev.terminate(Duration::from_secs(10)).success());
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}
+
+/// A client logged in to a running `qm dev`.
+struct Session {
+    client: reqwest::Client,
+    api: String,
+    token: String,
+}
+
+impl Session {
+    /// Starts `qm dev` on `data_dir` and logs in as the admin.
+    async fn start(data_dir: &Path) -> (Dev, Self) {
+        let (dev, urls, _) = Dev::start_with(data_dir, &[], &[("QM_ADMIN_PASSWORD", "dev-test-password")]);
+        (dev, Self::login(&urls["api"], "dev-test-password").await)
+    }
+
+    async fn login(api: &str, password: &str) -> Self {
+        let client = http();
+        let login: serde_json::Value = client
+            .post(format!("{api}/auth/login"))
+            .json(&serde_json::json!({ "login": "admin", "password": password }))
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
+        Self { client, api: api.to_owned(), token: login["token"].as_str().expect("token").to_owned() }
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+        let mut request = self.client.request(method, format!("{}{path}", self.api)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request").json().await.unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Deploys `count` instances at `provider`/`zone`/`instance_type`; returns their ids.
+    async fn deploy(&self, placement: [&str; 3], count: u32) -> Vec<String> {
+        let [provider, zone, instance_type] = placement;
+        let deployment = serde_json::json!({ "model": "m", "count": count, "provider": provider, "zone": zone, "instance_type": instance_type });
+        let accepted = self.send(reqwest::Method::POST, "/deployments", Some(deployment)).await;
+        accepted["instance_ids"].as_array().expect("ids").iter().map(|id| id.as_str().expect("id").to_owned()).collect()
+    }
+
+    async fn state_within(&self, id: &str, wanted: impl Fn(&str) -> bool, patience: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + patience;
+        loop {
+            let detail = self.send(reqwest::Method::GET, &format!("/instances/{id}"), None).await;
+            if wanted(detail["state"].as_str().unwrap_or_default()) {
+                return detail;
+            }
+            assert!(Instant::now() < deadline, "not there within {patience:?}: {detail}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn process_alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+}
+
+/// The `local` provider's record of an instance: its agent process id.
+fn local_pid(data_dir: &Path, instance_id: &str) -> u64 {
+    let file = data_dir.join("local").join(format!("local-{}.json", instance_id.replace('-', "")));
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).expect("state file")).expect("json");
+    record["pid"].as_u64().expect("pid")
+}
+
+/// On `qm dev` with the `local` provider: a deployment becomes real `qm-worker-agent` processes
+/// that register and reach `ready`; `DELETE` stops the process; `kill -9` of an agent is noticed
+/// and its instance leaves `ready`; a stray tagged agent is terminated by reconciliation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_instances_are_real_processes_from_ready_to_terminated() {
+    let agent = Path::new(env!("CARGO_BIN_EXE_qm")).with_file_name("qm-worker-agent");
+    assert!(agent.exists(), "{} is missing: build the workspace (make test does)", agent.display());
+    let data_dir = temporary_data_dir();
+    let (dev, session) = Session::start(&data_dir).await;
+    let ids = session.deploy(["local", "local-1", "local.cpu"], 2).await;
+    for id in &ids {
+        let detail = session.state_within(id, |state| state == "ready", Duration::from_secs(30)).await;
+        assert_eq!(detail["progress_percent"], 100);
+        assert!(process_alive(local_pid(&data_dir, id)), "a running agent process");
+    }
+
+    // DELETE stops the process.
+    let pid = local_pid(&data_dir, &ids[0]);
+    session.send(reqwest::Method::DELETE, &format!("/instances/{}", ids[0]), None).await;
+    session.state_within(&ids[0], |state| state == "terminated", Duration::from_secs(30)).await;
+    assert!(!process_alive(pid), "the process is gone");
+
+    // kill -9 of the other agent: its silence is noticed and the instance leaves `ready`.
+    let pid = local_pid(&data_dir, &ids[1]);
+    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill").success());
+    session.state_within(&ids[1], |state| state != "ready", Duration::from_secs(60)).await;
+
+    // A stray agent under Quartermaster's tag that the database never heard of.
+    let stray_binary = Some(agent.clone());
+    let local = qm_providers::local::LocalProvider::new(&data_dir.join("local"), stray_binary);
+    let stray = qm_providers::CreateRequest {
+        instance_id: qm_domain::InstanceId::new(),
+        zone: "local-1".into(),
+        instance_type: "local.cpu".into(),
+        user_data: String::new(),
+        tags: Default::default(),
+    };
+    use qm_providers::CloudProvider as _;
+    let created = local.create(&stray).await.expect("create");
+    let started = local.start(&created.provider_id).await.expect("start");
+    assert_eq!(started.status, qm_providers::ProviderStatus::Running);
+    session.send(reqwest::Method::POST, "/fleet/reconcile", Some(serde_json::json!({ "provider": "local" }))).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while local.list().await.expect("list").iter().any(|instance| instance.provider_id == created.provider_id) {
+        assert!(Instant::now() < deadline, "the stray was not terminated");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    assert!(dev.terminate(Duration::from_secs(15)).success());
+    for instance in local.list().await.expect("list") {
+        local.terminate(&instance.provider_id).await.expect("clean up");
+    }
     std::fs::remove_dir_all(&data_dir).expect("clean up");
 }

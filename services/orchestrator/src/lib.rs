@@ -34,7 +34,8 @@ pub const MEMBERS: usize = 4;
 pub const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The providers this orchestrator drives: those of `QM_PROVIDERS` it has an implementation for.
-pub fn providers(enabled: &[String]) -> BTreeMap<String, Arc<dyn CloudProvider>> {
+/// `local_state_dir` is where the `local` provider keeps track of its processes.
+pub fn providers(enabled: &[String], local_state_dir: &std::path::Path) -> BTreeMap<String, Arc<dyn CloudProvider>> {
     let mut providers: BTreeMap<String, Arc<dyn CloudProvider>> = BTreeMap::new();
     for name in enabled {
         if name == qm_providers::sim::NAME {
@@ -42,6 +43,8 @@ pub fn providers(enabled: &[String]) -> BTreeMap<String, Arc<dyn CloudProvider>>
                 name.clone(),
                 Arc::new(qm_providers::sim::SimCloud::new(qm_providers::sim::SimConfig::default())),
             );
+        } else if name == qm_providers::local::NAME {
+            providers.insert(name.clone(), Arc::new(qm_providers::local::LocalProvider::new(local_state_dir, None)));
         } else {
             tracing::warn!(provider = %name, "provider enabled but not implemented yet; its instances fail with that reason");
         }
@@ -96,6 +99,8 @@ pub async fn build_with(
 /// # Errors
 /// When the address cannot be bound.
 pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Shutdown) -> anyhow::Result<Service> {
-    let providers = providers(&dependencies.settings.providers);
+    let environment = qm_config::Environment::process();
+    let local_state_dir = environment.get("QM_LOCAL_STATE_DIR").unwrap_or_else(|| "./.qm/local".into());
+    let providers = providers(&dependencies.settings.providers, std::path::Path::new(&local_state_dir));
     build_with(dependencies, address, shutdown, providers, saga::Timing::default(), health::Deadlines::default()).await
 }

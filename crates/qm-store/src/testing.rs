@@ -53,3 +53,20 @@ impl TestDatabase {
         }
     }
 }
+
+/// A catalog offer for tests that need an instance somewhere: fresh catalog ids, 1 EUR per hour.
+pub fn offer(provider: &str, zone: &str, instance_type: &str) -> crate::Offer {
+    crate::Offer {
+        provider: provider.to_owned(),
+        region: zone.rsplit_once('-').map_or(zone, |(region, _)| region).to_owned(),
+        zone_id: uuid::Uuid::now_v7().into(),
+        zone: zone.to_owned(),
+        instance_type_id: uuid::Uuid::now_v7().into(),
+        instance_type: instance_type.to_owned(),
+        gpu_model: None,
+        gpu_count: 0,
+        gpu_memory_gb: 0,
+        hourly_price_micros: 1_000_000,
+        currency: "EUR".to_owned(),
+    }
+}

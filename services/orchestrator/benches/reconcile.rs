@@ -16,7 +16,7 @@ use qm_orchestrator::saga::{Saga, Timing};
 use qm_providers::CloudProvider;
 use qm_providers::sim::{SimCloud, SimConfig};
 use qm_store::testing::TestDatabase;
-use qm_store::{NewInstance, NewOrganization, Offer, Transition};
+use qm_store::{NewInstance, NewOrganization, Transition};
 use serde_json::json;
 
 const INSTANCES: usize = 10_000;
@@ -32,19 +32,7 @@ async fn run() {
     let database = TestDatabase::create().await;
     let store = qm_store::connect(database.url()).await.unwrap();
     let organization = OrganizationId::new();
-    let offer = Offer {
-        provider: "sim".into(),
-        region: "sim-eu".into(),
-        zone_id: uuid::Uuid::now_v7().into(),
-        zone: "sim-eu-1".into(),
-        instance_type_id: uuid::Uuid::now_v7().into(),
-        instance_type: "sim.l4".into(),
-        gpu_model: Some("L4".into()),
-        gpu_count: 1,
-        gpu_memory_gb: 24,
-        hourly_price_micros: 700_000,
-        currency: "EUR".into(),
-    };
+    let offer = qm_store::testing::offer("sim", "sim-eu-1", "sim.l4");
     let cloud = Arc::new(SimCloud::new(SimConfig::default()));
     let mut tx = store.begin().await.unwrap();
     tx.insert_organization(&NewOrganization { id: organization, name: "Bench".into(), slug: "bench".into() })

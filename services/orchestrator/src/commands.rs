@@ -16,7 +16,8 @@ use qm_runtime::backoff::Backoff;
 use crate::saga::{Saga, SagaError};
 
 pub const GROUP: &str = "orchestrator";
-/// Long enough for a provider to boot an instance before another member takes the command.
+/// Long enough for a provider to boot an instance before another member takes the command
+/// (`QM_COMMAND_VISIBILITY_TIMEOUT_SECONDS` overrides it).
 pub const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 pub struct Commands {
@@ -25,6 +26,8 @@ pub struct Commands {
     pub reconciler: Arc<crate::reconcile::Reconciler>,
     pub catalog: Arc<crate::catalog::CatalogSync>,
     pub handled: IntCounterVec,
+    /// How long a command may be in hand before another member gets it again.
+    pub visibility_timeout: Duration,
 }
 
 impl Commands {
@@ -32,7 +35,7 @@ impl Commands {
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut failures = 0;
-        let options = SubscriptionOptions::new(Channel::Commands, GROUP).visibility_timeout(VISIBILITY_TIMEOUT);
+        let options = SubscriptionOptions::new(Channel::Commands, GROUP).visibility_timeout(self.visibility_timeout);
         let mut subscription = loop {
             match self.bus.subscribe(options.clone()).await {
                 Ok(subscription) => break subscription,

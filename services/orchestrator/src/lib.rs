@@ -87,7 +87,19 @@ pub async fn build_with(
     service = service.with_task(reconciler.clone().run(shutdown.clone()));
     let catalog =
         Arc::new(catalog::CatalogSync { store: dependencies.store.clone(), providers: reconciler.providers.clone() });
-    let commands = Arc::new(commands::Commands { bus: dependencies.bus.clone(), saga, reconciler, catalog, handled });
+    let visibility_timeout = qm_config::Environment::process()
+        .get("QM_COMMAND_VISIBILITY_TIMEOUT_SECONDS")
+        .and_then(|seconds| seconds.trim().parse::<u64>().ok())
+        .filter(|seconds| *seconds > 0)
+        .map_or(commands::VISIBILITY_TIMEOUT, std::time::Duration::from_secs);
+    let commands = Arc::new(commands::Commands {
+        bus: dependencies.bus.clone(),
+        saga,
+        reconciler,
+        catalog,
+        handled,
+        visibility_timeout,
+    });
     for _ in 0..MEMBERS {
         service = service.with_task(commands.clone().run(shutdown.clone()));
     }

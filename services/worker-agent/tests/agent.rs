@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use qm_config::{Environment, Settings};
 use qm_domain::{InstanceId, InstanceState, OrganizationId};
 use qm_runtime::Shutdown;
-use qm_store::{NewInstance, NewOrganization, Offer, Store, Transition};
+use qm_store::{NewInstance, NewOrganization, Store, Transition};
 
 struct World {
     store: Arc<dyn Store>,
@@ -45,19 +45,7 @@ async fn world() -> World {
 async fn booting(world: &World) -> (InstanceId, String) {
     let organization = OrganizationId::new();
     let id = InstanceId::new();
-    let placement = Offer {
-        provider: "local".into(),
-        region: "local".into(),
-        zone_id: uuid::Uuid::now_v7().into(),
-        zone: "local-1".into(),
-        instance_type_id: uuid::Uuid::now_v7().into(),
-        instance_type: "local.cpu".into(),
-        gpu_model: None,
-        gpu_count: 0,
-        gpu_memory_gb: 0,
-        hourly_price_micros: 50_000,
-        currency: "EUR".into(),
-    };
+    let placement = qm_store::testing::offer("local", "local-1", "local.cpu");
     let token = qm_runtime::tokens::generate("qmb_");
     let mut tx = world.store.begin().await.unwrap();
     let slug = format!("o{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);

@@ -236,6 +236,17 @@ pub async fn the_store_answers_pings(store: Arc<dyn Store>) {
 }
 
 /// Expands to one `#[tokio::test]` per conformance case for `$fixture`.
+pub async fn a_lease_has_one_holder_until_it_expires(store: Arc<dyn Store>) {
+    let short = Duration::from_millis(300);
+    assert!(store.acquire_lease("reconcile", "replica-a", short).await.expect("lease"), "a free lease is taken");
+    assert!(!store.acquire_lease("reconcile", "replica-b", short).await.expect("lease"), "held by another");
+    assert!(store.acquire_lease("reconcile", "replica-a", short).await.expect("lease"), "the holder renews");
+    assert!(store.acquire_lease("sweep", "replica-b", short).await.expect("lease"), "leases are independent");
+    tokio::time::sleep(short + Duration::from_millis(100)).await;
+    assert!(store.acquire_lease("reconcile", "replica-b", short).await.expect("lease"), "an expired lease passes on");
+    assert!(!store.acquire_lease("reconcile", "replica-a", short).await.expect("lease"));
+}
+
 #[macro_export]
 macro_rules! store_conformance_suite {
     ($fixture:path) => {
@@ -254,6 +265,7 @@ macro_rules! store_conformance_suite {
             a_rolled_back_processing_is_not_remembered,
             action_logs_are_listed_newest_first_per_organization,
             the_store_answers_pings,
+            a_lease_has_one_holder_until_it_expires,
         );
     };
     (@cases $fixture:path, $($case:ident),+ $(,)?) => {

@@ -211,6 +211,9 @@ pub trait FleetStore {
     ) -> Result<Vec<FeedEntry>, StoreError>;
     /// The newest outbox position (0 when empty).
     async fn feed_head(&self) -> Result<i64, StoreError>;
+    /// Takes or renews the lease `name` for `holder` until `ttl` from now; `false` while another
+    /// holder's lease runs. Periodic jobs run only on the replica that holds their lease.
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool, StoreError>;
 }
 
 #[async_trait]
@@ -550,6 +553,23 @@ macro_rules! impl_fleet_sql {
                     .fetch_all(self.reader())
                     .await?;
                     rows.iter().map(feed_from_row).collect()
+                }
+
+                async fn acquire_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+                    let at = now();
+                    let until = at + chrono::Duration::from_std(ttl).map_err(|_| StoreError::Database("lease too long".into()))?;
+                    let result = sqlx::query(
+                        "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                         WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+                    )
+                    .bind(name)
+                    .bind(holder)
+                    .bind(until)
+                    .bind(at)
+                    .execute(self.writer())
+                    .await?;
+                    Ok(result.rows_affected() == 1)
                 }
 
                 async fn feed_head(&self) -> Result<i64, StoreError> {

@@ -111,9 +111,17 @@ impl Health {
         Ok(self.saga.apply(instance, &step).await?.is_some())
     }
 
+    /// Sweeps every `sweep_every` while this replica holds the `orchestrator.health` lease.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        let holder = uuid::Uuid::new_v4().to_string();
         while !shutdown.is_triggered() {
-            match self.sweep().await {
+            let leased = self.store.acquire_lease("orchestrator.health", &holder, self.deadlines.sweep_every * 3).await;
+            let outcome = match leased {
+                Ok(true) => self.sweep().await,
+                Ok(false) => Ok(0),
+                Err(error) => Err(error.into()),
+            };
+            match outcome {
                 Ok(0) => {}
                 Ok(moved) => tracing::info!(moved, "health sweep moved instances past their deadlines"),
                 Err(error) => tracing::warn!(%error, "health sweep failed; trying again next time"),

@@ -132,13 +132,21 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Reconciles every `every` while this replica holds the `orchestrator.reconcile` lease.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        let holder = uuid::Uuid::new_v4().to_string();
         while !shutdown.is_triggered() {
             tokio::select! {
                 () = shutdown.wait() => break,
                 () = tokio::time::sleep(self.every) => {}
             }
-            match self.reconcile(None).await {
+            let leased = self.store.acquire_lease("orchestrator.reconcile", &holder, self.every * 3).await;
+            let outcome = match leased {
+                Ok(true) => self.reconcile(None).await,
+                Ok(false) => Ok(Report::default()),
+                Err(error) => Err(error.into()),
+            };
+            match outcome {
                 Ok(report) if report.gone + report.orphans > 0 => {
                     tracing::info!(?report, "reconciliation repaired drift")
                 }

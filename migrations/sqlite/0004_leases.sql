@@ -1,0 +1,6 @@
+-- Leases for periodic jobs (reconciliation, deadline sweeps): one replica at a time runs each.
+CREATE TABLE leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    expires_at  TEXT NOT NULL
+);

@@ -9,6 +9,7 @@
 
 pub mod engine;
 pub mod mock_engine;
+pub mod supervisor;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -59,6 +59,10 @@ async fn run() -> anyhow::Result<()> {
             environment.get("QM_ENGINE_URL").ok_or_else(|| anyhow::anyhow!("set QM_ENGINE_URL, or QM_ENGINE=mock"))?
         }
     };
+    // With QM_ENGINE_COMMAND the agent runs the engine itself and restarts it when it exits.
+    if let Some(command) = environment.get("QM_ENGINE_COMMAND") {
+        tokio::spawn(qm_worker_agent::supervisor::supervise(command, shutdown.clone()));
+    }
 
     let service = qm_worker_agent::build(address, Some(&engine_url)).await?;
     tracing::info!(address = %service.address(), engine = %engine_url, "listening");

@@ -170,3 +170,77 @@ async fn sigterm_drains_and_exits_cleanly_and_a_reused_token_is_refused() {
     world.shutdown.trigger();
     let _ = std::fs::remove_dir_all(&world.directory);
 }
+
+/// Ports free right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The pids of `qm-worker-agent` processes whose environment holds `marker`.
+fn pids_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe.to_string_lossy().ends_with("qm-worker-agent"))
+        })
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|environ| environ.split(|byte| *byte == 0).any(|entry| entry == marker.as_bytes()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervised_engine_that_dies_is_restarted_and_readiness_follows_it() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (agent_port, engine_port, inner_port) = (free_port(), free_port(), free_port());
+    let binary = env!("CARGO_BIN_EXE_qm-worker-agent");
+    // The engine: another agent's built-in mock engine, run as a plain command.
+    let marker = format!("QM_TEST_ENGINE_{}", uuid::Uuid::new_v4().simple());
+    let engine_command = format!(
+        "exec env -u QM_ENGINE_COMMAND -u QM_ENGINE_URL {marker}=1 QM_ENGINE=mock QM_MOCK_ENGINE_ADDR=127.0.0.1:{engine_port} QM_WORKER_AGENT_ADDR=127.0.0.1:{inner_port} RUST_LOG=off {binary}"
+    );
+    let mut agent = Command::new(binary)
+        .env("QM_WORKER_AGENT_ADDR", format!("127.0.0.1:{agent_port}"))
+        .env("QM_ENGINE_URL", format!("http://127.0.0.1:{engine_port}"))
+        .env("QM_ENGINE_COMMAND", &engine_command)
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = || async move {
+        reqwest::get(format!("http://127.0.0.1:{agent_port}/readyz"))
+            .await
+            .is_ok_and(|response| response.status().is_success())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready().await {
+        assert!(Instant::now() < deadline, "the agent never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let engines = pids_with(&format!("{marker}=1"));
+    assert_eq!(engines.len(), 1, "{engines:?}");
+    Command::new("kill").args(["-KILL", &engines[0].to_string()]).status().unwrap();
+    // Down: not ready; then restarted by the supervisor: ready again, with a new process.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut saw_down = false;
+    loop {
+        let now_ready = ready().await;
+        saw_down |= !now_ready;
+        let restarted = pids_with(&format!("{marker}=1")).iter().any(|pid| *pid != engines[0]);
+        if saw_down && now_ready && restarted {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the engine was not restarted (down seen: {saw_down})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    for pid in pids_with(&format!("{marker}=1")) {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+}

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use qm_domain::{Currency, ExchangeRates};
@@ -166,6 +166,12 @@ pub struct Settings {
     /// `QM_COOKIE_SECURE` (default `true` outside `QM_ENV=dev`): marks the session cookie
     /// `Secure`, so browsers send it over HTTPS only.
     pub cookie_secure: bool,
+    /// `QM_LOCAL_STATE_DIR`: where the `local` provider records its processes (default
+    /// `./.qm/local`; `qm dev`: `<data-dir>/local`).
+    pub local_state_dir: PathBuf,
+    /// `QM_COMMAND_VISIBILITY_TIMEOUT_SECONDS` (default 900): how long the orchestrator may hold
+    /// a command before another member gets it again.
+    pub command_visibility_timeout: Duration,
 }
 
 /// An address block such as `10.0.0.0/8` or a single address (`192.0.2.7`, `::1`).
@@ -229,7 +235,7 @@ impl Settings {
             name: "QM_BUS_URL".into(),
             hint: "set it to nats://HOST:4222, redis://HOST:6379 or memory:// (single process only)".into(),
         })?;
-        Self::build(environment, database_url, bus_url, "")
+        Self::build(environment, database_url, bus_url, "", Path::new("./.qm/local"))
     }
 
     /// Settings for `qm dev`: SQLite in `data_dir`, the in-process bus, `local,sim` providers,
@@ -241,7 +247,7 @@ impl Settings {
         let default_database = format!("sqlite://{}", data_dir.join("qm.db").display());
         let database_url = environment.secret("QM_DATABASE_URL")?.unwrap_or(Secret(default_database));
         let bus_url = environment.secret("QM_BUS_URL")?.unwrap_or(Secret("memory://".into()));
-        Self::build(environment, database_url, bus_url, defaults::DEV_PROVIDERS)
+        Self::build(environment, database_url, bus_url, defaults::DEV_PROVIDERS, &data_dir.join("local"))
     }
 
     fn build(
@@ -249,6 +255,7 @@ impl Settings {
         database_url: Secret,
         bus_url: Secret,
         default_providers: &str,
+        default_local_state_dir: &Path,
     ) -> Result<Self, ConfigError> {
         check_scheme("QM_DATABASE_URL", database_url.expose(), &["sqlite", "postgres", "postgresql"])?;
         check_scheme("QM_BUS_URL", bus_url.expose(), &["memory", "nats", "tls", "redis", "rediss"])?;
@@ -268,15 +275,19 @@ impl Settings {
             &environment.get("QM_FX_RATES").unwrap_or_else(|| ExchangeRates::DEFAULT.to_owned()),
         )
         .map_err(|error| invalid("QM_FX_RATES")(error.to_string()))?;
-        let session_ttl =
-            match environment.get("QM_SESSION_TTL_SECONDS") {
-                None => Duration::from_secs(12 * 3600),
-                Some(text) => {
-                    text.trim().parse::<u64>().ok().filter(|seconds| *seconds > 0).map(Duration::from_secs).ok_or_else(
-                        || invalid("QM_SESSION_TTL_SECONDS")(format!("`{text}` is not a positive number")),
-                    )?
-                }
-            };
+        let seconds = |name: &str, default: Duration| match environment.get(name) {
+            None => Ok(default),
+            Some(text) => text
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|seconds| *seconds > 0)
+                .map(Duration::from_secs)
+                .ok_or_else(|| invalid(name)(format!("`{text}` is not a positive number"))),
+        };
+        let session_ttl = seconds("QM_SESSION_TTL_SECONDS", Duration::from_secs(12 * 3600))?;
+        let command_visibility_timeout =
+            seconds("QM_COMMAND_VISIBILITY_TIMEOUT_SECONDS", Duration::from_secs(15 * 60))?;
         let trusted_proxies = environment
             .get("QM_TRUSTED_PROXIES")
             .unwrap_or_default()
@@ -312,6 +323,10 @@ impl Settings {
             session_ttl,
             trusted_proxies,
             cookie_secure,
+            local_state_dir: environment
+                .get("QM_LOCAL_STATE_DIR")
+                .map_or_else(|| default_local_state_dir.to_owned(), PathBuf::from),
+            command_visibility_timeout,
         })
     }
 }

@@ -70,6 +70,11 @@ impl InstanceState {
         matches!(self, InstanceState::Terminated | InstanceState::ProvisioningFailed)
     }
 
+    /// The states that end a failed attempt (their action log entries are failures).
+    pub const fn is_failure(&self) -> bool {
+        matches!(self, InstanceState::ProvisioningFailed | InstanceState::StartupFailed)
+    }
+
     /// States that wait on the provider or the agent and therefore carry a deadline.
     pub const fn is_transitional(&self) -> bool {
         matches!(

@@ -260,10 +260,10 @@ macro_rules! impl_access_sql {
                 }
 
                 async fn live_instance_count(&self, organization: OrganizationId) -> Result<u64, StoreError> {
-                    let count: i64 = sqlx::query_scalar(
-                        "SELECT COUNT(*) FROM instances WHERE organization_id = $1 AND state NOT IN ('terminated', 'provisioning_failed')",
-                    )
-                    .bind(organization.as_uuid())
+                    let terminal = crate::fleet::terminal_states_sql();
+                    let sql = format!("SELECT COUNT(*) FROM instances WHERE organization_id = $1 AND state NOT IN ({terminal})");
+                    let count: i64 = sqlx::query_scalar(&sql)
+                        .bind(organization.as_uuid())
                     .fetch_one(self.reader())
                     .await?;
                     Ok(u64::try_from(count).unwrap_or_default())

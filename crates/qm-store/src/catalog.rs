@@ -64,6 +64,25 @@ pub struct InstanceType {
     pub updated_at: DateTime<Utc>,
 }
 
+impl InstanceType {
+    /// The write that stores this type as it is (change fields before writing).
+    pub fn to_input(&self) -> InstanceTypeInput {
+        InstanceTypeInput {
+            id: self.id,
+            provider: self.provider.clone(),
+            code: self.code.clone(),
+            gpu_model: self.gpu_model.clone(),
+            gpu_count: self.gpu_count,
+            gpu_memory_gb: self.gpu_memory_gb,
+            vcpus: self.vcpus,
+            memory_gb: self.memory_gb,
+            hourly_price_micros: self.hourly_price_micros,
+            currency: self.currency.clone(),
+            active: self.active,
+        }
+    }
+}
+
 /// What a write of a region carries (the id comes from the caller).
 #[derive(Clone, Debug)]
 pub struct RegionInput {

@@ -113,6 +113,75 @@ pub struct InstanceAnnotation {
     pub deleted_by_provider: Option<bool>,
 }
 
+/// `'terminated', 'provisioning_failed'`: the terminal states (from the domain) as an SQL list.
+pub(crate) fn terminal_states_sql() -> String {
+    InstanceState::ALL
+        .iter()
+        .filter(|state| state.is_terminal())
+        .map(|state| format!("'{}'", state.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A state change as every component records it (see [`record_transition`]).
+#[derive(Clone, Debug)]
+pub struct RecordedTransition<'a> {
+    pub to: InstanceState,
+    pub reason: &'a str,
+    pub progress_percent: Option<i32>,
+    /// Who moves the instance (`api`, `orchestrator`): the action log's component and the event's
+    /// source.
+    pub component: &'a str,
+    /// The message that caused the move; the event then carries its correlation and trace.
+    pub cause: Option<&'a Envelope>,
+    /// Trace context for an event without a cause.
+    pub traceparent: Option<String>,
+    pub duration: Option<std::time::Duration>,
+}
+
+/// Moves `instance` if it is still in its state, within `tx`: the conditional update and its
+/// history, an action log entry `instance.<to>` (failed, with the reason as its error, for a
+/// failure state) and an `instance.state_changed` event. Returns the moved instance and that
+/// event (for messages it causes), or `None` when the instance had moved on.
+///
+/// # Errors
+/// The store's.
+pub async fn record_transition(
+    tx: &mut dyn crate::StoreTx,
+    instance: &Instance,
+    change: &RecordedTransition<'_>,
+) -> Result<Option<(Instance, Envelope)>, StoreError> {
+    let transition = Transition {
+        instance: instance.id,
+        from: instance.state,
+        to: change.to,
+        reason: Some(change.reason.to_owned()),
+        progress_percent: change.progress_percent,
+    };
+    let Some(moved) = tx.transition_instance(&transition).await? else { return Ok(None) };
+    let failed = change.to.is_failure();
+    let status = if failed { ActionStatus::Failed } else { ActionStatus::Succeeded };
+    let mut entry = crate::NewActionLog::new(change.component, &format!("instance.{}", change.to), status);
+    entry.organization_id = Some(moved.organization_id);
+    entry.instance_id = Some(moved.id);
+    entry.duration_ms = change.duration.map(|duration| i64::try_from(duration.as_millis()).unwrap_or(i64::MAX));
+    entry.error = failed.then(|| change.reason.to_owned());
+    entry.metadata = serde_json::json!({
+        "from": instance.state, "to": change.to, "reason": change.reason, "provider": moved.provider,
+        "zone": moved.zone, "instance_type": moved.instance_type, "provider_instance_id": moved.provider_instance_id,
+    });
+    tx.insert_action_log(&entry).await?;
+    let data = moved.state_changed(Some(instance.state), Some(change.reason));
+    let kind = qm_events::MessageType::InstanceStateChanged;
+    let event = match change.cause {
+        Some(cause) => cause.caused(kind, change.component, data),
+        None => Envelope::new(kind, change.component, Some(moved.organization_id), data)
+            .with_traceparent(change.traceparent.clone()),
+    };
+    tx.enqueue(&event).await?;
+    Ok(Some((moved, event)))
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct InstanceFilter {
     pub organization: Option<OrganizationId>,
@@ -696,9 +765,10 @@ macro_rules! impl_fleet_sql {
                 }
 
                 async fn archive_instance(&mut self, id: InstanceId) -> Result<Option<Instance>, StoreError> {
+                    let terminal = crate::fleet::terminal_states_sql();
                     let sql = format!(
                         "UPDATE instances SET archived = TRUE, updated_at = $1 \
-                         WHERE id = $2 AND state IN ('terminated', 'provisioning_failed') RETURNING {INSTANCE_COLUMNS}"
+                         WHERE id = $2 AND state IN ({terminal}) RETURNING {INSTANCE_COLUMNS}"
                     );
                     let row = sqlx::query(&sql).bind(now()).bind(id.as_uuid()).fetch_optional(&mut *self.transaction).await?;
                     row.as_ref().map(instance_from_row).transpose()

@@ -40,7 +40,7 @@ pub use catalog::{
 pub use error::StoreError;
 pub use fleet::{
     ActionLogCounts, ActionLogQuery, Deployment, FeedEntry, FleetStore, FleetTx, Instance, InstanceAnnotation,
-    InstanceFilter, NewInstance, StateChange, Transition,
+    InstanceFilter, NewInstance, RecordedTransition, StateChange, Transition, record_transition,
 };
 pub use model::{ActionLog, ActionStatus, NewActionLog, NewOrganization, NewUser, Organization, OutboxMessage, User};
 pub use workers::{Heartbeat, Registration, Worker, WorkerStore, WorkerTx};

@@ -147,42 +147,40 @@ impl FromRequestParts<AppState> for Principal {
 
 /// Looks the credential up in the store.
 async fn resolve(state: &AppState, token: &str, hash: &str) -> Result<Principal, Problem> {
-    {
-        let store = &state.dependencies.store;
-        if token.starts_with(SESSION_TOKEN_PREFIX) {
-            let now = qm_store::now();
-            let (session, user) = store
-                .live_session(hash, now)
-                .await?
-                .ok_or_else(|| Problem::unauthorized("the session has expired or was revoked; log in again"))?;
-            return Ok(Principal {
-                organization_id: user.organization_id,
-                role: user.role,
-                user_id: Some(user.id),
-                platform_admin: user.is_platform_admin,
-                credential: Credential::Session(session.id),
-                expires_in: (session.expires_at - now).to_std().unwrap_or_default(),
-            });
-        }
-        if token.starts_with(API_KEY_PREFIX) {
-            let key = store
-                .live_api_key(hash)
-                .await?
-                .ok_or_else(|| Problem::unauthorized("the API key is unknown or was revoked"))?;
-            if let Err(error) = store.touch_api_key(key.id, qm_store::now(), LAST_USED_GRANULARITY).await {
-                tracing::warn!(%error, key = %key.id, "could not record the key's last use");
-            }
-            return Ok(Principal {
-                organization_id: key.organization_id,
-                role: key.role,
-                user_id: key.created_by,
-                platform_admin: false,
-                credential: Credential::ApiKey(key.id),
-                expires_in: CREDENTIAL_CACHE_TTL,
-            });
-        }
-        Err(Problem::unauthorized("the token is not a Quartermaster session token or API key"))
+    let store = &state.dependencies.store;
+    if token.starts_with(SESSION_TOKEN_PREFIX) {
+        let now = qm_store::now();
+        let (session, user) = store
+            .live_session(hash, now)
+            .await?
+            .ok_or_else(|| Problem::unauthorized("the session has expired or was revoked; log in again"))?;
+        return Ok(Principal {
+            organization_id: user.organization_id,
+            role: user.role,
+            user_id: Some(user.id),
+            platform_admin: user.is_platform_admin,
+            credential: Credential::Session(session.id),
+            expires_in: (session.expires_at - now).to_std().unwrap_or_default(),
+        });
     }
+    if token.starts_with(API_KEY_PREFIX) {
+        let key = store
+            .live_api_key(hash)
+            .await?
+            .ok_or_else(|| Problem::unauthorized("the API key is unknown or was revoked"))?;
+        if let Err(error) = store.touch_api_key(key.id, qm_store::now(), LAST_USED_GRANULARITY).await {
+            tracing::warn!(%error, key = %key.id, "could not record the key's last use");
+        }
+        return Ok(Principal {
+            organization_id: key.organization_id,
+            role: key.role,
+            user_id: key.created_by,
+            platform_admin: false,
+            credential: Credential::ApiKey(key.id),
+            expires_in: CREDENTIAL_CACHE_TTL,
+        });
+    }
+    Err(Problem::unauthorized("the token is not a Quartermaster session token or API key"))
 }
 
 /// The caller's address: the TCP peer, or, when the peer is a trusted proxy, the nearest

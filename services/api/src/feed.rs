@@ -42,20 +42,16 @@ pub struct Follower {
     events: broadcast::Sender<Arc<FeedEntry>>,
 }
 
-pub struct Feed;
-
-impl Feed {
-    /// Starts at the current head: streams opened from now on see every later event.
-    ///
-    /// # Errors
-    /// When the store cannot be read.
-    pub async fn start(store: Arc<dyn Store>, shutdown: Shutdown) -> Result<(FeedHandle, Follower), StoreError> {
-        let cursor = store.feed_head().await?;
-        let (head, head_receiver) = watch::channel(cursor);
-        let (events, _) = broadcast::channel(CHANNEL_CAPACITY);
-        let handle = FeedHandle { head: head_receiver, events: events.clone(), store: store.clone(), shutdown };
-        Ok((handle, Follower { store, cursor, head, events }))
-    }
+/// Starts at the current head: streams opened from now on see every later event.
+///
+/// # Errors
+/// When the store cannot be read.
+pub async fn start(store: Arc<dyn Store>, shutdown: Shutdown) -> Result<(FeedHandle, Follower), StoreError> {
+    let cursor = store.feed_head().await?;
+    let (head, head_receiver) = watch::channel(cursor);
+    let (events, _) = broadcast::channel(CHANNEL_CAPACITY);
+    let handle = FeedHandle { head: head_receiver, events: events.clone(), store: store.clone(), shutdown };
+    Ok((handle, Follower { store, cursor, head, events }))
 }
 
 impl Follower {

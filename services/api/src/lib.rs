@@ -52,7 +52,7 @@ pub struct AppState {
 pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Shutdown) -> anyhow::Result<Service> {
     bootstrap::ensure_admin(&*dependencies.store, dependencies.settings.admin_password.as_ref()).await?;
     let registry = qm_telemetry::metrics::registry(NAME);
-    let (feed, follower) = feed::Feed::start(dependencies.store.clone(), shutdown.clone()).await?;
+    let (feed, follower) = feed::start(dependencies.store.clone(), shutdown.clone()).await?;
     let state = AppState {
         dependencies: dependencies.clone(),
         login_limiter: Arc::new(auth::LoginLimiter::new(

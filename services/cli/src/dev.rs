@@ -48,18 +48,8 @@ pub async fn run(data_dir: &Path, without: &[String]) -> anyhow::Result<()> {
     }
     let mut services: Vec<Service> = vec![api];
     if wanted(qm_orchestrator::NAME) {
-        // The local provider keeps its processes' state in the data directory.
-        let providers = qm_orchestrator::providers(&settings.providers, &data_dir.join("local"));
-        let orchestrator = qm_orchestrator::build_with(
-            dependencies.clone(),
-            settings.orchestrator_addr,
-            shutdown.clone(),
-            providers,
-            qm_orchestrator::saga::Timing::default(),
-            qm_orchestrator::health::Deadlines::default(),
-        )
-        .await?;
-        services.push(orchestrator);
+        services
+            .push(qm_orchestrator::build(dependencies.clone(), settings.orchestrator_addr, shutdown.clone()).await?);
     }
     if wanted(qm_finops::NAME) {
         services.push(qm_finops::build(dependencies.clone(), settings.finops_addr, shutdown.clone()).await?);

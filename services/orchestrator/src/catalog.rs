@@ -113,19 +113,7 @@ impl CatalogSync {
         }
         for stale in store.instance_types(Some(name)).await? {
             if stale.active && !offered_in.contains_key(stale.code.as_str()) {
-                let input = InstanceTypeInput {
-                    id: stale.id,
-                    provider: stale.provider.clone(),
-                    code: stale.code.clone(),
-                    gpu_model: stale.gpu_model.clone(),
-                    gpu_count: stale.gpu_count,
-                    gpu_memory_gb: stale.gpu_memory_gb,
-                    vcpus: stale.vcpus,
-                    memory_gb: stale.memory_gb,
-                    hourly_price_micros: stale.hourly_price_micros,
-                    currency: stale.currency.clone(),
-                    active: false,
-                };
+                let input = InstanceTypeInput { active: false, ..stale.to_input() };
                 tx.upsert_instance_type(&input).await?;
                 report.deactivated += 1;
             }

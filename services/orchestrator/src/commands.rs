@@ -16,9 +16,6 @@ use qm_runtime::backoff::Backoff;
 use crate::saga::{Saga, SagaError};
 
 pub const GROUP: &str = "orchestrator";
-/// Long enough for a provider to boot an instance before another member takes the command
-/// (`QM_COMMAND_VISIBILITY_TIMEOUT_SECONDS` overrides it).
-pub const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 pub struct Commands {
     pub bus: Arc<dyn EventBus>,
@@ -26,7 +23,8 @@ pub struct Commands {
     pub reconciler: Arc<crate::reconcile::Reconciler>,
     pub catalog: Arc<crate::catalog::CatalogSync>,
     pub handled: IntCounterVec,
-    /// How long a command may be in hand before another member gets it again.
+    /// How long a command may be in hand before another member gets it again: long enough for
+    /// a provider to boot an instance (`QM_COMMAND_VISIBILITY_TIMEOUT_SECONDS`, default 15 min).
     pub visibility_timeout: Duration,
 }
 

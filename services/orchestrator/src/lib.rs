@@ -87,11 +87,7 @@ pub async fn build_with(
     service = service.with_task(reconciler.clone().run(shutdown.clone()));
     let catalog =
         Arc::new(catalog::CatalogSync { store: dependencies.store.clone(), providers: reconciler.providers.clone() });
-    let visibility_timeout = qm_config::Environment::process()
-        .get("QM_COMMAND_VISIBILITY_TIMEOUT_SECONDS")
-        .and_then(|seconds| seconds.trim().parse::<u64>().ok())
-        .filter(|seconds| *seconds > 0)
-        .map_or(commands::VISIBILITY_TIMEOUT, std::time::Duration::from_secs);
+    let visibility_timeout = dependencies.settings.command_visibility_timeout;
     let commands = Arc::new(commands::Commands {
         bus: dependencies.bus.clone(),
         saga,
@@ -111,8 +107,6 @@ pub async fn build_with(
 /// # Errors
 /// When the address cannot be bound.
 pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Shutdown) -> anyhow::Result<Service> {
-    let environment = qm_config::Environment::process();
-    let local_state_dir = environment.get("QM_LOCAL_STATE_DIR").unwrap_or_else(|| "./.qm/local".into());
-    let providers = providers(&dependencies.settings.providers, std::path::Path::new(&local_state_dir));
+    let providers = providers(&dependencies.settings.providers, &dependencies.settings.local_state_dir);
     build_with(dependencies, address, shutdown, providers, saga::Timing::default(), health::Deadlines::default()).await
 }

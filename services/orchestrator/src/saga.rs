@@ -20,7 +20,10 @@ use qm_events::{Envelope, MessageType};
 use qm_providers::{CloudProvider, CreateRequest, ErrorKind, ProviderError, ProviderStatus};
 use qm_runtime::backoff::Backoff;
 use qm_runtime::breaker::CircuitBreaker;
-use qm_store::{ActionStatus, Instance, InstanceAnnotation, NewActionLog, Offer, Store, StoreError, Transition};
+use qm_store::{
+    ActionStatus, Instance, InstanceAnnotation, NewActionLog, Offer, RecordedTransition, Store, StoreError,
+    record_transition,
+};
 use serde::Deserialize;
 
 /// Progress after each provisioning step (DESIGN section 5).
@@ -213,33 +216,16 @@ impl Saga {
     /// command that carries it out.
     pub(crate) async fn apply(&self, instance: &Instance, step: &Step<'_>) -> Result<Option<Instance>, SagaError> {
         let mut tx = self.store.begin().await?;
-        let transition = Transition {
-            instance: instance.id,
-            from: instance.state,
+        let change = RecordedTransition {
             to: step.to,
-            reason: Some(step.reason.to_owned()),
+            reason: step.reason,
             progress_percent: step.progress_percent,
+            component: crate::NAME,
+            cause: step.cause,
+            traceparent: qm_telemetry::traceparent::current(),
+            duration: Some(step.started.elapsed()),
         };
-        let Some(moved) = tx.transition_instance(&transition).await? else { return Ok(None) };
-        let failed = matches!(step.to, InstanceState::ProvisioningFailed | InstanceState::StartupFailed);
-        let status = if failed { ActionStatus::Failed } else { ActionStatus::Succeeded };
-        let mut entry = NewActionLog::new(crate::NAME, &format!("instance.{}", step.to), status);
-        entry.organization_id = Some(instance.organization_id);
-        entry.instance_id = Some(instance.id);
-        entry.duration_ms = Some(i64::try_from(step.started.elapsed().as_millis()).unwrap_or(i64::MAX));
-        entry.error = failed.then(|| step.reason.to_owned());
-        entry.metadata = serde_json::json!({
-            "from": instance.state, "to": step.to, "reason": step.reason, "provider": moved.provider, "zone": moved.zone,
-            "instance_type": moved.instance_type, "provider_instance_id": moved.provider_instance_id,
-        });
-        tx.insert_action_log(&entry).await?;
-        let data = moved.state_changed(Some(instance.state), Some(step.reason));
-        let event = match step.cause {
-            Some(command) => command.caused(MessageType::InstanceStateChanged, crate::NAME, data),
-            None => Envelope::new(MessageType::InstanceStateChanged, crate::NAME, Some(moved.organization_id), data)
-                .with_traceparent(qm_telemetry::traceparent::current()),
-        };
-        tx.enqueue(&event).await?;
+        let Some((moved, event)) = record_transition(&mut *tx, instance, &change).await? else { return Ok(None) };
         if step.then_terminate {
             let data = serde_json::json!({ "instance_id": moved.id, "reason": step.reason, "requested_by": null });
             tx.enqueue(&event.caused(MessageType::InstanceTerminate, crate::NAME, data)).await?;

@@ -75,9 +75,26 @@ pub struct DeploymentView {
     pub instances: Vec<Instance>,
 }
 
-/// A reference to a catalog record by code or by id.
-fn matches_reference(reference: &str, code: &str, id: uuid::Uuid) -> bool {
-    reference == code || reference.parse::<uuid::Uuid>().is_ok_and(|parsed| parsed == id)
+/// The zone `reference` (its code, or its id) names at `provider`.
+async fn find_zone(store: &dyn Store, provider: &str, reference: &str) -> ApiResult<Option<qm_store::Zone>> {
+    let found = match reference.parse::<qm_domain::ZoneId>() {
+        Ok(id) => store.zone(id).await?.filter(|zone| zone.provider == provider),
+        Err(_) => store.zone_by_code(provider, reference).await?,
+    };
+    Ok(found)
+}
+
+/// The instance type `reference` (its code, or its id) names at `provider`.
+async fn find_instance_type(
+    store: &dyn Store,
+    provider: &str,
+    reference: &str,
+) -> ApiResult<Option<qm_store::InstanceType>> {
+    let found = match reference.parse::<qm_domain::InstanceTypeId>() {
+        Ok(id) => store.instance_type(id).await?.filter(|instance_type| instance_type.provider == provider),
+        Err(_) => store.instance_type_by_code(provider, reference).await?,
+    };
+    Ok(found)
 }
 
 /// Resolves one explicit placement against the catalog, naming the field at fault.
@@ -95,20 +112,14 @@ async fn resolve_placement(
     if !provider_record.active {
         return Ok(field("provider", format!("provider `{provider}` is inactive")));
     }
-    let zones = store.zones(Some(provider), None).await?;
-    let Some(zone_record) =
-        zones.into_iter().find(|candidate| matches_reference(zone, &candidate.code, candidate.id.as_uuid()))
-    else {
+    let Some(zone_record) = find_zone(store, provider, zone).await? else {
         return Ok(field("zone", format!("unknown zone `{zone}` for provider `{provider}`")));
     };
-    let region_active = store.region(zone_record.region_id).await?.is_some_and(|region| region.active);
-    if !zone_record.active || !region_active {
+    let region = store.region(zone_record.region_id).await?;
+    if !zone_record.active || !region.as_ref().is_some_and(|region| region.active) {
         return Ok(field("zone", format!("zone `{}` is inactive", zone_record.code)));
     }
-    let types = store.instance_types(Some(provider)).await?;
-    let Some(type_record) =
-        types.into_iter().find(|candidate| matches_reference(instance_type, &candidate.code, candidate.id.as_uuid()))
-    else {
+    let Some(type_record) = find_instance_type(store, provider, instance_type).await? else {
         return Ok(field(
             "instance_type",
             format!("unknown instance type `{instance_type}` for provider `{provider}`"),
@@ -124,10 +135,9 @@ async fn resolve_placement(
             format!("instance type `{}` is not offered in zone `{}`", type_record.code, zone_record.code),
         ));
     }
-    let region = store.region(zone_record.region_id).await?.map(|region| region.code).unwrap_or_default();
     Ok(Ok(Offer {
         provider: provider_record.name,
-        region,
+        region: region.map(|region| region.code).unwrap_or_default(),
         zone_id: zone_record.id,
         zone: zone_record.code,
         instance_type_id: type_record.id,
@@ -282,7 +292,7 @@ pub async fn create(
     };
     let mut tx = state.dependencies.store.begin().await?;
     tx.insert_deployment(&deployment).await?;
-    let mut instance_ids = Vec::with_capacity(placements.len());
+    let mut instance_ids = Vec::with_capacity(usize::try_from(count).unwrap_or_default());
     for _ in 0..count {
         let instance = tx
             .insert_instance(&NewInstance {

@@ -10,7 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use qm_domain::{InstanceId, InstanceState, Role};
 use qm_events::{Envelope, MessageType};
 use qm_store::{
-    ActionStatus, Heartbeat, Instance, InstanceAnnotation, NewActionLog, Registration, StoreTx, Transition,
+    ActionStatus, Heartbeat, Instance, InstanceAnnotation, NewActionLog, RecordedTransition, Registration, StoreTx,
+    record_transition,
 };
 use serde::{Deserialize, Serialize};
 
@@ -117,7 +118,8 @@ fn entry(
     entry
 }
 
-/// Moves the instance from `from` to `to` (if it is still there), with history, log and event.
+/// Moves the instance as its worker reports (if it is still where it was), with history, log
+/// and event.
 async fn transition(
     tx: &mut dyn StoreTx,
     instance: &Instance,
@@ -125,19 +127,16 @@ async fn transition(
     reason: &str,
     progress_percent: Option<i32>,
 ) -> ApiResult<Option<Instance>> {
-    let transition =
-        Transition { instance: instance.id, from: instance.state, to, reason: Some(reason.into()), progress_percent };
-    let Some(moved) = tx.transition_instance(&transition).await? else { return Ok(None) };
-    let metadata = serde_json::json!({ "from": instance.state, "to": to, "reason": reason });
-    tx.insert_action_log(&entry(&moved, &format!("instance.{to}"), ActionStatus::Succeeded, None, metadata)).await?;
-    let event = Envelope::new(
-        MessageType::InstanceStateChanged,
-        crate::NAME,
-        Some(moved.organization_id),
-        moved.state_changed(Some(instance.state), Some(reason)),
-    );
-    tx.enqueue(&event).await?;
-    Ok(Some(moved))
+    let change = RecordedTransition {
+        to,
+        reason,
+        progress_percent,
+        component: crate::NAME,
+        cause: None,
+        traceparent: qm_telemetry::traceparent::current(),
+        duration: None,
+    };
+    Ok(record_transition(tx, instance, &change).await?.map(|(moved, _)| moved))
 }
 
 /// Register an agent with its instance's one-time bootstrap token.

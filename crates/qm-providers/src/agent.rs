@@ -78,6 +78,8 @@ impl StatusSource for AlwaysReady {
 pub struct AgentInfo {
     pub engine_url: String,
     pub agent_version: String,
+    /// The GPUs as registration carries them (index, name, memory_total_mb); empty without NVML.
+    pub gpus: Vec<serde_json::Value>,
 }
 
 /// Runs the simulated agent of a `sim` instance until `gone` is set.
@@ -86,6 +88,7 @@ pub async fn run(config: BootConfig, boot_delay: Duration, gone: Arc<AtomicBool>
     let info = AgentInfo {
         engine_url: "sim://engine".into(),
         agent_version: concat!("sim-", env!("CARGO_PKG_VERSION")).into(),
+        gpus: Vec::new(),
     };
     speak(config, info, Arc::new(AlwaysReady), gone).await;
 }
@@ -98,7 +101,7 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
     let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(10)).build() else { return };
     let registration = serde_json::json!({
         "instance_id": config.instance_id, "bootstrap_token": config.bootstrap_token, "model": config.model,
-        "engine_url": info.engine_url, "agent_version": info.agent_version,
+        "engine_url": info.engine_url, "agent_version": info.agent_version, "gpus": info.gpus,
     });
     let (token, mut interval) = loop {
         if gone.load(Ordering::Relaxed) {

@@ -141,7 +141,8 @@ pub struct RecordedTransition<'a> {
 
 /// Moves `instance` if it is still in its state, within `tx`: the conditional update and its
 /// history, an action log entry `instance.<to>` (failed, with the reason as its error, for a
-/// failure state) and an `instance.state_changed` event. Returns the moved instance and that
+/// failure state, which also becomes the instance's `failure_reason`) and an
+/// `instance.state_changed` event. Returns the moved instance and that
 /// event (for messages it causes), or `None` when the instance had moved on.
 ///
 /// # Errors
@@ -158,8 +159,12 @@ pub async fn record_transition(
         reason: Some(change.reason.to_owned()),
         progress_percent: change.progress_percent,
     };
-    let Some(moved) = tx.transition_instance(&transition).await? else { return Ok(None) };
+    let Some(mut moved) = tx.transition_instance(&transition).await? else { return Ok(None) };
     let failed = change.to.is_failure();
+    if failed {
+        let annotation = InstanceAnnotation { failure_reason: Some(change.reason.to_owned()), ..Default::default() };
+        moved = tx.annotate_instance(moved.id, &annotation).await?.unwrap_or(moved);
+    }
     let status = if failed { ActionStatus::Failed } else { ActionStatus::Succeeded };
     let mut entry = crate::NewActionLog::new(change.component, &format!("instance.{}", change.to), status);
     entry.organization_id = Some(moved.organization_id);

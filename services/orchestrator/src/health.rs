@@ -1,23 +1,45 @@
-//! Deadlines on the lifecycle, swept periodically: an instance `booting` for longer than the
-//! startup deadline is `startup_failed` and then terminated; a `ready` instance whose agent has
-//! not heartbeaten for the heartbeat timeout is `unhealthy` (a later ready heartbeat brings it
-//! back). Every move is a conditional update, so replicas sweeping at once cannot both apply it.
+//! Deadlines and probes on the lifecycle (DESIGN section 5), swept periodically by the replica
+//! holding the `orchestrator.health` lease:
+//!
+//! - `booting` past the startup deadline → `startup_failed` → terminated;
+//! - `booting` for a while without a ready heartbeat: the agent's `/readyz` answering 200 makes
+//!   it `ready` (an agent that serves but cannot reach the api still counts);
+//! - `ready` without a heartbeat for the heartbeat timeout: probed (`/readyz`, then TCP :22);
+//!   still `ready` while `/readyz` answers 200, otherwise `unhealthy` with what the probes found
+//!   (a later ready heartbeat brings it back);
+//! - stuck in a transitional state: `provisioning` past its deadline → `provisioning_failed`
+//!   (anything the provider did create is then an orphan that reconciliation terminates);
+//!   `terminating` past its deadline → the `instance.terminate` command is issued again.
+//!
+//! Every move is a conditional update, so replicas sweeping at once cannot both apply it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qm_domain::InstanceState;
+use futures::StreamExt;
+use qm_domain::{InstanceId, InstanceState};
+use qm_events::{Envelope, MessageType};
 use qm_runtime::Shutdown;
-use qm_store::Store;
+use qm_store::{ActionStatus, Instance, NewActionLog, Store};
 
+use crate::probe::{Evidence, Prober};
 use crate::saga::{Saga, SagaError, Step};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Deadlines {
     /// From `booting` to `ready`.
     pub startup: Duration,
-    /// Silence after which a `ready` instance is `unhealthy`.
+    /// Silence after which a `ready` instance is probed, and `unhealthy` unless `/readyz` answers.
     pub heartbeat: Duration,
+    /// How long an instance boots before its `/readyz` is probed.
+    pub probe_after: Duration,
+    /// Each probe's timeout.
+    pub probe_timeout: Duration,
+    /// How long an instance may stay `provisioning`.
+    pub provisioning: Duration,
+    /// How long an instance may stay `terminating` before its command is issued again.
+    pub terminating: Duration,
     pub sweep_every: Duration,
 }
 
@@ -26,18 +48,28 @@ impl Default for Deadlines {
         Self {
             startup: Duration::from_secs(10 * 60),
             heartbeat: Duration::from_secs(30),
+            probe_after: Duration::from_secs(20),
+            probe_timeout: Duration::from_secs(2),
+            // Longer than a saga can take: its boot wait (10 min) plus retries.
+            provisioning: Duration::from_secs(30 * 60),
+            terminating: Duration::from_secs(15 * 60),
             sweep_every: Duration::from_secs(5),
         }
     }
 }
 
-/// At most this many instances are moved per kind and sweep.
+/// At most this many instances are looked at per kind and sweep.
 const BATCH: u32 = 200;
+/// Probes in flight at once.
+const PROBES_AT_ONCE: usize = 32;
 
 pub struct Health {
-    pub store: Arc<dyn Store>,
-    pub saga: Arc<Saga>,
-    pub deadlines: Deadlines,
+    store: Arc<dyn Store>,
+    saga: Arc<Saga>,
+    deadlines: Deadlines,
+    prober: Prober,
+    /// When this replica last issued a stuck termination again.
+    retried: Mutex<HashMap<InstanceId, Instant>>,
 }
 
 fn before(duration: Duration) -> chrono::DateTime<chrono::Utc> {
@@ -49,7 +81,12 @@ fn before(duration: Duration) -> chrono::DateTime<chrono::Utc> {
 }
 
 impl Health {
-    /// One sweep; returns how many instances it moved.
+    pub fn new(store: Arc<dyn Store>, saga: Arc<Saga>, deadlines: Deadlines) -> Self {
+        let prober = Prober::new(deadlines.probe_timeout);
+        Self { store, saga, deadlines, prober, retried: Mutex::new(HashMap::new()) }
+    }
+
+    /// One sweep; returns how many instances it moved (or whose command it issued again).
     ///
     /// # Errors
     /// When the store fails.
@@ -60,15 +97,7 @@ impl Health {
         for instance in
             self.store.instances_in_state_since(InstanceState::Booting, before(self.deadlines.startup), BATCH).await?
         {
-            let step = Step {
-                cause: None,
-                to: InstanceState::StartupFailed,
-                reason: &startup,
-                progress_percent: None,
-                started,
-                then_terminate: false,
-            };
-            if let Some(failed) = self.saga.apply(&instance, &step).await? {
+            if let Some(failed) = self.step(&instance, InstanceState::StartupFailed, &startup, None, started).await? {
                 moved += 1;
                 self.terminate(&failed, &startup, started).await?;
             }
@@ -79,27 +108,79 @@ impl Health {
         {
             moved += usize::from(self.terminate(&instance, &startup, started).await?);
         }
-        let silent = format!("no heartbeat for {} s", self.deadlines.heartbeat.as_secs());
-        for instance in self.store.silent_ready_instances(before(self.deadlines.heartbeat), BATCH).await? {
-            let step = Step {
-                cause: None,
-                to: InstanceState::Unhealthy,
-                reason: &silent,
-                progress_percent: None,
-                started,
-                then_terminate: false,
-            };
-            moved += usize::from(self.saga.apply(&instance, &step).await?.is_some());
+
+        let booting = self
+            .store
+            .instances_in_state_since(InstanceState::Booting, before(self.deadlines.probe_after), BATCH)
+            .await?;
+        for (instance, evidence) in self.probe(booting).await {
+            if evidence == Some(Evidence::Ready) {
+                let reason = Evidence::Ready.to_string();
+                moved += usize::from(
+                    self.step(&instance, InstanceState::Ready, &reason, Some(100), started).await?.is_some(),
+                );
+            }
+        }
+
+        let silent = self.store.silent_ready_instances(before(self.deadlines.heartbeat), BATCH).await?;
+        for (instance, evidence) in self.probe(silent).await {
+            if evidence == Some(Evidence::Ready) {
+                tracing::debug!(instance = %instance.id, "no heartbeat, but /readyz answers: still ready");
+                continue;
+            }
+            let found = evidence.map_or_else(|| "no address to probe".to_owned(), |evidence| evidence.to_string());
+            let reason = format!("no heartbeat for {} s; {found}", self.deadlines.heartbeat.as_secs());
+            moved +=
+                usize::from(self.step(&instance, InstanceState::Unhealthy, &reason, None, started).await?.is_some());
+        }
+
+        let stuck = format!("still provisioning after {} s", self.deadlines.provisioning.as_secs());
+        for instance in self
+            .store
+            .instances_in_state_since(InstanceState::Provisioning, before(self.deadlines.provisioning), BATCH)
+            .await?
+        {
+            let failed = self.step(&instance, InstanceState::ProvisioningFailed, &stuck, None, started).await?;
+            moved += usize::from(failed.is_some());
+        }
+        for instance in self
+            .store
+            .instances_in_state_since(InstanceState::Terminating, before(self.deadlines.terminating), BATCH)
+            .await?
+        {
+            moved += usize::from(self.retry_termination(&instance).await?);
         }
         Ok(moved)
     }
 
-    async fn terminate(
+    /// Probes every instance with an address, a bounded number at a time.
+    async fn probe(&self, instances: Vec<Instance>) -> Vec<(Instance, Option<Evidence>)> {
+        futures::stream::iter(instances)
+            .map(|instance| async move {
+                let evidence = match &instance.address {
+                    Some(address) => self.prober.probe(address).await,
+                    None => None,
+                };
+                (instance, evidence)
+            })
+            .buffer_unordered(PROBES_AT_ONCE)
+            .collect()
+            .await
+    }
+
+    async fn step(
         &self,
-        instance: &qm_store::Instance,
+        instance: &Instance,
+        to: InstanceState,
         reason: &str,
+        progress_percent: Option<i32>,
         started: Instant,
-    ) -> Result<bool, SagaError> {
+    ) -> Result<Option<Instance>, SagaError> {
+        let step = Step { cause: None, to, reason, progress_percent, started, then_terminate: false };
+        self.saga.apply(instance, &step).await
+    }
+
+    async fn terminate(&self, instance: &Instance, reason: &str, started: Instant) -> Result<bool, SagaError> {
         let step = Step {
             cause: None,
             to: InstanceState::Terminating,
@@ -109,6 +190,32 @@ impl Health {
             then_terminate: true,
         };
         Ok(self.saga.apply(instance, &step).await?.is_some())
+    }
+
+    /// Issues `instance.terminate` again for an instance stuck in `terminating` (at most once per
+    /// deadline per instance), with an action log; the saga's termination is idempotent.
+    async fn retry_termination(&self, instance: &Instance) -> Result<bool, SagaError> {
+        {
+            let mut retried = self.retried.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            retried.retain(|_, at| at.elapsed() < self.deadlines.terminating);
+            if retried.contains_key(&instance.id) {
+                return Ok(false);
+            }
+            retried.insert(instance.id, Instant::now());
+        }
+        let reason = format!("still terminating after {} s", self.deadlines.terminating.as_secs());
+        let data = serde_json::json!({ "instance_id": instance.id, "reason": reason, "requested_by": null });
+        let command = Envelope::new(MessageType::InstanceTerminate, crate::NAME, Some(instance.organization_id), data);
+        let mut entry = NewActionLog::new(crate::NAME, "instance.terminate_retried", ActionStatus::Succeeded);
+        entry.organization_id = Some(instance.organization_id);
+        entry.instance_id = Some(instance.id);
+        entry.metadata = serde_json::json!({ "reason": reason, "since": instance.state_changed_at });
+        let mut tx = self.store.begin().await?;
+        tx.enqueue(&command).await?;
+        tx.insert_action_log(&entry).await?;
+        tx.commit().await?;
+        tracing::warn!(instance = %instance.id, "termination stuck; command issued again");
+        Ok(true)
     }
 
     /// Sweeps every `sweep_every` while this replica holds the `orchestrator.health` lease.
@@ -123,7 +230,7 @@ impl Health {
             };
             match outcome {
                 Ok(0) => {}
-                Ok(moved) => tracing::info!(moved, "health sweep moved instances past their deadlines"),
+                Ok(moved) => tracing::info!(moved, "health sweep moved instances"),
                 Err(error) => tracing::warn!(%error, "health sweep failed; trying again next time"),
             }
             tokio::select! {

@@ -16,6 +16,7 @@
 pub mod catalog;
 pub mod commands;
 pub mod health;
+pub mod probe;
 pub mod reconcile;
 pub mod saga;
 
@@ -76,7 +77,7 @@ pub async fn build_with(
         saga::Saga::new(dependencies.store.clone(), providers, timing)
             .with_api_url(dependencies.settings.api_url.clone()),
     );
-    let health = Arc::new(health::Health { store: dependencies.store.clone(), saga: saga.clone(), deadlines });
+    let health = Arc::new(health::Health::new(dependencies.store.clone(), saga.clone(), deadlines));
     service = service.with_task(health.run(shutdown.clone()));
     let reconciler = Arc::new(reconcile::Reconciler {
         store: dependencies.store.clone(),

@@ -438,10 +438,7 @@ impl Saga {
         reason: &str,
         started: Instant,
     ) -> Result<(), SagaError> {
-        let annotation =
-            InstanceAnnotation { failure_reason: Some(reason.to_owned()), ..InstanceAnnotation::default() };
-        let instance = self.annotate(instance.id, annotation).await?.unwrap_or_else(|| instance.clone());
-        self.transition(command, &instance, InstanceState::ProvisioningFailed, reason, None, started).await?;
+        self.transition(command, instance, InstanceState::ProvisioningFailed, reason, None, started).await?;
         Ok(())
     }
 

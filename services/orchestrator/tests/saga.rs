@@ -14,7 +14,7 @@ use qm_orchestrator::saga::{Saga, Timing};
 use qm_providers::CloudProvider;
 use qm_providers::sim::{Faults, SimCloud, SimConfig};
 use qm_runtime::backoff::Backoff;
-use qm_store::{NewInstance, NewOrganization, Offer, Store, Transition};
+use qm_store::{InstanceAnnotation, NewInstance, NewOrganization, Offer, Store, Transition};
 use serde_json::json;
 
 struct World {
@@ -77,6 +77,21 @@ impl World {
         tx.transition_instance(&transition).await.unwrap().unwrap();
         tx.commit().await.unwrap();
         Envelope::new(MessageType::InstanceTerminate, "test", Some(self.organization), json!({ "instance_id": id }))
+    }
+
+    async fn move_to(&self, id: InstanceId, from: InstanceState, to: InstanceState) {
+        let mut tx = self.store.begin().await.unwrap();
+        let transition = Transition { instance: id, from, to, reason: None, progress_percent: None };
+        tx.transition_instance(&transition).await.unwrap().unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    /// Points the instance's address at `address` (where a test's stand-in agent listens).
+    async fn place_at(&self, id: InstanceId, address: std::net::SocketAddr) {
+        let mut tx = self.store.begin().await.unwrap();
+        let annotation = InstanceAnnotation { address: Some(address.to_string()), ..InstanceAnnotation::default() };
+        tx.annotate_instance(id, &annotation).await.unwrap().unwrap();
+        tx.commit().await.unwrap();
     }
 
     fn cleanup(&self) {
@@ -333,8 +348,15 @@ async fn commands_on_the_bus_are_carried_out_by_the_service() {
 }
 
 fn health(world: &World, saga: Saga, startup: Duration, heartbeat: Duration) -> qm_orchestrator::health::Health {
-    let deadlines = qm_orchestrator::health::Deadlines { startup, heartbeat, sweep_every: Duration::from_millis(50) };
-    qm_orchestrator::health::Health { store: world.store.clone(), saga: Arc::new(saga), deadlines }
+    let deadlines = qm_orchestrator::health::Deadlines {
+        startup,
+        heartbeat,
+        probe_after: Duration::from_millis(10),
+        probe_timeout: Duration::from_millis(300),
+        sweep_every: Duration::from_millis(50),
+        ..Default::default()
+    };
+    qm_orchestrator::health::Health::new(world.store.clone(), Arc::new(saga), deadlines)
 }
 
 #[tokio::test]
@@ -370,16 +392,7 @@ async fn a_ready_instance_whose_agent_falls_silent_becomes_unhealthy() {
     let cloud = Arc::new(SimCloud::new(SimConfig::default()));
     let (id, command) = world.requested(&["sim-eu-1"]).await;
     saga(&world, &cloud).provision(&command).await.unwrap();
-    let mut tx = world.store.begin().await.unwrap();
-    let ready = Transition {
-        instance: id,
-        from: InstanceState::Booting,
-        to: InstanceState::Ready,
-        reason: None,
-        progress_percent: Some(100),
-    };
-    tx.transition_instance(&ready).await.unwrap().unwrap();
-    tx.commit().await.unwrap();
+    world.move_to(id, InstanceState::Booting, InstanceState::Ready).await;
     let health = health(&world, saga(&world, &cloud), Duration::from_secs(600), Duration::from_millis(10));
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(health.sweep().await.unwrap(), 1);
@@ -388,6 +401,87 @@ async fn a_ready_instance_whose_agent_falls_silent_becomes_unhealthy() {
     let logs = world.store.action_logs(Some(world.organization), 50).await.unwrap();
     let entry = logs.iter().find(|entry| entry.action_type == "instance.unhealthy").unwrap();
     assert!(entry.metadata["reason"].as_str().unwrap().contains("no heartbeat"));
+    world.cleanup();
+}
+
+/// A stand-in agent whose `/readyz` answers the status code `status` holds.
+async fn stand_in_agent(status: Arc<std::sync::atomic::AtomicU16>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let readyz = move || {
+        let code = status.load(std::sync::atomic::Ordering::Relaxed);
+        async move { axum::http::StatusCode::from_u16(code).unwrap() }
+    };
+    let app = axum::Router::new().route("/readyz", axum::routing::get(readyz));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    address
+}
+
+#[tokio::test]
+async fn probes_make_a_booting_instance_ready_and_keep_a_silent_one_ready_while_readyz_answers() {
+    let world = World::new().await;
+    let cloud = Arc::new(SimCloud::new(SimConfig::default()));
+    let (id, command) = world.requested(&["sim-eu-1"]).await;
+    saga(&world, &cloud).provision(&command).await.unwrap();
+    let status = Arc::new(std::sync::atomic::AtomicU16::new(503));
+    world.place_at(id, stand_in_agent(status.clone()).await).await;
+    let health = health(&world, saga(&world, &cloud), Duration::from_secs(600), Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    assert_eq!(health.sweep().await.unwrap(), 0, "/readyz answers 503: still booting");
+    assert_eq!(world.state(id).await.state, InstanceState::Booting);
+    status.store(200, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(health.sweep().await.unwrap(), 1);
+    let instance = world.state(id).await;
+    assert_eq!((instance.state, instance.progress_percent), (InstanceState::Ready, 100));
+
+    // No agent ever heartbeats here, but /readyz answers: it stays ready.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(health.sweep().await.unwrap(), 0);
+    assert_eq!(world.state(id).await.state, InstanceState::Ready);
+    status.store(503, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(health.sweep().await.unwrap(), 1);
+    assert_eq!(world.state(id).await.state, InstanceState::Unhealthy);
+    let logs = world.store.action_logs(Some(world.organization), 50).await.unwrap();
+    let entry = logs.iter().find(|entry| entry.action_type == "instance.unhealthy").unwrap();
+    assert!(entry.metadata["reason"].as_str().unwrap().contains("/readyz answered 503"), "{entry:?}");
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn instances_stuck_provisioning_fail_and_stuck_terminations_are_issued_again_once() {
+    let world = World::new().await;
+    let cloud = Arc::new(SimCloud::new(SimConfig::default()));
+    let (provisioning, _) = world.requested(&["sim-eu-1"]).await;
+    world.move_to(provisioning, InstanceState::Requested, InstanceState::Provisioning).await;
+    let (terminating, command) = world.requested(&["sim-eu-1"]).await;
+    saga(&world, &cloud).provision(&command).await.unwrap();
+    world.request_termination(terminating).await;
+    let deadlines = qm_orchestrator::health::Deadlines {
+        provisioning: Duration::from_secs(1),
+        terminating: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let health = qm_orchestrator::health::Health::new(world.store.clone(), Arc::new(saga(&world, &cloud)), deadlines);
+    assert_eq!(health.sweep().await.unwrap(), 0, "nothing is past its deadline yet");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(health.sweep().await.unwrap(), 2);
+    let failed = world.state(provisioning).await;
+    assert_eq!(failed.state, InstanceState::ProvisioningFailed);
+    assert!(failed.failure_reason.unwrap().contains("still provisioning"));
+    assert_eq!(health.sweep().await.unwrap(), 0, "a stuck termination is issued again once per deadline");
+
+    let outbox = world.store.feed(0, None, None, 100).await.unwrap();
+    let terminate = outbox
+        .iter()
+        .filter(|entry| entry.envelope.message_type == "instance.terminate")
+        .find(|entry| entry.envelope.data["instance_id"] == json!(terminating))
+        .expect("the command issued again");
+    saga(&world, &cloud).terminate(&terminate.envelope).await.unwrap();
+    assert_eq!(world.state(terminating).await.state, InstanceState::Terminated);
+    assert_eq!(cloud.stats().live, 0);
+    let logs = world.store.action_logs(Some(world.organization), 50).await.unwrap();
+    assert!(logs.iter().any(|entry| entry.action_type == "instance.terminate_retried"));
     world.cleanup();
 }
 

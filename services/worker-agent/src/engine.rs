@@ -1,6 +1,7 @@
 //! The agent's view of its engine: ready when the engine's `/health` answers 200 (vLLM and the
 //! mock engine both serve it), queue depth and in-flight requests from its vLLM-style
-//! `/metrics`, and `draining` once the agent was asked to stop.
+//! `/metrics`, GPU metrics through NVML when there are GPUs, and `draining` once the agent was
+//! asked to stop.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,19 +9,23 @@ use std::time::Duration;
 
 use qm_providers::agent::{AgentStatus, StatusSource};
 
+use crate::gpu::Gpus;
+
 pub struct EngineStatus {
     engine_url: String,
     client: reqwest::Client,
+    gpus: Arc<Gpus>,
     pub draining: Arc<AtomicBool>,
 }
 
 impl EngineStatus {
-    pub fn new(engine_url: &str) -> Self {
+    pub fn new(engine_url: &str, gpus: Arc<Gpus>) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap_or_default();
         Self {
             engine_url: engine_url.trim_end_matches('/').to_owned(),
             client,
+            gpus,
             draining: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -60,7 +65,7 @@ impl StatusSource for EngineStatus {
             status,
             queue_depth: Self::gauge(&metrics, "num_requests_waiting"),
             in_flight: Self::gauge(&metrics, "num_requests_running"),
-            gpus: Vec::new(),
+            gpus: self.gpus.metrics(),
         }
     }
 }

@@ -1,13 +1,14 @@
 //! The worker agent (`qm-worker-agent`, default port 8090), which runs on each instance beside
 //! the inference engine.
 //!
-//! This foundation serves `/healthz`, `/metrics` and a `/readyz` that answers 200 only while the
-//! engine at `QM_ENGINE_URL` accepts connections. [`mock_engine`] is the built-in OpenAI-compatible
-//! engine for development and tests. Registration, heartbeats, GPU metrics and engine supervision
-//! in this binary are still to come (the protocol is served by the api and spoken by `sim`'s
-//! simulated agent).
+//! It serves `/healthz`, `/metrics` and a `/readyz` that answers 200 only while the engine at
+//! `QM_ENGINE_URL` accepts connections; registers with the api and heartbeats its engine's
+//! status ([`engine`]) and its GPUs ([`gpu`]); supervises an engine command ([`supervisor`]);
+//! and drains on SIGTERM. [`mock_engine`] is the built-in OpenAI-compatible engine for
+//! development and tests.
 
 pub mod engine;
+pub mod gpu;
 pub mod mock_engine;
 pub mod supervisor;
 

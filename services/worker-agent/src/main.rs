@@ -68,7 +68,8 @@ async fn run() -> anyhow::Result<()> {
     tracing::info!(address = %service.address(), engine = %engine_url, "listening");
 
     // The worker protocol, when the instance was given its boot configuration.
-    let status = Arc::new(EngineStatus::new(&engine_url));
+    let gpus = Arc::new(qm_worker_agent::gpu::Gpus::detect());
+    let status = Arc::new(EngineStatus::new(&engine_url, gpus.clone()));
     let gone = Arc::new(AtomicBool::new(false));
     let boot = match (
         environment.get("QM_API_URL"),
@@ -86,7 +87,11 @@ async fn run() -> anyhow::Result<()> {
         }
     };
     let protocol = boot.map(|config| {
-        let info = AgentInfo { engine_url: engine_url.clone(), agent_version: env!("CARGO_PKG_VERSION").into() };
+        let info = AgentInfo {
+            engine_url: engine_url.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            gpus: gpus.inventory(),
+        };
         tokio::spawn(qm_providers::agent::speak(config, info, status.clone(), gone.clone()))
     });
 

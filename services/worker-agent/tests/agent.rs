@@ -118,8 +118,9 @@ async fn the_agent_registers_heartbeats_ready_and_its_death_is_detected() {
         startup: Duration::from_secs(600),
         heartbeat: Duration::from_secs(2),
         sweep_every: Duration::from_millis(100),
+        ..Default::default()
     };
-    let health = qm_orchestrator::health::Health { store: world.store.clone(), saga, deadlines };
+    let health = qm_orchestrator::health::Health::new(world.store.clone(), saga, deadlines);
     let deadline = Instant::now() + Duration::from_secs(20);
     while world.store.instance(id).await.unwrap().unwrap().state == InstanceState::Ready {
         assert!(Instant::now() < deadline, "a dead agent was not noticed");

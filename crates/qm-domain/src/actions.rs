@@ -55,6 +55,10 @@ pub const ACTION_TYPES: &[ActionType] = &[
     action("instance.terminate_retried", "orchestrator", "Termination stuck past its deadline; command issued again"),
     action("fleet.orphan_terminated", "orchestrator", "Orphan terminated at the provider"),
     action("catalog.synced", "orchestrator", "Catalog synced from the provider's offers"),
+    action("budget.threshold_crossed", "finops", "Budget threshold crossed"),
+    action("finops.budget.put", "api", "Budget saved"),
+    action("finops.budget.delete", "api", "Budget removed"),
+    action("finops.exchange_rate.put", "api", "Exchange rate saved"),
 ];
 
 /// The entry for `name`, if it is in the catalogue.

@@ -169,6 +169,20 @@ impl ExchangeRates {
         self.reporting
     }
 
+    /// These rates with `currency`'s replaced (or added); the reporting currency stays at 1.
+    pub fn with_rate(mut self, currency: Currency, rate: MicroUnits) -> Self {
+        if currency != self.reporting {
+            self.rates.retain(|(known, _)| *known != currency);
+            self.rates.push((currency, rate));
+        }
+        self
+    }
+
+    /// Every currency with its rate, the reporting currency first.
+    pub fn rates(&self) -> &[(Currency, MicroUnits)] {
+        &self.rates
+    }
+
     /// `amount` of `from` in the reporting currency, or `None` when no rate is known.
     pub fn convert(&self, amount: MicroUnits, from: Currency) -> Option<MicroUnits> {
         let (_, rate) = self.rates.iter().find(|(currency, _)| *currency == from)?;

@@ -50,11 +50,30 @@ pub struct AgentStatus {
     pub in_flight: u32,
     /// GPU metrics as the heartbeat carries them (empty without NVML).
     pub gpus: Vec<serde_json::Value>,
+    /// The engine's cumulative token counters, when it exposes them.
+    pub tokens: Option<TokenCounters>,
+}
+
+/// Cumulative token counters (vLLM's `vllm:prompt_tokens_total` and
+/// `vllm:generation_tokens_total`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenCounters {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+impl TokenCounters {
+    /// Tokens served since `reported`; a counter that went down (the engine restarted) counts
+    /// from zero.
+    pub fn since(self, reported: Self) -> Self {
+        let delta = |now: u64, before: u64| if now >= before { now - before } else { now };
+        Self { prompt: delta(self.prompt, reported.prompt), completion: delta(self.completion, reported.completion) }
+    }
 }
 
 impl AgentStatus {
     pub fn ready() -> Self {
-        Self { status: "ready", queue_depth: 0, in_flight: 0, gpus: Vec::new() }
+        Self { status: "ready", queue_depth: 0, in_flight: 0, gpus: Vec::new(), tokens: None }
     }
 }
 
@@ -124,11 +143,16 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
         }
     };
     tracing::info!(instance = %config.instance_id, "agent: registered");
+    // Token counters as last acknowledged by the api: a heartbeat that fails is sent again with
+    // the tokens it carried, so none are lost or counted twice.
+    let mut reported = TokenCounters::default();
     while !gone.load(Ordering::Relaxed) {
         let status = source.status().await;
+        let usage = status.tokens.map(|counters| counters.since(reported));
         let heartbeat = serde_json::json!({
             "instance_id": config.instance_id, "status": status.status, "queue_depth": status.queue_depth,
             "in_flight": status.in_flight, "gpus": status.gpus,
+            "usage": usage.map(|usage| serde_json::json!({ "prompt_tokens": usage.prompt, "completion_tokens": usage.completion })),
         });
         let sent = client
             .post(format!("{}/internal/worker/heartbeat", config.api_url))
@@ -142,6 +166,11 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
             {
                 tracing::warn!(instance = %config.instance_id, status = %response.status(), "agent: heartbeat refused; stopping");
                 return;
+            }
+            if response.status().is_success()
+                && let Some(counters) = status.tokens
+            {
+                reported = counters;
             }
             if let Ok(body) = response.json::<serde_json::Value>().await
                 && let Some(seconds) = body["heartbeat_interval_seconds"].as_u64()
@@ -172,5 +201,18 @@ mod tests {
         };
         assert_eq!(BootConfig::parse(&config.render()), Some(config));
         assert_eq!(BootConfig::parse("QM_API_URL=x\n"), None);
+    }
+
+    #[test]
+    fn token_deltas_survive_an_engine_restart() {
+        let before = TokenCounters { prompt: 100, completion: 40 };
+        assert_eq!(
+            TokenCounters { prompt: 130, completion: 50 }.since(before),
+            TokenCounters { prompt: 30, completion: 10 }
+        );
+        assert_eq!(
+            TokenCounters { prompt: 7, completion: 3 }.since(before),
+            TokenCounters { prompt: 7, completion: 3 }
+        );
     }
 }

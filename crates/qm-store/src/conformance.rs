@@ -247,6 +247,119 @@ pub async fn a_lease_has_one_holder_until_it_expires(store: Arc<dyn Store>) {
     assert!(!store.acquire_lease("reconcile", "replica-a", short).await.expect("lease"));
 }
 
+fn billing_start(
+    organization: OrganizationId,
+    instance: InstanceId,
+    hourly: i64,
+    started_s: i64,
+) -> crate::BillingStart {
+    crate::BillingStart {
+        instance_id: instance,
+        organization_id: organization,
+        provider: "sim".into(),
+        region: "sim-eu".into(),
+        zone: "sim-eu-1".into(),
+        instance_type: "sim.l4".into(),
+        model: "m".into(),
+        currency: "USD".into(),
+        hourly_price_micros: hourly,
+        reporting_currency: "EUR".into(),
+        reporting_hourly_micros: hourly,
+        started_s,
+    }
+}
+
+pub async fn cost_intervals_keep_the_first_start_and_the_earliest_stop_in_any_order(store: Arc<dyn Store>) {
+    let organization = create_organization(&*store, "costs").await.id;
+    let (early, late) = (InstanceId::new(), InstanceId::new());
+    let mut tx = store.begin().await.expect("begin");
+    // `late`: the stop arrives before the start, then both again with other values.
+    tx.close_interval(late, Some(organization), 7_200).await.expect("stop first");
+    tx.open_interval(&billing_start(organization, late, 3_600_000, 0)).await.expect("start");
+    tx.open_interval(&billing_start(organization, late, 9_999_999, 100)).await.expect("start again");
+    tx.close_interval(late, Some(organization), 9_000).await.expect("a later stop");
+    // `early`: 1 EUR/h from 1800 s, still running.
+    tx.open_interval(&billing_start(organization, early, 1_000_000, 1_800)).await.expect("start");
+    tx.commit().await.expect("commit");
+
+    let interval = store.cost_interval(late).await.expect("read").expect("interval");
+    assert_eq!(
+        (interval.started_s, interval.stopped_s, interval.reporting_hourly_micros),
+        (Some(0), Some(7_200), Some(3_600_000))
+    );
+    let filter = crate::CostFilter::default();
+    // [0, 3600) with now = 5400: late costs 3.6 EUR, early 0.5 EUR.
+    let range = crate::TimeRange { from_s: 0, to_s: 3_600, now_s: 5_400 };
+    let groups = store.cost_groups(range, &filter).await.expect("groups");
+    let total: i64 = groups.iter().map(|group| group.quotient + group.remainder / 3_600).sum();
+    assert_eq!(total, 4_100_000);
+    let top = store.instance_costs(range, &filter, 1).await.expect("instances");
+    assert_eq!(top, vec![crate::InstanceCost { instance_id: late, cost_micros: 3_600_000 }]);
+    let changes = store.cost_changes(range, &filter).await.expect("changes");
+    assert_eq!(changes, vec![(0, 3_600_000), (1_800, 1_000_000), (3_600, -4_600_000)]);
+    // At 8000 s only `early` runs; a range past now is cut at now.
+    let running = store.running_rates(8_000, &filter).await.expect("rates");
+    assert_eq!(running.iter().map(|rate| rate.hourly_micros).sum::<i64>(), 1_000_000);
+    let after = crate::TimeRange { from_s: 5_400, to_s: 100_000, now_s: 5_400 };
+    assert!(store.cost_groups(after, &filter).await.expect("groups").is_empty());
+    let other = crate::CostFilter { organization: Some(OrganizationId::new()), ..crate::CostFilter::default() };
+    assert!(store.cost_groups(range, &other).await.expect("groups").is_empty());
+}
+
+pub async fn usage_budgets_alerts_and_rates_round_trip(store: Arc<dyn Store>) {
+    let organization = create_organization(&*store, "budgets").await.id;
+    let usage = crate::UsageRecord {
+        event_id: uuid::Uuid::now_v7(),
+        at_s: 1_000,
+        organization_id: organization,
+        instance_id: Some(InstanceId::new()),
+        api_key_id: None,
+        model: "m".into(),
+        provider: Some("sim".into()),
+        region: None,
+        zone: Some("sim-eu-1".into()),
+        instance_type: Some("sim.l4".into()),
+        prompt_tokens: 10,
+        completion_tokens: 5,
+    };
+    let mut tx = store.begin().await.expect("begin");
+    assert!(tx.record_usage(&usage).await.expect("usage"));
+    assert!(!tx.record_usage(&usage).await.expect("a replay"), "an event is counted once");
+    let budget = tx.put_budget(organization, 5_000_000, &[50, 100], true).await.expect("budget");
+    let alert = crate::BudgetAlert {
+        organization_id: organization,
+        period: "2026-11".into(),
+        threshold: 50,
+        spend_micros: 2_600_000,
+        crossed_at: crate::now(),
+    };
+    assert!(tx.record_budget_alert(&alert).await.expect("alert"));
+    assert!(!tx.record_budget_alert(&alert).await.expect("again"), "once per threshold and period");
+    tx.put_exchange_rate("USD", 920_000).await.expect("rate");
+    tx.put_exchange_rate("USD", 930_000).await.expect("rate edited");
+    tx.commit().await.expect("commit");
+
+    let groups = store.usage_groups(0, 2_000, &crate::CostFilter::default()).await.expect("usage");
+    assert_eq!(
+        groups.iter().map(|group| (group.prompt_tokens, group.completion_tokens)).collect::<Vec<_>>(),
+        [(10, 5)]
+    );
+    assert!(store.usage_groups(1_001, 2_000, &crate::CostFilter::default()).await.expect("usage").is_empty());
+    assert_eq!(store.budget(organization).await.expect("budget"), Some(budget.clone()));
+    assert_eq!(budget.thresholds, [50, 100]);
+    assert_eq!(store.budgets().await.expect("budgets").len(), 1);
+    assert_eq!(store.budget_alerts(organization, "2026-11").await.expect("alerts"), vec![alert]);
+    assert!(store.budget_alerts(organization, "2026-12").await.expect("alerts").is_empty());
+    assert_eq!(
+        store.exchange_rates().await.expect("rates").iter().map(|rate| rate.rate_micros).collect::<Vec<_>>(),
+        [930_000]
+    );
+    let mut tx = store.begin().await.expect("begin");
+    assert!(tx.delete_budget(organization).await.expect("delete"));
+    tx.commit().await.expect("commit");
+    assert_eq!(store.budget(organization).await.expect("budget"), None);
+}
+
 #[macro_export]
 macro_rules! store_conformance_suite {
     ($fixture:path) => {
@@ -266,6 +379,8 @@ macro_rules! store_conformance_suite {
             action_logs_are_listed_newest_first_per_organization,
             the_store_answers_pings,
             a_lease_has_one_holder_until_it_expires,
+            cost_intervals_keep_the_first_start_and_the_earliest_stop_in_any_order,
+            usage_budgets_alerts_and_rates_round_trip,
         );
     };
     (@cases $fixture:path, $($case:ident),+ $(,)?) => {

@@ -184,6 +184,11 @@ pub async fn record_transition(
             .with_traceparent(change.traceparent.clone()),
     };
     tx.enqueue(&event).await?;
+    // Billing stops when the instance is gone for good (FinOps, issue 6), once.
+    if change.to.is_terminal() && crate::FinopsTx::stop_billing(tx, moved.id, moved.state_changed_at).await? {
+        let data = serde_json::json!({ "instance_id": moved.id, "stopped_at": moved.state_changed_at });
+        tx.enqueue(&event.caused(qm_events::MessageType::InstanceBillingStopped, change.component, data)).await?;
+    }
     Ok(Some((moved, event)))
 }
 

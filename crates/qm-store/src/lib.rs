@@ -6,7 +6,7 @@
 //!
 //! Layout:
 //! - [`model`]: the foundation's records (organizations, users, action logs, outbox).
-//! - [`access`], [`catalog`], [`fleet`]: one area each, with its records, its read and write
+//! - [`access`], [`catalog`], [`fleet`], [`finops`]: one area each, with its records, its read and write
 //!   traits (which [`Store`] and [`StoreTx`] include) and its SQL; [`workers`] likewise for the
 //!   worker protocol.
 //! - [`error`]: [`StoreError`], with unique violations mapped to [`StoreError::Conflict`].
@@ -18,6 +18,7 @@ pub mod access;
 pub mod catalog;
 pub mod conformance;
 pub mod error;
+pub mod finops;
 pub mod fleet;
 pub mod model;
 pub mod postgres;
@@ -38,6 +39,10 @@ pub use catalog::{
     CatalogStore, CatalogTx, InstanceType, InstanceTypeInput, Offer, Provider, Region, RegionInput, Zone, ZoneInput,
 };
 pub use error::StoreError;
+pub use finops::{
+    BillingStart, Budget, BudgetAlert, CostFilter, CostGroup, CostInterval, CostKey, ExchangeRate, FinopsStore,
+    FinopsTx, InstanceCost, RateGroup, TimeRange, UsageGroup, UsageRecord,
+};
 pub use fleet::{
     ActionLogCounts, ActionLogQuery, Deployment, FeedEntry, FleetStore, FleetTx, Instance, InstanceAnnotation,
     InstanceFilter, NewInstance, RecordedTransition, StateChange, Transition, record_transition,
@@ -54,7 +59,7 @@ pub enum Backend {
 
 /// Reads, and the door to writes ([`Store::begin`]).
 #[async_trait]
-pub trait Store: AccessStore + CatalogStore + FleetStore + WorkerStore + Send + Sync + 'static {
+pub trait Store: AccessStore + CatalogStore + FinopsStore + FleetStore + WorkerStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Checks that the database answers, for readiness probes.
@@ -88,7 +93,7 @@ pub trait Store: AccessStore + CatalogStore + FleetStore + WorkerStore + Send + 
 
 /// One transaction. Dropping it without [`commit`](StoreTx::commit) rolls everything back.
 #[async_trait]
-pub trait StoreTx: AccessTx + CatalogTx + FleetTx + WorkerTx + Send {
+pub trait StoreTx: AccessTx + CatalogTx + FinopsTx + FleetTx + WorkerTx + Send {
     async fn insert_organization(&mut self, organization: &NewOrganization) -> Result<Organization, StoreError>;
     async fn insert_user(&mut self, user: &NewUser) -> Result<User, StoreError>;
     async fn insert_action_log(&mut self, entry: &NewActionLog) -> Result<ActionLog, StoreError>;

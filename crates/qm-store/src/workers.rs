@@ -18,12 +18,14 @@ pub struct Worker {
     pub agent_version: Option<String>,
     pub engine_url: Option<String>,
     pub model: Option<String>,
-    #[schema(value_type = Object)]
+    /// As registered: index, name, memory_total_mb per GPU.
+    #[schema(value_type = Vec<Object>)]
     pub gpus: Value,
     pub status: Option<String>,
     pub queue_depth: Option<i32>,
     pub in_flight: Option<i32>,
-    #[schema(value_type = Object)]
+    /// From the last heartbeat, per GPU.
+    #[schema(value_type = Vec<Object>)]
     pub gpu_metrics: Value,
     pub registered_at: Option<DateTime<Utc>>,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
@@ -95,9 +97,10 @@ macro_rules! impl_workers_sql {
             const WORKER_COLUMNS: &str = "instance_id, bootstrap_used_at, revoked_at, agent_version, engine_url, model, gpus, \
                  status, queue_depth, in_flight, gpu_metrics, registered_at, last_heartbeat_at";
 
+            /// A JSON list column; empty until the agent first reports it.
             fn json(row: &DbRow, column: &str) -> Result<serde_json::Value, StoreError> {
                 let value: Option<sqlx::types::Json<serde_json::Value>> = row.try_get(column)?;
-                Ok(value.map_or(serde_json::Value::Null, |json| json.0))
+                Ok(value.map_or_else(|| serde_json::Value::Array(Vec::new()), |json| json.0))
             }
 
             fn worker_from_row(row: &DbRow) -> Result<Worker, StoreError> {

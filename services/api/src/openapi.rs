@@ -12,7 +12,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::AppState;
 use crate::problem::Problem;
 use crate::routes::{
-    action_logs, api_keys, catalog, deployments, events, instances, organizations, session, users, workers,
+    action_logs, api_keys, catalog, deployments, events, finops, instances, organizations, session, users, workers,
 };
 
 pub const DOCUMENT_PATH: &str = "/api-docs/openapi.json";
@@ -148,6 +148,19 @@ pub fn routes() -> (Router<AppState>, OpenApiDocument) {
         .routes(routes!(workers::heartbeat))
         .routes(routes!(workers::rotate))
         .routes(routes!(workers::revoke))
+        .routes(routes!(workers::get))
+        .routes(routes!(finops::summary))
+        .routes(routes!(finops::window))
+        .routes(routes!(finops::actual))
+        .routes(routes!(finops::cumulative))
+        .routes(routes!(finops::forecast))
+        .routes(routes!(finops::usage))
+        .routes(routes!(finops::usage_window))
+        .routes(routes!(finops::per_token))
+        .routes(routes!(finops::budgets))
+        .routes(routes!(finops::budget, finops::put_budget, finops::delete_budget))
+        .routes(routes!(finops::exchange_rates))
+        .routes(routes!(finops::put_exchange_rate))
         .split_for_parts();
     // After the paths are in: the error responses are added to each of them.
     ErrorResponses.modify(&mut document);

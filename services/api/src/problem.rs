@@ -29,8 +29,12 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// For `urn:qm:problem:budget-exceeded`: the budget and the projected spend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub budget: Option<Box<serde_json::Value>>,
     #[serde(skip)]
-    retry_after: Option<u64>,
+    retry_after: Option<u32>,
 }
 
 impl Problem {
@@ -41,6 +45,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
+            budget: None,
             retry_after: None,
         }
     }
@@ -79,9 +84,14 @@ impl Problem {
 
     pub fn too_many_requests(detail: impl Into<String>, retry_after_seconds: u64) -> Self {
         Self {
-            retry_after: Some(retry_after_seconds.max(1)),
+            retry_after: Some(u32::try_from(retry_after_seconds.max(1)).unwrap_or(u32::MAX)),
             ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", detail)
         }
+    }
+
+    /// 402: a hard-capped budget refuses more spending.
+    pub fn budget_exceeded(detail: impl Into<String>, budget: serde_json::Value) -> Self {
+        Self { budget: Some(Box::new(budget)), ..Self::new(StatusCode::PAYMENT_REQUIRED, "budget-exceeded", detail) }
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {

@@ -201,6 +201,38 @@ async fn every_documented_operation_answers_as_documented() {
         let other = json!({ "instance_id": instance, "status": "ready", "queue_depth": 0, "in_flight": 0 });
         c.call("POST", "/internal/worker/heartbeat", "/internal/worker/heartbeat", Some(&token), Some(other)).await.expect(403);
         c.call("POST", "/internal/worker/rotate", "/internal/worker/rotate", Some(&token), None).await.expect(200);
+        c.call("GET", "/instances/{id}/worker", &format!("/instances/{worker_instance}/worker"), a, None).await.expect(200);
+
+        // FinOps: no cost has been billed here; the shapes are what is checked.
+        for path in [
+            "/finops/dashboard/costs/summary",
+            "/finops/dashboard/costs/window",
+            "/finops/cost/actual/minute",
+            "/finops/cost/cumulative/minute",
+            "/finops/cost/forecast",
+            "/finops/cost/per_token",
+            "/finops/usage/tokens",
+            "/finops/usage/tokens/window",
+            "/finops/exchange_rates",
+        ] {
+            c.call("GET", path, path, a, None).await.expect(200);
+        }
+        let year = "/finops/cost/actual/minute?from=2026-01-01T00:00:00Z&to=2026-12-01T00:00:00Z";
+        c.call("GET", "/finops/cost/actual/minute", year, a, None).await.expect(422);
+        c.call("GET", "/finops/dashboard/costs/summary", "/finops/dashboard/costs/summary?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", a, None).await.expect(422);
+        c.call("PUT", "/finops/exchange_rates/{currency}", "/finops/exchange_rates/USD", a, Some(json!({ "rate": "0.93" }))).await.expect(200);
+        c.call("PUT", "/finops/exchange_rates/{currency}", "/finops/exchange_rates/usd", a, Some(json!({ "rate": "0.93" }))).await.expect(422);
+        let own = c.call("GET", "/auth/me", "/auth/me", a, None).await.expect(200)["organization_id"].as_str().unwrap().to_owned();
+        let budget = format!("/finops/budgets/{own}");
+        c.call("PUT", "/finops/budgets/{organization_id}", &budget, a, Some(json!({ "amount_micros": 1, "hard_cap": true }))).await.expect(200);
+        c.call("PUT", "/finops/budgets/{organization_id}", &budget, a, Some(json!({ "amount_micros": -5 }))).await.expect(422);
+        c.call("GET", "/finops/budgets", "/finops/budgets", a, None).await.expect(200);
+        c.call("GET", "/finops/budgets/{organization_id}", &budget, a, None).await.expect(200);
+        let capped = json!({ "model": "m", "count": 1, "provider": "sim", "zone": "sim-eu-1", "instance_type": "sim.l4" });
+        let refused = c.call("POST", "/deployments", "/deployments", a, Some(capped)).await.expect(402);
+        assert_eq!(refused["budget"]["amount_micros"], 1);
+        c.call("DELETE", "/finops/budgets/{organization_id}", &budget, a, None).await.expect(204);
+        c.call("GET", "/finops/budgets/{organization_id}", &budget, a, None).await.expect(404);
         c.call("POST", "/instances/{id}/worker/revoke", &format!("/instances/{worker_instance}/worker/revoke"), a, None).await;
         c.call("POST", "/internal/worker/heartbeat", "/internal/worker/heartbeat", Some(&token), Some(beat)).await.expect(401);
 

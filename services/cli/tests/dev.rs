@@ -259,11 +259,40 @@ impl Session {
     }
 
     async fn send(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+        self.exchange(method, path, body).await.1
+    }
+
+    /// The status and body of a request.
+    async fn exchange(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let mut request = self.client.request(method, format!("{}{path}", self.api)).bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        request.send().await.expect("request").json().await.unwrap_or(serde_json::Value::Null)
+        let response = request.send().await.expect("request");
+        (response.status().as_u16(), response.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Polls `path` until `ready` accepts the answer.
+    async fn until(
+        &self,
+        path: &str,
+        ready: impl Fn(&serde_json::Value) -> bool,
+        patience: Duration,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + patience;
+        loop {
+            let answer = self.send(reqwest::Method::GET, path, None).await;
+            if ready(&answer) {
+                return answer;
+            }
+            assert!(Instant::now() < deadline, "{path} not as expected within {patience:?}: {answer}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Deploys `count` instances at `provider`/`zone`/`instance_type`; returns their ids.
@@ -350,5 +379,115 @@ async fn local_instances_are_real_processes_from_ready_to_terminated() {
     for instance in local.list().await.expect("list") {
         local.terminate(&instance.provider_id).await.expect("clean up");
     }
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}
+
+/// FinOps on `qm dev` with a `local` instance (0.50 EUR/h): its cost appears and grows in every
+/// endpoint while it runs and freezes once it is terminated; tokens served by its mock engine show
+/// up per model with a cost per million tokens; a hard-capped budget refuses a deployment with
+/// 402 until it is raised, and its thresholds raise alerts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_instance_costs_money_while_it_runs_and_its_tokens_have_a_price() {
+    let data_dir = temporary_data_dir();
+    let (dev, session) = Session::start(&data_dir).await;
+    let ids = session.deploy(["local", "local-1", "local.mock-gpu"], 1).await;
+    let id = &ids[0];
+    session.state_within(id, |state| state == "ready", Duration::from_secs(30)).await;
+    let path = format!("/instances/{id}");
+    let first =
+        session.until(&path, |detail| detail["cost_to_date_micros"].as_i64() > Some(0), Duration::from_secs(20)).await;
+    assert_eq!(first["reporting_hourly_price_micros"], 500_000);
+    assert_eq!(first["billed_currency"], "EUR");
+    assert!(first["billing_started_at"].is_string() && first["billing_stopped_at"].is_null());
+    let grown = first["cost_to_date_micros"].as_i64().expect("cost");
+    session.until(&path, |detail| detail["cost_to_date_micros"].as_i64() > Some(grown), Duration::from_secs(10)).await;
+    let summary = session.send(reqwest::Method::GET, "/finops/dashboard/costs/summary", None).await;
+    assert!(summary["total_micros"].as_i64() > Some(0), "{summary}");
+    assert_eq!(summary["by_instance"][0]["key"], id.as_str());
+    assert_eq!(summary["by_provider"][0]["key"], "local");
+    let forecast = session.send(reqwest::Method::GET, "/finops/cost/forecast", None).await;
+    assert_eq!(forecast["burn_rate_micros_per_hour"], 500_000);
+    assert_eq!(forecast["horizons"][1]["projected_micros"], 500_000, "one hour at the burn rate");
+
+    // Tokens from the mock engine reach finops through the heartbeats.
+    let worker = session.send(reqwest::Method::GET, &format!("/instances/{id}/worker"), None).await;
+    let engine = worker["engine_url"].as_str().expect("engine url").to_owned();
+    for _ in 0..3 {
+        let chat =
+            serde_json::json!({ "model": "m", "messages": [{ "role": "user", "content": "how much does this cost" }] });
+        let answer = http().post(format!("{engine}/v1/chat/completions")).json(&chat).send().await.expect("chat");
+        assert!(answer.status().is_success());
+    }
+    let usage = session
+        .until("/finops/usage/tokens", |usage| usage["total_tokens"].as_i64() > Some(0), Duration::from_secs(30))
+        .await;
+    assert_eq!(usage["by_model"][0]["key"], "m");
+    assert_eq!(usage["by_instance"][0]["key"], id.as_str());
+    let per_token = session.send(reqwest::Method::GET, "/finops/cost/per_token", None).await;
+    let model = &per_token["by_model"][0];
+    assert_eq!(model["key"], "m");
+    assert!(model["cost_per_million_tokens_micros"].as_i64() > Some(0), "{per_token}");
+
+    // Terminated: billing stops and the cost freezes everywhere.
+    session.send(reqwest::Method::DELETE, &path, None).await;
+    session.state_within(id, |state| state == "terminated", Duration::from_secs(30)).await;
+    let frozen = session.until(&path, |detail| detail["billing_stopped_at"].is_string(), Duration::from_secs(20)).await;
+    let window = "/finops/cost/actual/minute?step=minute";
+    let series = session.send(reqwest::Method::GET, window, None).await;
+    let (from, to) = (series["from"].as_str().expect("from"), series["to"].as_str().expect("to"));
+    let range = format!("from={}&to={}", from.replace('+', "%2B"), to.replace('+', "%2B"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = session.send(reqwest::Method::GET, &path, None).await;
+    assert_eq!(later["cost_to_date_micros"], frozen["cost_to_date_micros"], "frozen after termination");
+    let summary = session.send(reqwest::Method::GET, &format!("/finops/dashboard/costs/summary?{range}"), None).await;
+    let series = session.send(reqwest::Method::GET, &format!("{window}&{range}"), None).await;
+    let points = series["points"].as_array().expect("points");
+    let sum: i64 = points.iter().map(|point| point["cost_micros"].as_i64().expect("cost")).sum();
+    assert_eq!(Some(sum), summary["total_micros"].as_i64(), "the minute series adds up to the summary");
+    assert_eq!(summary["total_micros"], frozen["cost_to_date_micros"]);
+    let cumulative = session.send(reqwest::Method::GET, &format!("/finops/cost/cumulative/minute?{range}"), None).await;
+    assert_eq!(
+        cumulative["points"]
+            .as_array()
+            .and_then(|points| points.last())
+            .map(|point| point["cumulative_micros"].clone()),
+        Some(summary["total_micros"].clone())
+    );
+    let windows = session.send(reqwest::Method::GET, "/finops/dashboard/costs/window", None).await;
+    assert_eq!(windows["windows"][2]["window"], "day");
+    assert_eq!(windows["windows"][2]["summary"]["total_micros"], summary["total_micros"]);
+    let forecast = session.send(reqwest::Method::GET, "/finops/cost/forecast", None).await;
+    assert_eq!(forecast["burn_rate_micros_per_hour"], 0);
+
+    // A hard-capped budget below what was spent refuses the next deployment, then lets it through.
+    let me = session.send(reqwest::Method::GET, "/auth/me", None).await;
+    let budget_path = format!("/finops/budgets/{}", me["organization_id"].as_str().expect("organization"));
+    let capped = serde_json::json!({ "amount_micros": 1, "thresholds": [50, 100], "hard_cap": true });
+    let (status, _) = session.exchange(reqwest::Method::PUT, &budget_path, Some(capped)).await;
+    assert_eq!(status, 200);
+    let deployment = serde_json::json!({ "model": "m", "count": 1, "provider": "local", "zone": "local-1", "instance_type": "local.mock-gpu" });
+    let (status, problem) = session.exchange(reqwest::Method::POST, "/deployments", Some(deployment.clone())).await;
+    assert_eq!(status, 402, "{problem}");
+    assert_eq!(problem["type"], "urn:qm:problem:budget-exceeded");
+    assert_eq!(problem["budget"]["amount_micros"], 1);
+    assert!(problem["budget"]["projected_micros"].as_i64() > Some(1));
+    assert!(problem["detail"].as_str().expect("detail").contains("hard-capped"));
+    let alerted = session
+        .until(
+            &budget_path,
+            |budget| budget["alerts"].as_array().is_some_and(|alerts| alerts.len() == 2),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(alerted["alerts"][0]["threshold"], 50);
+    let raised = serde_json::json!({ "amount_micros": 1_000_000_000, "hard_cap": true });
+    session.exchange(reqwest::Method::PUT, &budget_path, Some(raised)).await;
+    let (status, accepted) = session.exchange(reqwest::Method::POST, "/deployments", Some(deployment)).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["instance_ids"][0].as_str().expect("id").to_owned();
+    session.send(reqwest::Method::DELETE, &format!("/instances/{id}"), None).await;
+    session.state_within(&id, |state| state == "terminated", Duration::from_secs(30)).await;
+
+    assert!(dev.terminate(Duration::from_secs(15)).success());
     std::fs::remove_dir_all(&data_dir).expect("clean up");
 }

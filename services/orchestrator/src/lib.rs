@@ -75,7 +75,8 @@ pub async fn build_with(
     let providers_for_reconcile = providers.clone();
     let saga = Arc::new(
         saga::Saga::new(dependencies.store.clone(), providers, timing)
-            .with_api_url(dependencies.settings.api_url.clone()),
+            .with_api_url(dependencies.settings.api_url.clone())
+            .with_exchange_rates(dependencies.settings.exchange_rates.clone()),
     );
     let health = Arc::new(health::Health::new(dependencies.store.clone(), saga.clone(), deadlines));
     service = service.with_task(health.run(shutdown.clone()));

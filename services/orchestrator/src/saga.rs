@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qm_domain::{InstanceId, InstanceState, InstanceTypeId, ZoneId};
+use qm_domain::{Currency, ExchangeRates, InstanceId, InstanceState, InstanceTypeId, MicroUnits, ZoneId};
 use qm_events::{Envelope, MessageType};
 use qm_providers::{CloudProvider, CreateRequest, ErrorKind, ProviderError, ProviderStatus};
 use qm_runtime::backoff::Backoff;
@@ -113,6 +113,7 @@ pub struct Saga {
     breakers: BTreeMap<String, CircuitBreaker>,
     exhausted: Mutex<HashMap<(ZoneId, InstanceTypeId), Instant>>,
     timing: Timing,
+    exchange_rates: Option<ExchangeRates>,
 }
 
 impl Saga {
@@ -121,7 +122,22 @@ impl Saga {
             .keys()
             .map(|name| (name.clone(), CircuitBreaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN)))
             .collect();
-        Self { api_url: None, store, providers, breakers, exhausted: Mutex::new(HashMap::new()), timing }
+        Self {
+            api_url: None,
+            store,
+            providers,
+            breakers,
+            exhausted: Mutex::new(HashMap::new()),
+            timing,
+            exchange_rates: None,
+        }
+    }
+
+    /// Rates for the reporting-currency price that billing captures (without them, billing is
+    /// in the provider's currency).
+    pub fn with_exchange_rates(mut self, rates: ExchangeRates) -> Self {
+        self.exchange_rates = Some(rates);
+        self
     }
 
     pub fn with_api_url(mut self, api_url: Option<String>) -> Self {
@@ -151,6 +167,44 @@ impl Saga {
             model: model.to_owned(),
         };
         Ok(config.render())
+    }
+
+    /// Announces `instance.billing_started` once the provider has created the instance (once per
+    /// instance, however often the saga resumes), with the price in the provider's currency and
+    /// in the reporting currency at today's rate.
+    async fn start_billing(
+        &self,
+        command: &Envelope,
+        instance: &Instance,
+        placement: &Offer,
+        model: &str,
+    ) -> Result<(), SagaError> {
+        let price = MicroUnits::new(placement.hourly_price_micros);
+        let converted = match (&self.exchange_rates, Currency::parse(&placement.currency)) {
+            (Some(configured), Ok(currency)) => {
+                let rates = qm_store::finops::effective_rates(&*self.store, configured).await?;
+                rates.convert(price, currency).map(|converted| (rates.reporting().to_string(), converted))
+            }
+            _ => None,
+        };
+        let (reporting_currency, reporting_price) = converted.unwrap_or_else(|| {
+            tracing::warn!(currency = %placement.currency, "no exchange rate: billing in the provider's currency");
+            (placement.currency.clone(), price)
+        });
+        let at = qm_store::now();
+        let mut tx = self.store.begin().await?;
+        if tx.start_billing(instance.id, at).await? {
+            let data = serde_json::json!({
+                "instance_id": instance.id, "provider": placement.provider, "region": placement.region,
+                "zone": placement.zone, "instance_type": placement.instance_type, "model": model,
+                "currency": placement.currency, "hourly_price_micros": placement.hourly_price_micros,
+                "reporting_currency": reporting_currency, "reporting_hourly_price_micros": reporting_price.get(),
+                "started_at": at,
+            });
+            tx.enqueue(&command.caused(MessageType::InstanceBillingStarted, crate::NAME, data)).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     fn is_exhausted(&self, offer: &Offer) -> bool {
@@ -318,7 +372,10 @@ impl Saga {
                 tags: BTreeMap::from([("qm-organization-id".to_owned(), instance.organization_id.to_string())]),
             };
             match self.with_retries(&*provider, || provider.create(&create)).await {
-                Ok(created) => return self.boot(command, instance, &*provider, created.provider_id, started).await,
+                Ok(created) => {
+                    self.start_billing(command, &instance, placement, &request.model).await?;
+                    return self.boot(command, instance, &*provider, created.provider_id, started).await;
+                }
                 Err(error) if error.calls_for_failover() => {
                     self.exhaust(placement);
                     failures.push(format!("{}/{}: {}", placement.zone, placement.instance_type, error.message));

@@ -162,7 +162,14 @@ async fn a_provisioned_instance_boots_with_its_history_logs_and_events() {
     let events = world.store.feed(0, None, Some(world.organization), 100).await.unwrap();
     let caused: Vec<_> =
         events.iter().filter(|entry| entry.envelope.causation_id == Some(command.id.as_uuid())).collect();
-    assert_eq!(caused.len(), 2, "one event per transition, caused by the command");
+    let kinds: Vec<_> = caused.iter().map(|entry| entry.envelope.message_type.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["instance.state_changed", "instance.billing_started", "instance.state_changed"],
+        "one event per transition and billing from the create, caused by the command"
+    );
+    let billing = &caused[1].envelope.data;
+    assert_eq!((billing["hourly_price_micros"].as_i64(), billing["zone"].as_str()), (Some(700_000), Some("sim-eu-1")));
     // Delivered again (a redelivery after a crash): nothing changes, nothing is created twice.
     saga.provision(&command).await.unwrap();
     assert_eq!(cloud.stats().created, 1);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use qm_providers::agent::{AgentStatus, StatusSource};
+use qm_providers::agent::{AgentStatus, StatusSource, TokenCounters};
 
 use crate::gpu::Gpus;
 
@@ -31,13 +31,29 @@ impl EngineStatus {
     }
 
     /// `vllm:<name>` summed over its label sets, from Prometheus text.
-    fn gauge(metrics: &str, name: &str) -> u32 {
+    fn sum(metrics: &str, name: &str) -> f64 {
+        let prefix = format!("vllm:{name}");
         let total: f64 = metrics
             .lines()
-            .filter(|line| line.starts_with(&format!("vllm:{name}")))
+            .filter(|line| line.strip_prefix(&prefix).is_some_and(|rest| rest.starts_with(['{', ' '])))
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
-        total.max(0.0) as u32
+        total.max(0.0)
+    }
+
+    fn gauge(metrics: &str, name: &str) -> u32 {
+        Self::sum(metrics, name) as u32
+    }
+
+    /// The engine's token counters, when it exposes them.
+    fn tokens(metrics: &str) -> Option<TokenCounters> {
+        if !metrics.contains("vllm:prompt_tokens_total") {
+            return None;
+        }
+        Some(TokenCounters {
+            prompt: Self::sum(metrics, "prompt_tokens_total") as u64,
+            completion: Self::sum(metrics, "generation_tokens_total") as u64,
+        })
     }
 }
 
@@ -66,6 +82,7 @@ impl StatusSource for EngineStatus {
             queue_depth: Self::gauge(&metrics, "num_requests_waiting"),
             in_flight: Self::gauge(&metrics, "num_requests_running"),
             gpus: self.gpus.metrics(),
+            tokens: Self::tokens(&metrics),
         }
     }
 }
@@ -80,5 +97,12 @@ mod tests {
         assert_eq!(EngineStatus::gauge(metrics, "num_requests_running"), 3);
         assert_eq!(EngineStatus::gauge(metrics, "num_requests_waiting"), 4);
         assert_eq!(EngineStatus::gauge("", "num_requests_waiting"), 0);
+        let counters = "vllm:prompt_tokens_total{model_name=\"a\"} 120\nvllm:generation_tokens_total{model_name=\"a\"} 45\n\
+                        vllm:generation_tokens_total_created 99\n";
+        assert_eq!(
+            EngineStatus::tokens(counters),
+            Some(qm_providers::agent::TokenCounters { prompt: 120, completion: 45 })
+        );
+        assert_eq!(EngineStatus::tokens(""), None);
     }
 }

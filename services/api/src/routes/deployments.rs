@@ -150,6 +150,37 @@ async fn resolve_placement(
     }))
 }
 
+/// 402 when the organization's budget is hard-capped and its month, with `count` more instances
+/// of `offer` running until the month ends, is projected past the amount.
+async fn enforce_budget(state: &AppState, principal: &Principal, offer: &Offer, count: i32) -> ApiResult<()> {
+    let store = &*state.dependencies.store;
+    let settings = &state.dependencies.settings;
+    let rates = qm_store::finops::effective_rates(store, &settings.exchange_rates).await?;
+    let hourly = Currency::parse(&offer.currency)
+        .ok()
+        .and_then(|currency| rates.convert(MicroUnits::new(offer.hourly_price_micros), currency))
+        .map_or(offer.hourly_price_micros, |price| price.get());
+    let currency = settings.reporting_currency.to_string();
+    let added = hourly.saturating_mul(i64::from(count));
+    let now = qm_store::now();
+    let Some(exceeded) = qm_finops::cost::check_cap(store, &currency, principal.organization_id, added, now).await?
+    else {
+        return Ok(());
+    };
+    let detail = format!(
+        "the organization's {} budget of {} {currency} is hard-capped, and with this deployment the month is projected \
+         at {} {currency}; raise the budget or wait for the next month",
+        exceeded.period,
+        MicroUnits::new(exceeded.amount_micros),
+        MicroUnits::new(exceeded.projected_micros),
+    );
+    let budget = serde_json::json!({
+        "organization_id": principal.organization_id, "period": exceeded.period, "currency": currency,
+        "amount_micros": exceeded.amount_micros, "projected_micros": exceeded.projected_micros,
+    });
+    Err(Problem::budget_exceeded(detail, budget))
+}
+
 /// The active offers meeting `constraints`, cheapest first in the reporting currency.
 async fn matching_offers(state: &AppState, constraints: &Constraints, provider: Option<&str>) -> ApiResult<Vec<Offer>> {
     let rates = &state.dependencies.settings.exchange_rates;
@@ -263,7 +294,8 @@ async fn placements(state: &AppState, request: &DeploymentRequest) -> ApiResult<
 
 /// Deploy a model: validates against the catalog and queues one provision command per instance.
 #[utoipa::path(post, path = "/deployments", tag = "deployments", request_body = DeploymentRequest,
-    responses((status = 202, description = "Accepted; instances are `requested`", body = DeploymentAccepted)))]
+    responses((status = 202, description = "Accepted; instances are `requested`", body = DeploymentAccepted),
+               (status = 402, description = "A hard-capped budget would be exceeded", body = Problem)))]
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -280,6 +312,7 @@ pub async fn create(
     let Some(primary) = placements.first().cloned() else {
         return Err(Problem::invalid("zone", "no placement"));
     };
+    enforce_budget(&state, &principal, &primary, count).await?;
     let deployment = Deployment {
         id: DeploymentId::new(),
         organization_id: principal.organization_id,

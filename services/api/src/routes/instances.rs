@@ -31,6 +31,18 @@ pub struct InstanceDetail {
     pub instance: Instance,
     /// Every state the instance went through, oldest first.
     pub history: Vec<StateChange>,
+    /// When the provider confirmed the instance exists (FinOps; null until then).
+    pub billing_started_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When it was confirmed gone.
+    pub billing_stopped_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The hourly price captured when billing started, in the provider's currency...
+    pub billed_hourly_price_micros: Option<i64>,
+    pub billed_currency: Option<String>,
+    /// ...and in the reporting currency.
+    pub reporting_hourly_price_micros: Option<i64>,
+    pub reporting_currency: Option<String>,
+    /// Cost so far in the reporting currency (prorated to the second).
+    pub cost_to_date_micros: Option<i64>,
 }
 
 async fn visible(state: &AppState, principal: &Principal, id: InstanceId) -> ApiResult<Instance> {
@@ -72,7 +84,24 @@ pub async fn get(
 ) -> ApiResult<Json<InstanceDetail>> {
     let instance = visible(&state, &principal, id).await?;
     let history = state.dependencies.store.instance_history(id).await?;
-    Ok(Json(InstanceDetail { instance, history }))
+    let interval = state.dependencies.store.cost_interval(id).await?.filter(|interval| interval.started_s.is_some());
+    let now_s = qm_store::now().timestamp();
+    let cost_to_date = interval.as_ref().and_then(|interval| {
+        let started = interval.started_s?;
+        let ended = interval.stopped_s.unwrap_or(now_s).min(now_s).max(started);
+        Some(qm_finops::cost::project(interval.reporting_hourly_micros?, ended - started))
+    });
+    Ok(Json(InstanceDetail {
+        instance,
+        history,
+        billing_started_at: interval.as_ref().and_then(|interval| interval.started_s).map(qm_finops::cost::time),
+        billing_stopped_at: interval.as_ref().and_then(|interval| interval.stopped_s).map(qm_finops::cost::time),
+        billed_hourly_price_micros: interval.as_ref().and_then(|interval| interval.hourly_price_micros),
+        billed_currency: interval.as_ref().and_then(|interval| interval.currency.clone()),
+        reporting_hourly_price_micros: interval.as_ref().and_then(|interval| interval.reporting_hourly_micros),
+        reporting_currency: interval.as_ref().and_then(|interval| interval.reporting_currency.clone()),
+        cost_to_date_micros: cost_to_date,
+    }))
 }
 
 /// Terminate an instance: it moves to `terminating` and the orchestrator releases it at the

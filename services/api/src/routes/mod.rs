@@ -6,6 +6,7 @@ pub mod api_keys;
 pub mod catalog;
 pub mod deployments;
 pub mod events;
+pub mod finops;
 pub mod instances;
 pub mod organizations;
 pub mod session;

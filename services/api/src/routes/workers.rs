@@ -11,7 +11,7 @@ use qm_domain::{InstanceId, InstanceState, Role};
 use qm_events::{Envelope, MessageType};
 use qm_store::{
     ActionStatus, Heartbeat, Instance, InstanceAnnotation, NewActionLog, RecordedTransition, Registration, StoreTx,
-    record_transition,
+    Worker, record_transition,
 };
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +76,16 @@ pub struct HeartbeatRequest {
     /// Present when NVML found GPUs.
     #[serde(default)]
     pub gpus: Vec<GpuMetrics>,
+    /// Tokens the engine served since the last acknowledged heartbeat.
+    #[serde(default)]
+    pub usage: Option<TokenUsage>,
+}
+
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
 }
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
@@ -255,6 +265,14 @@ pub async fn heartbeat(
         "in_flight": request.in_flight, "gpus": request.gpus,
     });
     tx.enqueue(&Envelope::new(MessageType::WorkerHeartbeat, crate::NAME, Some(instance.organization_id), data)).await?;
+    if let Some(usage) = request.usage.filter(|usage| usage.prompt_tokens + usage.completion_tokens > 0) {
+        let data = serde_json::json!({
+            "instance_id": instance.id, "api_key_id": null, "model": instance.model,
+            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "provider": instance.provider, "region": null, "zone": instance.zone, "instance_type": instance.instance_type,
+        });
+        tx.enqueue(&Envelope::new(MessageType::UsageTokens, crate::NAME, Some(instance.organization_id), data)).await?;
+    }
     tx.commit().await?;
     let instance_state = moved.map_or(instance.state, |moved| moved.state);
     Ok(Json(HeartbeatResponse { instance_state, heartbeat_interval_seconds: HEARTBEAT_INTERVAL.as_secs() }))
@@ -287,6 +305,21 @@ pub async fn rotate(State(state): State<AppState>, headers: HeaderMap) -> ApiRes
 }
 
 /// Revoke the instance's worker tokens (operators): its agent is refused from now on.
+/// The instance's worker agent: what it registered with (engine URL, model, GPUs) and its last
+/// heartbeat. Tokens are never shown.
+#[utoipa::path(get, path = "/instances/{id}/worker", tag = "workers", params(("id" = InstanceId, Path)),
+    responses((status = 200, body = Worker)))]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<InstanceId>,
+) -> ApiResult<Json<Worker>> {
+    let store = &state.dependencies.store;
+    let visible = store.instance(id).await?.is_some_and(|instance| principal.sees(instance.organization_id));
+    let worker = if visible { store.worker(id).await? } else { None };
+    Ok(Json(worker.ok_or_else(|| Problem::not_found("worker"))?))
+}
+
 #[utoipa::path(post, path = "/instances/{id}/worker/revoke", tag = "workers", params(("id" = InstanceId, Path)),
     responses((status = 204, description = "Revoked")))]
 pub async fn revoke(

@@ -1,0 +1,554 @@
+//! Costs, series, forecasts, token usage and budgets, computed from cost intervals (never from a
+//! row per instance per minute), so that they stay cheap as fleets and history grow.
+//!
+//! Exactness: an interval costs `hourly × seconds / 3600` micro-units. Over a range, every figure
+//! is the exact sum rounded down once: a total or a breakdown entry is `⌊Σ h·o / 3600⌋` of its
+//! intervals, and the series' buckets are differences of the rounded cumulative sum, so the
+//! buckets of a range add up to its total to the micro-unit and the cumulative series never
+//! decreases. (Breakdown entries, each rounded, may add up to a few micro-units under the total.)
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use qm_store::{Budget, BudgetAlert, CostFilter, Store, StoreError, TimeRange};
+use serde::Serialize;
+
+pub const HOUR: i64 = 3600;
+pub const DAY: i64 = 86_400;
+
+/// The windows of `/finops/dashboard/costs/window`, and the forecast horizons.
+pub const WINDOWS: [(&str, i64); 5] =
+    [("minute", 60), ("hour", HOUR), ("day", DAY), ("30_days", 30 * DAY), ("365_days", 365 * DAY)];
+
+/// Exact micro-units as `quotient + remainder / 3600`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Exact {
+    quotient: i128,
+    remainder: i128,
+}
+
+impl Exact {
+    fn add(&mut self, quotient: i64, remainder: i64) {
+        self.quotient += i128::from(quotient);
+        self.remainder += i128::from(remainder);
+    }
+
+    fn micros(self) -> i64 {
+        saturate(self.quotient + self.remainder / i128::from(HOUR))
+    }
+}
+
+fn saturate(value: i128) -> i64 {
+    i64::try_from(value).unwrap_or(if value < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// `hourly` micro-units per hour over `seconds`, rounded down.
+pub fn project(hourly: i64, seconds: i64) -> i64 {
+    saturate(i128::from(hourly) * i128::from(seconds) / i128::from(HOUR))
+}
+
+pub fn epoch(time: DateTime<Utc>) -> i64 {
+    time.timestamp()
+}
+
+pub fn time(seconds: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(seconds, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// `[start of the month of now, start of the next month)`, in epoch seconds.
+pub fn month_of(now: DateTime<Utc>) -> (i64, i64) {
+    let start = Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single().unwrap_or(now);
+    let (year, month) = if now.month() == 12 { (now.year() + 1, 1) } else { (now.year(), now.month() + 1) };
+    let end = Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0).single().unwrap_or(now);
+    (epoch(start), epoch(end))
+}
+
+/// `YYYY-MM`: the budget period containing `now`.
+pub fn period(now: DateTime<Utc>) -> String {
+    format!("{:04}-{:02}", now.year(), now.month())
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Entry {
+    pub key: String,
+    pub cost_micros: i64,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Summary {
+    /// The reporting currency of every amount.
+    pub currency: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub total_micros: i64,
+    pub by_provider: Vec<Entry>,
+    pub by_region: Vec<Entry>,
+    pub by_zone: Vec<Entry>,
+    pub by_instance_type: Vec<Entry>,
+    pub by_organization: Vec<Entry>,
+    pub by_model: Vec<Entry>,
+    /// The costliest instances, at most `top`.
+    pub by_instance: Vec<Entry>,
+}
+
+fn entries(groups: BTreeMap<String, Exact>) -> Vec<Entry> {
+    let mut entries: Vec<Entry> =
+        groups.into_iter().map(|(key, exact)| Entry { key, cost_micros: exact.micros() }).collect();
+    entries.sort_by(|a, b| b.cost_micros.cmp(&a.cost_micros).then_with(|| a.key.cmp(&b.key)));
+    entries
+}
+
+/// Total and breakdowns over `range`.
+///
+/// # Errors
+/// The store's.
+pub async fn summary(
+    store: &dyn Store,
+    currency: &str,
+    range: TimeRange,
+    filter: &CostFilter,
+    top: u32,
+) -> Result<Summary, StoreError> {
+    let groups = store.cost_groups(range, filter).await?;
+    let mut total = Exact::default();
+    let mut dimensions: [BTreeMap<String, Exact>; 6] = Default::default();
+    for group in &groups {
+        total.add(group.quotient, group.remainder);
+        let keys = [
+            &group.key.provider,
+            &group.key.region,
+            &group.key.zone,
+            &group.key.instance_type,
+            &group.key.organization_id.to_string(),
+            &group.key.model,
+        ];
+        for (dimension, key) in dimensions.iter_mut().zip(keys) {
+            dimension.entry(key.clone()).or_default().add(group.quotient, group.remainder);
+        }
+    }
+    let instances = if top == 0 { Vec::new() } else { store.instance_costs(range, filter, top).await? };
+    let [by_provider, by_region, by_zone, by_instance_type, by_organization, by_model] = dimensions.map(entries);
+    Ok(Summary {
+        currency: currency.to_owned(),
+        from: time(range.from_s),
+        to: time(range.to_s),
+        total_micros: total.micros(),
+        by_provider,
+        by_region,
+        by_zone,
+        by_instance_type,
+        by_organization,
+        by_model,
+        by_instance: instances
+            .into_iter()
+            .map(|cost| Entry { key: cost.instance_id.to_string(), cost_micros: cost.cost_micros })
+            .collect(),
+    })
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Window {
+    /// `minute`, `hour`, `day`, `30_days` or `365_days`.
+    pub window: String,
+    pub summary: Summary,
+}
+
+/// The summary for each of [`WINDOWS`], ending at `now_s`.
+///
+/// # Errors
+/// The store's.
+pub async fn windows(
+    store: &dyn Store,
+    currency: &str,
+    now_s: i64,
+    filter: &CostFilter,
+    top: u32,
+) -> Result<Vec<Window>, StoreError> {
+    let mut windows = Vec::with_capacity(WINDOWS.len());
+    for (name, seconds) in WINDOWS {
+        let range = TimeRange { from_s: now_s - seconds, to_s: now_s, now_s };
+        windows.push(Window { window: name.to_owned(), summary: summary(store, currency, range, filter, top).await? });
+    }
+    Ok(windows)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Point {
+    pub start: DateTime<Utc>,
+    /// Cost within `[start, start + step)`.
+    pub cost_micros: i64,
+    /// Cost from the range's start to the end of this bucket.
+    pub cumulative_micros: i64,
+}
+
+/// Buckets of `step_s` from `range.from_s` (the last one cut at `to_s`) from the changes of the
+/// summed hourly price, as [`qm_store::FinopsStore::cost_changes`] gives them.
+pub fn buckets(range: TimeRange, step_s: i64, changes: &[(i64, i64)]) -> Vec<Point> {
+    let step_s = step_s.max(1);
+    let mut points = Vec::new();
+    let (mut area, mut slope, mut cursor, mut next, mut rounded) = (0_i128, 0_i128, range.from_s, 0, 0_i128);
+    let mut start = range.from_s;
+    while start < range.to_s {
+        let end = start.saturating_add(step_s).min(range.to_s);
+        while let Some(&(at, change)) = changes.get(next).filter(|(at, _)| *at <= end) {
+            area += slope * i128::from(at - cursor);
+            cursor = at;
+            slope += i128::from(change);
+            next += 1;
+        }
+        area += slope * i128::from(end - cursor);
+        cursor = end;
+        let cumulative = area / i128::from(HOUR);
+        points.push(Point {
+            start: time(start),
+            cost_micros: saturate(cumulative - rounded),
+            cumulative_micros: saturate(cumulative),
+        });
+        rounded = cumulative;
+        start = end;
+    }
+    points
+}
+
+/// The series over `range`.
+///
+/// # Errors
+/// The store's.
+pub async fn series(
+    store: &dyn Store,
+    range: TimeRange,
+    step_s: i64,
+    filter: &CostFilter,
+) -> Result<Vec<Point>, StoreError> {
+    let changes = store.cost_changes(range, filter).await?;
+    Ok(buckets(range, step_s, &changes))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Projection {
+    /// `minute`, `hour`, `day`, `30_days` or `365_days`.
+    pub horizon: String,
+    pub seconds: i64,
+    pub projected_micros: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct TokenForecast {
+    /// Tokens served in the last hour: the rate projected forward.
+    pub tokens_last_hour: i64,
+    pub horizons: Vec<TokenProjection>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct TokenProjection {
+    pub horizon: String,
+    pub seconds: i64,
+    pub projected_tokens: i64,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Forecast {
+    pub currency: String,
+    pub at: DateTime<Utc>,
+    /// Summed hourly price of everything running now.
+    pub burn_rate_micros_per_hour: i64,
+    pub burn_rate_by_provider: Vec<Entry>,
+    /// `burn_rate × horizon`, rounded down.
+    pub horizons: Vec<Projection>,
+    pub month_to_date_micros: i64,
+    /// Month to date plus the burn rate until the end of the month.
+    pub projected_month_end_micros: i64,
+    pub tokens: TokenForecast,
+}
+
+/// Burn rate now, what it comes to over each horizon, and the month's projected total.
+///
+/// # Errors
+/// The store's.
+pub async fn forecast(
+    store: &dyn Store,
+    currency: &str,
+    now: DateTime<Utc>,
+    filter: &CostFilter,
+) -> Result<Forecast, StoreError> {
+    let now_s = epoch(now);
+    let rates = store.running_rates(now_s, filter).await?;
+    let burn: i64 = rates.iter().map(|rate| rate.hourly_micros).sum();
+    let mut by_provider: BTreeMap<String, Exact> = BTreeMap::new();
+    for rate in &rates {
+        by_provider.entry(rate.key.provider.clone()).or_default().add(rate.hourly_micros, 0);
+    }
+    let (month_start, month_end) = month_of(now);
+    let month = TimeRange { from_s: month_start, to_s: month_end, now_s };
+    let month_to_date = summary(store, currency, month, filter, 0).await?.total_micros;
+    let usage = store.usage_groups(now_s - HOUR, now_s + 1, filter).await?;
+    let tokens_last_hour: i64 = usage.iter().map(|group| group.prompt_tokens + group.completion_tokens).sum();
+    Ok(Forecast {
+        currency: currency.to_owned(),
+        at: now,
+        burn_rate_micros_per_hour: burn,
+        burn_rate_by_provider: entries(by_provider),
+        horizons: WINDOWS
+            .iter()
+            .map(|(name, seconds)| Projection {
+                horizon: (*name).to_owned(),
+                seconds: *seconds,
+                projected_micros: project(burn, *seconds),
+            })
+            .collect(),
+        month_to_date_micros: month_to_date,
+        projected_month_end_micros: month_to_date.saturating_add(project(burn, month_end - now_s)),
+        tokens: TokenForecast {
+            tokens_last_hour,
+            horizons: WINDOWS
+                .iter()
+                .map(|(name, seconds)| TokenProjection {
+                    horizon: (*name).to_owned(),
+                    seconds: *seconds,
+                    projected_tokens: project(tokens_last_hour, *seconds),
+                })
+                .collect(),
+        },
+    })
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct UsageEntry {
+    pub key: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Usage {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    pub by_model: Vec<UsageEntry>,
+    pub by_instance: Vec<UsageEntry>,
+    pub by_instance_type: Vec<UsageEntry>,
+    pub by_zone: Vec<UsageEntry>,
+    pub by_provider: Vec<UsageEntry>,
+    pub by_organization: Vec<UsageEntry>,
+}
+
+/// Token usage over `[from_s, to_s)`, broken down.
+///
+/// # Errors
+/// The store's.
+pub async fn usage(store: &dyn Store, from_s: i64, to_s: i64, filter: &CostFilter) -> Result<Usage, StoreError> {
+    let groups = store.usage_groups(from_s, to_s, filter).await?;
+    let mut dimensions: [BTreeMap<String, (i64, i64)>; 6] = Default::default();
+    let (mut prompt, mut completion) = (0, 0);
+    let unknown = || "unknown".to_owned();
+    for group in &groups {
+        prompt += group.prompt_tokens;
+        completion += group.completion_tokens;
+        let keys = [
+            group.model.clone(),
+            group.instance_id.map_or_else(unknown, |id| id.to_string()),
+            group.instance_type.clone().unwrap_or_else(unknown),
+            group.zone.clone().unwrap_or_else(unknown),
+            group.provider.clone().unwrap_or_else(unknown),
+            group.organization_id.to_string(),
+        ];
+        for (dimension, key) in dimensions.iter_mut().zip(keys) {
+            let entry = dimension.entry(key).or_default();
+            entry.0 += group.prompt_tokens;
+            entry.1 += group.completion_tokens;
+        }
+    }
+    let list = |groups: BTreeMap<String, (i64, i64)>| {
+        let mut entries: Vec<UsageEntry> = groups
+            .into_iter()
+            .map(|(key, (prompt_tokens, completion_tokens))| UsageEntry {
+                key,
+                prompt_tokens,
+                completion_tokens,
+                total_tokens: prompt_tokens + completion_tokens,
+            })
+            .collect();
+        entries.sort_by(|a, b| b.total_tokens.cmp(&a.total_tokens).then_with(|| a.key.cmp(&b.key)));
+        entries
+    };
+    let [by_model, by_instance, by_instance_type, by_zone, by_provider, by_organization] = dimensions.map(list);
+    Ok(Usage {
+        from: time(from_s),
+        to: time(to_s),
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+        by_model,
+        by_instance,
+        by_instance_type,
+        by_zone,
+        by_provider,
+        by_organization,
+    })
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct TokenCost {
+    pub key: String,
+    pub cost_micros: i64,
+    pub tokens: i64,
+    /// `cost × 1,000,000 / tokens`, rounded down; absent without tokens.
+    pub cost_per_million_tokens_micros: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct CostPerToken {
+    pub currency: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub by_model: Vec<TokenCost>,
+    pub by_instance_type: Vec<TokenCost>,
+}
+
+fn token_costs(costs: &[Entry], tokens: &[UsageEntry]) -> Vec<TokenCost> {
+    let mut keys: Vec<&String> =
+        costs.iter().map(|entry| &entry.key).chain(tokens.iter().map(|entry| &entry.key)).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .map(|key| {
+            let cost_micros = costs.iter().find(|entry| &entry.key == key).map_or(0, |entry| entry.cost_micros);
+            let tokens = tokens.iter().find(|entry| &entry.key == key).map_or(0, |entry| entry.total_tokens);
+            let per_million = (tokens > 0).then(|| saturate(i128::from(cost_micros) * 1_000_000 / i128::from(tokens)));
+            TokenCost { key: key.clone(), cost_micros, tokens, cost_per_million_tokens_micros: per_million }
+        })
+        .collect()
+}
+
+/// Cost per million tokens per model and per instance type: the cost of the instances serving
+/// them divided by the tokens they served, over the range.
+///
+/// # Errors
+/// The store's.
+pub async fn cost_per_token(
+    store: &dyn Store,
+    currency: &str,
+    range: TimeRange,
+    filter: &CostFilter,
+) -> Result<CostPerToken, StoreError> {
+    let costs = summary(store, currency, range, filter, 0).await?;
+    let tokens = usage(store, range.from_s, range.to_s, filter).await?;
+    Ok(CostPerToken {
+        currency: currency.to_owned(),
+        from: time(range.from_s),
+        to: time(range.to_s),
+        by_model: token_costs(&costs.by_model, &tokens.by_model),
+        by_instance_type: token_costs(&costs.by_instance_type, &tokens.by_instance_type),
+    })
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct BudgetStatus {
+    #[serde(flatten)]
+    pub budget: Budget,
+    pub currency: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    pub month_to_date_micros: i64,
+    pub projected_month_end_micros: i64,
+    /// Month to date as a percentage of the amount.
+    pub spent_percent: f64,
+    /// Thresholds crossed in this period.
+    pub alerts: Vec<BudgetAlert>,
+}
+
+/// Where an organization stands against its budget this month.
+///
+/// # Errors
+/// The store's.
+pub async fn budget_status(
+    store: &dyn Store,
+    currency: &str,
+    budget: Budget,
+    now: DateTime<Utc>,
+) -> Result<BudgetStatus, StoreError> {
+    let filter = CostFilter { organization: Some(budget.organization_id), ..CostFilter::default() };
+    let forecast = forecast(store, currency, now, &filter).await?;
+    let period = period(now);
+    let alerts = store.budget_alerts(budget.organization_id, &period).await?;
+    #[allow(clippy::cast_precision_loss)]
+    let spent_percent = if budget.amount_micros > 0 {
+        forecast.month_to_date_micros as f64 * 100.0 / budget.amount_micros as f64
+    } else {
+        0.0
+    };
+    Ok(BudgetStatus {
+        budget,
+        currency: currency.to_owned(),
+        period,
+        month_to_date_micros: forecast.month_to_date_micros,
+        projected_month_end_micros: forecast.projected_month_end_micros,
+        spent_percent,
+        alerts,
+    })
+}
+
+/// Why a hard cap refuses a deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapExceeded {
+    pub amount_micros: i64,
+    pub projected_micros: i64,
+    pub period: String,
+}
+
+/// Refuses spending `added_hourly` more (reporting currency, per hour, until the month ends)
+/// when the organization's budget has a hard cap that the projected month would exceed.
+///
+/// # Errors
+/// The store's.
+pub async fn check_cap(
+    store: &dyn Store,
+    currency: &str,
+    organization: qm_domain::OrganizationId,
+    added_hourly: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<CapExceeded>, StoreError> {
+    let Some(budget) = store.budget(organization).await? else { return Ok(None) };
+    if !budget.hard_cap {
+        return Ok(None);
+    }
+    let filter = CostFilter { organization: Some(organization), ..CostFilter::default() };
+    let forecast = forecast(store, currency, now, &filter).await?;
+    let (_, month_end) = month_of(now);
+    let projected = forecast.projected_month_end_micros.saturating_add(project(added_hourly, month_end - epoch(now)));
+    Ok((projected > budget.amount_micros).then(|| CapExceeded {
+        amount_micros: budget.amount_micros,
+        projected_micros: projected,
+        period: period(now),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_add_up_and_never_decrease() {
+        // 1 EUR/h from 30 s to 150 s, 3.6 EUR/h from 90 s on, over [0, 180) in minutes.
+        let range = TimeRange { from_s: 0, to_s: 180, now_s: 1_000 };
+        let changes = [(30, 1_000_000), (90, 3_600_000), (150, -1_000_000), (180, -3_600_000)];
+        let points = buckets(range, 60, &changes);
+        let costs: Vec<i64> = points.iter().map(|point| point.cost_micros).collect();
+        // Cumulative: 8333.3, then 55000, then 123333.3; buckets are differences of the floors.
+        assert_eq!(costs, [8_333, 46_667, 68_333]);
+        assert_eq!(points.last().map(|point| point.cumulative_micros), Some(123_333));
+        assert_eq!(project(3_600_000, 60), 60_000);
+    }
+
+    #[test]
+    fn months_and_periods() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 31, 23, 0, 0).single().expect("time");
+        let (start, end) = month_of(now);
+        assert_eq!(time(start), Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).single().expect("time"));
+        assert_eq!(time(end), Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).single().expect("time"));
+        assert_eq!(period(now), "2026-12");
+    }
+}

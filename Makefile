@@ -43,9 +43,10 @@ test: services venv ## fmt check, clippy -D warnings, and every test against the
 	$(CARGO) nextest run --workspace --no-fail-fast
 
 .PHONY: bench
-bench: services ## Benchmarks (release build): API latency under load, reconciliation time; each vs a same-run baseline
+bench: services ## Benchmarks (release build): API latency under load, reconciliation time, FinOps query latency; each vs a same-run baseline
 	$(CARGO) bench -p qm-api --bench api
 	$(CARGO) bench -p qm-orchestrator --bench reconcile
+	$(CARGO) bench -p qm-finops --bench costs
 
 .PHONY: lint
 lint: ## fmt check and clippy only

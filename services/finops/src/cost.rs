@@ -109,7 +109,9 @@ pub async fn summary(
     filter: &CostFilter,
     top: u32,
 ) -> Result<Summary, StoreError> {
-    let groups = store.cost_groups(range, filter).await?;
+    // The breakdowns and the costliest instances are two queries; they run at once.
+    let instances = async { if top == 0 { Ok(Vec::new()) } else { store.instance_costs(range, filter, top).await } };
+    let (groups, instances) = futures::try_join!(store.cost_groups(range, filter), instances)?;
     let mut total = Exact::default();
     let mut dimensions: [BTreeMap<String, Exact>; 6] = Default::default();
     for group in &groups {
@@ -126,7 +128,6 @@ pub async fn summary(
             dimension.entry(key.clone()).or_default().add(group.quotient, group.remainder);
         }
     }
-    let instances = if top == 0 { Vec::new() } else { store.instance_costs(range, filter, top).await? };
     let [by_provider, by_region, by_zone, by_instance_type, by_organization, by_model] = dimensions.map(entries);
     Ok(Summary {
         currency: currency.to_owned(),
@@ -153,7 +154,7 @@ pub struct Window {
     pub summary: Summary,
 }
 
-/// The summary for each of [`WINDOWS`], ending at `now_s`.
+/// The summary for each of [`WINDOWS`], ending at `now_s`; the windows are queried at once.
 ///
 /// # Errors
 /// The store's.
@@ -164,12 +165,14 @@ pub async fn windows(
     filter: &CostFilter,
     top: u32,
 ) -> Result<Vec<Window>, StoreError> {
-    let mut windows = Vec::with_capacity(WINDOWS.len());
-    for (name, seconds) in WINDOWS {
+    let queries = WINDOWS.map(|(name, seconds)| async move {
         let range = TimeRange { from_s: now_s - seconds, to_s: now_s, now_s };
-        windows.push(Window { window: name.to_owned(), summary: summary(store, currency, range, filter, top).await? });
-    }
-    Ok(windows)
+        Ok::<_, StoreError>(Window {
+            window: name.to_owned(),
+            summary: summary(store, currency, range, filter, top).await?,
+        })
+    });
+    futures::future::try_join_all(queries).await
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]

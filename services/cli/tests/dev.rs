@@ -389,7 +389,8 @@ async fn local_instances_are_real_processes_from_ready_to_terminated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_instance_costs_money_while_it_runs_and_its_tokens_have_a_price() {
     let data_dir = temporary_data_dir();
-    let (dev, session) = Session::start(&data_dir).await;
+    let (dev, dev_urls, _) = Dev::start_with(&data_dir, &[], &[("QM_ADMIN_PASSWORD", "dev-test-password")]);
+    let session = Session::login(&dev_urls["api"], "dev-test-password").await;
     let ids = session.deploy(["local", "local-1", "local.mock-gpu"], 1).await;
     let id = &ids[0];
     session.state_within(id, |state| state == "ready", Duration::from_secs(30)).await;
@@ -407,6 +408,19 @@ async fn a_local_instance_costs_money_while_it_runs_and_its_tokens_have_a_price(
     assert_eq!(summary["by_provider"][0]["key"], "local");
     let forecast = session.send(reqwest::Method::GET, "/finops/cost/forecast", None).await;
     assert_eq!(forecast["burn_rate_micros_per_hour"], 500_000);
+    // The finops service's gauges (refreshed every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = http().get(format!("{}/metrics", dev_urls["finops"])).send().await.expect("metrics");
+        let text = metrics.text().await.expect("text");
+        if text.contains("qm_finops_burn_rate_micros_per_hour{provider=\"local\"} 500000")
+            && text.contains("qm_finops_month_to_date_cost_micros{provider=\"local\"}")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no FinOps gauges: {text}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     assert_eq!(forecast["horizons"][1]["projected_micros"], 500_000, "one hour at the burn rate");
 
     // Tokens from the mock engine reach finops through the heartbeats.

@@ -6,6 +6,8 @@
 //! - [`local`]: real `qm-worker-agent` processes on this machine (the embedded default).
 //! - [`sim`]: an in-memory cloud with boot delays, per-zone capacity, rate limits and injected
 //!   faults, deterministic under a seed, for scale and chaos tests.
+//! - [`scaleway`]: Scaleway's Instance API v1 over HTTP (`aws` is the `qm-provider-aws` crate,
+//!   which keeps the EC2 SDK's compile cost in one place).
 //! - [`agent`]: the user data handed to instances, and the simulated agent of `sim` instances.
 //! - [`conformance`]: the promises every provider keeps.
 //!
@@ -16,6 +18,7 @@
 pub mod agent;
 pub mod conformance;
 pub mod local;
+pub mod scaleway;
 pub mod sim;
 
 use std::collections::BTreeMap;

@@ -34,23 +34,39 @@ pub const MEMBERS: usize = 4;
 /// How often each replica reconciles on its own.
 pub const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The providers this orchestrator drives: those of `QM_PROVIDERS` it has an implementation for.
-/// `local_state_dir` is where the `local` provider keeps track of its processes.
-pub fn providers(enabled: &[String], local_state_dir: &std::path::Path) -> BTreeMap<String, Arc<dyn CloudProvider>> {
+/// The providers this orchestrator drives: those of `QM_PROVIDERS`. `local_state_dir` is where
+/// the `local` provider keeps track of its processes; `aws` and `scaleway` read their
+/// credentials and settings from `environment`.
+///
+/// # Errors
+/// A listed provider whose credentials or settings are missing, named.
+pub async fn providers(
+    enabled: &[String],
+    local_state_dir: &std::path::Path,
+    environment: &qm_config::Environment,
+) -> anyhow::Result<BTreeMap<String, Arc<dyn CloudProvider>>> {
     let mut providers: BTreeMap<String, Arc<dyn CloudProvider>> = BTreeMap::new();
     for name in enabled {
-        if name == qm_providers::sim::NAME {
-            providers.insert(
-                name.clone(),
-                Arc::new(qm_providers::sim::SimCloud::new(qm_providers::sim::SimConfig::default())),
-            );
-        } else if name == qm_providers::local::NAME {
-            providers.insert(name.clone(), Arc::new(qm_providers::local::LocalProvider::new(local_state_dir, None)));
-        } else {
-            tracing::warn!(provider = %name, "provider enabled but not implemented yet; its instances fail with that reason");
-        }
+        let provider: Arc<dyn CloudProvider> = match name.as_str() {
+            qm_providers::sim::NAME => {
+                Arc::new(qm_providers::sim::SimCloud::new(qm_providers::sim::SimConfig::default()))
+            }
+            qm_providers::local::NAME => Arc::new(qm_providers::local::LocalProvider::new(local_state_dir, None)),
+            qm_providers::scaleway::NAME => {
+                let config = qm_providers::scaleway::ScalewayConfig::from_environment(environment)
+                    .map_err(anyhow::Error::msg)?;
+                Arc::new(qm_providers::scaleway::ScalewayProvider::new(config))
+            }
+            qm_provider_aws::NAME => {
+                let settings =
+                    qm_provider_aws::AwsSettings::from_environment(environment).map_err(anyhow::Error::msg)?;
+                Arc::new(qm_provider_aws::AwsProvider::from_environment(settings).await)
+            }
+            other => anyhow::bail!("unknown provider `{other}` in QM_PROVIDERS"),
+        };
+        providers.insert(name.clone(), provider);
     }
-    providers
+    Ok(providers)
 }
 
 /// Builds the service on `address` (port 0 picks a free one) with `providers`.
@@ -109,6 +125,8 @@ pub async fn build_with(
 /// # Errors
 /// When the address cannot be bound.
 pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Shutdown) -> anyhow::Result<Service> {
-    let providers = providers(&dependencies.settings.providers, &dependencies.settings.local_state_dir);
+    let settings = &dependencies.settings;
+    let providers =
+        providers(&settings.providers, &settings.local_state_dir, &qm_config::Environment::process()).await?;
     build_with(dependencies, address, shutdown, providers, saga::Timing::default(), health::Deadlines::default()).await
 }

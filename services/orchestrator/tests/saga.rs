@@ -8,96 +8,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qm_domain::{InstanceId, InstanceState, OrganizationId};
+use qm_domain::{InstanceId, InstanceState};
 use qm_events::{Envelope, MessageType};
 use qm_orchestrator::saga::{Saga, Timing};
 use qm_providers::CloudProvider;
 use qm_providers::sim::{Faults, SimCloud, SimConfig};
-use qm_runtime::backoff::Backoff;
-use qm_store::{InstanceAnnotation, NewInstance, NewOrganization, Offer, Store, Transition};
+use qm_store::{Offer, Transition};
 use serde_json::json;
 
-struct World {
-    store: Arc<dyn Store>,
-    organization: OrganizationId,
-    directory: std::path::PathBuf,
-}
-
-impl World {
-    async fn new() -> Self {
-        let directory = std::env::temp_dir().join(format!("qm-orchestrator-test-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&directory).unwrap();
-        let store = qm_store::connect(&format!("sqlite://{}", directory.join("qm.db").display())).await.unwrap();
-        let mut tx = store.begin().await.unwrap();
-        let organization = OrganizationId::new();
-        tx.insert_organization(&NewOrganization { id: organization, name: "Test".into(), slug: "test".into() })
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        Self { store, organization, directory }
-    }
-
-    /// An instance in `requested` and its provision command, as the API writes them.
-    async fn requested(&self, zones: &[&str]) -> (InstanceId, Envelope) {
-        let placements: Vec<Offer> = zones.iter().map(|zone| offer(zone)).collect();
-        let id = InstanceId::new();
-        let mut tx = self.store.begin().await.unwrap();
-        let instance = NewInstance {
-            id,
-            organization_id: self.organization,
-            deployment_id: None,
-            placement: placements[0].clone(),
-            model: "m".into(),
-        };
-        tx.insert_instance(&instance).await.unwrap();
-        tx.commit().await.unwrap();
-        let command = Envelope::new(
-            MessageType::InstanceProvision,
-            "test",
-            Some(self.organization),
-            json!({ "instance_id": id, "model": "m", "placements": placements }),
-        );
-        (id, command)
-    }
-
-    async fn state(&self, id: InstanceId) -> qm_store::Instance {
-        self.store.instance(id).await.unwrap().unwrap()
-    }
-
-    async fn request_termination(&self, id: InstanceId) -> Envelope {
-        let instance = self.state(id).await;
-        let mut tx = self.store.begin().await.unwrap();
-        let transition = Transition {
-            instance: id,
-            from: instance.state,
-            to: InstanceState::Terminating,
-            reason: None,
-            progress_percent: None,
-        };
-        tx.transition_instance(&transition).await.unwrap().unwrap();
-        tx.commit().await.unwrap();
-        Envelope::new(MessageType::InstanceTerminate, "test", Some(self.organization), json!({ "instance_id": id }))
-    }
-
-    async fn move_to(&self, id: InstanceId, from: InstanceState, to: InstanceState) {
-        let mut tx = self.store.begin().await.unwrap();
-        let transition = Transition { instance: id, from, to, reason: None, progress_percent: None };
-        tx.transition_instance(&transition).await.unwrap().unwrap();
-        tx.commit().await.unwrap();
-    }
-
-    /// Points the instance's address at `address` (where a test's stand-in agent listens).
-    async fn place_at(&self, id: InstanceId, address: std::net::SocketAddr) {
-        let mut tx = self.store.begin().await.unwrap();
-        let annotation = InstanceAnnotation { address: Some(address.to_string()), ..InstanceAnnotation::default() };
-        tx.annotate_instance(id, &annotation).await.unwrap().unwrap();
-        tx.commit().await.unwrap();
-    }
-
-    fn cleanup(&self) {
-        let _ = std::fs::remove_dir_all(&self.directory);
-    }
-}
+mod common;
+use common::{World, fast};
 
 fn offer(zone: &str) -> Offer {
     // Catalog ids do not matter to the provider; stable ones per zone keep failover checks simple.
@@ -117,15 +37,6 @@ fn offer(zone: &str) -> Offer {
     }
 }
 
-fn fast() -> Timing {
-    Timing {
-        attempts: 4,
-        backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(20)),
-        boot_timeout: Duration::from_secs(5),
-        poll_interval: Duration::from_millis(20),
-    }
-}
-
 fn providers(cloud: &Arc<SimCloud>) -> BTreeMap<String, Arc<dyn CloudProvider>> {
     BTreeMap::from([("sim".to_owned(), cloud.clone() as Arc<dyn CloudProvider>)])
 }
@@ -140,7 +51,7 @@ fn history(instance_history: &[qm_store::StateChange]) -> Vec<InstanceState> {
 
 #[tokio::test]
 async fn a_provisioned_instance_boots_with_its_history_logs_and_events() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::from_millis(50), ..SimConfig::default() }));
     let saga = saga(&world, &cloud);
     let (id, command) = world.requested(&["sim-eu-1"]).await;
@@ -178,7 +89,7 @@ async fn a_provisioned_instance_boots_with_its_history_logs_and_events() {
 
 #[tokio::test]
 async fn a_capacity_error_in_zone_1_lands_the_instance_in_zone_2() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let config = SimConfig { zone_capacity: BTreeMap::from([("sim-eu-1".to_owned(), 0)]), ..SimConfig::default() };
     let cloud = Arc::new(SimCloud::new(config));
     let saga = saga(&world, &cloud);
@@ -199,7 +110,7 @@ async fn a_capacity_error_in_zone_1_lands_the_instance_in_zone_2() {
 
 #[tokio::test]
 async fn no_capacity_anywhere_fails_with_the_reasons() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let capacity = BTreeMap::from([("sim-eu-1".to_owned(), 0), ("sim-eu-2".to_owned(), 0)]);
     let cloud = Arc::new(SimCloud::new(SimConfig { zone_capacity: capacity, ..SimConfig::default() }));
     let saga = saga(&world, &cloud);
@@ -218,7 +129,7 @@ async fn no_capacity_anywhere_fails_with_the_reasons() {
 
 #[tokio::test]
 async fn a_create_that_timed_out_after_succeeding_is_not_duplicated() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let faults = Faults { create_times_out: 1.0, ..Faults::default() };
     let cloud = Arc::new(SimCloud::new(SimConfig { faults, ..SimConfig::default() }));
     let saga = saga(&world, &cloud);
@@ -231,7 +142,7 @@ async fn a_create_that_timed_out_after_succeeding_is_not_duplicated() {
 
 #[tokio::test]
 async fn an_instance_the_provider_loses_while_starting_is_compensated_and_failed() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::from_secs(60), ..SimConfig::default() }));
     let timing = Timing { boot_timeout: Duration::from_millis(200), ..fast() };
     let saga = Saga::new(world.store.clone(), providers(&cloud), timing);
@@ -246,7 +157,7 @@ async fn an_instance_the_provider_loses_while_starting_is_compensated_and_failed
 
 #[tokio::test]
 async fn termination_retries_the_provider_and_confirms() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let faults = Faults { terminate_failures: 2, ..Faults::default() };
     let cloud = Arc::new(SimCloud::new(SimConfig { faults, ..SimConfig::default() }));
     let saga = saga(&world, &cloud);
@@ -267,7 +178,7 @@ async fn termination_retries_the_provider_and_confirms() {
 
 #[tokio::test]
 async fn a_provider_that_keeps_failing_opens_its_circuit_and_instances_wait() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let faults = Faults { create_fails: 1.0, ..Faults::default() };
     let cloud = Arc::new(SimCloud::new(SimConfig { faults, ..SimConfig::default() }));
     let saga = saga(&world, &cloud);
@@ -292,7 +203,7 @@ async fn a_provider_that_keeps_failing_opens_its_circuit_and_instances_wait() {
 
 #[tokio::test]
 async fn a_provider_that_is_not_enabled_fails_the_instance_with_that_reason() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let saga = Saga::new(world.store.clone(), BTreeMap::new(), fast());
     let (id, command) = world.requested(&["sim-eu-1"]).await;
     saga.provision(&command).await.unwrap();
@@ -304,7 +215,7 @@ async fn a_provider_that_is_not_enabled_fails_the_instance_with_that_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_on_the_bus_are_carried_out_by_the_service() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::from_millis(20), ..SimConfig::default() }));
     let bus = qm_bus::connect("memory://").await.unwrap();
     let settings = qm_config::Settings::from_env(&qm_config::Environment::from_pairs([
@@ -368,7 +279,7 @@ fn health(world: &World, saga: Saga, startup: Duration, heartbeat: Duration) -> 
 
 #[tokio::test]
 async fn an_instance_booting_past_its_deadline_fails_and_is_terminated() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let cloud = Arc::new(SimCloud::new(SimConfig::default()));
     let (id, command) = world.requested(&["sim-eu-1"]).await;
     saga(&world, &cloud).provision(&command).await.unwrap();
@@ -395,7 +306,7 @@ async fn an_instance_booting_past_its_deadline_fails_and_is_terminated() {
 
 #[tokio::test]
 async fn a_ready_instance_whose_agent_falls_silent_becomes_unhealthy() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let cloud = Arc::new(SimCloud::new(SimConfig::default()));
     let (id, command) = world.requested(&["sim-eu-1"]).await;
     saga(&world, &cloud).provision(&command).await.unwrap();
@@ -426,7 +337,7 @@ async fn stand_in_agent(status: Arc<std::sync::atomic::AtomicU16>) -> std::net::
 
 #[tokio::test]
 async fn probes_make_a_booting_instance_ready_and_keep_a_silent_one_ready_while_readyz_answers() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let cloud = Arc::new(SimCloud::new(SimConfig::default()));
     let (id, command) = world.requested(&["sim-eu-1"]).await;
     saga(&world, &cloud).provision(&command).await.unwrap();
@@ -457,7 +368,7 @@ async fn probes_make_a_booting_instance_ready_and_keep_a_silent_one_ready_while_
 
 #[tokio::test]
 async fn instances_stuck_provisioning_fail_and_stuck_terminations_are_issued_again_once() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let cloud = Arc::new(SimCloud::new(SimConfig::default()));
     let (provisioning, _) = world.requested(&["sim-eu-1"]).await;
     world.move_to(provisioning, InstanceState::Requested, InstanceState::Provisioning).await;
@@ -494,7 +405,7 @@ async fn instances_stuck_provisioning_fail_and_stuck_terminations_are_issued_aga
 
 #[tokio::test]
 async fn reconciliation_marks_vanished_instances_and_terminates_orphans() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let cloud = Arc::new(SimCloud::new(SimConfig::default()));
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -547,7 +458,7 @@ async fn reconciliation_marks_vanished_instances_and_terminates_orphans() {
 async fn a_thousand_instances_under_injected_faults_leak_nothing_and_duplicate_nothing() {
     use futures::StreamExt as _;
     const COUNT: usize = 1_000;
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let config = SimConfig {
         boot_delay: Duration::from_millis(5),
         faults: Faults::all(0.05),
@@ -641,7 +552,7 @@ async fn a_thousand_instances_under_injected_faults_leak_nothing_and_duplicate_n
 
 #[tokio::test]
 async fn catalog_sync_writes_the_offers_and_a_second_sync_changes_nothing() {
-    let world = World::new().await;
+    let world = World::new(offer).await;
     let mut offers = qm_providers::sim::default_offers();
     let cloud = Arc::new(SimCloud::new(SimConfig { offers: offers.clone(), ..SimConfig::default() }));
     let sync = qm_orchestrator::catalog::CatalogSync { store: world.store.clone(), providers: providers(&cloud) };

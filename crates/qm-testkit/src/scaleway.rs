@@ -1,0 +1,500 @@
+//! A fake of Scaleway's Instance API v1, for tests, following the published shapes
+//! (`docs/providers.md`): servers (list with filters and pagination, create, get, delete,
+//! actions, user data), flexible IPs, server types with hourly prices and their availability;
+//! `X-Auth-Token` checked; errors as `{"type", "message"}`. It records every request it receives
+//! (without the token) and can be told to be out of stock for a type in a zone, or to answer
+//! 429 or 503 to the next requests. State changes like the real API's: a new server is
+//! `stopped`; `poweron` makes it `starting`, and the next read finds it `running` with a dynamic
+//! public IP; `terminate` removes it (a later `GET` is a 404).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use serde_json::{Value, json};
+
+/// `(code, hourly EUR, GPUs, GPU name, GPU memory GiB, vCPUs, RAM GiB, zones offering it; empty = all)`.
+type Product = (&'static str, f64, u64, Option<&'static str>, u64, u64, u64, &'static [&'static str]);
+
+/// Types and list prices as published (EUR per hour).
+pub const PRODUCTS: [Product; 8] = [
+    ("DEV1-S", 0.0088, 0, None, 0, 2, 2, &[]),
+    ("RENDER-S", 1.2212, 1, Some("P100"), 16, 10, 42, &["fr-par-1"]),
+    ("L4-1-24G", 0.75, 1, Some("L4"), 24, 8, 48, &[]),
+    ("L4-2-24G", 1.5, 2, Some("L4"), 24, 16, 96, &[]),
+    ("L4-4-24G", 3.0, 4, Some("L4"), 24, 32, 192, &[]),
+    ("L40S-1-48G", 1.4, 1, Some("L40S"), 48, 8, 96, &["fr-par-2"]),
+    ("H100-1-80G", 2.73, 1, Some("H100"), 80, 24, 240, &["fr-par-2"]),
+    ("H100-SXM-8-80G", 23.028, 8, Some("H100"), 80, 128, 960, &["fr-par-2"]),
+];
+
+const GIB: u64 = 1 << 30;
+
+/// One request as the fake received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+}
+
+#[derive(Default)]
+struct World {
+    secret: String,
+    /// By (zone, id).
+    servers: BTreeMap<(String, String), Value>,
+    ips: BTreeMap<(String, String), Value>,
+    user_data: BTreeMap<(String, String), String>,
+    requests: Vec<Recorded>,
+    out_of_stock: BTreeSet<(String, String)>,
+    throttle: u32,
+    unavailable: u32,
+    counter: u64,
+}
+
+type Shared = Arc<Mutex<World>>;
+
+fn lock(world: &Shared) -> std::sync::MutexGuard<'_, World> {
+    world.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub struct FakeScaleway {
+    address: SocketAddr,
+    world: Shared,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeScaleway {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn problem(status: StatusCode, kind: &str, message: &str, extra: Value) -> Response {
+    let mut body = json!({ "type": kind, "message": message });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    (status, axum::Json(body)).into_response()
+}
+
+fn not_found(resource: &str, id: &str) -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "resource is not found",
+        json!({ "resource": resource, "resource_id": id }),
+    )
+}
+
+fn invalid(argument: &str, reason: &str) -> Response {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "invalid_arguments",
+        "invalid argument(s)",
+        json!({ "details": [{ "argument_name": argument, "reason": reason, "help_message": reason }] }),
+    )
+}
+
+fn offered(zone: &str, product: &Product) -> bool {
+    product.7.is_empty() || product.7.contains(&zone)
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Every request passes here first: recorded, authenticated, and maybe throttled.
+async fn gate(State(world): State<Shared>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    {
+        let mut world = lock(&world);
+        world.requests.push(Recorded {
+            method: request.method().to_string(),
+            path: request.uri().path().to_owned(),
+            query: request.uri().query().unwrap_or_default().to_owned(),
+        });
+        let token = request.headers().get("x-auth-token").and_then(|value| value.to_str().ok());
+        if token != Some(world.secret.as_str()) {
+            return problem(
+                StatusCode::UNAUTHORIZED,
+                "denied_authentication",
+                "invalid or missing X-Auth-Token",
+                json!({}),
+            );
+        }
+        if world.throttle > 0 {
+            world.throttle -= 1;
+            return problem(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "rate limit exceeded", json!({}));
+        }
+        if world.unavailable > 0 {
+            world.unavailable -= 1;
+            return problem(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "try again later", json!({}));
+        }
+    }
+    next.run(request).await
+}
+
+fn page(items: Vec<Value>, query: &BTreeMap<String, String>, uri: &Uri, field: &str) -> Response {
+    let per_page = query.get("per_page").and_then(|value| value.parse::<usize>().ok()).unwrap_or(50).clamp(1, 100);
+    let page = query.get("page").and_then(|value| value.parse::<usize>().ok()).unwrap_or(1).max(1);
+    let total = items.len();
+    let slice: Vec<Value> = items.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+    let last = total.div_ceil(per_page).max(1);
+    let mut headers = HeaderMap::new();
+    headers.insert("x-total-count", axum::http::HeaderValue::from(total));
+    let link = format!("<{}?page={}&per_page={per_page}>; rel=\"last\"", uri.path(), last);
+    if let Ok(value) = link.parse() {
+        headers.insert("link", value);
+    }
+    (StatusCode::OK, headers, axum::Json(json!({ field: slice }))).into_response()
+}
+
+/// A `starting` server is `running` by the time anyone looks again.
+fn settle(server: &mut Value, counter: u64) {
+    if server["state"] == "starting" {
+        server["state"] = json!("running");
+        server["state_detail"] = json!("booting kernel");
+        server["allowed_actions"] = json!(["poweroff", "terminate", "reboot", "stop_in_place", "backup"]);
+        if server["dynamic_ip_required"] == true && server["public_ip"].is_null() {
+            let ip = json!({ "id": uuid::Uuid::new_v4(), "address": format!("51.15.{}.{}", counter / 250 % 250, counter % 250 + 1), "dynamic": true, "family": "inet" });
+            server["public_ip"] = ip.clone();
+            server["public_ips"] = json!([ip]);
+        }
+        server["private_ip"] =
+            json!(format!("10.{}.{}.{}", counter / 65_000 % 250, counter / 250 % 250, counter % 250 + 1));
+    }
+}
+
+async fn list_servers(
+    State(world): State<Shared>,
+    Path(zone): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    uri: Uri,
+) -> Response {
+    let mut world = lock(&world);
+    let counter = world.counter;
+    let wanted_tags: Vec<String> =
+        query.get("tags").map(|tags| tags.split(',').map(str::to_owned).collect()).unwrap_or_default();
+    let servers: Vec<Value> = world
+        .servers
+        .iter_mut()
+        .filter(|((server_zone, _), _)| *server_zone == zone)
+        .map(|(_, server)| {
+            settle(server, counter);
+            server.clone()
+        })
+        .filter(|server| {
+            query.get("name").is_none_or(|name| server["name"].as_str().is_some_and(|own| own.contains(name.as_str())))
+        })
+        .filter(|server| query.get("commercial_type").is_none_or(|kind| server["commercial_type"] == kind.as_str()))
+        .filter(|server| query.get("state").is_none_or(|state| server["state"] == state.as_str()))
+        .filter(|server| {
+            let tags = server["tags"].as_array().cloned().unwrap_or_default();
+            wanted_tags.iter().all(|wanted| tags.iter().any(|tag| tag == wanted.as_str()))
+        })
+        .collect();
+    page(servers, &query, &uri, "servers")
+}
+
+async fn create_server(State(world): State<Shared>, Path(zone): Path<String>, body: Bytes) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else { return invalid("body", "is not JSON") };
+    let Some(name) = request["name"].as_str() else { return invalid("name", "required") };
+    let Some(kind) = request["commercial_type"].as_str() else { return invalid("commercial_type", "required") };
+    if request["image"].as_str().is_none_or(str::is_empty) {
+        return invalid("image", "required");
+    }
+    if request["project"].is_string() == request["organization"].is_string() {
+        return invalid("project", "exactly one of project and organization is required");
+    }
+    let Some(product) = PRODUCTS.iter().find(|product| product.0 == kind && offered(&zone, product)) else {
+        return invalid("commercial_type", &format!("{kind} is not available in {zone}"));
+    };
+    let mut world = lock(&world);
+    if world.out_of_stock.contains(&(zone.clone(), kind.to_owned())) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "out_of_stock",
+            &format!("{kind} is out of stock in {zone}"),
+            json!({ "resource": kind }),
+        );
+    }
+    world.counter += 1;
+    let id = uuid::Uuid::new_v4().to_string();
+    let stamp = now();
+    let server = json!({
+        "id": id, "name": name, "commercial_type": product.0, "project": request["project"],
+        "organization": request["organization"].as_str().unwrap_or("00000000-0000-0000-0000-000000000001"),
+        "tags": request["tags"].as_array().cloned().unwrap_or_default(), "state": "stopped", "state_detail": "",
+        "image": { "id": uuid::Uuid::new_v4(), "name": request["image"] }, "volumes": request["volumes"],
+        "dynamic_ip_required": request["dynamic_ip_required"].as_bool().unwrap_or(false),
+        "public_ip": null, "public_ips": [], "private_ip": null, "boot_type": request["boot_type"].as_str().unwrap_or("local"),
+        "creation_date": stamp, "modification_date": stamp, "allowed_actions": ["poweron", "backup"], "zone": zone,
+    });
+    world.servers.insert((zone.clone(), id.clone()), server.clone());
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = format!("/instance/v1/zones/{zone}/servers/{id}").parse() {
+        headers.insert("location", location);
+    }
+    (StatusCode::CREATED, headers, axum::Json(json!({ "server": server }))).into_response()
+}
+
+async fn get_server(State(world): State<Shared>, Path((zone, id)): Path<(String, String)>) -> Response {
+    let mut world = lock(&world);
+    let counter = world.counter;
+    match world.servers.get_mut(&(zone, id.clone())) {
+        Some(server) => {
+            settle(server, counter);
+            axum::Json(json!({ "server": server })).into_response()
+        }
+        None => not_found("instance_server", &id),
+    }
+}
+
+async fn delete_server(State(world): State<Shared>, Path((zone, id)): Path<(String, String)>) -> Response {
+    let mut world = lock(&world);
+    let key = (zone, id.clone());
+    match world.servers.get(&key) {
+        None => not_found("instance_server", &id),
+        Some(server) if server["state"] != "stopped" => problem(
+            StatusCode::BAD_REQUEST,
+            "precondition_failed",
+            "server should be stopped",
+            json!({ "precondition": "resource_still_in_use" }),
+        ),
+        Some(_) => {
+            world.servers.remove(&key);
+            StatusCode::NO_CONTENT.into_response()
+        }
+    }
+}
+
+async fn action(State(world): State<Shared>, Path((zone, id)): Path<(String, String)>, body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(action) = request["action"].as_str() else { return invalid("action", "required") };
+    let mut world = lock(&world);
+    let key = (zone.clone(), id.clone());
+    let Some(server) = world.servers.get_mut(&key) else { return not_found("instance_server", &id) };
+    let allowed =
+        server["allowed_actions"].as_array().is_some_and(|actions| actions.iter().any(|known| known == action));
+    if !allowed {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "precondition_failed",
+            &format!("action {action} is not allowed in state {}", server["state"]),
+            json!({}),
+        );
+    }
+    match action {
+        "poweron" => {
+            server["state"] = json!("starting");
+            server["state_detail"] = json!("allocating node");
+            server["allowed_actions"] = json!(["stop_in_place"]);
+        }
+        "poweroff" => {
+            server["state"] = json!("stopped");
+            server["public_ip"] = Value::Null;
+            server["public_ips"] = json!([]);
+            server["allowed_actions"] = json!(["poweron", "backup"]);
+        }
+        "terminate" => {
+            world.servers.remove(&key);
+            world.user_data.remove(&key);
+        }
+        _ => {}
+    }
+    let task = json!({ "id": uuid::Uuid::new_v4(), "description": format!("server_batch_{action}"), "status": "pending",
+        "href_from": format!("/servers/{id}/action"), "href_result": format!("/servers/{id}"), "started_at": now(),
+        "terminated_at": null, "progress": 0, "zone": zone });
+    (StatusCode::ACCEPTED, axum::Json(json!({ "task": task }))).into_response()
+}
+
+async fn set_user_data(
+    State(world): State<Shared>,
+    Path((zone, id, key)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut world = lock(&world);
+    if !world.servers.contains_key(&(zone.clone(), id.clone())) {
+        return not_found("instance_server", &id);
+    }
+    if key != "cloud-init" {
+        return invalid("key", "only cloud-init is used here");
+    }
+    world.user_data.insert((zone, id), String::from_utf8_lossy(&body).into_owned());
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn products(Path(zone): Path<String>, Query(query): Query<BTreeMap<String, String>>, uri: Uri) -> Response {
+    let types: serde_json::Map<String, Value> = PRODUCTS
+        .iter()
+        .filter(|product| offered(&zone, product))
+        .map(|(code, price, gpus, gpu_name, gpu_memory, ncpus, ram, _)| {
+            let gpu_info = gpu_name.map_or(Value::Null, |name| {
+                json!({ "gpu_manufacturer": "NVIDIA", "gpu_name": name, "gpu_memory": gpu_memory * GIB })
+            });
+            let spec = json!({ "arch": "x86_64", "ncpus": ncpus, "ram": ram * GIB, "gpu": gpus, "gpu_info": gpu_info,
+                "hourly_price": price, "monthly_price": price * 730.0, "volumes_constraint": { "min_size": 0, "max_size": 0 },
+                "end_of_service": false, "alt_names": [] });
+            ((*code).to_owned(), spec)
+        })
+        .collect();
+    let mut response = axum::Json(json!({ "servers": types })).into_response();
+    let _ = (&query, &uri);
+    if let Ok(count) = PRODUCTS.iter().filter(|product| offered(&zone, product)).count().to_string().parse() {
+        response.headers_mut().insert("x-total-count", count);
+    }
+    response
+}
+
+async fn availability(State(world): State<Shared>, Path(zone): Path<String>) -> Response {
+    let world = lock(&world);
+    let servers: serde_json::Map<String, Value> = PRODUCTS
+        .iter()
+        .filter(|product| offered(&zone, product))
+        .map(|product| {
+            let stock = if world.out_of_stock.contains(&(zone.clone(), product.0.to_owned())) {
+                "shortage"
+            } else {
+                "available"
+            };
+            (product.0.to_owned(), json!({ "availability": stock }))
+        })
+        .collect();
+    axum::Json(json!({ "servers": servers })).into_response()
+}
+
+async fn list_ips(
+    State(world): State<Shared>,
+    Path(zone): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    uri: Uri,
+) -> Response {
+    let world = lock(&world);
+    let wanted: Vec<&str> = query.get("tags").map(|tags| tags.split(',').collect()).unwrap_or_default();
+    let ips: Vec<Value> = world
+        .ips
+        .iter()
+        .filter(|((ip_zone, _), _)| *ip_zone == zone)
+        .map(|(_, ip)| ip.clone())
+        .filter(|ip| {
+            let tags = ip["tags"].as_array().cloned().unwrap_or_default();
+            wanted.iter().all(|wanted| tags.iter().any(|tag| tag == *wanted))
+        })
+        .collect();
+    page(ips, &query, &uri, "ips")
+}
+
+async fn create_ip(State(world): State<Shared>, Path(zone): Path<String>, body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if !request["project"].is_string() {
+        return invalid("project", "required");
+    }
+    let mut world = lock(&world);
+    world.counter += 1;
+    let counter = world.counter;
+    let id = uuid::Uuid::new_v4().to_string();
+    let ip = json!({ "id": id, "address": format!("163.172.{}.{}", counter / 250 % 250, counter % 250 + 1),
+        "type": request["type"].as_str().unwrap_or("routed_ipv4"), "project": request["project"],
+        "tags": request["tags"].as_array().cloned().unwrap_or_default(), "server": request["server"], "zone": zone });
+    world.ips.insert((zone, id), ip.clone());
+    (StatusCode::CREATED, axum::Json(json!({ "ip": ip }))).into_response()
+}
+
+async fn delete_ip(State(world): State<Shared>, Path((zone, id)): Path<(String, String)>) -> Response {
+    match lock(&world).ips.remove(&(zone, id.clone())) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => not_found("instance_ip", &id),
+    }
+}
+
+async fn unknown(method: Method, uri: Uri) -> Response {
+    problem(StatusCode::NOT_FOUND, "not_found", &format!("{method} {} is not part of this fake", uri.path()), json!({}))
+}
+
+impl FakeScaleway {
+    /// Serves the fake on a free port of 127.0.0.1, accepting `secret` as `X-Auth-Token`.
+    ///
+    /// # Panics
+    /// When no port can be bound.
+    pub async fn start(secret: &str) -> Self {
+        let world: Shared = Arc::new(Mutex::new(World { secret: secret.to_owned(), ..World::default() }));
+        let zone = "/instance/v1/zones/{zone}";
+        let router = Router::new()
+            .route(&format!("{zone}/servers"), get(list_servers).post(create_server))
+            .route(&format!("{zone}/servers/{{id}}"), get(get_server).delete(delete_server))
+            .route(&format!("{zone}/servers/{{id}}/action"), post(action))
+            .route(&format!("{zone}/servers/{{id}}/user_data/{{key}}"), patch(set_user_data))
+            .route(&format!("{zone}/products/servers"), get(products))
+            .route(&format!("{zone}/products/servers/availability"), get(availability))
+            .route(&format!("{zone}/ips"), get(list_ips).post(create_ip))
+            .route(&format!("{zone}/ips/{{id}}"), axum::routing::delete(delete_ip))
+            .fallback(unknown)
+            .layer(axum::middleware::from_fn_with_state(world.clone(), gate))
+            .with_state(world.clone());
+        let listener =
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|error| panic!("bind: {error}"));
+        let address = listener.local_addr().unwrap_or_else(|error| panic!("address: {error}"));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self { address, world, server }
+    }
+
+    /// What `SCW_API_URL` should be.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// `kind` in `zone` answers `out_of_stock` (and shows `shortage`) from now on.
+    pub fn out_of_stock(&self, zone: &str, kind: &str) {
+        lock(&self.world).out_of_stock.insert((zone.to_owned(), kind.to_owned()));
+    }
+
+    /// The next `count` requests answer 429.
+    pub fn throttle_next(&self, count: u32) {
+        lock(&self.world).throttle = count;
+    }
+
+    /// The next `count` requests answer 503.
+    pub fn fail_next(&self, count: u32) {
+        lock(&self.world).unavailable = count;
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.world).requests.clone()
+    }
+
+    /// Every server, as the API would show it.
+    pub fn servers(&self) -> Vec<Value> {
+        lock(&self.world).servers.values().cloned().collect()
+    }
+
+    pub fn user_data(&self, zone: &str, id: &str) -> Option<String> {
+        lock(&self.world).user_data.get(&(zone.to_owned(), id.to_owned())).cloned()
+    }
+
+    /// A running server made behind Quartermaster's back; returns its id.
+    pub fn plant(&self, zone: &str, name: &str, kind: &str, tags: &[String]) -> String {
+        let mut world = lock(&self.world);
+        world.counter += 1;
+        let id = uuid::Uuid::new_v4().to_string();
+        let stamp = now();
+        let mut server = json!({ "id": id, "name": name, "commercial_type": kind, "project": "planted", "tags": tags,
+            "state": "starting", "dynamic_ip_required": true, "public_ip": null, "public_ips": [], "private_ip": null,
+            "creation_date": stamp, "modification_date": stamp, "allowed_actions": [], "zone": zone });
+        settle(&mut server, world.counter);
+        world.servers.insert((zone.to_owned(), id.clone()), server);
+        id
+    }
+
+    /// Removes a server behind Quartermaster's back.
+    pub fn remove(&self, zone: &str, id: &str) {
+        lock(&self.world).servers.remove(&(zone.to_owned(), id.to_owned()));
+    }
+}

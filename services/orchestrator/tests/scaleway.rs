@@ -1,0 +1,153 @@
+//! The orchestrator driving the `scaleway` provider against the Instance API fake: provisioning
+//! through termination, `out_of_stock` in one zone failing over to the next, 429s retried with
+//! backoff, reconciliation of a server deleted behind our back and of an orphan, and catalog
+//! sync of the GPU types with their prices.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qm_config::Secret;
+use qm_domain::{InstanceId, InstanceState};
+use qm_orchestrator::saga::Saga;
+use qm_providers::CloudProvider;
+use qm_providers::scaleway::{ScalewayConfig, ScalewayProvider};
+use qm_store::Offer;
+use qm_testkit::scaleway::FakeScaleway;
+
+mod common;
+use common::{World, fast};
+
+const SECRET: &str = "scw-orchestrator-secret";
+
+fn offer(zone: &str) -> Offer {
+    Offer {
+        provider: "scaleway".into(),
+        region: qm_providers::scaleway::region_of(zone),
+        zone_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, zone.as_bytes()).into(),
+        zone: zone.into(),
+        instance_type_id: uuid::Uuid::nil().into(),
+        instance_type: "L4-1-24G".into(),
+        gpu_model: Some("L4".into()),
+        gpu_count: 1,
+        gpu_memory_gb: 24,
+        hourly_price_micros: 750_000,
+        currency: "EUR".into(),
+    }
+}
+
+fn providers(fake: &FakeScaleway) -> BTreeMap<String, Arc<dyn CloudProvider>> {
+    let config = ScalewayConfig {
+        api_url: fake.url(),
+        secret_key: Secret::new(SECRET),
+        project_id: "11111111-2222-3333-4444-555555555555".into(),
+        zones: vec!["fr-par-1".into(), "fr-par-2".into()],
+        image: "ubuntu_jammy_gpu_os_12".into(),
+    };
+    BTreeMap::from([("scaleway".to_owned(), Arc::new(ScalewayProvider::new(config)) as Arc<dyn CloudProvider>)])
+}
+
+fn saga(world: &World, fake: &FakeScaleway) -> Saga {
+    Saga::new(world.store.clone(), providers(fake), fast()).with_api_url(Some("http://127.0.0.1:9".into()))
+}
+
+#[tokio::test]
+async fn an_instance_is_provisioned_with_user_data_and_terminated() {
+    let world = World::new(offer).await;
+    let fake = FakeScaleway::start(SECRET).await;
+    let (id, command) = world.requested(&["fr-par-1"]).await;
+    saga(&world, &fake).provision(&command).await.unwrap();
+    let instance = world.state(id).await;
+    assert_eq!(instance.state, InstanceState::Booting, "no agent can boot in the fake: it stops at booting");
+    assert!(instance.address.as_deref().is_some_and(|address| address.starts_with("51.15.")));
+    let server_id = instance.provider_instance_id.clone().unwrap();
+    let (zone, server) = server_id.split_once('/').unwrap();
+    let user_data = fake.user_data(zone, server).unwrap();
+    assert!(user_data.contains(&format!("QM_INSTANCE_ID={id}")) && user_data.contains("QM_BOOTSTRAP_TOKEN=qmb_"));
+
+    let terminate = world.request_termination(id).await;
+    saga(&world, &fake).terminate(&terminate).await.unwrap();
+    assert_eq!(world.state(id).await.state, InstanceState::Terminated);
+    assert!(fake.servers().is_empty(), "terminated at the provider");
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn out_of_stock_in_one_zone_fails_over_to_the_next() {
+    let world = World::new(offer).await;
+    let fake = FakeScaleway::start(SECRET).await;
+    fake.out_of_stock("fr-par-1", "L4-1-24G");
+    let (id, command) = world.requested(&["fr-par-1", "fr-par-2"]).await;
+    saga(&world, &fake).provision(&command).await.unwrap();
+    let instance = world.state(id).await;
+    assert_eq!((instance.state, instance.zone.as_str()), (InstanceState::Booting, "fr-par-2"));
+    let logs = world.store.action_logs(Some(world.organization), 50).await.unwrap();
+    let failover = logs.iter().find(|entry| entry.action_type == "instance.failover").unwrap();
+    assert!(failover.metadata["after"].to_string().contains("out_of_stock"), "{failover:?}");
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn rate_limited_calls_are_retried_with_backoff() {
+    let world = World::new(offer).await;
+    let fake = FakeScaleway::start(SECRET).await;
+    let (id, command) = world.requested(&["fr-par-1"]).await;
+    fake.throttle_next(2);
+    saga(&world, &fake).provision(&command).await.unwrap();
+    assert_eq!(world.state(id).await.state, InstanceState::Booting);
+    assert_eq!(fake.servers().len(), 1, "one server however often the calls were retried");
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn reconciliation_sees_a_deleted_server_and_terminates_an_orphan() {
+    let world = World::new(offer).await;
+    let fake = FakeScaleway::start(SECRET).await;
+    let (id, command) = world.requested(&["fr-par-1"]).await;
+    let saga = Arc::new(saga(&world, &fake));
+    saga.provision(&command).await.unwrap();
+    let provider_id = world.state(id).await.provider_instance_id.unwrap();
+    let (zone, server) = provider_id.split_once('/').unwrap();
+    fake.remove(zone, server);
+    let stranger = InstanceId::new();
+    fake.plant(
+        "fr-par-2",
+        &format!("qm-{stranger}"),
+        "L4-1-24G",
+        &[format!("qm-instance-id={stranger}"), "qm-managed=true".into()],
+    );
+    let reconciler = qm_orchestrator::reconcile::Reconciler {
+        store: world.store.clone(),
+        saga,
+        providers: providers(&fake),
+        every: Duration::from_secs(60),
+    };
+    let report = reconciler.reconcile(None).await.unwrap();
+    assert_eq!((report.gone, report.orphans), (1, 1));
+    let instance = world.state(id).await;
+    assert_eq!((instance.state, instance.deleted_by_provider), (InstanceState::Terminated, true));
+    assert!(fake.servers().is_empty(), "the orphan was terminated");
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn catalog_sync_records_the_gpu_types_with_their_prices() {
+    let world = World::new(offer).await;
+    let fake = FakeScaleway::start(SECRET).await;
+    let sync = qm_orchestrator::catalog::CatalogSync { store: world.store.clone(), providers: providers(&fake) };
+    sync.sync(Some("scaleway")).await.unwrap();
+    let types = world.store.instance_types(Some("scaleway")).await.unwrap();
+    let price = |code: &str| {
+        types.iter().find(|kind| kind.code == code).map(|kind| (kind.hourly_price_micros, kind.currency.clone()))
+    };
+    assert_eq!(price("L4-1-24G"), Some((750_000, "EUR".to_owned())));
+    assert_eq!(price("H100-1-80G"), Some((2_730_000, "EUR".to_owned())));
+    assert_eq!(price("DEV1-S"), None, "CPU types are not GPU offers");
+    let h100 = types.iter().find(|kind| kind.code == "H100-1-80G").unwrap();
+    assert_eq!((h100.gpu_model.as_deref(), h100.gpu_count, h100.gpu_memory_gb), (Some("H100"), 1, 80));
+    let zones = world.store.instance_type_zones(h100.id).await.unwrap();
+    assert_eq!(zones.iter().map(|zone| zone.code.as_str()).collect::<Vec<_>>(), ["fr-par-2"]);
+    world.cleanup();
+}

@@ -159,17 +159,29 @@ fn filter(name: &str, values: &[&str]) -> Filter {
 }
 
 impl AwsProvider {
-    /// The SDK's standard configuration chain, with its retries off and a 30 s operation timeout.
+    /// The SDK's standard configuration chain (credentials, `AWS_REGION`, `AWS_ENDPOINT_URL`).
     pub async fn from_environment(settings: AwsSettings) -> Self {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        Self::new(&Self::loader().load().await, settings)
+    }
+
+    /// The SDK's defaults with its retries off and a 30 s operation timeout; add to it (an
+    /// endpoint, credentials) before loading.
+    pub fn loader() -> aws_config::ConfigLoader {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder().operation_timeout(Duration::from_secs(30)).build(),
             )
-            .load()
-            .await;
+    }
+
+    pub fn new(config: &aws_config::SdkConfig, settings: AwsSettings) -> Self {
         let region = config.region().map_or_else(|| "us-east-1".to_owned(), ToString::to_string);
-        Self { client: Client::new(&config), region, settings, prices: bundled_prices() }
+        Self { client: Client::new(config), region, settings, prices: bundled_prices() }
+    }
+
+    /// The EC2 client, for tests that look behind the provider.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Instances matching `filters`, every page, terminated ones included.

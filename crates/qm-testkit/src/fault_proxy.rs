@@ -114,7 +114,7 @@ impl FaultProxy {
     pub async fn start(upstream: &str) -> Self {
         let shared = Arc::new(Shared {
             upstream: upstream.trim_end_matches('/').to_owned(),
-            client: reqwest::Client::new(),
+            client: crate::http_client(),
             rules: Mutex::new(Rules::default()),
         });
         let router = Router::new().fallback(forward).with_state(shared.clone());

@@ -6,3 +6,9 @@
 pub mod fault_proxy;
 pub mod moto;
 pub mod scaleway;
+
+/// An HTTP client (reqwest is built without a default TLS crypto provider).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}

@@ -49,7 +49,7 @@ impl Moto {
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
         let url = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        let client = crate::http_client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if client.get(format!("{url}/moto-api/")).send().await.is_ok() {

@@ -25,7 +25,7 @@ impl Dev {
         variables: &[(&str, &str)],
     ) -> (Self, HashMap<String, String>, Vec<String>) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_qm"));
-        command.args(["dev", "--data-dir"]).arg(data_dir).args(arguments).stdout(Stdio::piped()).stderr(Stdio::null());
+        command.args(["dev", "--data-dir"]).arg(data_dir).args(arguments).stdout(Stdio::piped()).stderr(Stdio::piped());
         for variable in ["QM_API_ADDR", "QM_ORCHESTRATOR_ADDR", "QM_FINOPS_ADDR", "QM_ROUTER_ADDR"] {
             command.env(variable, "127.0.0.1:0");
         }
@@ -35,10 +35,20 @@ impl Dev {
         command.envs(variables.iter().copied());
         let mut child = command.spawn().expect("start qm dev");
         let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
         let (sender, output) = mpsc::channel();
+        let logs = sender.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Logs go to stdout; stderr has what escapes them (panics), marked.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if logs.send(format!("[log] {line}")).is_err() {
                     break;
                 }
             }
@@ -62,14 +72,20 @@ impl Dev {
     }
 
     /// SIGTERM, then the exit status within `patience`.
-    fn terminate(mut self, patience: Duration) -> std::process::ExitStatus {
+    fn terminate(self, patience: Duration) -> std::process::ExitStatus {
+        self.terminate_with_output(patience).0
+    }
+
+    /// [`Dev::terminate`], with every line printed (stdout and logs) since start-up.
+    fn terminate_with_output(mut self, patience: Duration) -> (std::process::ExitStatus, Vec<String>) {
         let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
         assert!(sent.success());
         let deadline = Instant::now() + patience;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                while self.output.try_recv().is_ok() {}
-                return status;
+                std::thread::sleep(Duration::from_millis(200));
+                let lines = self.output.try_iter().collect();
+                return (status, lines);
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
@@ -503,5 +519,96 @@ async fn a_local_instance_costs_money_while_it_runs_and_its_tokens_have_a_price(
     session.state_within(&id, |state| state == "terminated", Duration::from_secs(30)).await;
 
     assert!(dev.terminate(Duration::from_secs(15)).success());
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}
+
+/// `qm dev` with the `aws` provider on moto and the `scaleway` provider on the Instance API fake:
+/// a deployment on each goes from `POST /deployments` to `booting` (no agent can boot inside the
+/// stand-ins) and, deleted, to `terminated` at the provider; catalog sync runs against both; and
+/// neither cloud's credentials appear in any log line or action log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_and_scaleway_deployments_run_end_to_end_without_logging_credentials() {
+    let aws_secret = format!("aws-secret-{}", uuid::Uuid::new_v4().simple());
+    let scw_secret = format!("scw-secret-{}", uuid::Uuid::new_v4().simple());
+    let moto = qm_testkit::moto::Moto::start().await;
+    let scaleway = qm_testkit::scaleway::FakeScaleway::start(&scw_secret).await;
+    let probe = qm_provider_aws::AwsProvider::loader()
+        .endpoint_url(moto.url())
+        .region(aws_sdk_ec2::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new("AKIDE2E", &aws_secret, None, None, "test"))
+        .load()
+        .await;
+    let ec2 = aws_sdk_ec2::Client::new(&probe);
+    let image = ec2.describe_images().send().await.expect("images").images()[0].image_id().expect("ami").to_owned();
+    let data_dir = temporary_data_dir();
+    let variables = [
+        ("QM_ADMIN_PASSWORD", "dev-test-password"),
+        ("QM_PROVIDERS", "local,aws,scaleway"),
+        ("RUST_LOG", "debug,sqlx=warn,hyper=info,hyper_util=info,h2=info"),
+        ("AWS_ENDPOINT_URL", moto.url()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "AKIDE2E"),
+        ("AWS_SECRET_ACCESS_KEY", &aws_secret),
+        ("QM_AWS_IMAGE_ID", &image),
+        ("SCW_API_URL", &scaleway.url()),
+        ("SCW_SECRET_KEY", &scw_secret),
+        ("SCW_DEFAULT_PROJECT_ID", "11111111-2222-3333-4444-555555555555"),
+        ("QM_SCALEWAY_ZONES", "fr-par-1,fr-par-2"),
+    ];
+    let (dev, urls, startup) = Dev::start_with(&data_dir, &[], &variables);
+    let session = Session::login(&urls["api"], "dev-test-password").await;
+
+    let aws = session.deploy(["aws", "us-east-1a", "g6.xlarge"], 1).await;
+    let scw = session.deploy(["scaleway", "fr-par-2", "L4-1-24G"], 1).await;
+    for id in [&aws[0], &scw[0]] {
+        let detail = session.state_within(id, |state| state == "booting", Duration::from_secs(60)).await;
+        assert!(detail["provider_instance_id"].is_string(), "{detail}");
+    }
+    let aws_id =
+        session.send(reqwest::Method::GET, &format!("/instances/{}", aws[0]), None).await["provider_instance_id"]
+            .as_str()
+            .expect("ec2 id")
+            .to_owned();
+    assert_eq!(scaleway.servers().len(), 1);
+    let (status, _) = session.exchange(reqwest::Method::POST, "/catalog/sync", Some(serde_json::json!({}))).await;
+    assert_eq!(status, 202);
+    for id in [&aws[0], &scw[0]] {
+        session.send(reqwest::Method::DELETE, &format!("/instances/{id}"), None).await;
+        session.state_within(id, |state| state == "terminated", Duration::from_secs(60)).await;
+    }
+    assert!(scaleway.servers().is_empty(), "terminated at Scaleway");
+    let described = ec2.describe_instances().instance_ids(&aws_id).send().await.expect("describe");
+    let state = described.reservations()[0].instances()[0].state().and_then(|state| state.name()).cloned();
+    assert!(
+        matches!(
+            state,
+            Some(
+                aws_sdk_ec2::types::InstanceStateName::Terminated | aws_sdk_ec2::types::InstanceStateName::ShuttingDown
+            )
+        ),
+        "{state:?}"
+    );
+    let synced = session
+        .until(
+            "/instance_types?provider=scaleway&limit=500",
+            |page| {
+                page["items"].as_array().is_some_and(|items| items.iter().any(|kind| kind["code"] == "H100-SXM-8-80G"))
+            },
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(synced["items"].as_array().is_some_and(|items| !items.is_empty()));
+
+    let logs = session.send(reqwest::Method::GET, "/action_logs/search?limit=500", None).await.to_string();
+    assert!(logs.contains("instance.booting"));
+    let (status, output) = dev.terminate_with_output(Duration::from_secs(15));
+    assert!(status.success());
+    let lines: Vec<&String> = startup.iter().chain(output.iter()).collect();
+    assert!(lines.iter().filter(|line| line.contains("DEBUG")).count() > 10, "debug logs were captured");
+    for secret in [&aws_secret, &scw_secret] {
+        assert!(!logs.contains(secret.as_str()), "a credential in the action logs");
+        let leaked: Vec<_> = lines.iter().filter(|line| line.contains(secret.as_str())).collect();
+        assert!(leaked.is_empty(), "a credential in the logs: {leaked:?}");
+    }
     std::fs::remove_dir_all(&data_dir).expect("clean up");
 }

@@ -9,8 +9,9 @@
 //! - Listing pages through every configured zone by the `qm-managed=true` tag, following
 //!   `X-Total-Count`.
 //! - Terminating: a running server takes the `terminate` action; one that never ran (`stopped`)
-//!   is deleted; one between states is retried later (transient). Flexible IPs tagged for the
-//!   instance are released. Already gone is a success.
+//!   is deleted; one between states is retried later (transient). Its root volume (Block
+//!   Storage, named `qm-<instance id>`, which `terminate` only detaches) is deleted once
+//!   detached, and flexible IPs tagged for the instance are released. Already gone is a success.
 //! - Errors are classified by the body's `type`: `out_of_stock` → capacity, quotas → quota,
 //!   429 → throttled, 5xx and `transient_state` → transient, authentication and permission
 //!   errors → auth, `not_found` → not found, anything else 4xx → invalid.
@@ -40,6 +41,9 @@ const MANAGED_TAG: &str = "qm-managed=true";
 const PER_PAGE: usize = 100;
 /// Block volume of a new server (GPU types boot from block storage).
 const ROOT_VOLUME_BYTES: u64 = 100_000_000_000;
+/// How long a terminated server's root volume may take to detach before its deletion is left
+/// to the next attempt.
+const VOLUME_PATIENCE: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Debug)]
 pub struct ScalewayConfig {
@@ -231,6 +235,44 @@ impl ScalewayProvider {
         }
     }
 
+    /// Deletes the Block Storage volumes named `name` (a server's root volume, which `terminate`
+    /// only detaches and which bills until deleted), waiting up to [`VOLUME_PATIENCE`] for them to
+    /// detach.
+    async fn delete_volumes(&self, zone: &str, name: &str) -> Result<(), ProviderError> {
+        let base = self.config.api_url.trim_end_matches('/');
+        let list = format!("{base}/block/v1alpha1/zones/{zone}/volumes?name={name}");
+        let deadline = tokio::time::Instant::now() + VOLUME_PATIENCE;
+        loop {
+            let (body, _) = self.call(Method::GET, &list, None).await?;
+            let volumes: Vec<Value> = body["volumes"]
+                .as_array()
+                .map(|volumes| volumes.iter().filter(|volume| volume["name"] == name).cloned().collect())
+                .unwrap_or_default();
+            let mut attached = 0;
+            for volume in &volumes {
+                let id = volume["id"].as_str().unwrap_or_default();
+                if volume["status"] == "in_use" {
+                    attached += 1;
+                    continue;
+                }
+                match self.call(Method::DELETE, &format!("{base}/block/v1alpha1/zones/{zone}/volumes/{id}"), None).await
+                {
+                    Ok(_) => {}
+                    Err(failure) if failure.kind == ErrorKind::NotFound => {}
+                    Err(failure) if failure.message.contains("precondition_failed") => attached += 1,
+                    Err(failure) => return Err(failure),
+                }
+            }
+            if attached == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(error(ErrorKind::Transient, format!("volume {name} still attached; deleting it later")));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Releases the flexible IPs tagged for `instance`.
     async fn release_ips(&self, zone: &str, instance: InstanceId) -> Result<(), ProviderError> {
         let tag = format!("{INSTANCE_TAG}={instance}");
@@ -264,7 +306,7 @@ impl CloudProvider for ScalewayProvider {
         let body = json!({
             "name": name, "commercial_type": request.instance_type, "image": self.config.image,
             "project": self.config.project_id, "dynamic_ip_required": true, "boot_type": "local", "tags": tags,
-            "volumes": { "0": { "size": ROOT_VOLUME_BYTES, "volume_type": "sbs_volume" } },
+            "volumes": { "0": { "name": name, "size": ROOT_VOLUME_BYTES, "volume_type": "sbs_volume" } },
         });
         let (created, _) = self.call(Method::POST, &self.url(zone, "/servers"), Some(body)).await?;
         let server = &created["server"];
@@ -344,6 +386,7 @@ impl CloudProvider for ScalewayProvider {
         }
         if let Some(instance) = server_view(zone, &server).instance_id {
             self.release_ips(zone, instance).await?;
+            self.delete_volumes(zone, &instance_name(instance)).await?;
         }
         Ok(())
     }

@@ -115,8 +115,12 @@ async fn a_server_carries_its_tags_user_data_and_a_dynamic_ip_and_its_flexible_i
         .await
         .unwrap();
     assert!(ip["ip"]["id"].is_string());
+    let volumes = fake.volumes();
+    assert_eq!(volumes.len(), 1, "a Block Storage root volume");
+    assert_eq!(volumes[0]["name"], format!("qm-{id}"));
     provider.terminate(&created.provider_id).await.unwrap();
     assert!(fake.servers().is_empty());
+    assert!(fake.volumes().is_empty(), "the detached root volume was deleted: it would bill");
     let deleted = fake
         .requests()
         .into_iter()

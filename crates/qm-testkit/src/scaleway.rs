@@ -2,7 +2,9 @@
 //! (`docs/providers.md`): servers (list with filters and pagination, create, get, delete,
 //! actions, user data), flexible IPs, server types with hourly prices and their availability;
 //! `X-Auth-Token` checked; errors as `{"type", "message"}`. It records every request it receives
-//! (without the token) and can be told to be out of stock for a type in a zone, or to answer
+//! (without the token), keeps the Block Storage (`sbs_volume`) volumes servers boot from (detached,
+//! not deleted, by `terminate`, as the real API does; `/block/v1alpha1/.../volumes` lists and
+//! deletes them), and can be told to be out of stock for a type in a zone, or to answer
 //! 429 or 503 to the next requests. State changes like the real API's: a new server is
 //! `stopped`; `poweron` makes it `starting`, and the next read finds it `running` with a dynamic
 //! public IP; `terminate` removes it (a later `GET` is a 404).
@@ -50,6 +52,8 @@ struct World {
     /// By (zone, id).
     servers: BTreeMap<(String, String), Value>,
     ips: BTreeMap<(String, String), Value>,
+    /// Block Storage (`sbs_volume`) volumes, by (zone, id).
+    volumes: BTreeMap<(String, String), Value>,
     user_data: BTreeMap<(String, String), String>,
     requests: Vec<Recorded>,
     out_of_stock: BTreeSet<(String, String)>,
@@ -227,11 +231,24 @@ async fn create_server(State(world): State<Shared>, Path(zone): Path<String>, bo
     world.counter += 1;
     let id = uuid::Uuid::new_v4().to_string();
     let stamp = now();
+    // `sbs_volume` templates become Block Storage volumes attached to the server.
+    let mut volumes = serde_json::Map::new();
+    for (slot, template) in request["volumes"].as_object().cloned().unwrap_or_default() {
+        if template["volume_type"] != "sbs_volume" {
+            return invalid("volumes", "GPU Instances boot from sbs_volume volumes");
+        }
+        let volume_id = uuid::Uuid::new_v4().to_string();
+        let volume = json!({ "id": volume_id, "name": template["name"].as_str().unwrap_or(""), "size": template["size"],
+            "type": "sbs_5k", "status": "in_use", "zone": zone, "project_id": request["project"],
+            "references": [{ "product_resource_type": "instance_server", "product_resource_id": id }] });
+        world.volumes.insert((zone.clone(), volume_id.clone()), volume);
+        volumes.insert(slot, json!({ "id": volume_id, "volume_type": "sbs_volume", "zone": zone, "boot": false }));
+    }
     let server = json!({
         "id": id, "name": name, "commercial_type": product.0, "project": request["project"],
         "organization": request["organization"].as_str().unwrap_or("00000000-0000-0000-0000-000000000001"),
         "tags": request["tags"].as_array().cloned().unwrap_or_default(), "state": "stopped", "state_detail": "",
-        "image": { "id": uuid::Uuid::new_v4(), "name": request["image"] }, "volumes": request["volumes"],
+        "image": { "id": uuid::Uuid::new_v4(), "name": request["image"] }, "volumes": volumes,
         "dynamic_ip_required": request["dynamic_ip_required"].as_bool().unwrap_or(false),
         "public_ip": null, "public_ips": [], "private_ip": null, "boot_type": request["boot_type"].as_str().unwrap_or("local"),
         "creation_date": stamp, "modification_date": stamp, "allowed_actions": ["poweron", "backup"], "zone": zone,
@@ -269,6 +286,7 @@ async fn delete_server(State(world): State<Shared>, Path((zone, id)): Path<(Stri
         ),
         Some(_) => {
             world.servers.remove(&key);
+            detach(&mut world, &key.1);
             StatusCode::NO_CONTENT.into_response()
         }
     }
@@ -303,8 +321,10 @@ async fn action(State(world): State<Shared>, Path((zone, id)): Path<(String, Str
             server["allowed_actions"] = json!(["poweron", "backup"]);
         }
         "terminate" => {
+            // Local volumes go with the server; `sbs_volume` volumes are only detached.
             world.servers.remove(&key);
             world.user_data.remove(&key);
+            detach(&mut world, &id);
         }
         _ => {}
     }
@@ -312,6 +332,55 @@ async fn action(State(world): State<Shared>, Path((zone, id)): Path<(String, Str
         "href_from": format!("/servers/{id}/action"), "href_result": format!("/servers/{id}"), "started_at": now(),
         "terminated_at": null, "progress": 0, "zone": zone });
     (StatusCode::ACCEPTED, axum::Json(json!({ "task": task }))).into_response()
+}
+
+/// The server's Block Storage volumes are detached (they stay, and bill, until deleted).
+fn detach(world: &mut World, server: &str) {
+    for volume in world.volumes.values_mut() {
+        let attached = volume["references"]
+            .as_array()
+            .is_some_and(|references| references.iter().any(|reference| reference["product_resource_id"] == server));
+        if attached {
+            volume["status"] = json!("available");
+            volume["references"] = json!([]);
+        }
+    }
+}
+
+async fn list_volumes(
+    State(world): State<Shared>,
+    Path(zone): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    let world = lock(&world);
+    let volumes: Vec<Value> = world
+        .volumes
+        .iter()
+        .filter(|((volume_zone, _), _)| *volume_zone == zone)
+        .map(|(_, volume)| volume.clone())
+        .filter(|volume| {
+            query.get("name").is_none_or(|name| volume["name"].as_str().is_some_and(|own| own.contains(name.as_str())))
+        })
+        .collect();
+    axum::Json(json!({ "total_count": volumes.len(), "volumes": volumes })).into_response()
+}
+
+async fn delete_volume(State(world): State<Shared>, Path((zone, id)): Path<(String, String)>) -> Response {
+    let mut world = lock(&world);
+    let key = (zone, id.clone());
+    match world.volumes.get(&key) {
+        None => not_found("volume", &id),
+        Some(volume) if volume["status"] == "in_use" => problem(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "volume is in use",
+            json!({ "precondition": "resource_still_in_use" }),
+        ),
+        Some(_) => {
+            world.volumes.remove(&key);
+            StatusCode::NO_CONTENT.into_response()
+        }
+    }
 }
 
 async fn set_user_data(
@@ -434,6 +503,8 @@ impl FakeScaleway {
             .route(&format!("{zone}/products/servers/availability"), get(availability))
             .route(&format!("{zone}/ips"), get(list_ips).post(create_ip))
             .route(&format!("{zone}/ips/{{id}}"), axum::routing::delete(delete_ip))
+            .route("/block/v1alpha1/zones/{zone}/volumes", get(list_volumes))
+            .route("/block/v1alpha1/zones/{zone}/volumes/{id}", axum::routing::delete(delete_volume))
             .fallback(unknown)
             .layer(axum::middleware::from_fn_with_state(world.clone(), gate))
             .with_state(world.clone());
@@ -473,6 +544,11 @@ impl FakeScaleway {
     /// Every server, as the API would show it.
     pub fn servers(&self) -> Vec<Value> {
         lock(&self.world).servers.values().cloned().collect()
+    }
+
+    /// Every Block Storage volume.
+    pub fn volumes(&self) -> Vec<Value> {
+        lock(&self.world).volumes.values().cloned().collect()
     }
 
     pub fn user_data(&self, zone: &str, id: &str) -> Option<String> {

@@ -71,6 +71,7 @@ async fn an_instance_is_provisioned_with_user_data_and_terminated() {
     saga(&world, &fake).terminate(&terminate).await.unwrap();
     assert_eq!(world.state(id).await.state, InstanceState::Terminated);
     assert!(fake.servers().is_empty(), "terminated at the provider");
+    assert!(fake.volumes().is_empty(), "with its root volume");
     world.cleanup();
 }
 

@@ -160,8 +160,17 @@ fn filter(name: &str, values: &[&str]) -> Filter {
 
 impl AwsProvider {
     /// The SDK's standard configuration chain (credentials, `AWS_REGION`, `AWS_ENDPOINT_URL`).
-    pub async fn from_environment(settings: AwsSettings) -> Self {
-        Self::new(&Self::loader().load().await, settings)
+    ///
+    /// # Errors
+    /// When the chain finds no credentials (so that start-up stops with a clear message instead
+    /// of every call failing later).
+    pub async fn from_environment(settings: AwsSettings) -> Result<Self, String> {
+        use aws_sdk_ec2::config::ProvideCredentials as _;
+        let config = Self::loader().load().await;
+        let missing = "the aws provider found no credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role)";
+        let provider = config.credentials_provider().ok_or(missing)?;
+        provider.provide_credentials().await.map_err(|error| format!("{missing}: {error}"))?;
+        Ok(Self::new(&config, settings))
     }
 
     /// The SDK's defaults with its retries off and a 30 s operation timeout; add to it (an

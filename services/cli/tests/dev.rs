@@ -612,3 +612,37 @@ async fn aws_and_scaleway_deployments_run_end_to_end_without_logging_credentials
     }
     std::fs::remove_dir_all(&data_dir).expect("clean up");
 }
+
+/// A cloud listed in `QM_PROVIDERS` without its settings stops `qm dev` at start-up, naming what
+/// is missing.
+#[test]
+fn a_listed_cloud_without_its_settings_stops_start_up_naming_them() {
+    let data_dir = temporary_data_dir();
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[("QM_PROVIDERS", "scaleway")], "SCW_SECRET_KEY"),
+        (&[("QM_PROVIDERS", "aws")], "QM_AWS_IMAGE_ID"),
+        (&[("QM_PROVIDERS", "aws"), ("QM_AWS_IMAGE_ID", "ami-12345678")], "no credentials"),
+    ];
+    for (variables, named) in cases {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_qm"));
+        command.args(["dev", "--data-dir"]).arg(&data_dir);
+        for variable in ["QM_API_ADDR", "QM_ORCHESTRATOR_ADDR", "QM_FINOPS_ADDR", "QM_ROUTER_ADDR"] {
+            command.env(variable, "127.0.0.1:0");
+        }
+        for variable in
+            ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN", "SCW_SECRET_KEY"]
+        {
+            command.env_remove(variable);
+        }
+        command
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
+        command.env("QM_ADMIN_PASSWORD", "dev-test-password").envs(variables.iter().copied());
+        let output = command.output().expect("run qm dev");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(!output.status.success(), "{text}");
+        assert!(text.contains(named), "expected `{named}` in: {text}");
+    }
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}

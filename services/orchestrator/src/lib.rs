@@ -60,7 +60,7 @@ pub async fn providers(
             qm_provider_aws::NAME => {
                 let settings =
                     qm_provider_aws::AwsSettings::from_environment(environment).map_err(anyhow::Error::msg)?;
-                Arc::new(qm_provider_aws::AwsProvider::from_environment(settings).await)
+                Arc::new(qm_provider_aws::AwsProvider::from_environment(settings).await.map_err(anyhow::Error::msg)?)
             }
             other => anyhow::bail!("unknown provider `{other}` in QM_PROVIDERS"),
         };

@@ -53,6 +53,7 @@ pub const ACTION_TYPES: &[ActionType] = &[
     action("instance.startup_failed", "orchestrator", "Not ready within the startup deadline"),
     action("instance.terminating", "orchestrator", "Termination started by the orchestrator"),
     action("instance.terminate_retried", "orchestrator", "Termination stuck past its deadline; command issued again"),
+    action("fleet.leftover_removed", "orchestrator", "Leftover of a finished instance removed at the provider"),
     action("fleet.orphan_terminated", "orchestrator", "Orphan terminated at the provider"),
     action("catalog.synced", "orchestrator", "Catalog synced from the provider's offers"),
     action("budget.threshold_crossed", "finops", "Budget threshold crossed"),

@@ -159,4 +159,27 @@ pub trait CloudProvider: Send + Sync + 'static {
 
     /// What can be launched where, at what price.
     async fn offers(&self) -> Result<Vec<ProviderOffer>, ProviderError>;
+
+    /// Resources that outlived their instance and still bill (Scaleway's detached root
+    /// volumes); none for providers whose instances take everything with them.
+    async fn leftovers(&self) -> Result<Vec<Leftover>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    /// Deletes a leftover; one already gone is a success.
+    async fn remove_leftover(&self, leftover: &Leftover) -> Result<(), ProviderError> {
+        let _ = leftover;
+        Ok(())
+    }
+}
+
+/// A resource left behind by an instance, such as a detached volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leftover {
+    /// The provider's id for it (for Scaleway, `<zone>/<volume id>`).
+    pub id: String,
+    /// What it is, for logs: `volume`.
+    pub kind: &'static str,
+    /// The instance it belonged to, from its name or tags.
+    pub instance_id: Option<InstanceId>,
 }

@@ -26,7 +26,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::{
-    CloudProvider, CreateRequest, ErrorKind, INSTANCE_TAG, ProviderError, ProviderInstance, ProviderOffer,
+    CloudProvider, CreateRequest, ErrorKind, INSTANCE_TAG, Leftover, ProviderError, ProviderInstance, ProviderOffer,
     ProviderStatus, instance_name,
 };
 
@@ -389,6 +389,37 @@ impl CloudProvider for ScalewayProvider {
             self.delete_volumes(zone, &instance_name(instance)).await?;
         }
         Ok(())
+    }
+
+    /// Detached Block Storage volumes named `qm-<instance id>` in every zone.
+    async fn leftovers(&self) -> Result<Vec<Leftover>, ProviderError> {
+        let base = self.config.api_url.trim_end_matches('/');
+        let mut leftovers = Vec::new();
+        for zone in &self.config.zones {
+            let (body, _) =
+                self.call(Method::GET, &format!("{base}/block/v1alpha1/zones/{zone}/volumes?name=qm-"), None).await?;
+            for volume in body["volumes"].as_array().cloned().unwrap_or_default() {
+                let name = volume["name"].as_str().unwrap_or_default();
+                let Some(instance) = name.strip_prefix("qm-").and_then(|id| id.parse::<InstanceId>().ok()) else {
+                    continue;
+                };
+                if volume["status"] == "available" {
+                    let id = format!("{zone}/{}", volume["id"].as_str().unwrap_or_default());
+                    leftovers.push(Leftover { id, kind: "volume", instance_id: Some(instance) });
+                }
+            }
+        }
+        Ok(leftovers)
+    }
+
+    async fn remove_leftover(&self, leftover: &Leftover) -> Result<(), ProviderError> {
+        let Ok((zone, id)) = split(&leftover.id) else { return Ok(()) };
+        let url = format!("{}/block/v1alpha1/zones/{zone}/volumes/{id}", self.config.api_url.trim_end_matches('/'));
+        match self.call(Method::DELETE, &url, None).await {
+            Ok(_) => Ok(()),
+            Err(failure) if failure.kind == ErrorKind::NotFound => Ok(()),
+            Err(failure) => Err(failure),
+        }
     }
 
     async fn offers(&self) -> Result<Vec<ProviderOffer>, ProviderError> {

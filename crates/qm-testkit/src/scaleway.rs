@@ -569,8 +569,10 @@ impl FakeScaleway {
         id
     }
 
-    /// Removes a server behind Quartermaster's back.
+    /// Removes a server behind Quartermaster's back (its Block Storage volumes stay, detached).
     pub fn remove(&self, zone: &str, id: &str) {
-        lock(&self.world).servers.remove(&(zone.to_owned(), id.to_owned()));
+        let mut world = lock(&self.world);
+        world.servers.remove(&(zone.to_owned(), id.to_owned()));
+        detach(&mut world, id);
     }
 }

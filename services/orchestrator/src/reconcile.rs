@@ -1,7 +1,8 @@
 //! Reconciliation (DESIGN section 5): what the database believes against what each provider
 //! runs. An instance the provider no longer has is `terminated` with `deleted_by_provider`; an
 //! instance the provider runs under Quartermaster's tag that the database does not know, or
-//! knows as finished, is an orphan and is terminated. Instances that are being created or
+//! knows as finished, is an orphan and is terminated; what finished instances left behind and
+//! still bills (Scaleway's detached root volumes) is deleted. Instances that are being created or
 //! terminated (`requested`, `provisioning`, `terminating`) belong to the saga and are left alone.
 //! Runs periodically and on `fleet.reconcile`.
 
@@ -29,6 +30,8 @@ pub struct Report {
     pub gone: usize,
     /// Provider instances terminated as orphans.
     pub orphans: usize,
+    /// Billing leftovers of finished instances removed (detached volumes).
+    pub leftovers: usize,
 }
 
 pub struct Reconciler {
@@ -54,6 +57,7 @@ impl Reconciler {
             report.checked += pass.checked;
             report.gone += pass.gone;
             report.orphans += pass.orphans;
+            report.leftovers += pass.leftovers;
         }
         Ok(report)
     }
@@ -111,7 +115,47 @@ impl Reconciler {
                 }
             }
         }
+        report.leftovers = self.remove_leftovers(name, cloud).await?;
         Ok(report)
+    }
+
+    /// Removes what finished (or unknown) instances left behind at the provider.
+    async fn remove_leftovers(&self, name: &str, cloud: &dyn CloudProvider) -> Result<usize, SagaError> {
+        let leftovers = cloud.leftovers().await.map_err(|error| SagaError::Retry(error.to_string()))?;
+        if leftovers.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<InstanceId> = leftovers.iter().filter_map(|leftover| leftover.instance_id).collect();
+        let states: HashMap<InstanceId, InstanceState> = self
+            .store
+            .instances_by_ids(&ids)
+            .await?
+            .into_iter()
+            .map(|instance| (instance.id, instance.state))
+            .collect();
+        let mut removed = 0;
+        for leftover in leftovers {
+            let state = leftover.instance_id.and_then(|id| states.get(&id).copied());
+            if state.is_some_and(|state| !state.is_terminal()) {
+                continue;
+            }
+            if let Err(error) = cloud.remove_leftover(&leftover).await {
+                tracing::warn!(%error, leftover = %leftover.id, "could not remove a leftover; next pass");
+                continue;
+            }
+            removed += 1;
+            let mut tx = self.store.begin().await?;
+            let mut entry =
+                qm_store::NewActionLog::new(crate::NAME, "fleet.leftover_removed", qm_store::ActionStatus::Succeeded);
+            entry.instance_id = leftover.instance_id.filter(|id| states.contains_key(id));
+            entry.metadata = serde_json::json!({
+                "provider": name, "kind": leftover.kind, "id": leftover.id, "instance_id": leftover.instance_id,
+                "recorded_state": state,
+            });
+            tx.insert_action_log(&entry).await?;
+            tx.commit().await?;
+        }
+        Ok(removed)
     }
 
     async fn log_orphan(
@@ -147,7 +191,7 @@ impl Reconciler {
                 Err(error) => Err(error.into()),
             };
             match outcome {
-                Ok(report) if report.gone + report.orphans > 0 => {
+                Ok(report) if report.gone + report.orphans + report.leftovers > 0 => {
                     tracing::info!(?report, "reconciliation repaired drift")
                 }
                 Ok(_) => {}

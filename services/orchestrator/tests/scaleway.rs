@@ -1,6 +1,7 @@
 //! The orchestrator driving the `scaleway` provider against the Instance API fake: provisioning
 //! through termination, `out_of_stock` in one zone failing over to the next, 429s retried with
-//! backoff, reconciliation of a server deleted behind our back and of an orphan, and catalog
+//! backoff, reconciliation of a server deleted behind our back (and its leftover volume) and of
+//! an orphan, and catalog
 //! sync of the GPU types with their prices.
 
 #![allow(clippy::unwrap_used)]
@@ -126,10 +127,14 @@ async fn reconciliation_sees_a_deleted_server_and_terminates_an_orphan() {
         every: Duration::from_secs(60),
     };
     let report = reconciler.reconcile(None).await.unwrap();
-    assert_eq!((report.gone, report.orphans), (1, 1));
+    assert_eq!((report.gone, report.orphans, report.leftovers), (1, 1, 1), "{report:?}");
     let instance = world.state(id).await;
     assert_eq!((instance.state, instance.deleted_by_provider), (InstanceState::Terminated, true));
     assert!(fake.servers().is_empty(), "the orphan was terminated");
+    // The deleted server's root volume stayed behind, detached and billing: removed in the same pass.
+    assert!(fake.volumes().is_empty());
+    let logs = world.store.action_logs(None, 50).await.unwrap();
+    assert!(logs.iter().any(|entry| entry.action_type == "fleet.leftover_removed"));
     world.cleanup();
 }
 

@@ -88,13 +88,7 @@ impl Reconciler {
         }
 
         let ids: Vec<InstanceId> = present.iter().copied().collect();
-        let known: HashMap<InstanceId, InstanceState> = self
-            .store
-            .instances_by_ids(&ids)
-            .await?
-            .into_iter()
-            .map(|instance| (instance.id, instance.state))
-            .collect();
+        let known = self.states(&ids).await?;
         for found in &listed {
             let Some(id) = found.instance_id else { continue };
             let orphan = match known.get(&id) {
@@ -119,6 +113,12 @@ impl Reconciler {
         Ok(report)
     }
 
+    /// The recorded state of each of `ids` that the database knows.
+    async fn states(&self, ids: &[InstanceId]) -> Result<HashMap<InstanceId, InstanceState>, SagaError> {
+        let instances = self.store.instances_by_ids(ids).await?;
+        Ok(instances.into_iter().map(|instance| (instance.id, instance.state)).collect())
+    }
+
     /// Removes what finished (or unknown) instances left behind at the provider.
     async fn remove_leftovers(&self, name: &str, cloud: &dyn CloudProvider) -> Result<usize, SagaError> {
         let leftovers = cloud.leftovers().await.map_err(|error| SagaError::Retry(error.to_string()))?;
@@ -126,13 +126,7 @@ impl Reconciler {
             return Ok(0);
         }
         let ids: Vec<InstanceId> = leftovers.iter().filter_map(|leftover| leftover.instance_id).collect();
-        let states: HashMap<InstanceId, InstanceState> = self
-            .store
-            .instances_by_ids(&ids)
-            .await?
-            .into_iter()
-            .map(|instance| (instance.id, instance.state))
-            .collect();
+        let states = self.states(&ids).await?;
         let mut removed = 0;
         for leftover in leftovers {
             let state = leftover.instance_id.and_then(|id| states.get(&id).copied());

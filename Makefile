@@ -41,6 +41,11 @@ test: services venv ## fmt check, clippy -D warnings, and every test against the
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) nextest run --workspace --no-fail-fast
+	$(VENV)/bin/python -m unittest discover -s scripts -p 'test_*.py'
+
+.PHONY: prices-aws
+prices-aws: venv ## Refresh the AWS on-demand prices in seeds/catalog.json from the Price List API (needs AWS credentials)
+	$(VENV)/bin/python scripts/aws_prices.py
 
 .PHONY: bench
 bench: services ## Benchmarks (release build): API latency under load, reconciliation time, FinOps query latency; each vs a same-run baseline

@@ -510,6 +510,19 @@ async fn a_local_instance_costs_money_while_it_runs_and_its_tokens_have_a_price(
         )
         .await;
     assert_eq!(alerted["alerts"][0]["threshold"], 50);
+    // Every metric the dashboards and alert rules query is exported by this running stack.
+    let mut exported = String::new();
+    for service in ["api", "orchestrator", "finops"] {
+        let metrics = http().get(format!("{}/metrics", dev_urls[service])).send().await.expect("metrics");
+        exported.push_str(&metrics.text().await.expect("text"));
+    }
+    for metric in referenced_metrics() {
+        let sampled = exported.lines().any(|line| {
+            line.strip_prefix(metric.as_str())
+                .is_some_and(|rest| rest.starts_with(['{', ' ']) || rest.starts_with("_bucket"))
+        });
+        assert!(sampled, "{metric}, used by deploy/grafana or deploy/prometheus, is not exported");
+    }
     let raised = serde_json::json!({ "amount_micros": 1_000_000_000, "hard_cap": true });
     session.exchange(reqwest::Method::PUT, &budget_path, Some(raised)).await;
     let (status, accepted) = session.exchange(reqwest::Method::POST, "/deployments", Some(deployment)).await;
@@ -645,4 +658,32 @@ fn a_listed_cloud_without_its_settings_stops_start_up_naming_them() {
         assert!(text.contains(named), "expected `{named}` in: {text}");
     }
     std::fs::remove_dir_all(&data_dir).expect("clean up");
+}
+
+/// The `qm_*` metric names the Grafana dashboards and the Prometheus alert rules query.
+fn referenced_metrics() -> std::collections::BTreeSet<String> {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut texts = vec![std::fs::read_to_string(deploy.join("prometheus/alerts.yml")).expect("alert rules")];
+    let rules: serde_json::Value = serde_json::from_str(&texts[0]).expect("the alert rules are JSON (and so YAML)");
+    assert!(rules["groups"][0]["rules"].as_array().is_some_and(|rules| !rules.is_empty()));
+    for entry in std::fs::read_dir(deploy.join("grafana/dashboards")).expect("dashboards") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("dashboard");
+        let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+        assert!(dashboard["panels"].as_array().is_some_and(|panels| !panels.is_empty()));
+        texts.push(text);
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for text in texts {
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("qm_") {
+            let name: String = rest[start..]
+                .chars()
+                .take_while(|character| character.is_ascii_alphanumeric() || *character == '_')
+                .collect();
+            rest = &rest[start + name.len()..];
+            names.insert(name.trim_end_matches("_bucket").to_owned());
+        }
+    }
+    assert!(names.len() > 8, "{names:?}");
+    names
 }

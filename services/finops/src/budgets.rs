@@ -24,6 +24,21 @@ pub struct Watcher {
     crossed: IntCounterVec,
 }
 
+/// Sets `gauge` per provider from `entries`; a provider seen before and absent now reads 0 (its
+/// instances stopped), so that the series goes to zero instead of vanishing.
+fn set_per_provider(gauge: &IntGaugeVec, entries: &[cost::Entry]) {
+    for family in prometheus::core::Collector::collect(gauge) {
+        for metric in family.get_metric() {
+            if let Some(label) = metric.get_label().first() {
+                gauge.with_label_values(&[label.value()]).set(0);
+            }
+        }
+    }
+    for entry in entries {
+        gauge.with_label_values(&[entry.key.as_str()]).set(entry.cost_micros);
+    }
+}
+
 impl Watcher {
     pub fn new(store: Arc<dyn Store>, currency: String, every: Duration, registry: &Registry) -> Self {
         use qm_telemetry::metrics::{counter_vec, gauge_vec};
@@ -66,17 +81,11 @@ impl Watcher {
         let now = qm_store::now();
         let everything = CostFilter::default();
         let forecast = cost::forecast(&*self.store, &self.currency, now, &everything).await?;
-        self.burn_rate.reset();
-        for entry in &forecast.burn_rate_by_provider {
-            self.burn_rate.with_label_values(&[entry.key.as_str()]).set(entry.cost_micros);
-        }
+        set_per_provider(&self.burn_rate, &forecast.burn_rate_by_provider);
         let (month_start, month_end) = cost::month_of(now);
         let month = TimeRange { from_s: month_start, to_s: month_end, now_s: cost::epoch(now) };
         let summary = cost::summary(&*self.store, &self.currency, month, &everything, 0).await?;
-        self.month_to_date.reset();
-        for entry in &summary.by_provider {
-            self.month_to_date.with_label_values(&[entry.key.as_str()]).set(entry.cost_micros);
-        }
+        set_per_provider(&self.month_to_date, &summary.by_provider);
 
         let mut crossed = Vec::new();
         for budget in self.store.budgets().await? {

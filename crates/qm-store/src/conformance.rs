@@ -247,6 +247,41 @@ pub async fn a_lease_has_one_holder_until_it_expires(store: Arc<dyn Store>) {
     assert!(!store.acquire_lease("reconcile", "replica-a", short).await.expect("lease"));
 }
 
+pub async fn instances_are_counted_by_provider_and_state(store: Arc<dyn Store>) {
+    let organization = create_organization(&*store, "counted").await.id;
+    let mut tx = store.begin().await.expect("begin");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = InstanceId::new();
+        let instance = crate::NewInstance {
+            id,
+            organization_id: organization,
+            deployment_id: None,
+            placement: crate::testing::offer("sim", "sim-eu-1", "sim.l4"),
+            model: "m".into(),
+        };
+        tx.insert_instance(&instance).await.expect("instance");
+        ids.push(id);
+    }
+    let moved = crate::Transition {
+        instance: ids[0],
+        from: qm_domain::InstanceState::Requested,
+        to: qm_domain::InstanceState::Provisioning,
+        reason: None,
+        progress_percent: None,
+    };
+    tx.transition_instance(&moved).await.expect("transition").expect("moved");
+    tx.commit().await.expect("commit");
+    let counts = store.count_instances_by_state().await.expect("counts");
+    assert_eq!(
+        counts,
+        vec![
+            ("sim".to_owned(), qm_domain::InstanceState::Provisioning, 1),
+            ("sim".to_owned(), qm_domain::InstanceState::Requested, 2)
+        ]
+    );
+}
+
 fn billing_start(
     organization: OrganizationId,
     instance: InstanceId,
@@ -381,6 +416,7 @@ macro_rules! store_conformance_suite {
             a_lease_has_one_holder_until_it_expires,
             cost_intervals_keep_the_first_start_and_the_earliest_stop_in_any_order,
             usage_budgets_alerts_and_rates_round_trip,
+            instances_are_counted_by_provider_and_state,
         );
     };
     (@cases $fixture:path, $($case:ident),+ $(,)?) => {

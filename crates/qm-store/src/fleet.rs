@@ -270,6 +270,8 @@ pub trait FleetStore {
     ) -> Result<Vec<Instance>, StoreError>;
     /// The instances among `ids` that exist, whatever their state.
     async fn instances_by_ids(&self, ids: &[InstanceId]) -> Result<Vec<Instance>, StoreError>;
+    /// How many unarchived instances each (provider, state) has, for the fleet gauge.
+    async fn count_instances_by_state(&self) -> Result<Vec<(String, InstanceState, i64)>, StoreError>;
     /// `ready` instances whose worker has not heartbeaten since `heartbeat_before`.
     async fn silent_ready_instances(
         &self,
@@ -560,6 +562,21 @@ macro_rules! impl_fleet_sql {
                         query = query.bind(state.as_str());
                     }
                     query.fetch_all(self.reader()).await?.iter().map(instance_from_row).collect()
+                }
+
+                async fn count_instances_by_state(&self) -> Result<Vec<(String, InstanceState, i64)>, StoreError> {
+                    let rows = sqlx::query(
+                        "SELECT provider, state, COUNT(*) AS instances FROM instances WHERE NOT archived GROUP BY provider, state ORDER BY provider, state",
+                    )
+                    .fetch_all(self.reader())
+                    .await?;
+                    rows.iter()
+                        .map(|row| {
+                            let state: String = row.try_get("state")?;
+                            let state = state.parse::<InstanceState>().map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                            Ok((row.try_get("provider")?, state, row.try_get("instances")?))
+                        })
+                        .collect()
                 }
 
                 async fn instances_by_ids(&self, ids: &[InstanceId]) -> Result<Vec<Instance>, StoreError> {

@@ -43,6 +43,21 @@ pub fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str
     histogram
 }
 
+/// Sets a gauge family to `values` (label values, value); label sets it had before that are not
+/// in `values` read 0, so that a series drops to zero instead of vanishing.
+pub fn set_all(gauge: &IntGaugeVec, values: &[(Vec<String>, i64)]) {
+    for family in prometheus::core::Collector::collect(gauge) {
+        for metric in family.get_metric() {
+            let labels: Vec<&str> = metric.get_label().iter().map(|label| label.value()).collect();
+            gauge.with_label_values(&labels).set(0);
+        }
+    }
+    for (labels, value) in values {
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        gauge.with_label_values(&labels).set(*value);
+    }
+}
+
 /// The registry in the Prometheus text format.
 pub fn render(registry: &Registry) -> String {
     let mut buffer = Vec::new();

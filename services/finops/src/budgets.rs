@@ -24,19 +24,11 @@ pub struct Watcher {
     crossed: IntCounterVec,
 }
 
-/// Sets `gauge` per provider from `entries`; a provider seen before and absent now reads 0 (its
-/// instances stopped), so that the series goes to zero instead of vanishing.
+/// Sets `gauge` per provider from `entries`; a provider whose instances stopped reads 0.
 fn set_per_provider(gauge: &IntGaugeVec, entries: &[cost::Entry]) {
-    for family in prometheus::core::Collector::collect(gauge) {
-        for metric in family.get_metric() {
-            if let Some(label) = metric.get_label().first() {
-                gauge.with_label_values(&[label.value()]).set(0);
-            }
-        }
-    }
-    for entry in entries {
-        gauge.with_label_values(&[entry.key.as_str()]).set(entry.cost_micros);
-    }
+    let values: Vec<(Vec<String>, i64)> =
+        entries.iter().map(|entry| (vec![entry.key.clone()], entry.cost_micros)).collect();
+    qm_telemetry::metrics::set_all(gauge, &values);
 }
 
 impl Watcher {

@@ -70,6 +70,8 @@ pub struct Health {
     prober: Prober,
     /// When this replica last issued a stuck termination again.
     retried: Mutex<HashMap<InstanceId, Instant>>,
+    /// `qm_instances{provider,state}`, exported by the replica holding the lease only.
+    fleet: Option<prometheus::IntGaugeVec>,
 }
 
 fn before(duration: Duration) -> chrono::DateTime<chrono::Utc> {
@@ -83,7 +85,37 @@ fn before(duration: Duration) -> chrono::DateTime<chrono::Utc> {
 impl Health {
     pub fn new(store: Arc<dyn Store>, saga: Arc<Saga>, deadlines: Deadlines) -> Self {
         let prober = Prober::new(deadlines.probe_timeout);
-        Self { store, saga, deadlines, prober, retried: Mutex::new(HashMap::new()) }
+        Self { store, saga, deadlines, prober, retried: Mutex::new(HashMap::new()), fleet: None }
+    }
+
+    /// Exports the fleet gauge `qm_instances{provider,state}` in `registry`.
+    pub fn with_metrics(mut self, registry: &prometheus::Registry) -> Self {
+        self.fleet = Some(qm_telemetry::metrics::gauge_vec(
+            registry,
+            "qm_instances",
+            "Unarchived instances by provider and state (exported by the replica running the health sweep)",
+            &["provider", "state"],
+        ));
+        self
+    }
+
+    /// Counts the fleet into the gauge, or empties it on a replica without the lease.
+    async fn count_fleet(&self, leased: bool) {
+        let Some(gauge) = &self.fleet else { return };
+        if !leased {
+            gauge.reset();
+            return;
+        }
+        match self.store.count_instances_by_state().await {
+            Ok(counts) => {
+                let values: Vec<(Vec<String>, i64)> = counts
+                    .into_iter()
+                    .map(|(provider, state, count)| (vec![provider, state.as_str().to_owned()], count))
+                    .collect();
+                qm_telemetry::metrics::set_all(gauge, &values);
+            }
+            Err(error) => tracing::warn!(%error, "cannot count the fleet"),
+        }
     }
 
     /// One sweep; returns how many instances it moved (or whose command it issued again).
@@ -223,6 +255,7 @@ impl Health {
         let holder = uuid::Uuid::new_v4().to_string();
         while !shutdown.is_triggered() {
             let leased = self.store.acquire_lease("orchestrator.health", &holder, self.deadlines.sweep_every * 3).await;
+            self.count_fleet(matches!(leased, Ok(true))).await;
             let outcome = match leased {
                 Ok(true) => self.sweep().await,
                 Ok(false) => Ok(0),

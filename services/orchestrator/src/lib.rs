@@ -94,7 +94,8 @@ pub async fn build_with(
             .with_api_url(dependencies.settings.api_url.clone())
             .with_exchange_rates(dependencies.settings.exchange_rates.clone()),
     );
-    let health = Arc::new(health::Health::new(dependencies.store.clone(), saga.clone(), deadlines));
+    let health =
+        Arc::new(health::Health::new(dependencies.store.clone(), saga.clone(), deadlines).with_metrics(&registry));
     service = service.with_task(health.run(shutdown.clone()));
     let reconciler = Arc::new(reconcile::Reconciler {
         store: dependencies.store.clone(),

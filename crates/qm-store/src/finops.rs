@@ -246,10 +246,27 @@ macro_rules! impl_finops_sql {
             type DbRow = <$db as sqlx::Database>::Row;
             type Query<'q> = sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>;
 
-            /// `$4`..`$10`.
-            const FILTER: &str = "($4 IS NULL OR organization_id = $4) AND ($5 IS NULL OR provider = $5) \
-                 AND ($6 IS NULL OR region = $6) AND ($7 IS NULL OR zone = $7) AND ($8 IS NULL OR instance_type = $8) \
-                 AND ($9 IS NULL OR instance_id = $9) AND ($10 IS NULL OR model = $10)";
+            /// The [`CostFilter`] as SQL over placeholders `$first`..`$first + 6`, bound by
+            /// [`bind_filter`].
+            fn filter_sql(first: usize) -> String {
+                ["organization_id", "provider", "region", "zone", "instance_type", "instance_id", "model"]
+                    .iter()
+                    .enumerate()
+                    .map(|(offset, column)| format!("(${n} IS NULL OR {column} = ${n})", n = first + offset))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            }
+
+            fn bind_filter<'q>(query: Query<'q>, filter: &'q CostFilter) -> Query<'q> {
+                query
+                    .bind(filter.organization.map(|id| id.as_uuid()))
+                    .bind(filter.provider.as_deref())
+                    .bind(filter.region.as_deref())
+                    .bind(filter.zone.as_deref())
+                    .bind(filter.instance_type.as_deref())
+                    .bind(filter.instance.map(|id| id.as_uuid()))
+                    .bind(filter.model.as_deref())
+            }
             const KEY_COLUMNS: &str = "organization_id, provider, region, zone, instance_type, model";
 
             /// The end and start of an interval within `[$1, $2)` and before `$3`.
@@ -261,28 +278,19 @@ macro_rules! impl_finops_sql {
                 format!("{}(started_s, $1)", $greatest)
             }
 
-            /// Intervals with a price that overlap the range.
+            /// Intervals with a price that overlap the range (`$1`..`$3`), filtered (`$4`..`$10`).
             fn overlapping() -> String {
                 format!(
                     "reporting_hourly_micros IS NOT NULL AND started_s IS NOT NULL AND started_s < $2 \
-                     AND (stopped_s IS NULL OR stopped_s > $1) AND {} > {} AND {FILTER}",
+                     AND (stopped_s IS NULL OR stopped_s > $1) AND {} > {} AND {}",
                     end(),
-                    start()
+                    start(),
+                    filter_sql(4)
                 )
             }
 
             fn bind_range<'q>(query: Query<'q>, range: TimeRange, filter: &'q CostFilter) -> Query<'q> {
-                query
-                    .bind(range.from_s)
-                    .bind(range.to_s)
-                    .bind(range.now_s)
-                    .bind(filter.organization.map(|id| id.as_uuid()))
-                    .bind(filter.provider.as_deref())
-                    .bind(filter.region.as_deref())
-                    .bind(filter.zone.as_deref())
-                    .bind(filter.instance_type.as_deref())
-                    .bind(filter.instance.map(|id| id.as_uuid()))
-                    .bind(filter.model.as_deref())
+                bind_filter(query.bind(range.from_s).bind(range.to_s).bind(range.now_s), filter)
             }
 
             fn key_from_row(row: &DbRow) -> Result<CostKey, StoreError> {
@@ -397,10 +405,10 @@ macro_rules! impl_finops_sql {
                     let sql = format!(
                         "SELECT {KEY_COLUMNS}, CAST(SUM(reporting_hourly_micros) AS BIGINT) AS hourly FROM cost_intervals \
                          WHERE reporting_hourly_micros IS NOT NULL AND started_s <= $1 AND (stopped_s IS NULL OR stopped_s > $1) \
-                         AND $2 = $2 AND $3 = $3 AND {FILTER} GROUP BY {KEY_COLUMNS}"
+                         AND {} GROUP BY {KEY_COLUMNS}",
+                        filter_sql(2)
                     );
-                    let range = TimeRange { from_s: at_s, to_s: at_s, now_s: at_s };
-                    let rows = bind_range(sqlx::query(&sql), range, filter).fetch_all(self.reader()).await?;
+                    let rows = bind_filter(sqlx::query(&sql).bind(at_s), filter).fetch_all(self.reader()).await?;
                     rows.iter()
                         .map(|row| Ok(RateGroup { key: key_from_row(row)?, hourly_micros: row.try_get("hourly")? }))
                         .collect()
@@ -437,11 +445,12 @@ macro_rules! impl_finops_sql {
                     let sql = format!(
                         "SELECT organization_id, model, instance_id, provider, region, zone, instance_type, \
                          CAST(SUM(prompt_tokens) AS BIGINT) AS prompt, CAST(SUM(completion_tokens) AS BIGINT) AS completion \
-                         FROM token_usage WHERE at_s >= $1 AND at_s < $2 AND $3 = $3 AND {FILTER} \
-                         GROUP BY organization_id, model, instance_id, provider, region, zone, instance_type"
+                         FROM token_usage WHERE at_s >= $1 AND at_s < $2 AND {} \
+                         GROUP BY organization_id, model, instance_id, provider, region, zone, instance_type",
+                        filter_sql(3)
                     );
-                    let range = TimeRange { from_s, to_s, now_s: to_s };
-                    let rows = bind_range(sqlx::query(&sql), range, filter).fetch_all(self.reader()).await?;
+                    let rows =
+                        bind_filter(sqlx::query(&sql).bind(from_s).bind(to_s), filter).fetch_all(self.reader()).await?;
                     rows.iter()
                         .map(|row| {
                             let instance: Option<uuid::Uuid> = row.try_get("instance_id")?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use prometheus::{IntCounterVec, IntGaugeVec, Registry};
 use qm_events::{Envelope, MessageType};
 use qm_runtime::Shutdown;
-use qm_store::{ActionStatus, BudgetAlert, CostFilter, NewActionLog, Store, StoreError, TimeRange};
+use qm_store::{ActionStatus, BudgetAlert, CostFilter, NewActionLog, Store, StoreError};
 
 use crate::cost;
 
@@ -71,13 +71,9 @@ impl Watcher {
     /// The store's.
     pub async fn check(&self) -> Result<Vec<BudgetAlert>, StoreError> {
         let now = qm_store::now();
-        let everything = CostFilter::default();
-        let forecast = cost::forecast(&*self.store, &self.currency, now, &everything).await?;
-        set_per_provider(&self.burn_rate, &forecast.burn_rate_by_provider);
-        let (month_start, month_end) = cost::month_of(now);
-        let month = TimeRange { from_s: month_start, to_s: month_end, now_s: cost::epoch(now) };
-        let summary = cost::summary(&*self.store, &self.currency, month, &everything, 0).await?;
-        set_per_provider(&self.month_to_date, &summary.by_provider);
+        let outlook = cost::outlook(&*self.store, &self.currency, now, &CostFilter::default()).await?;
+        set_per_provider(&self.burn_rate, &outlook.burn_rate_by_provider);
+        set_per_provider(&self.month_to_date, &outlook.month_to_date_by_provider);
 
         let mut crossed = Vec::new();
         for budget in self.store.budgets().await? {

@@ -275,22 +275,15 @@ pub async fn forecast(
     filter: &CostFilter,
 ) -> Result<Forecast, StoreError> {
     let now_s = epoch(now);
-    let rates = store.running_rates(now_s, filter).await?;
-    let burn: i64 = rates.iter().map(|rate| rate.hourly_micros).sum();
-    let mut by_provider: BTreeMap<String, Exact> = BTreeMap::new();
-    for rate in &rates {
-        by_provider.entry(rate.key.provider.clone()).or_default().add(rate.hourly_micros, 0);
-    }
-    let (month_start, month_end) = month_of(now);
-    let month = TimeRange { from_s: month_start, to_s: month_end, now_s };
-    let month_to_date = summary(store, currency, month, filter, 0).await?.total_micros;
+    let outlook = outlook(store, currency, now, filter).await?;
+    let burn = outlook.burn_rate_micros_per_hour;
     let usage = store.usage_groups(now_s - HOUR, now_s + 1, filter).await?;
     let tokens_last_hour: i64 = usage.iter().map(|group| group.prompt_tokens + group.completion_tokens).sum();
     Ok(Forecast {
         currency: currency.to_owned(),
         at: now,
         burn_rate_micros_per_hour: burn,
-        burn_rate_by_provider: entries(by_provider),
+        burn_rate_by_provider: outlook.burn_rate_by_provider,
         horizons: WINDOWS
             .iter()
             .map(|(name, seconds)| Projection {
@@ -299,8 +292,8 @@ pub async fn forecast(
                 projected_micros: project(burn, *seconds),
             })
             .collect(),
-        month_to_date_micros: month_to_date,
-        projected_month_end_micros: month_to_date.saturating_add(project(burn, month_end - now_s)),
+        month_to_date_micros: outlook.month_to_date_micros,
+        projected_month_end_micros: outlook.projected_month_end_micros,
         tokens: TokenForecast {
             tokens_last_hour,
             horizons: WINDOWS
@@ -312,6 +305,50 @@ pub async fn forecast(
                 })
                 .collect(),
         },
+    })
+}
+
+/// Where spending stands this (UTC calendar) month: what everything running costs per hour, what
+/// was spent so far, and the month's projection at that rate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outlook {
+    pub burn_rate_micros_per_hour: i64,
+    pub burn_rate_by_provider: Vec<Entry>,
+    pub month_to_date_micros: i64,
+    pub month_to_date_by_provider: Vec<Entry>,
+    pub projected_month_end_micros: i64,
+    /// Seconds from now to the end of the month.
+    pub month_left_s: i64,
+}
+
+/// The month's [`Outlook`]: two queries (running rates, the month's costs).
+///
+/// # Errors
+/// The store's.
+pub async fn outlook(
+    store: &dyn Store,
+    currency: &str,
+    now: DateTime<Utc>,
+    filter: &CostFilter,
+) -> Result<Outlook, StoreError> {
+    let now_s = epoch(now);
+    let (month_start, month_end) = month_of(now);
+    let month = TimeRange { from_s: month_start, to_s: month_end, now_s };
+    let (rates, month) =
+        futures::try_join!(store.running_rates(now_s, filter), summary(store, currency, month, filter, 0))?;
+    let burn: i64 = rates.iter().map(|rate| rate.hourly_micros).sum();
+    let mut by_provider: BTreeMap<String, Exact> = BTreeMap::new();
+    for rate in &rates {
+        by_provider.entry(rate.key.provider.clone()).or_default().add(rate.hourly_micros, 0);
+    }
+    let month_left_s = month_end - now_s;
+    Ok(Outlook {
+        burn_rate_micros_per_hour: burn,
+        burn_rate_by_provider: entries(by_provider),
+        month_to_date_micros: month.total_micros,
+        month_to_date_by_provider: month.by_provider,
+        projected_month_end_micros: month.total_micros.saturating_add(project(burn, month_left_s)),
+        month_left_s,
     })
 }
 
@@ -474,12 +511,12 @@ pub async fn budget_status(
     now: DateTime<Utc>,
 ) -> Result<BudgetStatus, StoreError> {
     let filter = CostFilter { organization: Some(budget.organization_id), ..CostFilter::default() };
-    let forecast = forecast(store, currency, now, &filter).await?;
+    let outlook = outlook(store, currency, now, &filter).await?;
     let period = period(now);
     let alerts = store.budget_alerts(budget.organization_id, &period).await?;
     #[allow(clippy::cast_precision_loss)]
     let spent_percent = if budget.amount_micros > 0 {
-        forecast.month_to_date_micros as f64 * 100.0 / budget.amount_micros as f64
+        outlook.month_to_date_micros as f64 * 100.0 / budget.amount_micros as f64
     } else {
         0.0
     };
@@ -487,8 +524,8 @@ pub async fn budget_status(
         budget,
         currency: currency.to_owned(),
         period,
-        month_to_date_micros: forecast.month_to_date_micros,
-        projected_month_end_micros: forecast.projected_month_end_micros,
+        month_to_date_micros: outlook.month_to_date_micros,
+        projected_month_end_micros: outlook.projected_month_end_micros,
         spent_percent,
         alerts,
     })
@@ -519,9 +556,8 @@ pub async fn check_cap(
         return Ok(None);
     }
     let filter = CostFilter { organization: Some(organization), ..CostFilter::default() };
-    let forecast = forecast(store, currency, now, &filter).await?;
-    let (_, month_end) = month_of(now);
-    let projected = forecast.projected_month_end_micros.saturating_add(project(added_hourly, month_end - epoch(now)));
+    let outlook = outlook(store, currency, now, &filter).await?;
+    let projected = outlook.projected_month_end_micros.saturating_add(project(added_hourly, outlook.month_left_s));
     Ok((projected > budget.amount_micros).then(|| CapExceeded {
         amount_micros: budget.amount_micros,
         projected_micros: projected,

@@ -83,6 +83,14 @@ impl ScalewayConfig {
     }
 }
 
+/// What a call sends.
+enum Payload {
+    None,
+    Json(Value),
+    /// `text/plain` (user data).
+    Text(String),
+}
+
 pub struct ScalewayProvider {
     config: ScalewayConfig,
     client: reqwest::Client,
@@ -172,17 +180,30 @@ impl ScalewayProvider {
         format!("{}/instance/v1/zones/{zone}{path}", self.config.api_url.trim_end_matches('/'))
     }
 
-    /// One call; the body of a success (`Null` when empty) and its headers.
+    /// A Block Storage volumes URL (the Block Storage API, beside the Instance API).
+    fn volumes_url(&self, zone: &str, suffix: &str) -> String {
+        format!("{}/block/v1alpha1/zones/{zone}/volumes{suffix}", self.config.api_url.trim_end_matches('/'))
+    }
+
+    /// One call (`query` encoded); the body of a success (`Null` when empty) and its headers.
     async fn call(
         &self,
         method: Method,
         url: &str,
-        body: Option<Value>,
+        query: &[(&str, &str)],
+        payload: Payload,
     ) -> Result<(Value, reqwest::header::HeaderMap), ProviderError> {
-        let mut request = self.client.request(method, url).header("X-Auth-Token", self.config.secret_key.expose());
-        if let Some(body) = body {
-            request = request.json(&body);
+        let mut url = reqwest::Url::parse(url)
+            .map_err(|failure| error(ErrorKind::Invalid, format!("SCW_API_URL gives an invalid URL: {failure}")))?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
         }
+        let mut request = self.client.request(method, url).header("X-Auth-Token", self.config.secret_key.expose());
+        request = match payload {
+            Payload::None => request,
+            Payload::Json(body) => request.json(&body),
+            Payload::Text(text) => request.header("content-type", "text/plain").body(text),
+        };
         let response = request.send().await.map_err(|failure| {
             error(ErrorKind::Transient, format!("cannot reach the Scaleway API: {}", failure.without_url()))
         })?;
@@ -194,13 +215,31 @@ impl ScalewayProvider {
         if status.is_success() { Ok((body, headers)) } else { Err(classify(status, &body)) }
     }
 
-    /// Every page of a list, following `X-Total-Count`.
-    async fn pages(&self, zone: &str, path: &str, query: &str, field: &str) -> Result<Vec<Value>, ProviderError> {
+    /// A `DELETE` for which already gone is a success.
+    async fn delete(&self, url: &str) -> Result<(), ProviderError> {
+        match self.call(Method::DELETE, url, &[], Payload::None).await {
+            Ok(_) => Ok(()),
+            Err(failure) if failure.kind == ErrorKind::NotFound => Ok(()),
+            Err(failure) => Err(failure),
+        }
+    }
+
+    /// Every page of a list filtered by `filter` (`name`, `tags`, ...), following `X-Total-Count`.
+    async fn pages(
+        &self,
+        zone: &str,
+        path: &str,
+        filter: (&str, &str),
+        field: &str,
+    ) -> Result<Vec<Value>, ProviderError> {
         let mut items = Vec::new();
         let mut page = 1;
+        let per_page = PER_PAGE.to_string();
+        let url = self.url(zone, path);
         loop {
-            let url = self.url(zone, &format!("{path}?{query}page={page}&per_page={PER_PAGE}"));
-            let (body, headers) = self.call(Method::GET, &url, None).await?;
+            let page_text = page.to_string();
+            let query = [filter, ("page", page_text.as_str()), ("per_page", per_page.as_str())];
+            let (body, headers) = self.call(Method::GET, &url, &query, Payload::None).await?;
             let batch = body[field].as_array().cloned().unwrap_or_default();
             let fetched = batch.len();
             items.extend(batch);
@@ -217,12 +256,18 @@ impl ScalewayProvider {
     }
 
     async fn server(&self, zone: &str, id: &str) -> Result<Value, ProviderError> {
-        let (body, _) = self.call(Method::GET, &self.url(zone, &format!("/servers/{id}")), None).await?;
+        let (body, _) = self.call(Method::GET, &self.url(zone, &format!("/servers/{id}")), &[], Payload::None).await?;
         Ok(body["server"].clone())
     }
 
+    /// Block Storage volumes whose name contains `name`.
+    async fn volumes(&self, zone: &str, name: &str) -> Result<Vec<Value>, ProviderError> {
+        let (body, _) = self.call(Method::GET, &self.volumes_url(zone, ""), &[("name", name)], Payload::None).await?;
+        Ok(body["volumes"].as_array().cloned().unwrap_or_default())
+    }
+
     async fn find_by_name(&self, zone: &str, name: &str) -> Result<Option<Value>, ProviderError> {
-        let servers = self.pages(zone, "/servers", &format!("name={name}&"), "servers").await?;
+        let servers = self.pages(zone, "/servers", ("name", name), "servers").await?;
         // The name filter matches substrings; only the exact name is ours.
         Ok(servers.into_iter().find(|server| server["name"] == name))
     }
@@ -239,26 +284,17 @@ impl ScalewayProvider {
     /// only detaches and which bills until deleted), waiting up to [`VOLUME_PATIENCE`] for them to
     /// detach.
     async fn delete_volumes(&self, zone: &str, name: &str) -> Result<(), ProviderError> {
-        let base = self.config.api_url.trim_end_matches('/');
-        let list = format!("{base}/block/v1alpha1/zones/{zone}/volumes?name={name}");
         let deadline = tokio::time::Instant::now() + VOLUME_PATIENCE;
         loop {
-            let (body, _) = self.call(Method::GET, &list, None).await?;
-            let volumes: Vec<Value> = body["volumes"]
-                .as_array()
-                .map(|volumes| volumes.iter().filter(|volume| volume["name"] == name).cloned().collect())
-                .unwrap_or_default();
             let mut attached = 0;
-            for volume in &volumes {
+            for volume in self.volumes(zone, name).await?.iter().filter(|volume| volume["name"] == name) {
                 let id = volume["id"].as_str().unwrap_or_default();
                 if volume["status"] == "in_use" {
                     attached += 1;
                     continue;
                 }
-                match self.call(Method::DELETE, &format!("{base}/block/v1alpha1/zones/{zone}/volumes/{id}"), None).await
-                {
-                    Ok(_) => {}
-                    Err(failure) if failure.kind == ErrorKind::NotFound => {}
+                match self.delete(&self.volumes_url(zone, &format!("/{id}"))).await {
+                    Ok(()) => {}
                     Err(failure) if failure.message.contains("precondition_failed") => attached += 1,
                     Err(failure) => return Err(failure),
                 }
@@ -276,13 +312,9 @@ impl ScalewayProvider {
     /// Releases the flexible IPs tagged for `instance`.
     async fn release_ips(&self, zone: &str, instance: InstanceId) -> Result<(), ProviderError> {
         let tag = format!("{INSTANCE_TAG}={instance}");
-        for ip in self.pages(zone, "/ips", &format!("tags={tag}&"), "ips").await? {
+        for ip in self.pages(zone, "/ips", ("tags", &tag), "ips").await? {
             let Some(id) = ip["id"].as_str() else { continue };
-            match self.call(Method::DELETE, &self.url(zone, &format!("/ips/{id}")), None).await {
-                Ok(_) => {}
-                Err(failure) if failure.kind == ErrorKind::NotFound => {}
-                Err(failure) => return Err(failure),
-            }
+            self.delete(&self.url(zone, &format!("/ips/{id}"))).await?;
         }
         Ok(())
     }
@@ -308,27 +340,12 @@ impl CloudProvider for ScalewayProvider {
             "project": self.config.project_id, "dynamic_ip_required": true, "boot_type": "local", "tags": tags,
             "volumes": { "0": { "name": name, "size": ROOT_VOLUME_BYTES, "volume_type": "sbs_volume" } },
         });
-        let (created, _) = self.call(Method::POST, &self.url(zone, "/servers"), Some(body)).await?;
+        let (created, _) = self.call(Method::POST, &self.url(zone, "/servers"), &[], Payload::Json(body)).await?;
         let server = &created["server"];
         let id = server["id"].as_str().unwrap_or_default();
         if !request.user_data.is_empty() {
             let url = self.url(zone, &format!("/servers/{id}/user_data/cloud-init"));
-            let sent = self
-                .client
-                .patch(&url)
-                .header("X-Auth-Token", self.config.secret_key.expose())
-                .header("content-type", "text/plain")
-                .body(request.user_data.clone())
-                .send()
-                .await
-                .map_err(|failure| {
-                    error(ErrorKind::Transient, format!("cannot set user data: {}", failure.without_url()))
-                })?;
-            if !sent.status().is_success() {
-                let status = sent.status();
-                let body = sent.json::<Value>().await.unwrap_or(Value::Null);
-                return Err(classify(status, &body));
-            }
+            self.call(Method::PATCH, &url, &[], Payload::Text(request.user_data.clone())).await?;
         }
         Ok(server_view(zone, server))
     }
@@ -338,7 +355,7 @@ impl CloudProvider for ScalewayProvider {
         let server = self.server(zone, id).await?;
         if server["state"] == "stopped" || server["state"] == "stopped in place" {
             let url = self.url(zone, &format!("/servers/{id}/action"));
-            self.call(Method::POST, &url, Some(json!({ "action": "poweron" }))).await?;
+            self.call(Method::POST, &url, &[], Payload::Json(json!({ "action": "poweron" }))).await?;
             return Ok(server_view(zone, &self.server(zone, id).await?));
         }
         Ok(server_view(zone, &server))
@@ -352,7 +369,7 @@ impl CloudProvider for ScalewayProvider {
     async fn list(&self) -> Result<Vec<ProviderInstance>, ProviderError> {
         let mut instances = Vec::new();
         for zone in &self.config.zones {
-            for server in self.pages(zone, "/servers", &format!("tags={MANAGED_TAG}&"), "servers").await? {
+            for server in self.pages(zone, "/servers", ("tags", MANAGED_TAG), "servers").await? {
                 instances.push(server_view(zone, &server));
             }
         }
@@ -369,20 +386,20 @@ impl CloudProvider for ScalewayProvider {
         };
         // A server that never ran is deleted; a running one takes the `terminate` action; one
         // between states is tried again later.
-        let removal = match server["state"].as_str().unwrap_or_default() {
-            "stopped" | "stopped in place" => {
-                self.call(Method::DELETE, &self.url(zone, &format!("/servers/{id}")), None).await
-            }
+        match server["state"].as_str().unwrap_or_default() {
+            "stopped" | "stopped in place" => self.delete(&self.url(zone, &format!("/servers/{id}"))).await?,
             "running" => {
                 let url = self.url(zone, &format!("/servers/{id}/action"));
-                self.call(Method::POST, &url, Some(json!({ "action": "terminate" }))).await
+                match self.call(Method::POST, &url, &[], Payload::Json(json!({ "action": "terminate" }))).await {
+                    Ok(_) => {}
+                    Err(failure) if failure.kind == ErrorKind::NotFound => {}
+                    Err(failure) => return Err(failure),
+                }
             }
-            state => Err(error(ErrorKind::Transient, format!("server {id} is {state}; terminating once it settles"))),
-        };
-        match removal {
-            Ok(_) => {}
-            Err(failure) if failure.kind == ErrorKind::NotFound => {}
-            Err(failure) => return Err(failure),
+            state => {
+                let message = format!("server {id} is {state}; terminating once it settles");
+                return Err(error(ErrorKind::Transient, message));
+            }
         }
         if let Some(instance) = server_view(zone, &server).instance_id {
             self.release_ips(zone, instance).await?;
@@ -393,12 +410,9 @@ impl CloudProvider for ScalewayProvider {
 
     /// Detached Block Storage volumes named `qm-<instance id>` in every zone.
     async fn leftovers(&self) -> Result<Vec<Leftover>, ProviderError> {
-        let base = self.config.api_url.trim_end_matches('/');
         let mut leftovers = Vec::new();
         for zone in &self.config.zones {
-            let (body, _) =
-                self.call(Method::GET, &format!("{base}/block/v1alpha1/zones/{zone}/volumes?name=qm-"), None).await?;
-            for volume in body["volumes"].as_array().cloned().unwrap_or_default() {
+            for volume in self.volumes(zone, "qm-").await? {
                 let name = volume["name"].as_str().unwrap_or_default();
                 let Some(instance) = name.strip_prefix("qm-").and_then(|id| id.parse::<InstanceId>().ok()) else {
                     continue;
@@ -414,20 +428,17 @@ impl CloudProvider for ScalewayProvider {
 
     async fn remove_leftover(&self, leftover: &Leftover) -> Result<(), ProviderError> {
         let Ok((zone, id)) = split(&leftover.id) else { return Ok(()) };
-        let url = format!("{}/block/v1alpha1/zones/{zone}/volumes/{id}", self.config.api_url.trim_end_matches('/'));
-        match self.call(Method::DELETE, &url, None).await {
-            Ok(_) => Ok(()),
-            Err(failure) if failure.kind == ErrorKind::NotFound => Ok(()),
-            Err(failure) => Err(failure),
-        }
+        self.delete(&self.volumes_url(zone, &format!("/{id}"))).await
     }
 
     async fn offers(&self) -> Result<Vec<ProviderOffer>, ProviderError> {
         let mut offers = Vec::new();
         for zone in &self.config.zones {
-            let (types, _) = self.call(Method::GET, &self.url(zone, "/products/servers?per_page=100"), None).await?;
-            let (availability, _) =
-                self.call(Method::GET, &self.url(zone, "/products/servers/availability?per_page=100"), None).await?;
+            let per_page = [("per_page", "100")];
+            let (types, _) =
+                self.call(Method::GET, &self.url(zone, "/products/servers"), &per_page, Payload::None).await?;
+            let availability_url = self.url(zone, "/products/servers/availability");
+            let (availability, _) = self.call(Method::GET, &availability_url, &per_page, Payload::None).await?;
             let types: BTreeMap<String, Value> =
                 types["servers"].as_object().map(|map| map.clone().into_iter().collect()).unwrap_or_default();
             for (code, spec) in types {

@@ -129,7 +129,9 @@ impl Health {
         for instance in
             self.store.instances_in_state_since(InstanceState::Booting, before(self.deadlines.startup), BATCH).await?
         {
-            if let Some(failed) = self.step(&instance, InstanceState::StartupFailed, &startup, None, started).await? {
+            if let Some(failed) =
+                self.saga.transition(None, &instance, InstanceState::StartupFailed, &startup, None, started).await?
+            {
                 moved += 1;
                 self.terminate(&failed, &startup, started).await?;
             }
@@ -149,7 +151,10 @@ impl Health {
             if evidence == Some(Evidence::Ready) {
                 let reason = Evidence::Ready.to_string();
                 moved += usize::from(
-                    self.step(&instance, InstanceState::Ready, &reason, Some(100), started).await?.is_some(),
+                    self.saga
+                        .transition(None, &instance, InstanceState::Ready, &reason, Some(100), started)
+                        .await?
+                        .is_some(),
                 );
             }
         }
@@ -162,8 +167,12 @@ impl Health {
             }
             let found = evidence.map_or_else(|| "no address to probe".to_owned(), |evidence| evidence.to_string());
             let reason = format!("no heartbeat for {} s; {found}", self.deadlines.heartbeat.as_secs());
-            moved +=
-                usize::from(self.step(&instance, InstanceState::Unhealthy, &reason, None, started).await?.is_some());
+            moved += usize::from(
+                self.saga
+                    .transition(None, &instance, InstanceState::Unhealthy, &reason, None, started)
+                    .await?
+                    .is_some(),
+            );
         }
 
         let stuck = format!("still provisioning after {} s", self.deadlines.provisioning.as_secs());
@@ -172,7 +181,8 @@ impl Health {
             .instances_in_state_since(InstanceState::Provisioning, before(self.deadlines.provisioning), BATCH)
             .await?
         {
-            let failed = self.step(&instance, InstanceState::ProvisioningFailed, &stuck, None, started).await?;
+            let failed =
+                self.saga.transition(None, &instance, InstanceState::ProvisioningFailed, &stuck, None, started).await?;
             moved += usize::from(failed.is_some());
         }
         for instance in self
@@ -198,18 +208,6 @@ impl Health {
             .buffer_unordered(PROBES_AT_ONCE)
             .collect()
             .await
-    }
-
-    async fn step(
-        &self,
-        instance: &Instance,
-        to: InstanceState,
-        reason: &str,
-        progress_percent: Option<i32>,
-        started: Instant,
-    ) -> Result<Option<Instance>, SagaError> {
-        let step = Step { cause: None, to, reason, progress_percent, started, then_terminate: false };
-        self.saga.apply(instance, &step).await
     }
 
     async fn terminate(&self, instance: &Instance, reason: &str, started: Instant) -> Result<bool, SagaError> {

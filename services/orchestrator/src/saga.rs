@@ -250,18 +250,18 @@ impl Saga {
         }
     }
 
-    /// Moves the instance if it is still in `from`, with its history, action log and event.
-    /// Returns `None` when it had moved on.
-    async fn transition(
+    /// Moves the instance if it is still in its state, with its history, action log and event
+    /// (caused by `cause`, when a command caused it). Returns `None` when it had moved on.
+    pub(crate) async fn transition(
         &self,
-        command: &Envelope,
+        cause: Option<&Envelope>,
         instance: &Instance,
         to: InstanceState,
         reason: &str,
         progress_percent: Option<i32>,
         started: Instant,
     ) -> Result<Option<Instance>, SagaError> {
-        let step = Step { cause: Some(command), to, reason, progress_percent, started, then_terminate: false };
+        let step = Step { cause, to, reason, progress_percent, started, then_terminate: false };
         self.apply(instance, &step).await
     }
 
@@ -329,7 +329,14 @@ impl Saga {
         };
         if instance.state == InstanceState::Requested {
             match self
-                .transition(command, &instance, InstanceState::Provisioning, "provisioning started", None, started)
+                .transition(
+                    Some(command),
+                    &instance,
+                    InstanceState::Provisioning,
+                    "provisioning started",
+                    None,
+                    started,
+                )
                 .await?
             {
                 Some(moved) => instance = moved,
@@ -447,7 +454,7 @@ impl Saga {
         let instance = self.annotate(instance.id, annotation).await?.unwrap_or(instance);
         let moved = self
             .transition(
-                command,
+                Some(command),
                 &instance,
                 InstanceState::Booting,
                 "provider instance running",
@@ -495,7 +502,7 @@ impl Saga {
         reason: &str,
         started: Instant,
     ) -> Result<(), SagaError> {
-        self.transition(command, instance, InstanceState::ProvisioningFailed, reason, None, started).await?;
+        self.transition(Some(command), instance, InstanceState::ProvisioningFailed, reason, None, started).await?;
         Ok(())
     }
 
@@ -532,8 +539,15 @@ impl Saga {
                     .map_err(|error| SagaError::Retry(format!("terminate {provider_id}: {error}")))?;
             }
         }
-        self.transition(command, &instance, InstanceState::Terminated, "terminated at the provider", None, started)
-            .await?;
+        self.transition(
+            Some(command),
+            &instance,
+            InstanceState::Terminated,
+            "terminated at the provider",
+            None,
+            started,
+        )
+        .await?;
         Ok(())
     }
 }

@@ -75,15 +75,13 @@ fn currency(state: &AppState) -> String {
 }
 
 fn scope(principal: &Principal, asked: Option<OrganizationId>) -> ApiResult<Option<OrganizationId>> {
-    match asked {
-        _ if !principal.platform_admin => match asked {
-            Some(other) if other != principal.organization_id => {
-                Err(Problem::forbidden("only the platform administrator sees other organizations' costs"))
-            }
-            _ => Ok(Some(principal.organization_id)),
-        },
-        asked => Ok(asked),
+    if principal.platform_admin {
+        return Ok(asked);
     }
+    if asked.is_some_and(|other| other != principal.organization_id) {
+        return Err(Problem::forbidden("only the platform administrator sees other organizations' costs"));
+    }
+    Ok(Some(principal.organization_id))
 }
 
 fn resolve(principal: &Principal, query: CostQuery, now: DateTime<Utc>) -> ApiResult<Resolved> {

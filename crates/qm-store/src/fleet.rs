@@ -159,12 +159,8 @@ pub async fn record_transition(
         reason: Some(change.reason.to_owned()),
         progress_percent: change.progress_percent,
     };
-    let Some(mut moved) = tx.transition_instance(&transition).await? else { return Ok(None) };
+    let Some(moved) = tx.transition_instance(&transition).await? else { return Ok(None) };
     let failed = change.to.is_failure();
-    if failed {
-        let annotation = InstanceAnnotation { failure_reason: Some(change.reason.to_owned()), ..Default::default() };
-        moved = tx.annotate_instance(moved.id, &annotation).await?.unwrap_or(moved);
-    }
     let status = if failed { ActionStatus::Failed } else { ActionStatus::Succeeded };
     let mut entry = crate::NewActionLog::new(change.component, &format!("instance.{}", change.to), status);
     entry.organization_id = Some(moved.organization_id);
@@ -303,7 +299,8 @@ pub trait FleetTx {
     /// Inserts the instance in `requested` and records that first state.
     async fn insert_instance(&mut self, instance: &NewInstance) -> Result<Instance, StoreError>;
     /// Applies the transition if the instance is still in `from` and records it; `None` when it
-    /// had moved on (or does not exist), so that racing writers cannot both win.
+    /// had moved on (or does not exist), so that racing writers cannot both win. Moving to a
+    /// failure state records the reason as the instance's `failure_reason`.
     async fn transition_instance(&mut self, transition: &Transition) -> Result<Option<Instance>, StoreError>;
     /// Archives a terminated or failed instance; `None` when it is in another state.
     async fn archive_instance(&mut self, id: InstanceId) -> Result<Option<Instance>, StoreError>;
@@ -731,14 +728,18 @@ macro_rules! impl_fleet_sql {
                     let at = now();
                     let sql = format!(
                         "UPDATE instances SET state = $1, state_changed_at = $2, updated_at = $2, \
-                         progress_percent = COALESCE($3, progress_percent) WHERE id = $4 AND state = $5 RETURNING {INSTANCE_COLUMNS}"
+                         progress_percent = COALESCE($3, progress_percent), failure_reason = COALESCE($6, failure_reason) \
+                         WHERE id = $4 AND state = $5 RETURNING {INSTANCE_COLUMNS}"
                     );
+                    // A failure state's reason is the instance's failure reason.
+                    let failure = transition.reason.as_deref().filter(|_| transition.to.is_failure());
                     let row = sqlx::query(&sql)
                         .bind(transition.to.as_str())
                         .bind(at)
                         .bind(transition.progress_percent)
                         .bind(transition.instance.as_uuid())
                         .bind(transition.from.as_str())
+                        .bind(failure)
                         .fetch_optional(&mut *self.transaction)
                         .await?;
                     let Some(row) = row else { return Ok(None) };

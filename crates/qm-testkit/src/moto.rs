@@ -48,17 +48,18 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
-        let url = format!("http://127.0.0.1:{port}");
+        // Owned from here on: a failure below stops the server instead of leaking it.
+        let moto = Self { child, url: format!("http://127.0.0.1:{port}") };
         let client = crate::http_client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if client.get(format!("{url}/moto-api/")).send().await.is_ok() {
+            if client.get(format!("{}/moto-api/", moto.url)).send().await.is_ok() {
                 break;
             }
-            assert!(Instant::now() < deadline, "moto did not answer on {url} within 30 s");
+            assert!(Instant::now() < deadline, "moto did not answer on {} within 30 s", moto.url);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Self { child, url }
+        moto
     }
 
     /// What `AWS_ENDPOINT_URL` should be.

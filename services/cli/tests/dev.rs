@@ -13,6 +13,16 @@ struct Dev {
     output: mpsc::Receiver<String>,
 }
 
+/// A test that fails before terminating `qm dev` must not leave it running.
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Dev {
     /// Starts `qm dev` on free ports and waits for it to print where each service listens.
     fn start(data_dir: &Path) -> (Self, HashMap<String, String>, Vec<String>) {

@@ -172,6 +172,12 @@ pub struct Settings {
     /// `QM_COMMAND_VISIBILITY_TIMEOUT_SECONDS` (default 900): how long the orchestrator may hold
     /// a command before another member gets it again.
     pub command_visibility_timeout: Duration,
+    /// `QM_METRICS_TOKEN` (or `_FILE`): when set, every service's `/metrics` answers only
+    /// requests bearing `Authorization: Bearer <token>` (Prometheus' `authorization` setting).
+    pub metrics_token: Option<Secret>,
+    /// `QM_EVENTS_RECHECK_SECONDS` (default 30, at most 60): how often an open `/events`
+    /// stream checks that its credential still works.
+    pub events_recheck: Duration,
 }
 
 /// An address block such as `10.0.0.0/8` or a single address (`192.0.2.7`, `::1`).
@@ -288,6 +294,10 @@ impl Settings {
         let session_ttl = seconds("QM_SESSION_TTL_SECONDS", Duration::from_secs(12 * 3600))?;
         let command_visibility_timeout =
             seconds("QM_COMMAND_VISIBILITY_TIMEOUT_SECONDS", Duration::from_secs(15 * 60))?;
+        let events_recheck = seconds("QM_EVENTS_RECHECK_SECONDS", Duration::from_secs(30))?;
+        if events_recheck > Duration::from_secs(60) {
+            return Err(invalid("QM_EVENTS_RECHECK_SECONDS")("must be at most 60".into()));
+        }
         let trusted_proxies = environment
             .get("QM_TRUSTED_PROXIES")
             .unwrap_or_default()
@@ -327,6 +337,8 @@ impl Settings {
                 .get("QM_LOCAL_STATE_DIR")
                 .map_or_else(|| default_local_state_dir.to_owned(), PathBuf::from),
             command_visibility_timeout,
+            metrics_token: environment.secret("QM_METRICS_TOKEN")?,
+            events_recheck,
         })
     }
 }

@@ -63,6 +63,41 @@ pub enum IdentityError {
     InvalidUsername,
     #[error("an email address needs one `@` with text on both sides and at most 254 characters")]
     InvalidEmail,
+    #[error(
+        "a model id is 1 to 200 characters of letters, digits and `.`, `_`, `:`, `/`, `@`, `+`, `-`, starting with a letter or digit"
+    )]
+    InvalidModel,
+}
+
+/// A model identifier as engines and registries name them (`meta-llama/Llama-3.1-8B-Instruct`,
+/// `qwen2.5:7b`, `org/model@rev`). It reaches instances (their boot configuration, the engine's
+/// command line), so only characters that mean nothing to a shell, an env file or YAML pass.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ModelId(String);
+
+impl ModelId {
+    pub const MAX_LENGTH: usize = 200;
+
+    /// # Errors
+    /// [`IdentityError::InvalidModel`] when the text breaks the rules above.
+    pub fn parse(text: &str) -> Result<Self, IdentityError> {
+        let valid_length = (1..=Self::MAX_LENGTH).contains(&text.len());
+        let valid_start = text.chars().next().is_some_and(|first| first.is_ascii_alphanumeric());
+        let valid_chars =
+            text.chars().all(|character| character.is_ascii_alphanumeric() || "._:/@+-".contains(character));
+        if valid_length && valid_start && valid_chars { Ok(Self(text.to_owned())) } else { Err(IdentityError::InvalidModel) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ModelId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
 }
 
 /// A login name: lowercase ASCII, 3–64 characters, so that it is unambiguous in URLs and logs.
@@ -157,6 +192,16 @@ mod tests {
         assert!(Username::parse("ab").is_err());
         assert!(Username::parse("-dash").is_err());
         assert!(Username::parse("ops.team_1").is_ok());
+    }
+
+    #[test]
+    fn a_model_id_admits_registry_names_and_nothing_a_shell_or_env_file_reads() {
+        for good in ["meta-llama/Llama-3.1-8B-Instruct", "qwen2.5:7b", "org/model@v1+cu121", "m"] {
+            assert!(ModelId::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "m\nQM_ENGINE_COMMAND=x", "a b", "$(id)", "a;b", "a`b`", "-rf", "\"q\"", "a'b", &"x".repeat(201)] {
+            assert!(ModelId::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod money;
 
-pub use identity::{Email, Role, Username};
+pub use identity::{Email, ModelId, Role, Username};
 pub use ids::{
     ActionLogId, ApiKeyId, DeploymentId, EventId, InstanceId, InstanceTypeId, OrganizationId, RegionId, SessionId,
     UserId, ZoneId,

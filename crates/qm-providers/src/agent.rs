@@ -6,8 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// What an instance's user data tells its agent, as `KEY=value` lines.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What an instance's boot configuration tells its agent. It travels as JSON inside a
+/// `#cloud-config` document ([`BootConfig::render`]) whose values are all YAML-quoted, so no
+/// value, whatever it contains, can add a key to either document; the agent reads the JSON file
+/// cloud-init writes ([`BootConfig::PATH`], mode 0600) and nothing else of the user data. The
+/// engine command is never part of it: it is the operator's setting on the image.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BootConfig {
     pub api_url: String,
     pub instance_id: String,
@@ -15,29 +20,90 @@ pub struct BootConfig {
     pub model: String,
 }
 
+/// A YAML double-quoted scalar holding exactly `value`: printable ASCII as is, everything else
+/// (line breaks, controls, quotes, non-ASCII) escaped.
+pub fn yaml_quote(value: &str) -> String {
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('"');
+    for character in value.chars() {
+        match character {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            ' '..='~' => quoted.push(character),
+            _ if u32::from(character) <= 0xFFFF => quoted.push_str(&format!("\\u{:04X}", u32::from(character))),
+            _ => quoted.push_str(&format!("\\U{:08X}", u32::from(character))),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// Reads back a scalar written by [`yaml_quote`]; `None` for anything else.
+fn yaml_unquote(quoted: &str) -> Option<String> {
+    let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+    let mut value = String::with_capacity(inner.len());
+    let mut characters = inner.chars();
+    while let Some(character) = characters.next() {
+        if character == '"' {
+            return None;
+        }
+        if character != '\\' {
+            value.push(character);
+            continue;
+        }
+        let digits = match characters.next()? {
+            '"' => {
+                value.push('"');
+                continue;
+            }
+            '\\' => {
+                value.push('\\');
+                continue;
+            }
+            'u' => 4,
+            'U' => 8,
+            _ => return None,
+        };
+        let hex: String = characters.by_ref().take(digits).collect();
+        if hex.len() != digits {
+            return None;
+        }
+        value.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+    }
+    Some(value)
+}
+
 impl BootConfig {
-    /// The user data handed to an instance.
+    /// Where cloud-init writes the agent's configuration on an instance.
+    pub const PATH: &'static str = "/etc/quartermaster/agent.json";
+
+    /// The configuration as the agent reads it.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// # Errors
+    /// When `text` is not exactly this document (unknown or missing keys included).
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|error| format!("the agent configuration is invalid: {error}"))
+    }
+
+    /// The user data handed to an instance: a `#cloud-config` that writes the configuration.
     pub fn render(&self) -> String {
         format!(
-            "QM_API_URL={}\nQM_INSTANCE_ID={}\nQM_BOOTSTRAP_TOKEN={}\nQM_MODEL={}\n",
-            self.api_url, self.instance_id, self.bootstrap_token, self.model
+            "#cloud-config\n# Quartermaster worker boot configuration. Generated: every value is quoted.\nwrite_files:\n  - path: {}\n    permissions: \"0600\"\n    owner: \"root:root\"\n    content: {}\n",
+            yaml_quote(Self::PATH),
+            yaml_quote(&self.to_json()),
         )
     }
 
-    /// Reads user data written by [`BootConfig::render`]; `None` when a value is missing.
+    /// Reads user data written by [`BootConfig::render`]; `None` for anything else.
     pub fn parse(user_data: &str) -> Option<Self> {
-        let value = |key: &str| {
-            user_data
-                .lines()
-                .find_map(|line| line.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
-                .map(str::to_owned)
-        };
-        Some(Self {
-            api_url: value("QM_API_URL")?,
-            instance_id: value("QM_INSTANCE_ID")?,
-            bootstrap_token: value("QM_BOOTSTRAP_TOKEN")?,
-            model: value("QM_MODEL").unwrap_or_default(),
-        })
+        if !user_data.starts_with("#cloud-config\n") {
+            return None;
+        }
+        let content = user_data.lines().find_map(|line| line.strip_prefix("    content: "))?;
+        Self::from_json(&yaml_unquote(content)?).ok()
     }
 }
 
@@ -201,6 +267,7 @@ mod tests {
         };
         assert_eq!(BootConfig::parse(&config.render()), Some(config));
         assert_eq!(BootConfig::parse("QM_API_URL=x\n"), None);
+        assert_eq!(yaml_unquote(&yaml_quote("a\"b\\c\nd\u{7f}\u{1F600}")).as_deref(), Some("a\"b\\c\nd\u{7f}\u{1F600}"));
     }
 
     #[test]

@@ -49,6 +49,18 @@ fn alive(pid: u32) -> bool {
     })
 }
 
+/// The only variables of the orchestrator's environment an agent process sees.
+pub const INHERITED_VARIABLES: &[&str] = &["PATH", "RUST_LOG", "TZ", "LANG"];
+
+/// Writes a file only its owner can read (it holds a bootstrap token).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(bytes)
+}
+
 fn free_port() -> Result<u16, ProviderError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
     Ok(listener.local_addr().map_err(io)?.port())
@@ -91,7 +103,7 @@ impl LocalProvider {
         std::fs::create_dir_all(&self.state_dir).map_err(io)?;
         let path = self.path(&record.provider_id)?;
         let temporary = path.with_extension("json.tmp");
-        std::fs::write(&temporary, serde_json::to_vec_pretty(record).unwrap_or_default()).map_err(io)?;
+        write_private(&temporary, &serde_json::to_vec_pretty(record).unwrap_or_default()).map_err(io)?;
         std::fs::rename(&temporary, &path).map_err(io)
     }
 
@@ -158,6 +170,15 @@ impl CloudProvider for LocalProvider {
         let agent_port = free_port()?;
         let engine_port = free_port()?;
         let mut command = Command::new(&self.agent_binary);
+        // A cleared environment: the agent never inherits the orchestrator's secrets (database
+        // URL, cloud keys). What it needs is named here, and its boot configuration travels as
+        // the parsed JSON document in a 0600 file, never as environment lines.
+        command.env_clear();
+        for inherited in INHERITED_VARIABLES {
+            if let Some(value) = std::env::var_os(inherited) {
+                command.env(inherited, value);
+            }
+        }
         command
             .env("QM_WORKER_AGENT_ADDR", format!("127.0.0.1:{agent_port}"))
             .env("QM_ENGINE", "mock")
@@ -165,12 +186,10 @@ impl CloudProvider for LocalProvider {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        for line in record.user_data.lines() {
-            if let Some((key, value)) = line.split_once('=')
-                && key.starts_with("QM_")
-            {
-                command.env(key, value);
-            }
+        if let Some(config) = crate::agent::BootConfig::parse(&record.user_data) {
+            let path = self.state_dir.join(format!("{}.agent.json", record.provider_id));
+            write_private(&path, config.to_json().as_bytes()).map_err(io)?;
+            command.env("QM_AGENT_CONFIG", &path);
         }
         let mut child = command.spawn().map_err(|spawn| {
             error(
@@ -237,6 +256,7 @@ impl CloudProvider for LocalProvider {
                 let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
             }
         }
+        let _ = std::fs::remove_file(self.state_dir.join(format!("{provider_id}.agent.json")));
         match std::fs::remove_file(self.path(provider_id)?) {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -52,15 +52,22 @@ impl ReadinessCheck for BusReady {
 struct Probes {
     registry: Registry,
     checks: Arc<Vec<Arc<dyn ReadinessCheck>>>,
+    /// SHA-256 of the bearer token `/metrics` requires, when one is configured.
+    metrics_token_hash: Option<Arc<String>>,
 }
 
-/// The probe routes; merge them into a service's router.
-pub fn router(registry: Registry, checks: Vec<Arc<dyn ReadinessCheck>>) -> Router {
+/// The probe routes; merge them into a service's router. With `metrics_token`, `/metrics`
+/// answers 401 unless the request bears it (`QM_METRICS_TOKEN`).
+pub fn router(registry: Registry, checks: Vec<Arc<dyn ReadinessCheck>>, metrics_token: Option<&str>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(Probes { registry, checks: Arc::new(checks) })
+        .with_state(Probes {
+            registry,
+            checks: Arc::new(checks),
+            metrics_token_hash: metrics_token.map(|token| Arc::new(crate::tokens::hash(token))),
+        })
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -85,9 +92,29 @@ async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
     (status, axum::Json(body))
 }
 
-async fn metrics(State(probes): State<Probes>) -> impl IntoResponse {
+async fn metrics(State(probes): State<Probes>, headers: axum::http::HeaderMap) -> axum::response::Response {
+    if let Some(expected) = &probes.metrics_token_hash {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(|token| crate::tokens::hash(token.trim()));
+        // Hashes of equal length compared in full: no early exit to time.
+        let matches = presented.is_some_and(|presented| {
+            presented.bytes().zip(expected.bytes()).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0
+        });
+        if !matches {
+            let body = json!({
+                "type": "urn:qm:problem:unauthorized", "title": "Unauthorized", "status": 401,
+                "detail": "/metrics needs `Authorization: Bearer <QM_METRICS_TOKEN>`",
+            });
+            return (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string())
+                .into_response();
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         qm_telemetry::metrics::render(&probes.registry),
     )
+        .into_response()
 }

@@ -125,6 +125,7 @@ impl Service {
                 Arc::new(crate::probes::StoreReady(dependencies.store.clone())),
                 Arc::new(crate::probes::BusReady(dependencies.bus.clone())),
             ],
+            dependencies.settings.metrics_token.as_ref().map(|token| token.expose()),
         );
         let service = Self::bind(name, address, routes.merge(router), &registry).await?;
         Ok((service, registry))

@@ -42,6 +42,8 @@ pub struct ApiKey {
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// After this the key no longer works; `null`: it works until revoked.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +55,7 @@ pub struct NewApiKey {
     pub role: Role,
     pub prefix: String,
     pub key_hash: String,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Reads about accounts and credentials.
@@ -69,8 +72,10 @@ pub trait AccessStore {
     ) -> Result<Vec<User>, StoreError>;
     /// The live session (not revoked, not expired at `at`) with this token hash, and its user.
     async fn live_session(&self, token_hash: &str, at: DateTime<Utc>) -> Result<Option<(Session, User)>, StoreError>;
-    /// The unrevoked key with this hash.
-    async fn live_api_key(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError>;
+    /// The key with this hash if it still works at `at`: not revoked, not expired, and its
+    /// creator still a member of the key's organization. Its `role` is the effective one: the
+    /// key's, capped by the creator's current role.
+    async fn live_api_key(&self, key_hash: &str, at: DateTime<Utc>) -> Result<Option<ApiKey>, StoreError>;
     async fn api_key(&self, id: ApiKeyId) -> Result<Option<ApiKey>, StoreError>;
     /// Keys of an organization, newest first, revoked ones included.
     async fn api_keys(
@@ -89,6 +94,18 @@ pub trait AccessStore {
     ) -> Result<(), StoreError>;
     /// Instances of the organization that are not finished: running, or about to be.
     async fn live_instance_count(&self, organization: OrganizationId) -> Result<u64, StoreError>;
+    /// Instances of the organization that are not finished and have not started billing yet
+    /// (requested, provisioning): what they may cost once placed.
+    async fn unbilled_instances(&self, organization: OrganizationId) -> Result<Vec<UnbilledInstance>, StoreError>;
+}
+
+/// An instance that will bill once placed: its recorded price, and every placement its
+/// deployment allows (it may fail over to any of them).
+#[derive(Clone, Debug)]
+pub struct UnbilledInstance {
+    pub hourly_price_micros: i64,
+    pub currency: String,
+    pub placements: Vec<crate::catalog::Offer>,
 }
 
 /// Writes about accounts and credentials.
@@ -97,8 +114,12 @@ pub trait AccessTx {
     /// Writes name and slug; `None` when the organization does not exist.
     async fn update_organization(&mut self, organization: &Organization) -> Result<Option<Organization>, StoreError>;
     async fn delete_organization(&mut self, id: OrganizationId) -> Result<bool, StoreError>;
+    /// Holds the organization's row until the transaction ends, so that writers that decide
+    /// on the organization's totals (its budget) go one at a time.
+    async fn lock_organization(&mut self, id: OrganizationId) -> Result<(), StoreError>;
     /// Writes every mutable field (email, names, role, password hash).
     async fn update_user(&mut self, user: &User) -> Result<Option<User>, StoreError>;
+    /// Deletes the user and revokes the API keys it created.
     async fn delete_user(&mut self, id: UserId) -> Result<bool, StoreError>;
     async fn insert_session(&mut self, session: &NewSession) -> Result<Session, StoreError>;
     async fn revoke_session(&mut self, id: SessionId) -> Result<bool, StoreError>;
@@ -126,7 +147,7 @@ macro_rules! impl_access_sql {
             type DbRow = <$db as sqlx::Database>::Row;
 
             const API_KEY_COLUMNS: &str =
-                "id, organization_id, created_by, name, role, prefix, created_at, last_used_at, revoked_at";
+                "id, organization_id, created_by, name, role, prefix, created_at, last_used_at, revoked_at, expires_at";
             const SESSION_COLUMNS: &str = "id, user_id, created_at, expires_at";
 
             fn api_key_from_row(row: &DbRow) -> Result<ApiKey, StoreError> {
@@ -141,6 +162,7 @@ macro_rules! impl_access_sql {
                     created_at: row.try_get("created_at")?,
                     last_used_at: row.try_get("last_used_at")?,
                     revoked_at: row.try_get("revoked_at")?,
+                    expires_at: row.try_get("expires_at")?,
                 })
             }
 
@@ -213,10 +235,21 @@ macro_rules! impl_access_sql {
                     Ok(Some((session, user)))
                 }
 
-                async fn live_api_key(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
-                    let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL");
-                    let row = sqlx::query(&sql).bind(key_hash).fetch_optional(self.reader()).await?;
-                    row.as_ref().map(api_key_from_row).transpose()
+                async fn live_api_key(&self, key_hash: &str, at: DateTime<Utc>) -> Result<Option<ApiKey>, StoreError> {
+                    let key_columns = API_KEY_COLUMNS.split(", ").map(|column| format!("k.{column}")).collect::<Vec<_>>().join(", ");
+                    let sql = format!(
+                        "SELECT {key_columns}, u.role AS creator_role FROM api_keys k \
+                         JOIN users u ON u.id = k.created_by AND u.organization_id = k.organization_id \
+                         WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)"
+                    );
+                    let Some(row) = sqlx::query(&sql).bind(key_hash).bind(at).fetch_optional(self.reader()).await? else {
+                        return Ok(None);
+                    };
+                    let mut key = api_key_from_row(&row)?;
+                    let creator_role: String = row.try_get("creator_role")?;
+                    let creator_role = creator_role.parse::<Role>().map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                    key.role = key.role.min(creator_role);
+                    Ok(Some(key))
                 }
 
                 async fn api_key(&self, id: ApiKeyId) -> Result<Option<ApiKey>, StoreError> {
@@ -268,10 +301,42 @@ macro_rules! impl_access_sql {
                     .await?;
                     Ok(u64::try_from(count).unwrap_or_default())
                 }
+
+                async fn unbilled_instances(
+                    &self,
+                    organization: OrganizationId,
+                ) -> Result<Vec<crate::access::UnbilledInstance>, StoreError> {
+                    let terminal = crate::fleet::terminal_states_sql();
+                    let sql = format!(
+                        "SELECT i.hourly_price_micros, i.currency, d.placements FROM instances i \
+                         LEFT JOIN deployments d ON d.id = i.deployment_id \
+                         WHERE i.organization_id = $1 AND i.state NOT IN ({terminal}) \
+                         AND NOT EXISTS (SELECT 1 FROM cost_intervals c WHERE c.instance_id = i.id AND c.started_s IS NOT NULL)"
+                    );
+                    let rows = sqlx::query(&sql).bind(organization.as_uuid()).fetch_all(self.reader()).await?;
+                    rows.iter()
+                        .map(|row| {
+                            let placements: Option<sqlx::types::Json<Vec<crate::catalog::Offer>>> = row.try_get("placements")?;
+                            Ok(crate::access::UnbilledInstance {
+                                hourly_price_micros: row.try_get("hourly_price_micros")?,
+                                currency: row.try_get("currency")?,
+                                placements: placements.map(|json| json.0).unwrap_or_default(),
+                            })
+                        })
+                        .collect()
+                }
             }
 
             #[async_trait]
             impl AccessTx for $tx {
+                async fn lock_organization(&mut self, id: OrganizationId) -> Result<(), StoreError> {
+                    sqlx::query("UPDATE organizations SET updated_at = updated_at WHERE id = $1")
+                        .bind(id.as_uuid())
+                        .execute(&mut *self.transaction)
+                        .await?;
+                    Ok(())
+                }
+
                 async fn update_organization(
                     &mut self,
                     organization: &Organization,
@@ -316,6 +381,11 @@ macro_rules! impl_access_sql {
                 }
 
                 async fn delete_user(&mut self, id: UserId) -> Result<bool, StoreError> {
+                    sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE created_by = $2 AND revoked_at IS NULL")
+                        .bind(now())
+                        .bind(id.as_uuid())
+                        .execute(&mut *self.transaction)
+                        .await?;
                     let result =
                         sqlx::query("DELETE FROM users WHERE id = $1").bind(id.as_uuid()).execute(&mut *self.transaction).await?;
                     Ok(result.rows_affected() == 1)
@@ -361,8 +431,8 @@ macro_rules! impl_access_sql {
 
                 async fn insert_api_key(&mut self, key: &NewApiKey) -> Result<ApiKey, StoreError> {
                     let sql = format!(
-                        "INSERT INTO api_keys (id, organization_id, created_by, name, role, prefix, key_hash, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {API_KEY_COLUMNS}"
+                        "INSERT INTO api_keys (id, organization_id, created_by, name, role, prefix, key_hash, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {API_KEY_COLUMNS}"
                     );
                     let row = sqlx::query(&sql)
                         .bind(key.id.as_uuid())
@@ -373,6 +443,7 @@ macro_rules! impl_access_sql {
                         .bind(&key.prefix)
                         .bind(&key.key_hash)
                         .bind(now())
+                        .bind(key.expires_at)
                         .fetch_one(&mut *self.transaction)
                         .await?;
                     api_key_from_row(&row)

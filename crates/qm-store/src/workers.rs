@@ -17,6 +17,9 @@ pub struct Worker {
     pub revoked: bool,
     pub agent_version: Option<String>,
     pub engine_url: Option<String>,
+    /// The engine's port as registered: the router reaches the worker at the address its
+    /// provider reports and this port, never at a host the agent names.
+    pub engine_port: Option<i32>,
     pub model: Option<String>,
     /// As registered: index, name, memory_total_mb per GPU.
     #[schema(value_type = Vec<Object>)]
@@ -36,6 +39,7 @@ pub struct Registration {
     pub token_hash: String,
     pub agent_version: String,
     pub engine_url: String,
+    pub engine_port: u16,
     pub model: String,
     pub gpus: Value,
 }
@@ -51,17 +55,23 @@ pub struct Heartbeat {
 #[async_trait]
 pub trait WorkerStore {
     async fn worker(&self, instance: InstanceId) -> Result<Option<Worker>, StoreError>;
-    /// The unrevoked worker whose current token, or whose previous token still in its grace
-    /// period at `at`, has this hash.
+    /// The unrevoked worker of an instance that is not finished, whose current token, or whose
+    /// previous token still in its grace period at `at`, has this hash.
     async fn worker_by_token(&self, token_hash: &str, at: DateTime<Utc>) -> Result<Option<Worker>, StoreError>;
 }
 
 #[async_trait]
 pub trait WorkerTx {
-    /// Gives the instance a (new) bootstrap token; a previous registration is forgotten.
-    async fn issue_bootstrap_token(&mut self, instance: InstanceId, token_hash: &str) -> Result<(), StoreError>;
-    /// Registers with the bootstrap token, which works once. `false` when it is wrong, used or
-    /// revoked.
+    /// Gives the instance a (new) bootstrap token, valid until `expires_at`; a previous
+    /// registration is forgotten.
+    async fn issue_bootstrap_token(
+        &mut self,
+        instance: InstanceId,
+        token_hash: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Registers with the bootstrap token, which works once. `false` when it is wrong, used,
+    /// expired or revoked.
     async fn register_worker(
         &mut self,
         instance: InstanceId,
@@ -69,10 +79,12 @@ pub trait WorkerTx {
         registration: &Registration,
     ) -> Result<bool, StoreError>;
     async fn record_heartbeat(&mut self, instance: InstanceId, heartbeat: &Heartbeat) -> Result<(), StoreError>;
-    /// Replaces the token; the old one stays valid until `grace_until`.
+    /// Replaces the token, if `current_hash` is the current one (a token in its grace period
+    /// cannot rotate); the old one stays valid until `grace_until`.
     async fn rotate_worker_token(
         &mut self,
         instance: InstanceId,
+        current_hash: &str,
         token_hash: &str,
         grace_until: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
@@ -94,7 +106,7 @@ macro_rules! impl_workers_sql {
 
             type DbRow = <$db as sqlx::Database>::Row;
 
-            const WORKER_COLUMNS: &str = "instance_id, bootstrap_used_at, revoked_at, agent_version, engine_url, model, gpus, \
+            const WORKER_COLUMNS: &str = "instance_id, bootstrap_used_at, revoked_at, agent_version, engine_url, engine_port, model, gpus, \
                  status, queue_depth, in_flight, gpu_metrics, registered_at, last_heartbeat_at";
 
             /// A JSON list column; empty until the agent first reports it.
@@ -112,6 +124,7 @@ macro_rules! impl_workers_sql {
                     revoked: revoked.is_some(),
                     agent_version: row.try_get("agent_version")?,
                     engine_url: row.try_get("engine_url")?,
+                    engine_port: row.try_get("engine_port")?,
                     model: row.try_get("model")?,
                     gpus: json(row, "gpus")?,
                     status: row.try_get("status")?,
@@ -132,9 +145,11 @@ macro_rules! impl_workers_sql {
                 }
 
                 async fn worker_by_token(&self, token_hash: &str, at: DateTime<Utc>) -> Result<Option<Worker>, StoreError> {
+                    let terminal = crate::fleet::terminal_states_sql();
                     let sql = format!(
                         "SELECT {WORKER_COLUMNS} FROM workers WHERE revoked_at IS NULL \
-                         AND (token_hash = $1 OR (previous_token_hash = $1 AND previous_valid_until > $2))"
+                         AND (token_hash = $1 OR (previous_token_hash = $1 AND previous_valid_until > $2)) \
+                         AND instance_id IN (SELECT id FROM instances WHERE state NOT IN ({terminal}))"
                     );
                     let row = sqlx::query(&sql).bind(token_hash).bind(at).fetch_optional(self.reader()).await?;
                     row.as_ref().map(worker_from_row).transpose()
@@ -143,16 +158,23 @@ macro_rules! impl_workers_sql {
 
             #[async_trait]
             impl WorkerTx for $tx {
-                async fn issue_bootstrap_token(&mut self, instance: InstanceId, token_hash: &str) -> Result<(), StoreError> {
+                async fn issue_bootstrap_token(
+                    &mut self,
+                    instance: InstanceId,
+                    token_hash: &str,
+                    expires_at: DateTime<Utc>,
+                ) -> Result<(), StoreError> {
                     sqlx::query(
-                        "INSERT INTO workers (instance_id, bootstrap_token_hash, created_at) VALUES ($1, $2, $3) \
+                        "INSERT INTO workers (instance_id, bootstrap_token_hash, created_at, bootstrap_expires_at) VALUES ($1, $2, $3, $4) \
                          ON CONFLICT (instance_id) DO UPDATE SET bootstrap_token_hash = excluded.bootstrap_token_hash, \
+                         bootstrap_expires_at = excluded.bootstrap_expires_at, \
                          bootstrap_used_at = NULL, token_hash = NULL, previous_token_hash = NULL, previous_valid_until = NULL, \
                          revoked_at = NULL",
                     )
                     .bind(instance.as_uuid())
                     .bind(token_hash)
                     .bind(now())
+                    .bind(expires_at)
                     .execute(&mut *self.transaction)
                     .await?;
                     Ok(())
@@ -166,8 +188,9 @@ macro_rules! impl_workers_sql {
                 ) -> Result<bool, StoreError> {
                     let result = sqlx::query(
                         "UPDATE workers SET bootstrap_used_at = $1, registered_at = $1, token_hash = $2, agent_version = $3, \
-                         engine_url = $4, model = $5, gpus = $6 \
-                         WHERE instance_id = $7 AND bootstrap_token_hash = $8 AND bootstrap_used_at IS NULL AND revoked_at IS NULL",
+                         engine_url = $4, model = $5, gpus = $6, engine_port = $9 \
+                         WHERE instance_id = $7 AND bootstrap_token_hash = $8 AND bootstrap_used_at IS NULL AND revoked_at IS NULL \
+                         AND bootstrap_expires_at > $1",
                     )
                     .bind(now())
                     .bind(&registration.token_hash)
@@ -177,6 +200,7 @@ macro_rules! impl_workers_sql {
                     .bind(sqlx::types::Json(&registration.gpus))
                     .bind(instance.as_uuid())
                     .bind(bootstrap_hash)
+                    .bind(i32::from(registration.engine_port))
                     .execute(&mut *self.transaction)
                     .await?;
                     Ok(result.rows_affected() == 1)
@@ -201,16 +225,18 @@ macro_rules! impl_workers_sql {
                 async fn rotate_worker_token(
                     &mut self,
                     instance: InstanceId,
+                    current_hash: &str,
                     token_hash: &str,
                     grace_until: DateTime<Utc>,
                 ) -> Result<bool, StoreError> {
                     let result = sqlx::query(
                         "UPDATE workers SET previous_token_hash = token_hash, previous_valid_until = $1, token_hash = $2 \
-                         WHERE instance_id = $3 AND revoked_at IS NULL AND token_hash IS NOT NULL",
+                         WHERE instance_id = $3 AND revoked_at IS NULL AND token_hash = $4",
                     )
                     .bind(grace_until)
                     .bind(token_hash)
                     .bind(instance.as_uuid())
+                    .bind(current_hash)
                     .execute(&mut *self.transaction)
                     .await?;
                     Ok(result.rows_affected() == 1)

@@ -96,10 +96,17 @@ pub const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(5);
 const CREDENTIAL_CACHE_CAPACITY: usize = 10_000;
 
 /// Recently resolved credentials by token hash, so that a busy client costs one database
-/// lookup per [`CREDENTIAL_CACHE_TTL`] instead of one per request.
-#[derive(Default)]
+/// lookup per [`CREDENTIAL_CACHE_TTL`] instead of one per request. Every eviction is also
+/// announced ([`CredentialCache::revocations`]), so open event streams re-check at once.
 pub struct CredentialCache {
     entries: Mutex<HashMap<String, (Principal, Instant)>>,
+    revocations: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for CredentialCache {
+    fn default() -> Self {
+        Self { entries: Mutex::new(HashMap::new()), revocations: tokio::sync::watch::channel(0).0 }
+    }
 }
 
 impl CredentialCache {
@@ -125,6 +132,13 @@ impl CredentialCache {
     pub fn evict(&self, matches: impl Fn(&Principal) -> bool) {
         let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         entries.retain(|_, (principal, _)| !matches(principal));
+        drop(entries);
+        self.revocations.send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    /// Changes whenever a credential may have been revoked on this replica.
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revocations.subscribe()
     }
 }
 
@@ -135,14 +149,22 @@ impl FromRequestParts<AppState> for Principal {
         let token = presented_token(&parts.headers).ok_or_else(|| {
             Problem::unauthorized("log in (POST /auth/login) or send `Authorization: Bearer <token>`")
         })?;
-        let hash = token_hash(&token);
-        if let Some(principal) = state.credentials.get(&hash) {
-            return Ok(principal);
-        }
-        let principal = resolve(state, &token, &hash).await?;
-        state.credentials.insert(hash, principal.clone());
-        Ok(principal)
+        authenticate(state, &token).await
     }
+}
+
+/// The caller behind `token`, from the cache or the store.
+///
+/// # Errors
+/// 401 when the token is unknown, expired or revoked; the store's errors.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Problem> {
+    let hash = token_hash(token);
+    if let Some(principal) = state.credentials.get(&hash) {
+        return Ok(principal);
+    }
+    let principal = resolve(state, token, &hash).await?;
+    state.credentials.insert(hash, principal.clone());
+    Ok(principal)
 }
 
 /// Looks the credential up in the store.
@@ -164,10 +186,14 @@ async fn resolve(state: &AppState, token: &str, hash: &str) -> Result<Principal,
         });
     }
     if token.starts_with(API_KEY_PREFIX) {
+        let now = qm_store::now();
         let key = store
-            .live_api_key(hash)
+            .live_api_key(hash, now)
             .await?
-            .ok_or_else(|| Problem::unauthorized("the API key is unknown or was revoked"))?;
+            .ok_or_else(|| Problem::unauthorized("the API key is unknown, expired or revoked"))?;
+        let remaining = key.expires_at.map_or(CREDENTIAL_CACHE_TTL, |expires_at| {
+            (expires_at - now).to_std().unwrap_or_default().min(CREDENTIAL_CACHE_TTL)
+        });
         if let Err(error) = store.touch_api_key(key.id, qm_store::now(), LAST_USED_GRANULARITY).await {
             tracing::warn!(%error, key = %key.id, "could not record the key's last use");
         }
@@ -177,10 +203,51 @@ async fn resolve(state: &AppState, token: &str, hash: &str) -> Result<Principal,
             user_id: key.created_by,
             platform_admin: false,
             credential: Credential::ApiKey(key.id),
-            expires_in: CREDENTIAL_CACHE_TTL,
+            expires_in: remaining,
         });
     }
     Err(Problem::unauthorized("the token is not a Quartermaster session token or API key"))
+}
+
+/// The header a script sets on cookie-authenticated changes when the browser sends neither
+/// `Origin` nor `Sec-Fetch-Site` (a custom header cannot be sent cross-site without a CORS
+/// preflight, which this API never grants).
+pub const CSRF_HEADER: &str = "x-qm-csrf";
+
+/// Refuses cross-site requests that ride on the session cookie: a change (any method but GET,
+/// HEAD and OPTIONS) authenticated by the cookie alone must come from this site, as
+/// `Sec-Fetch-Site: same-origin`, an `Origin` equal to the request's host, or the
+/// [`CSRF_HEADER`]. Bearer tokens are not sent by browsers on their own and are unaffected.
+pub async fn cross_site_guard(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let safe = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS);
+    let headers = request.headers();
+    let by_cookie = headers.get(axum::http::header::AUTHORIZATION).is_none() && presented_token(headers).is_some();
+    if safe || !by_cookie || same_site(headers) {
+        return next.run(request).await;
+    }
+    Problem::forbidden(
+        "a change authenticated by the session cookie must come from this site (Origin or Sec-Fetch-Site), \
+         or carry the X-QM-CSRF header; programs should send a bearer token",
+    )
+    .into_response()
+}
+
+/// Whether the request says it comes from this site.
+fn same_site(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).map(str::trim);
+    if let Some(site) = text("sec-fetch-site") {
+        return site.eq_ignore_ascii_case("same-origin");
+    }
+    if let Some(origin) = text("origin") {
+        let host = text("host").unwrap_or_default();
+        let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+        return !host.is_empty() && origin_host.eq_ignore_ascii_case(host);
+    }
+    headers.contains_key(CSRF_HEADER)
 }
 
 /// The caller's address: the TCP peer, or, when the peer is a trusted proxy, the nearest
@@ -217,6 +284,10 @@ impl FromRequestParts<AppState> for ClientAddress {
 
 /// Failed logins per key (a client address or an account) in a sliding window. Kept in memory:
 /// each API replica limits on its own (documented in docs/decisions.md).
+///
+/// An attempt *reserves* its failure before the password is checked, so concurrent guesses
+/// cannot all pass the check before any of them is counted: 50 wrong passwords sent at once for
+/// one account get through at most the limit. A success gives the reservation back.
 pub struct LoginLimiter {
     window: Duration,
     per_client: usize,
@@ -224,29 +295,58 @@ pub struct LoginLimiter {
     failures: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
-/// Past this many tracked keys, stale ones are swept on the next failure.
+/// Past this many tracked keys, stale ones are swept on the next attempt.
 const SWEEP_THRESHOLD: usize = 10_000;
+/// Past this many live keys (after a sweep), attempts for new keys are refused until keys age
+/// out: memory stays bounded whatever an attacker sends.
+const MAX_KEYS: usize = 200_000;
+
+/// What a login is counted against: the client's address and the account it resolves to.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    client: String,
+    account: String,
+}
+
+impl Attempt {
+    /// `account`: the resolved user's id (username and email of one account count together),
+    /// or the normalised login text when it names nobody.
+    pub fn new(client: IpAddr, account: &str) -> Self {
+        Self { client: format!("client:{client}"), account: format!("account:{}", account.trim().to_lowercase()) }
+    }
+}
+
+/// A reserved attempt: counted as a failure unless [`LoginLimiter::succeeded`] gives it back.
+#[must_use]
+pub struct Reservation {
+    attempt: Attempt,
+    at: Instant,
+}
 
 impl LoginLimiter {
     pub fn new(window: Duration, per_client: usize, per_account: usize) -> Self {
         Self { window, per_client, per_account, failures: Mutex::new(HashMap::new()) }
     }
 
-    fn keys(client: IpAddr, login: &str) -> [(String, bool); 2] {
-        [(format!("client:{client}"), true), (format!("account:{}", login.trim().to_lowercase()), false)]
-    }
-
-    /// `Err(seconds to wait)` when the client or the account has failed too often lately.
-    pub fn check(&self, client: IpAddr, login: &str) -> Result<(), u64> {
+    /// Reserves one attempt, or `Err(seconds to wait)` when the client or the account has used
+    /// up its failures (reserved attempts included).
+    pub fn reserve(&self, attempt: &Attempt) -> Result<Reservation, u64> {
         let now = Instant::now();
         let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failures.len() > SWEEP_THRESHOLD {
+            failures.retain(|_, times| times.back().is_some_and(|time| now.duration_since(*time) < self.window));
+        }
         let mut wait = None;
-        for (key, is_client) in Self::keys(client, login) {
-            let Some(times) = failures.get_mut(&key) else { continue };
+        for (key, limit) in [(&attempt.client, self.per_client), (&attempt.account, self.per_account)] {
+            let Some(times) = failures.get_mut(key) else {
+                if failures.len() >= MAX_KEYS {
+                    wait = Some(self.window.as_secs());
+                }
+                continue;
+            };
             while times.front().is_some_and(|time| now.duration_since(*time) >= self.window) {
                 times.pop_front();
             }
-            let limit = if is_client { self.per_client } else { self.per_account };
             if times.len() >= limit
                 && let Some(oldest) = times.front()
             {
@@ -254,24 +354,30 @@ impl LoginLimiter {
                 wait = Some(wait.map_or(seconds, |other: u64| other.max(seconds)));
             }
         }
-        wait.map_or(Ok(()), Err)
+        if let Some(seconds) = wait {
+            return Err(seconds);
+        }
+        for key in [&attempt.client, &attempt.account] {
+            failures.entry(key.clone()).or_default().push_back(now);
+        }
+        Ok(Reservation { attempt: attempt.clone(), at: now })
     }
 
-    pub fn record_failure(&self, client: IpAddr, login: &str) {
-        let now = Instant::now();
+    /// The password was right: the reservation is given back and the account's failures are
+    /// cleared (the client's stay).
+    pub fn succeeded(&self, reservation: Reservation) {
         let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if failures.len() > SWEEP_THRESHOLD {
-            failures.retain(|_, times| times.back().is_some_and(|time| now.duration_since(*time) < self.window));
-        }
-        for (key, _) in Self::keys(client, login) {
-            failures.entry(key).or_default().push_back(now);
+        failures.remove(&reservation.attempt.account);
+        if let Some(times) = failures.get_mut(&reservation.attempt.client)
+            && let Some(position) = times.iter().rposition(|time| *time == reservation.at)
+        {
+            times.remove(position);
         }
     }
 
-    /// A successful login clears the account's failures (not the client's).
-    pub fn record_success(&self, login: &str) {
-        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        failures.remove(&format!("account:{}", login.trim().to_lowercase()));
+    /// Keys tracked now (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
     }
 }
 
@@ -307,22 +413,32 @@ mod tests {
         let limiter = LoginLimiter::new(Duration::from_secs(60), 100, 3);
         let client = ip("192.0.2.1");
         for _ in 0..3 {
-            assert!(limiter.check(client, "alice").is_ok());
-            limiter.record_failure(client, "alice");
+            let _failed = limiter.reserve(&Attempt::new(client, "alice")).expect("allowed");
         }
-        let wait = limiter.check(client, "Alice").expect_err("locked");
+        let Err(wait) = limiter.reserve(&Attempt::new(client, "Alice")) else { panic!("locked") };
         assert!((1..=61).contains(&wait), "{wait}");
-        assert!(limiter.check(client, "bob").is_ok(), "another account is not affected");
+        assert!(limiter.reserve(&Attempt::new(client, "bob")).is_ok(), "another account is not affected");
     }
 
     #[test]
     fn the_limiter_locks_a_client_that_tries_many_accounts() {
         let limiter = LoginLimiter::new(Duration::from_secs(60), 2, 100);
         let client = ip("192.0.2.2");
-        limiter.record_failure(client, "a");
-        limiter.record_failure(client, "b");
-        assert!(limiter.check(client, "c").is_err());
-        assert!(limiter.check(ip("192.0.2.3"), "c").is_ok());
+        let _a = limiter.reserve(&Attempt::new(client, "a")).expect("allowed");
+        let _b = limiter.reserve(&Attempt::new(client, "b")).expect("allowed");
+        assert!(limiter.reserve(&Attempt::new(client, "c")).is_err());
+        assert!(limiter.reserve(&Attempt::new(ip("192.0.2.3"), "c")).is_ok());
+    }
+
+    #[test]
+    fn a_success_gives_its_reservation_back() {
+        let limiter = LoginLimiter::new(Duration::from_secs(60), 2, 2);
+        let client = ip("192.0.2.4");
+        for _ in 0..5 {
+            let reservation = limiter.reserve(&Attempt::new(client, "carol")).expect("allowed");
+            limiter.succeeded(reservation);
+        }
+        assert_eq!(limiter.tracked(), 1, "only the client's (empty) entry stays");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub const GAP_GRACE: Duration = Duration::from_secs(3);
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const BATCH: u32 = 500;
 const CHANNEL_CAPACITY: usize = 1024;
+/// The most events one stream replays from the database before it skips to the live feed
+/// (and says so): a stream opened at `after=0` cannot make a replica read the whole outbox.
+pub const MAX_CATCH_UP: usize = 1_000;
 
 /// What handlers hold: the follower's position and its broadcast.
 #[derive(Clone)]
@@ -102,6 +105,11 @@ pub struct Stream {
     catch_up_to: Option<i64>,
     live: broadcast::Receiver<Arc<FeedEntry>>,
     pending: std::collections::VecDeque<Arc<FeedEntry>>,
+    /// Events replayed from the database so far.
+    replayed: usize,
+    /// Set when the stream skipped events to stay within [`MAX_CATCH_UP`]: the position it
+    /// resumed after.
+    skipped_to: Option<i64>,
 }
 
 impl FeedHandle {
@@ -123,11 +131,19 @@ impl FeedHandle {
             catch_up_to: (cursor < head).then_some(head),
             live,
             pending: std::collections::VecDeque::new(),
+            replayed: 0,
+            skipped_to: None,
         }
     }
 }
 
 impl Stream {
+    /// Once, after the stream skipped events it would have replayed: the position it resumed
+    /// after (the client reloads what it shows, then follows).
+    pub fn take_skipped(&mut self) -> Option<i64> {
+        self.skipped_to.take()
+    }
+
     /// The next event, or `None` when the service stops or the database fails (the client
     /// reconnects with its `Last-Event-ID`).
     pub async fn next(&mut self) -> Option<Arc<FeedEntry>> {
@@ -137,9 +153,19 @@ impl Stream {
                 return Some(entry);
             }
             if let Some(up_to) = self.catch_up_to {
+                if self.replayed >= MAX_CATCH_UP {
+                    // Too far behind: resume at the head and let the client know what it missed.
+                    self.cursor = self.cursor.max(up_to);
+                    self.catch_up_to = None;
+                    self.skipped_to = Some(self.cursor);
+                    continue;
+                }
                 match self.handle.store.feed(self.cursor, Some(up_to), Some(self.organization), 200).await {
                     Ok(entries) if entries.is_empty() => self.catch_up_to = None,
-                    Ok(entries) => self.pending.extend(entries.into_iter().map(Arc::new)),
+                    Ok(entries) => {
+                        self.replayed += entries.len();
+                        self.pending.extend(entries.into_iter().map(Arc::new));
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "event stream: cannot read the outbox; closing the stream");
                         return None;

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod feed;
+pub mod limits;
 pub mod openapi;
 pub mod password;
 pub mod problem;
@@ -34,11 +35,28 @@ pub const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
 pub const LOGIN_FAILURES_PER_CLIENT: usize = 20;
 pub const LOGIN_FAILURES_PER_ACCOUNT: usize = 5;
 
+/// Failed worker registrations allowed in [`LOGIN_WINDOW`] per client address and per instance.
+pub const REGISTRATION_FAILURES_PER_CLIENT: usize = 20;
+pub const REGISTRATION_FAILURES_PER_INSTANCE: usize = 5;
+/// Heartbeats per worker: a burst of 10, then one a second (agents are asked for one every 5 s).
+pub const HEARTBEATS_PER_SECOND: f64 = 1.0;
+pub const HEARTBEAT_BURST: u32 = 10;
+/// `catalog.sync` and `fleet.reconcile` requests per organization: a burst of 3, then one a minute.
+pub const FLEET_COMMANDS_PER_SECOND: f64 = 1.0 / 60.0;
+pub const FLEET_COMMAND_BURST: u32 = 3;
+/// Open `/events` streams per principal (a session or an API key) and per replica.
+pub const STREAMS_PER_PRINCIPAL: usize = 8;
+pub const STREAMS_PER_REPLICA: usize = 2_000;
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub dependencies: Dependencies,
     pub login_limiter: Arc<auth::LoginLimiter>,
+    pub registration_limiter: Arc<auth::LoginLimiter>,
+    pub heartbeats: Arc<limits::KeyedBucket>,
+    pub fleet_commands: Arc<limits::KeyedBucket>,
+    pub streams: Arc<limits::ConcurrencyCap>,
     pub credentials: Arc<auth::CredentialCache>,
     pub feed: feed::FeedHandle,
 }
@@ -60,6 +78,14 @@ pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Sh
             LOGIN_FAILURES_PER_CLIENT,
             LOGIN_FAILURES_PER_ACCOUNT,
         )),
+        registration_limiter: Arc::new(auth::LoginLimiter::new(
+            LOGIN_WINDOW,
+            REGISTRATION_FAILURES_PER_CLIENT,
+            REGISTRATION_FAILURES_PER_INSTANCE,
+        )),
+        heartbeats: Arc::new(limits::KeyedBucket::new(HEARTBEATS_PER_SECOND, HEARTBEAT_BURST)),
+        fleet_commands: Arc::new(limits::KeyedBucket::new(FLEET_COMMANDS_PER_SECOND, FLEET_COMMAND_BURST)),
+        streams: limits::ConcurrencyCap::new(STREAMS_PER_PRINCIPAL, STREAMS_PER_REPLICA),
         credentials: Arc::new(auth::CredentialCache::default()),
         feed,
     };

@@ -93,7 +93,7 @@ impl Modify for ErrorResponses {
                 add("400", "Malformed request (body, query string or path)");
                 if !public {
                     add("401", "Not authenticated, or the session or key expired or was revoked");
-                    add("403", "The caller's role does not allow this");
+                    add("403", "The caller's role does not allow this, or a cookie-authenticated change came from another site");
                 }
                 if path.contains('{') {
                     add("404", "Not found (or in another organization)");
@@ -181,4 +181,5 @@ pub fn router(state: AppState) -> Router {
         .merge(SwaggerUi::new("/swagger-ui").url(DOCUMENT_PATH, document))
         .fallback(|| async { Problem::not_found("route") })
         .layer(axum::middleware::from_fn(crate::problem::refuse_nul))
+        .layer(axum::middleware::from_fn(crate::auth::cross_site_guard))
 }

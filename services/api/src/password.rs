@@ -36,6 +36,60 @@ pub fn verify(password: &str, stored: &str) -> bool {
         .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
 }
 
+/// Longest password accepted: argon2 reads all of it, so an unbounded one is a way to burn CPU.
+pub const MAX_LENGTH: usize = 1024;
+
+/// Hashing and verifying run on the blocking pool, at most this many at once (one per core):
+/// a flood of logins then queues here instead of stalling the async workers that serve every
+/// other request.
+fn hashing_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+    });
+    &SLOTS
+}
+
+/// How long a password check waits for a hashing slot before the API answers 503.
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `work` (argon2) on the blocking pool behind [`hashing_slots`].
+///
+/// # Errors
+/// 503 when no slot frees up within [`SLOT_WAIT`].
+async fn off_the_workers<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, crate::problem::Problem> {
+    let busy = || crate::problem::Problem::unavailable("the API is busy checking passwords; try again shortly");
+    let permit = tokio::time::timeout(SLOT_WAIT, hashing_slots().acquire()).await.map_err(|_| busy())?.map_err(|_| busy())?;
+    let result = tokio::task::spawn_blocking(work).await.map_err(|_| busy());
+    drop(permit);
+    result
+}
+
+/// [`verify`] off the async workers.
+///
+/// # Errors
+/// 503 when the API is saturated with password checks.
+pub async fn verify_async(password: &str, stored: &str) -> Result<bool, crate::problem::Problem> {
+    let (password, stored) = (password.to_owned(), stored.to_owned());
+    off_the_workers(move || verify(&password, &stored)).await
+}
+
+/// [`hash`] off the async workers.
+///
+/// # Errors
+/// 503 when the API is saturated with password checks; 422 naming `field` for a password
+/// that is too short or too long.
+pub async fn hash_async(field: &str, password: &str) -> Result<String, crate::problem::Problem> {
+    if password.len() > MAX_LENGTH {
+        return Err(crate::problem::Problem::invalid(field, format!("must be at most {MAX_LENGTH} bytes")));
+    }
+    let password = password.to_owned();
+    off_the_workers(move || hash(&password))
+        .await?
+        .map_err(|error| crate::problem::Problem::invalid(field, error.to_string()))
+}
+
 /// A real hash of a password nobody has, verified against when a login names no account, so
 /// that the answer takes as long as for a real account and does not reveal which exist.
 pub fn dummy_hash() -> &'static str {

@@ -176,7 +176,7 @@ async fn every_documented_operation_answers_as_documented() {
                 let transition = qm_store::Transition { instance: id, from, to, reason: None, progress_percent: None };
                 tx.transition_instance(&transition).await.unwrap().unwrap();
             }
-            tx.issue_bootstrap_token(id, &qm_api::auth::token_hash(bootstrap)).await.unwrap();
+            tx.issue_bootstrap_token(id, &qm_api::auth::token_hash(bootstrap), qm_store::now() + chrono::Duration::hours(1)).await.unwrap();
             tx.commit().await.unwrap();
         }
         let registration = json!({ "instance_id": worker_instance, "bootstrap_token": bootstrap, "model": "m", "engine_url": "http://127.0.0.1:9", "agent_version": "0.1.0" });
@@ -187,7 +187,7 @@ async fn every_documented_operation_answers_as_documented() {
             .await;
         assert_eq!(worker.status, 415, "a body is required");
         let mut tx = api.store.begin().await.unwrap();
-        tx.issue_bootstrap_token(worker_instance.parse().unwrap(), &qm_api::auth::token_hash("qmb_second")).await.unwrap();
+        tx.issue_bootstrap_token(worker_instance.parse().unwrap(), &qm_api::auth::token_hash("qmb_second"), qm_store::now() + chrono::Duration::hours(1)).await.unwrap();
         tx.commit().await.unwrap();
         let token = c
             .call("POST", "/internal/worker/register", "/internal/worker/register", None, Some(json!({ "instance_id": worker_instance, "bootstrap_token": "qmb_second", "model": "m", "engine_url": "http://127.0.0.1:9", "agent_version": "0.1.0" })))

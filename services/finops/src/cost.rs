@@ -278,7 +278,10 @@ pub async fn forecast(
     let outlook = outlook(store, currency, now, filter).await?;
     let burn = outlook.burn_rate_micros_per_hour;
     let usage = store.usage_groups(now_s - HOUR, now_s + 1, filter).await?;
-    let tokens_last_hour: i64 = usage.iter().map(|group| group.prompt_tokens + group.completion_tokens).sum();
+    let tokens_last_hour: i64 = usage
+        .iter()
+        .map(|group| group.prompt_tokens.saturating_add(group.completion_tokens))
+        .fold(0_i64, i64::saturating_add);
     Ok(Forecast {
         currency: currency.to_owned(),
         at: now,
@@ -382,11 +385,11 @@ pub struct Usage {
 pub async fn usage(store: &dyn Store, from_s: i64, to_s: i64, filter: &CostFilter) -> Result<Usage, StoreError> {
     let groups = store.usage_groups(from_s, to_s, filter).await?;
     let mut dimensions: [BTreeMap<String, (i64, i64)>; 6] = Default::default();
-    let (mut prompt, mut completion) = (0, 0);
+    let (mut prompt, mut completion) = (0_i64, 0_i64);
     let unknown = || "unknown".to_owned();
     for group in &groups {
-        prompt += group.prompt_tokens;
-        completion += group.completion_tokens;
+        prompt = prompt.saturating_add(group.prompt_tokens);
+        completion = completion.saturating_add(group.completion_tokens);
         let keys = [
             group.model.clone(),
             group.instance_id.map_or_else(unknown, |id| id.to_string()),
@@ -397,8 +400,8 @@ pub async fn usage(store: &dyn Store, from_s: i64, to_s: i64, filter: &CostFilte
         ];
         for (dimension, key) in dimensions.iter_mut().zip(keys) {
             let entry = dimension.entry(key).or_default();
-            entry.0 += group.prompt_tokens;
-            entry.1 += group.completion_tokens;
+            entry.0 = entry.0.saturating_add(group.prompt_tokens);
+            entry.1 = entry.1.saturating_add(group.completion_tokens);
         }
     }
     let list = |groups: BTreeMap<String, (i64, i64)>| {
@@ -408,7 +411,7 @@ pub async fn usage(store: &dyn Store, from_s: i64, to_s: i64, filter: &CostFilte
                 key,
                 prompt_tokens,
                 completion_tokens,
-                total_tokens: prompt_tokens + completion_tokens,
+                total_tokens: prompt_tokens.saturating_add(completion_tokens),
             })
             .collect();
         entries.sort_by(|a, b| b.total_tokens.cmp(&a.total_tokens).then_with(|| a.key.cmp(&b.key)));
@@ -420,7 +423,7 @@ pub async fn usage(store: &dyn Store, from_s: i64, to_s: i64, filter: &CostFilte
         to: time(to_s),
         prompt_tokens: prompt,
         completion_tokens: completion,
-        total_tokens: prompt + completion,
+        total_tokens: prompt.saturating_add(completion),
         by_model,
         by_instance,
         by_instance_type,

@@ -89,8 +89,12 @@ impl Handler for CostEvents {
             }
             Some(MessageType::UsageTokens) => {
                 let event: UsageTokens = parse(envelope)?;
-                if event.prompt_tokens < 0 || event.completion_tokens < 0 {
-                    return Err(HandlerError::Reject("negative token counts".into()));
+                let plausible = 0..=qm_events::MAX_TOKENS_PER_REPORT;
+                if !plausible.contains(&event.prompt_tokens) || !plausible.contains(&event.completion_tokens) {
+                    return Err(HandlerError::Reject(format!(
+                        "token counts must be between 0 and {} per report",
+                        qm_events::MAX_TOKENS_PER_REPORT
+                    )));
                 }
                 let usage = UsageRecord {
                     event_id: envelope.id.as_uuid(),

@@ -62,6 +62,9 @@ struct ProvisionCommand {
 
 /// Prefix of the one-time bootstrap tokens handed to instances.
 pub const BOOTSTRAP_TOKEN_PREFIX: &str = "qmb_";
+/// How long a bootstrap token may wait for its agent's registration: the provisioning and
+/// boot deadlines, with margin. An unused token then no longer registers anything.
+pub const BOOTSTRAP_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 
 #[derive(Debug, Deserialize)]
 struct TerminateCommand {
@@ -158,7 +161,8 @@ impl Saga {
         }
         let token = qm_runtime::tokens::generate(BOOTSTRAP_TOKEN_PREFIX);
         let mut tx = self.store.begin().await?;
-        tx.issue_bootstrap_token(instance.id, &qm_runtime::tokens::hash(&token)).await?;
+        let expires_at = qm_store::now() + chrono::Duration::from_std(BOOTSTRAP_TOKEN_TTL).unwrap_or_default();
+        tx.issue_bootstrap_token(instance.id, &qm_runtime::tokens::hash(&token), expires_at).await?;
         tx.commit().await?;
         let config = qm_providers::agent::BootConfig {
             api_url: api_url.clone(),

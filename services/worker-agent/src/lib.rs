@@ -59,6 +59,7 @@ pub async fn build(address: SocketAddr, engine_url: Option<&str>) -> anyhow::Res
         None => None,
     };
     let registry = qm_telemetry::metrics::registry(NAME);
-    let router = probes::router(registry.clone(), vec![Arc::new(EngineReady { engine })]);
+    let metrics_token = std::env::var("QM_METRICS_TOKEN").ok().filter(|token| !token.is_empty());
+    let router = probes::router(registry.clone(), vec![Arc::new(EngineReady { engine })], metrics_token.as_deref());
     Ok(Service::bind(NAME, address, router, &registry).await?)
 }

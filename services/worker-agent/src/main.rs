@@ -26,6 +26,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// The boot configuration: the file `QM_AGENT_CONFIG` names (by default
+/// [`BootConfig::PATH`] when it exists), else `QM_API_URL`, `QM_INSTANCE_ID` and
+/// `QM_BOOTSTRAP_TOKEN` (or `_FILE`) from the environment; `None` when neither is there.
+fn boot_config(environment: &Environment) -> anyhow::Result<Option<BootConfig>> {
+    let path = environment.get("QM_AGENT_CONFIG").map(std::path::PathBuf::from).or_else(|| {
+        let default = std::path::Path::new(BootConfig::PATH);
+        default.exists().then(|| default.to_owned())
+    });
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|error| anyhow::anyhow!("cannot read the agent configuration {}: {error}", path.display()))?;
+        return Ok(Some(BootConfig::from_json(&text).map_err(anyhow::Error::msg)?));
+    }
+    let token = environment.secret("QM_BOOTSTRAP_TOKEN")?;
+    Ok(match (environment.get("QM_API_URL"), environment.get("QM_INSTANCE_ID"), token) {
+        (Some(api_url), Some(instance_id), Some(token)) => Some(BootConfig {
+            api_url,
+            instance_id,
+            bootstrap_token: token.expose().to_owned(),
+            model: environment.get("QM_MODEL").unwrap_or_else(|| "mock-model".into()),
+        }),
+        _ => None,
+    })
+}
+
 /// How long a stopping agent waits for in-flight requests before it exits.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -33,7 +58,14 @@ async fn run() -> anyhow::Result<()> {
     let environment = Environment::process();
     let address = environment.socket_addr("QM_WORKER_AGENT_ADDR", qm_config::defaults::WORKER_AGENT_ADDR)?;
     let _telemetry = qm_telemetry::init("qm-worker-agent")?;
-    let model = environment.get("QM_MODEL").unwrap_or_else(|| "mock-model".into());
+    // The boot configuration: the JSON file cloud-init (or the local provider) wrote, else the
+    // operator's environment. Nothing else of the user data is read.
+    let boot = boot_config(&environment)?;
+    let model = boot
+        .as_ref()
+        .map(|config| config.model.clone())
+        .or_else(|| environment.get("QM_MODEL"))
+        .unwrap_or_else(|| "mock-model".into());
     let shutdown = Shutdown::new();
 
     // The engine: the built-in mock (`QM_ENGINE=mock`) or an OpenAI-compatible server by URL.
@@ -71,21 +103,9 @@ async fn run() -> anyhow::Result<()> {
     let gpus = Arc::new(qm_worker_agent::gpu::Gpus::detect());
     let status = Arc::new(EngineStatus::new(&engine_url, gpus.clone()));
     let gone = Arc::new(AtomicBool::new(false));
-    let boot = match (
-        environment.get("QM_API_URL"),
-        environment.get("QM_INSTANCE_ID"),
-        environment.secret("QM_BOOTSTRAP_TOKEN")?,
-    ) {
-        (Some(api_url), Some(instance_id), Some(token)) => {
-            Some(BootConfig { api_url, instance_id, bootstrap_token: token.expose().to_owned(), model: model.clone() })
-        }
-        _ => {
-            tracing::warn!(
-                "QM_API_URL, QM_INSTANCE_ID or QM_BOOTSTRAP_TOKEN missing: not registering with Quartermaster"
-            );
-            None
-        }
-    };
+    if boot.is_none() {
+        tracing::warn!("no boot configuration (QM_AGENT_CONFIG, or QM_API_URL, QM_INSTANCE_ID and QM_BOOTSTRAP_TOKEN): not registering with Quartermaster");
+    }
     let protocol = boot.map(|config| {
         let info = AgentInfo {
             engine_url: engine_url.clone(),

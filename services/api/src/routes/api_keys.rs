@@ -18,8 +18,11 @@ const SHOWN_PREFIX: usize = 8;
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
     pub name: String,
-    /// At most the caller's own role (the default).
+    /// At most the caller's own role (the default). The key never does more than its
+    /// creator's current role allows, and stops working when the creator is deleted.
     pub role: Option<Role>,
+    /// When the key stops working (RFC 3339, in the future); never when left out.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -57,6 +60,9 @@ pub async fn create(
     if !principal.role.allows(role) {
         return Err(Problem::invalid("role", format!("cannot exceed your own role (`{}`)", principal.role)));
     }
+    if request.expires_at.is_some_and(|expires_at| expires_at <= qm_store::now()) {
+        return Err(Problem::invalid("expires_at", "must be in the future"));
+    }
     let secret = generate_token(API_KEY_PREFIX);
     let new_key = NewApiKey {
         id: ApiKeyId::new(),
@@ -66,6 +72,7 @@ pub async fn create(
         role,
         prefix: secret.chars().take(SHOWN_PREFIX).collect(),
         key_hash: token_hash(&secret),
+        expires_at: request.expires_at,
     };
     let mut tx = state.dependencies.store.begin().await?;
     let key = tx.insert_api_key(&new_key).await?;

@@ -10,7 +10,7 @@ use qm_events::MessageType;
 use qm_store::{Deployment, Instance, InstanceFilter, NewInstance, Offer, Store};
 use serde::{Deserialize, Serialize};
 
-use super::{Audit, Page, PageParams, bounded_text, message};
+use super::{Audit, Page, PageParams, message};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::problem::{ApiResult, FieldError, Json, Path, Problem, Query};
@@ -22,7 +22,9 @@ pub const MAX_PLACEMENTS: usize = 20;
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentRequest {
-    /// The model the workers serve, e.g. `meta-llama/Llama-3.1-8B-Instruct`.
+    /// The model the workers serve, e.g. `meta-llama/Llama-3.1-8B-Instruct`: 1 to 200 letters,
+    /// digits and `._:/@+-`, starting with a letter or digit.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")]
     pub model: String,
     /// 1 to 100 instances.
     pub count: i64,
@@ -151,17 +153,34 @@ async fn resolve_placement(
 }
 
 /// 402 when the organization's budget is hard-capped and its month, with `count` more instances
-/// of `offer` running until the month ends, is projected past the amount.
-async fn enforce_budget(state: &AppState, principal: &Principal, offer: &Offer, count: i32) -> ApiResult<()> {
+/// running until the month ends, is projected past the amount. Every instance that may still
+/// start billing counts at the most expensive placement it may land on: these `count` (across
+/// `placements`, since they fail over) and the organization's instances not yet billing
+/// (requested, provisioning). Callers hold the organization's lock, so concurrent deployments
+/// are decided one after the other.
+async fn enforce_budget(state: &AppState, principal: &Principal, placements: &[Offer], count: i32) -> ApiResult<()> {
     let store = &*state.dependencies.store;
     let settings = &state.dependencies.settings;
     let rates = qm_store::finops::effective_rates(store, &settings.exchange_rates).await?;
-    let hourly = Currency::parse(&offer.currency)
-        .ok()
-        .and_then(|currency| rates.convert(MicroUnits::new(offer.hourly_price_micros), currency))
-        .map_or(offer.hourly_price_micros, |price| price.get());
+    let hourly = |price: i64, currency: &str| {
+        Currency::parse(currency)
+            .ok()
+            .and_then(|currency| rates.convert(MicroUnits::new(price), currency))
+            .map_or(price, |price| price.get())
+    };
+    let most_expensive = |offers: &[Offer], fallback: i64| {
+        offers.iter().map(|offer| hourly(offer.hourly_price_micros, &offer.currency)).fold(fallback, i64::max)
+    };
+    let pending: i64 = store
+        .unbilled_instances(principal.organization_id)
+        .await?
+        .iter()
+        .map(|instance| {
+            most_expensive(&instance.placements, hourly(instance.hourly_price_micros, &instance.currency))
+        })
+        .fold(0, i64::saturating_add);
+    let added = most_expensive(placements, 0).saturating_mul(i64::from(count)).saturating_add(pending);
     let currency = settings.reporting_currency.to_string();
-    let added = hourly.saturating_mul(i64::from(count));
     let now = qm_store::now();
     let Some(exceeded) = qm_finops::cost::check_cap(store, &currency, principal.organization_id, added, now).await?
     else {
@@ -303,7 +322,10 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<DeploymentAccepted>)> {
     let audit = Audit::start("deployment.create");
     principal.require(Role::Operator)?;
-    let model = bounded_text("model", &request.model, 200)?;
+    let model = qm_domain::ModelId::parse(request.model.trim())
+        .map_err(|error| Problem::invalid("model", error.to_string()))?
+        .as_str()
+        .to_owned();
     if !(1..=MAX_COUNT).contains(&request.count) {
         return Err(Problem::invalid("count", format!("must be between 1 and {MAX_COUNT}")));
     }
@@ -312,7 +334,10 @@ pub async fn create(
     let Some(primary) = placements.first().cloned() else {
         return Err(Problem::invalid("zone", "no placement"));
     };
-    enforce_budget(&state, &principal, &primary, count).await?;
+    let mut tx = state.dependencies.store.begin().await?;
+    // One deployment of an organization at a time decides against its budget.
+    tx.lock_organization(principal.organization_id).await?;
+    enforce_budget(&state, &principal, &placements, count).await?;
     let deployment = Deployment {
         id: DeploymentId::new(),
         organization_id: principal.organization_id,
@@ -323,7 +348,6 @@ pub async fn create(
         placements: placements.clone(),
         created_at: qm_store::now(),
     };
-    let mut tx = state.dependencies.store.begin().await?;
     tx.insert_deployment(&deployment).await?;
     let mut instance_ids = Vec::with_capacity(usize::try_from(count).unwrap_or_default());
     for _ in 0..count {

@@ -11,7 +11,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::auth::Principal;
+use crate::auth::{Principal, authenticate, presented_token};
+use crate::limits::{Refused, Slot};
 use crate::problem::{ApiResult, Problem, Query};
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -22,10 +23,18 @@ pub struct EventsQuery {
 }
 
 /// A stream of `instance.state_changed` and the other events of the caller's organization.
+///
+/// The stream ends when the right to see it ends: its credential is checked again every
+/// `QM_EVENTS_RECHECK_SECONDS` (30 s) and at once when a credential is revoked on this replica
+/// (logout, key revocation, user or organization deleted). At most
+/// [`crate::STREAMS_PER_PRINCIPAL`] streams per user or key and [`crate::STREAMS_PER_REPLICA`]
+/// per replica are open at once (429). A resume replays at most
+/// [`crate::feed::MAX_CATCH_UP`] events, then sends a `stream.skipped` event and follows live.
 #[utoipa::path(get, path = "/events", tag = "events", params(EventsQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
     responses((status = 200, description = "`text/event-stream`: `id` is the position, `event` the type, `data` the envelope",
-        content_type = "text/event-stream", body = String)))]
+        content_type = "text/event-stream", body = String),
+        (status = 429, description = "Too many open streams for this principal or this replica", body = Problem)))]
 pub async fn stream(
     State(state): State<AppState>,
     principal: Principal,
@@ -40,12 +49,80 @@ pub async fn stream(
     if after.is_some_and(|after| after < 0) {
         return Err(Problem::invalid("after", "must not be negative"));
     }
-    let feed = state.feed.stream(principal.organization_id, after);
-    let events = futures::stream::unfold(feed, |mut feed| async move {
-        let entry = feed.next().await?;
-        let data = String::from_utf8(entry.envelope.to_json()).unwrap_or_default();
-        let event = Event::default().id(entry.seq.to_string()).event(entry.envelope.message_type.clone()).data(data);
-        Some((Ok(event), feed))
+    let owner = principal.user_id.map_or_else(|| format!("{:?}", principal.credential), |user| user.to_string());
+    let slot = state.streams.acquire(&owner).map_err(|refused| {
+        let detail = match refused {
+            Refused::Key => format!("at most {} event streams may be open per user or key", crate::STREAMS_PER_PRINCIPAL),
+            Refused::Total => "this replica serves as many event streams as it can; retry shortly".to_owned(),
+        };
+        Problem::too_many_requests(detail, 5)
+    })?;
+    let token = presented_token(&headers).unwrap_or_default();
+    let watch = Watch {
+        feed: state.feed.stream(principal.organization_id, after),
+        revocations: state.credentials.revocations(),
+        recheck: state.dependencies.settings.events_recheck,
+        next_check: tokio::time::Instant::now() + state.dependencies.settings.events_recheck,
+        state,
+        token,
+        _slot: slot,
+    };
+    let events = futures::stream::unfold(watch, |mut watch| async move {
+        let event = watch.next().await?;
+        Some((Ok(event), watch))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// One open stream: its feed, and what it needs to check that it may go on.
+struct Watch {
+    feed: crate::feed::Stream,
+    state: AppState,
+    token: String,
+    revocations: tokio::sync::watch::Receiver<u64>,
+    recheck: Duration,
+    next_check: tokio::time::Instant,
+    _slot: Slot,
+}
+
+impl Watch {
+    /// The next SSE event, or `None` when the stream ends (service stopping, credential gone).
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(position) = self.feed.take_skipped() {
+                let data = serde_json::json!({ "resumed_after": position, "max_replayed": crate::feed::MAX_CATCH_UP });
+                return Some(Event::default().id(position.to_string()).event("stream.skipped").data(data.to_string()));
+            }
+            tokio::select! {
+                entry = self.feed.next() => {
+                    let entry = entry?;
+                    let data = String::from_utf8(entry.envelope.to_json()).unwrap_or_default();
+                    return Some(
+                        Event::default().id(entry.seq.to_string()).event(entry.envelope.message_type.clone()).data(data),
+                    );
+                }
+                () = tokio::time::sleep_until(self.next_check) => {
+                    self.next_check = tokio::time::Instant::now() + self.recheck;
+                    if !self.still_allowed().await {
+                        return None;
+                    }
+                }
+                changed = self.revocations.changed() => {
+                    if changed.is_err() || !self.still_allowed().await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn still_allowed(&self) -> bool {
+        match authenticate(&self.state, &self.token).await {
+            Ok(_) => true,
+            Err(problem) => {
+                tracing::info!(detail = %problem.detail, "event stream closed: its credential no longer works");
+                false
+            }
+        }
+    }
 }

@@ -11,15 +11,22 @@ use serde::{Deserialize, Serialize};
 use super::Audit;
 use super::users::UserView;
 use crate::AppState;
-use crate::auth::{ClientAddress, Principal, SESSION_COOKIE, SESSION_TOKEN_PREFIX, generate_token, token_hash};
+use crate::auth::{
+    Attempt, ClientAddress, Principal, SESSION_COOKIE, SESSION_TOKEN_PREFIX, generate_token, token_hash,
+};
 use crate::password;
 use crate::problem::{ApiResult, Json, Problem};
+
+/// Longest `login` accepted (an email address is at most 254 characters).
+pub const MAX_LOGIN_LENGTH: usize = 254;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// Username or email address.
+    #[schema(min_length = 1, max_length = 254)]
     pub login: String,
+    #[schema(max_length = 1024)]
     pub password: String,
 }
 
@@ -65,21 +72,30 @@ pub async fn login(
     ClientAddress(client): ClientAddress,
     Json(request): Json<LoginRequest>,
 ) -> ApiResult<Response> {
-    let limiter = &state.login_limiter;
-    if let Err(seconds) = limiter.check(client, &request.login) {
-        return Err(Problem::too_many_requests(format!("too many failed logins; try again in {seconds} s"), seconds));
+    let login = request.login.trim();
+    if login.is_empty() || login.chars().count() > MAX_LOGIN_LENGTH {
+        return Err(Problem::invalid("login", format!("must be 1 to {MAX_LOGIN_LENGTH} characters")));
+    }
+    if request.password.len() > password::MAX_LENGTH {
+        return Err(Problem::invalid("password", format!("must be at most {} bytes", password::MAX_LENGTH)));
     }
     let store = &state.dependencies.store;
-    let user = store.user_by_login(request.login.trim()).await?;
+    let user = store.user_by_login(login).await?;
+    // Counted per account (its username and its email are one), else per login text; the
+    // attempt is reserved before the (slow) check, so racing guesses cannot outrun the limit.
+    let account = user.as_ref().map_or_else(|| login.to_owned(), |user| user.id.to_string());
+    let limiter = &state.login_limiter;
+    let reservation = limiter.reserve(&Attempt::new(client, &account)).map_err(|seconds| {
+        Problem::too_many_requests(format!("too many failed logins; try again in {seconds} s"), seconds)
+    })?;
     // Verify against a real hash even for unknown users, so timing does not reveal accounts.
     let stored_hash = user.as_ref().map_or(password::dummy_hash(), |user| user.password_hash.as_str());
-    let verified = password::verify(&request.password, stored_hash);
+    let verified = password::verify_async(&request.password, stored_hash).await?;
     let Some(user) = user.filter(|_| verified) else {
-        limiter.record_failure(client, &request.login);
         tracing::info!(%client, "failed login");
         return Err(Problem::unauthorized("wrong login or password"));
     };
-    limiter.record_success(&request.login);
+    limiter.succeeded(reservation);
     let token = generate_token(SESSION_TOKEN_PREFIX);
     let ttl = state.dependencies.settings.session_ttl;
     let expires_at = qm_store::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(12));
@@ -180,15 +196,18 @@ pub async fn change_password(
 ) -> ApiResult<StatusCode> {
     let audit = Audit::start("user.change_password");
     let mut user = caller(&state, &principal).await?;
-    if let Err(seconds) = state.login_limiter.check(client, &user.username) {
-        return Err(Problem::too_many_requests(format!("too many wrong passwords; try again in {seconds} s"), seconds));
-    }
-    if !password::verify(&request.current_password, &user.password_hash) {
-        state.login_limiter.record_failure(client, &user.username);
+    if request.current_password.len() > password::MAX_LENGTH {
         return Err(Problem::invalid("current_password", "is wrong"));
     }
-    user.password_hash =
-        password::hash(&request.new_password).map_err(|error| Problem::invalid("new_password", error.to_string()))?;
+    let reservation =
+        state.login_limiter.reserve(&Attempt::new(client, &user.id.to_string())).map_err(|seconds| {
+            Problem::too_many_requests(format!("too many wrong passwords; try again in {seconds} s"), seconds)
+        })?;
+    if !password::verify_async(&request.current_password, &user.password_hash).await? {
+        return Err(Problem::invalid("current_password", "is wrong"));
+    }
+    state.login_limiter.succeeded(reservation);
+    user.password_hash = password::hash_async("new_password", &request.new_password).await?;
     let mut tx = state.dependencies.store.begin().await?;
     tx.update_user(&user).await?;
     tx.revoke_user_sessions(user.id, principal.session()).await?;

@@ -101,6 +101,33 @@ async fn administered_user(state: &AppState, principal: &Principal, id: UserId) 
         .ok_or_else(|| Problem::not_found("user"))
 }
 
+/// The user, if the caller may change it: it administers the user's organization, the user's
+/// role is not above its own, and only the platform administrator (or the user itself) touches
+/// the platform administrator's account.
+async fn changeable_user(state: &AppState, principal: &Principal, id: UserId) -> ApiResult<User> {
+    let user = administered_user(state, principal, id).await?;
+    let itself = principal.user_id == Some(user.id) && principal.session().is_some();
+    if user.is_platform_admin && !principal.platform_admin && !itself {
+        return Err(Problem::forbidden("only the platform administrator changes the platform administrator's account"));
+    }
+    if user.role > principal.role {
+        return Err(Problem::forbidden(format!(
+            "the user's role (`{}`) is above yours (`{}`)",
+            user.role, principal.role
+        )));
+    }
+    Ok(user)
+}
+
+/// 403 when `role` is above the caller's own.
+fn grantable(principal: &Principal, role: Role) -> Result<(), Problem> {
+    if principal.role.allows(role) {
+        Ok(())
+    } else {
+        Err(Problem::forbidden(format!("cannot grant `{role}`, which is above your own role (`{}`)", principal.role)))
+    }
+}
+
 /// List users of the caller's organization.
 #[utoipa::path(get, path = "/users", tag = "users", params(PageParams, UserFilter),
     responses((status = 200, body = Page<UserView>)))]
@@ -134,6 +161,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
     let audit = Audit::start("user.create");
     principal.require(Role::Admin)?;
+    grantable(&principal, request.role)?;
     let organization_id = request.organization_id.unwrap_or(principal.organization_id);
     if organization_id != principal.organization_id {
         principal.require_platform_admin()?;
@@ -145,8 +173,7 @@ pub async fn create(
     let username =
         Username::parse(&request.username).map_err(|error| Problem::invalid("username", error.to_string()))?;
     let email = Email::parse(&request.email).map_err(|error| Problem::invalid("email", error.to_string()))?;
-    let password_hash =
-        password::hash(&request.password).map_err(|error| Problem::invalid("password", error.to_string()))?;
+    let password_hash = password::hash_async("password", &request.password).await?;
     let new_user = NewUser {
         id: UserId::new(),
         organization_id,
@@ -193,7 +220,7 @@ pub async fn update(
     Json(request): Json<UpdateUser>,
 ) -> ApiResult<Json<UserView>> {
     let audit = Audit::start("user.update");
-    let mut user = administered_user(&state, &principal, id).await?;
+    let mut user = changeable_user(&state, &principal, id).await?;
     if let Some(email) = &request.email {
         user.email =
             Email::parse(email).map_err(|error| Problem::invalid("email", error.to_string()))?.as_str().to_owned();
@@ -213,11 +240,11 @@ pub async fn update(
         if user.is_platform_admin {
             return Err(Problem::invalid("role", "the platform administrator stays an admin"));
         }
+        grantable(&principal, role)?;
         user.role = role;
     }
     if let Some(new_password) = &request.password {
-        user.password_hash =
-            password::hash(new_password).map_err(|error| Problem::invalid("password", error.to_string()))?;
+        user.password_hash = password::hash_async("password", new_password).await?;
     }
     let mut tx = state.dependencies.store.begin().await?;
     let updated = tx.update_user(&user).await?.ok_or_else(|| Problem::not_found("user"))?;
@@ -226,11 +253,9 @@ pub async fn update(
     }
     audit.record(&mut *tx, &principal, None, serde_json::json!({ "user_id": user.id, "role": updated.role })).await?;
     tx.commit().await?;
-    // Its sessions carry the old role (and, after a password change, are revoked).
+    // Its sessions and keys carry the old role (and, after a password change, sessions are revoked).
     let keep = principal.session();
-    state
-        .credentials
-        .evict(|cached| cached.user_id == Some(user.id) && cached.session().is_some() && cached.session() != keep);
+    state.credentials.evict(|cached| cached.user_id == Some(user.id) && (keep.is_none() || cached.session() != keep));
     Ok(Json(UserView::from(&updated)))
 }
 
@@ -243,7 +268,7 @@ pub async fn delete(
     Path(id): Path<UserId>,
 ) -> ApiResult<StatusCode> {
     let audit = Audit::start("user.delete");
-    let user = administered_user(&state, &principal, id).await?;
+    let user = changeable_user(&state, &principal, id).await?;
     if Some(user.id) == principal.user_id {
         return Err(Problem::conflict("you cannot delete your own account"));
     }
@@ -258,6 +283,7 @@ pub async fn delete(
         .record(&mut *tx, &principal, None, serde_json::json!({ "user_id": user.id, "username": user.username }))
         .await?;
     tx.commit().await?;
-    state.credentials.evict(|cached| cached.user_id == Some(user.id) && cached.session().is_some());
+    // Its sessions went with it and its keys were revoked.
+    state.credentials.evict(|cached| cached.user_id == Some(user.id));
     Ok(StatusCode::NO_CONTENT)
 }

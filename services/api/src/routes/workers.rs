@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Audit;
 use crate::AppState;
-use crate::auth::{ClientAddress, Principal, generate_token, presented_token, token_hash};
-use crate::problem::{ApiResult, Json, Path, Problem};
+use crate::auth::{Attempt, ClientAddress, Principal, generate_token, presented_token, token_hash};
+use crate::problem::{ApiResult, FieldError, Json, Path, Problem};
 
 pub const WORKER_TOKEN_PREFIX: &str = "qmw_";
 /// How often agents are asked to heartbeat.
@@ -27,18 +27,29 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const ROTATION_GRACE: Duration = Duration::from_secs(5 * 60);
 /// Progress once the agent has registered (DESIGN section 5).
 pub const REGISTERED_PROGRESS: i32 = 80;
+/// How long a bootstrap token may wait for its registration: provisioning (30 min at most)
+/// plus booting (10 min), with margin.
+pub const BOOTSTRAP_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
+/// The most GPUs one registration or heartbeat may list.
+pub const MAX_GPUS: usize = 16;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     pub instance_id: InstanceId,
     /// The one-time token the orchestrator gave the instance.
+    #[schema(max_length = 100)]
     pub bootstrap_token: String,
+    #[schema(min_length = 1, max_length = 200, pattern = "^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")]
     pub model: String,
-    /// Where the inference engine listens, e.g. `http://10.0.0.7:8000`.
+    /// Where the inference engine listens, e.g. `http://10.0.0.7:8000`. Only its port is used
+    /// to reach it: the host is the address the provider reports for the instance.
+    #[schema(max_length = 500)]
     pub engine_url: String,
+    #[schema(min_length = 1, max_length = 100)]
     pub agent_version: String,
     #[serde(default)]
+    #[schema(max_items = 16)]
     pub gpus: Vec<GpuInfo>,
 }
 
@@ -75,6 +86,7 @@ pub struct HeartbeatRequest {
     pub in_flight: u32,
     /// Present when NVML found GPUs.
     #[serde(default)]
+    #[schema(max_items = 16)]
     pub gpus: Vec<GpuMetrics>,
     /// Tokens the engine served since the last acknowledged heartbeat.
     #[serde(default)]
@@ -84,7 +96,9 @@ pub struct HeartbeatRequest {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenUsage {
+    #[schema(maximum = 1_000_000_000)]
     pub prompt_tokens: u64,
+    #[schema(maximum = 1_000_000_000)]
     pub completion_tokens: u64,
 }
 
@@ -159,15 +173,24 @@ pub async fn register(
     ClientAddress(client): ClientAddress,
     Json(request): Json<RegisterRequest>,
 ) -> ApiResult<Json<RegisterResponse>> {
-    let refused = || Problem::unauthorized("the bootstrap token is wrong, already used or revoked");
+    let refused = || Problem::unauthorized("the bootstrap token is wrong, already used, expired or revoked");
+    let registration_fields = validate_registration(&request)?;
+    // Failed registrations are limited per client address and per instance; the attempt is
+    // reserved before the token is checked.
+    let reservation =
+        state.registration_limiter.reserve(&Attempt::new(client, &request.instance_id.to_string())).map_err(|seconds| {
+            Problem::too_many_requests(format!("too many failed registrations; try again in {seconds} s"), seconds)
+        })?;
     let store = &state.dependencies.store;
     let Some(instance) = store.instance(request.instance_id).await? else { return Err(refused()) };
     let worker_token = generate_token(WORKER_TOKEN_PREFIX);
+    let (engine_port, model) = registration_fields;
     let registration = Registration {
         token_hash: token_hash(&worker_token),
-        agent_version: request.agent_version.chars().take(100).collect(),
-        engine_url: request.engine_url.chars().take(500).collect(),
-        model: request.model.chars().take(200).collect(),
+        agent_version: request.agent_version.clone(),
+        engine_url: request.engine_url.clone(),
+        engine_port,
+        model,
         gpus: serde_json::to_value(&request.gpus).unwrap_or_default(),
     };
     let mut tx = store.begin().await?;
@@ -179,6 +202,7 @@ pub async fn register(
         tracing::warn!(instance = %instance.id, %client, "worker registration refused");
         return Err(refused());
     }
+    state.registration_limiter.succeeded(reservation);
     if matches!(instance.state, InstanceState::Booting) {
         let annotation =
             InstanceAnnotation { progress_percent: Some(REGISTERED_PROGRESS), ..InstanceAnnotation::default() };
@@ -194,17 +218,55 @@ pub async fn register(
     Ok(Json(RegisterResponse { worker_token, heartbeat_interval_seconds: HEARTBEAT_INTERVAL.as_secs() }))
 }
 
-/// The worker behind a request's `qmw_` token.
-async fn authenticated_worker(state: &AppState, headers: &HeaderMap) -> ApiResult<qm_store::Worker> {
+/// What a registration carries, checked: the engine's port (from `engine_url`) and the model.
+fn validate_registration(request: &RegisterRequest) -> Result<(u16, String), Problem> {
+    let mut errors = Vec::new();
+    let mut field = |name: &str, message: String| errors.push(FieldError { field: name.into(), message });
+    if request.bootstrap_token.len() > 100 {
+        field("bootstrap_token", "must be at most 100 characters".into());
+    }
+    let model = qm_domain::ModelId::parse(&request.model);
+    if let Err(error) = &model {
+        field("model", error.to_string());
+    }
+    let printable = |text: &str| text.chars().all(|character| character.is_ascii_graphic());
+    if request.agent_version.is_empty() || request.agent_version.len() > 100 || !printable(&request.agent_version) {
+        field("agent_version", "must be 1 to 100 printable ASCII characters".into());
+    }
+    let port = url::Url::parse(&request.engine_url)
+        .ok()
+        .filter(|url| {
+            matches!(url.scheme(), "http" | "https") && request.engine_url.len() <= 500 && printable(&request.engine_url)
+        })
+        .and_then(|url| url.port_or_known_default());
+    if port.is_none() {
+        field("engine_url", "must be an http(s) URL of at most 500 characters".into());
+    }
+    if request.gpus.len() > MAX_GPUS {
+        field("gpus", format!("at most {MAX_GPUS} GPUs"));
+    }
+    if request.gpus.iter().any(|gpu| gpu.name.len() > 100 || !gpu.name.chars().all(|character| !character.is_control())) {
+        field("gpus", "a GPU name is at most 100 characters without control characters".into());
+    }
+    match (port, model) {
+        (Some(port), Ok(model)) if errors.is_empty() => Ok((port, model.as_str().to_owned())),
+        _ => Err(Problem::invalid_fields(errors)),
+    }
+}
+
+/// The worker behind a request's `qmw_` token, and that token's hash.
+async fn authenticated_worker(state: &AppState, headers: &HeaderMap) -> ApiResult<(qm_store::Worker, String)> {
     let token = presented_token(headers)
         .filter(|token| token.starts_with(WORKER_TOKEN_PREFIX))
         .ok_or_else(|| Problem::unauthorized("send the worker token as `Authorization: Bearer qmw_…`"))?;
-    state
+    let hash = token_hash(&token);
+    let worker = state
         .dependencies
         .store
-        .worker_by_token(&token_hash(&token), qm_store::now())
+        .worker_by_token(&hash, qm_store::now())
         .await?
-        .ok_or_else(|| Problem::unauthorized("the worker token is unknown, expired or revoked"))
+        .ok_or_else(|| Problem::unauthorized("the worker token is unknown, expired or revoked"))?;
+    Ok((worker, hash))
 }
 
 /// Report the agent's status and metrics.
@@ -217,7 +279,11 @@ pub async fn heartbeat(
     headers: HeaderMap,
     Json(request): Json<HeartbeatRequest>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
-    let worker = authenticated_worker(&state, &headers).await?;
+    let (worker, _) = authenticated_worker(&state, &headers).await?;
+    state.heartbeats.take(&worker.instance_id.to_string()).map_err(|seconds| {
+        Problem::too_many_requests(format!("heartbeats come too fast; the next in {seconds} s"), seconds)
+    })?;
+    validate_heartbeat(&request)?;
     let store = &state.dependencies.store;
     let Some(instance) = store.instance(worker.instance_id).await? else {
         return Err(Problem::unauthorized("the worker's instance no longer exists"));
@@ -265,7 +331,7 @@ pub async fn heartbeat(
         "in_flight": request.in_flight, "gpus": request.gpus,
     });
     tx.enqueue(&Envelope::new(MessageType::WorkerHeartbeat, crate::NAME, Some(instance.organization_id), data)).await?;
-    if let Some(usage) = request.usage.filter(|usage| usage.prompt_tokens + usage.completion_tokens > 0) {
+    if let Some(usage) = request.usage.filter(|usage| usage.prompt_tokens > 0 || usage.completion_tokens > 0) {
         let data = serde_json::json!({
             "instance_id": instance.id, "api_key_id": null, "model": instance.model,
             "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
@@ -278,19 +344,43 @@ pub async fn heartbeat(
     Ok(Json(HeartbeatResponse { instance_state, heartbeat_interval_seconds: HEARTBEAT_INTERVAL.as_secs() }))
 }
 
+/// Bounds on what a heartbeat reports.
+fn validate_heartbeat(request: &HeartbeatRequest) -> Result<(), Problem> {
+    if request.gpus.len() > MAX_GPUS {
+        return Err(Problem::invalid("gpus", format!("at most {MAX_GPUS} GPUs")));
+    }
+    let finite = |value: f64| value.is_finite() && (0.0..=1e6).contains(&value);
+    let plausible = request.gpus.iter().all(|gpu| {
+        finite(gpu.utilization_percent)
+            && gpu.utilization_percent <= 100.0
+            && gpu.temperature_c.is_none_or(finite)
+            && gpu.power_w.is_none_or(finite)
+    });
+    if !plausible {
+        return Err(Problem::invalid("gpus", "utilisation is 0 to 100 %, temperature and power finite and not negative"));
+    }
+    let limit = u64::try_from(qm_events::MAX_TOKENS_PER_REPORT).unwrap_or(u64::MAX);
+    if let Some(usage) = &request.usage
+        && (usage.prompt_tokens > limit || usage.completion_tokens > limit)
+    {
+        return Err(Problem::invalid("usage", format!("at most {limit} tokens of each kind per heartbeat")));
+    }
+    Ok(())
+}
+
 /// Replace the worker token; the old one keeps working for a grace period.
 #[utoipa::path(post, path = "/internal/worker/rotate", tag = "workers",
     responses((status = 200, body = RotatedToken)), security(("bearer" = [])))]
 pub async fn rotate(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<RotatedToken>> {
-    let worker = authenticated_worker(&state, &headers).await?;
+    let (worker, current_hash) = authenticated_worker(&state, &headers).await?;
     let store = &state.dependencies.store;
     let instance =
         store.instance(worker.instance_id).await?.ok_or_else(|| Problem::unauthorized("no such instance"))?;
     let worker_token = generate_token(WORKER_TOKEN_PREFIX);
     let previous_valid_until = qm_store::now() + chrono::Duration::from_std(ROTATION_GRACE).unwrap_or_default();
     let mut tx = store.begin().await?;
-    if !tx.rotate_worker_token(worker.instance_id, &token_hash(&worker_token), previous_valid_until).await? {
-        return Err(Problem::unauthorized("the worker token was revoked"));
+    if !tx.rotate_worker_token(worker.instance_id, &current_hash, &token_hash(&worker_token), previous_valid_until).await? {
+        return Err(Problem::unauthorized("only the current worker token may rotate (not one in its grace period)"));
     }
     tx.insert_action_log(&entry(
         &instance,

@@ -86,7 +86,11 @@ impl ModelId {
         let valid_start = text.chars().next().is_some_and(|first| first.is_ascii_alphanumeric());
         let valid_chars =
             text.chars().all(|character| character.is_ascii_alphanumeric() || "._:/@+-".contains(character));
-        if valid_length && valid_start && valid_chars { Ok(Self(text.to_owned())) } else { Err(IdentityError::InvalidModel) }
+        if valid_length && valid_start && valid_chars {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(IdentityError::InvalidModel)
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -199,7 +203,9 @@ mod tests {
         for good in ["meta-llama/Llama-3.1-8B-Instruct", "qwen2.5:7b", "org/model@v1+cu121", "m"] {
             assert!(ModelId::parse(good).is_ok(), "{good}");
         }
-        for bad in ["", "m\nQM_ENGINE_COMMAND=x", "a b", "$(id)", "a;b", "a`b`", "-rf", "\"q\"", "a'b", &"x".repeat(201)] {
+        for bad in
+            ["", "m\nQM_ENGINE_COMMAND=x", "a b", "$(id)", "a;b", "a`b`", "-rf", "\"q\"", "a'b", &"x".repeat(201)]
+        {
             assert!(ModelId::parse(bad).is_err(), "{bad:?}");
         }
     }

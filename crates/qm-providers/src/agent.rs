@@ -267,7 +267,10 @@ mod tests {
         };
         assert_eq!(BootConfig::parse(&config.render()), Some(config));
         assert_eq!(BootConfig::parse("QM_API_URL=x\n"), None);
-        assert_eq!(yaml_unquote(&yaml_quote("a\"b\\c\nd\u{7f}\u{1F600}")).as_deref(), Some("a\"b\\c\nd\u{7f}\u{1F600}"));
+        assert_eq!(
+            yaml_unquote(&yaml_quote("a\"b\\c\nd\u{7f}\u{1F600}")).as_deref(),
+            Some("a\"b\\c\nd\u{7f}\u{1F600}")
+        );
     }
 
     #[test]

@@ -223,7 +223,8 @@ pub async fn cross_site_guard(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    let safe = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS);
+    let safe =
+        matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS);
     let headers = request.headers();
     let by_cookie = headers.get(axum::http::header::AUTHORIZATION).is_none() && presented_token(headers).is_some();
     if safe || !by_cookie || same_site(headers) {

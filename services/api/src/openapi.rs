@@ -93,7 +93,10 @@ impl Modify for ErrorResponses {
                 add("400", "Malformed request (body, query string or path)");
                 if !public {
                     add("401", "Not authenticated, or the session or key expired or was revoked");
-                    add("403", "The caller's role does not allow this, or a cookie-authenticated change came from another site");
+                    add(
+                        "403",
+                        "The caller's role does not allow this, or a cookie-authenticated change came from another site",
+                    );
                 }
                 if path.contains('{') {
                     add("404", "Not found (or in another organization)");

@@ -60,7 +60,8 @@ async fn off_the_workers<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, crate::problem::Problem> {
     let busy = || crate::problem::Problem::unavailable("the API is busy checking passwords; try again shortly");
-    let permit = tokio::time::timeout(SLOT_WAIT, hashing_slots().acquire()).await.map_err(|_| busy())?.map_err(|_| busy())?;
+    let permit =
+        tokio::time::timeout(SLOT_WAIT, hashing_slots().acquire()).await.map_err(|_| busy())?.map_err(|_| busy())?;
     let result = tokio::task::spawn_blocking(work).await.map_err(|_| busy());
     drop(permit);
     result

@@ -27,7 +27,9 @@ async fn booting_with_token(api: &Api, id: &str) -> String {
         tx.transition_instance(&transition).await.unwrap().unwrap();
     }
     let token = format!("qmb_{}", uuid::Uuid::new_v4().simple());
-    tx.issue_bootstrap_token(id, &qm_api::auth::token_hash(&token), qm_store::now() + chrono::Duration::hours(1)).await.unwrap();
+    tx.issue_bootstrap_token(id, &qm_api::auth::token_hash(&token), qm_store::now() + chrono::Duration::hours(1))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     token
 }

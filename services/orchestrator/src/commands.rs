@@ -1,11 +1,20 @@
-//! The orchestrator's consumer of `qm.cmd.*`: members of the `orchestrator` group each pull one
-//! command at a time and run it through the [`Saga`]. A command is acknowledged once carried out;
+//! The orchestrator's consumer of `qm.cmd.*`: members of the `orchestrator` group pull commands
+//! and hand each to its own task, so that a slow or flooded kind never holds up another tenant's
+//! provisioning or termination. At most [`IN_FLIGHT`] commands are in hand per replica, and at
+//! most [`PER_PROVIDER`] provisions per provider. `catalog.sync` and `fleet.reconcile` are
+//! coalesced: one run at a time per kind and scope, and a request that a run started after it
+//! has covered is acknowledged without another run. A command is acknowledged once carried out;
 //! one that must wait (a provider or the database is down) comes back after a backoff and resumes
 //! from the state it finds; a command this version cannot carry out is dead-lettered with the
 //! reason, never silently dropped.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use qm_bus::Delivery;
+use tokio::sync::Semaphore;
 
 use prometheus::IntCounterVec;
 use qm_bus::{EventBus, SubscriptionOptions};
@@ -16,6 +25,72 @@ use qm_runtime::backoff::Backoff;
 use crate::saga::{Saga, SagaError};
 
 pub const GROUP: &str = "orchestrator";
+/// Commands one replica works on at once.
+pub const IN_FLIGHT: usize = 256;
+/// Provisions of one provider one replica works on at once (provider rate limits, not the
+/// orchestrator, then set the pace).
+pub const PER_PROVIDER: usize = 32;
+
+/// One run at a time per key; a request is covered by any run that started after it was made.
+#[derive(Default)]
+pub struct Coalescer {
+    runs: Mutex<HashMap<String, Arc<Lane>>>,
+}
+
+#[derive(Default)]
+struct Lane {
+    running: tokio::sync::Mutex<()>,
+    /// When the last successful run started.
+    covered_until: Mutex<Option<DateTime<Utc>>>,
+}
+
+impl Lane {
+    fn covers(&self, requested_at: DateTime<Utc>) -> bool {
+        self.covered_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at >= requested_at)
+    }
+}
+
+/// Whether a coalesced request ran or was covered by another run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coalesced {
+    Ran,
+    Covered,
+}
+
+impl Coalescer {
+    /// Runs `work` for a request made at `requested_at`, unless a run that started after it
+    /// has already succeeded (or does while this one waits its turn).
+    ///
+    /// # Errors
+    /// `work`'s.
+    pub async fn run<F, Fut>(&self, key: &str, requested_at: DateTime<Utc>, work: F) -> Result<Coalesced, SagaError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), SagaError>>,
+    {
+        let lane = self
+            .runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.to_owned())
+            .or_default()
+            .clone();
+        if lane.covers(requested_at) {
+            return Ok(Coalesced::Covered);
+        }
+        let _turn = lane.running.lock().await;
+        if lane.covers(requested_at) {
+            return Ok(Coalesced::Covered);
+        }
+        let started = Utc::now();
+        work().await?;
+        *lane.covered_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(started);
+        Ok(Coalesced::Ran)
+    }
+}
 
 pub struct Commands {
     pub bus: Arc<dyn EventBus>,
@@ -26,6 +101,9 @@ pub struct Commands {
     /// How long a command may be in hand before another member gets it again: long enough for
     /// a provider to boot an instance (`QM_COMMAND_VISIBILITY_TIMEOUT_SECONDS`, default 15 min).
     pub visibility_timeout: Duration,
+    pub coalescer: Coalescer,
+    pub in_flight: Arc<Semaphore>,
+    pub per_provider: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Commands {
@@ -62,48 +140,82 @@ impl Commands {
                 }
             };
             failures = 0;
-            let kind = delivery.envelope.known_type();
-            let result = match kind {
-                Some(MessageType::InstanceProvision) => self.saga.provision(&delivery.envelope).await,
-                Some(MessageType::InstanceTerminate) => self.saga.terminate(&delivery.envelope).await,
-                Some(MessageType::CatalogSync) => {
-                    let provider = delivery.envelope.data["provider"].as_str().map(str::to_owned);
-                    self.catalog.sync(provider.as_deref()).await.map(|report| {
-                        tracing::info!(?report, "catalog synced on request");
-                    })
-                }
-                Some(MessageType::FleetReconcile) => {
-                    let provider = delivery.envelope.data["provider"].as_str().map(str::to_owned);
-                    self.reconciler.reconcile(provider.as_deref()).await.map(|report| {
-                        tracing::info!(?report, "reconciliation on request");
-                    })
-                }
-                _ => Err(SagaError::Reject(format!(
-                    "this orchestrator version does not carry out `{}` commands",
-                    delivery.envelope.message_type
-                ))),
-            };
-            let type_label = delivery.envelope.message_type.clone();
-            let settled = match result {
-                Ok(()) => {
-                    self.handled.with_label_values(&[type_label.as_str(), "done"]).inc();
-                    delivery.ack().await.map(|_| ())
-                }
-                Err(SagaError::Retry(reason)) => {
-                    self.handled.with_label_values(&[type_label.as_str(), "retry"]).inc();
-                    tracing::warn!(%reason, command = %type_label, "command will be retried");
-                    let attempt = delivery.deliveries;
-                    delivery.retry(backoff.delay(attempt), &reason).await.map(|_| ())
-                }
-                Err(SagaError::Reject(reason)) => {
-                    self.handled.with_label_values(&[type_label.as_str(), "dead_lettered"]).inc();
-                    tracing::error!(%reason, command = %type_label, "command dead-lettered");
-                    delivery.dead_letter(&reason).await
-                }
-            };
-            if let Err(error) = settled {
-                tracing::warn!(%error, "orchestrator: cannot settle a command; it will be redelivered");
+            // Wait for room before pulling more: the bus keeps what this replica cannot take.
+            let Ok(permit) = self.in_flight.clone().acquire_owned().await else { return };
+            let commands = self.clone();
+            tokio::spawn(async move {
+                commands.handle(delivery).await;
+                drop(permit);
+            });
+        }
+    }
+
+    fn provider_slots(&self, provider: &str) -> Arc<Semaphore> {
+        self.per_provider
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(provider.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(PER_PROVIDER)))
+            .clone()
+    }
+
+    /// Carries out one command and settles it.
+    async fn handle(&self, delivery: Delivery) {
+        let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let kind = delivery.envelope.known_type();
+        let scope = delivery.envelope.data["provider"].as_str().map(str::to_owned);
+        let requested_at = delivery.envelope.occurred_at;
+        let result = match kind {
+            Some(MessageType::InstanceProvision) => {
+                let provider = delivery.envelope.data["placements"][0]["provider"].as_str().unwrap_or_default();
+                let slots = self.provider_slots(provider);
+                let _slot = slots.acquire().await;
+                self.saga.provision(&delivery.envelope).await
             }
+            Some(MessageType::InstanceTerminate) => self.saga.terminate(&delivery.envelope).await,
+            Some(MessageType::CatalogSync) => {
+                let key = format!("catalog.sync:{}", scope.as_deref().unwrap_or("*"));
+                let run = self.coalescer.run(&key, requested_at, || async {
+                    let report = self.catalog.sync(scope.as_deref()).await?;
+                    tracing::info!(?report, "catalog synced on request");
+                    Ok(())
+                });
+                run.await.map(|outcome| tracing::debug!(?outcome, "catalog.sync"))
+            }
+            Some(MessageType::FleetReconcile) => {
+                let key = format!("fleet.reconcile:{}", scope.as_deref().unwrap_or("*"));
+                let run = self.coalescer.run(&key, requested_at, || async {
+                    let report = self.reconciler.reconcile(scope.as_deref()).await?;
+                    tracing::info!(?report, "reconciliation on request");
+                    Ok(())
+                });
+                run.await.map(|outcome| tracing::debug!(?outcome, "fleet.reconcile"))
+            }
+            _ => Err(SagaError::Reject(format!(
+                "this orchestrator version does not carry out `{}` commands",
+                delivery.envelope.message_type
+            ))),
+        };
+        let type_label = delivery.envelope.message_type.clone();
+        let settled = match result {
+            Ok(()) => {
+                self.handled.with_label_values(&[type_label.as_str(), "done"]).inc();
+                delivery.ack().await.map(|_| ())
+            }
+            Err(SagaError::Retry(reason)) => {
+                self.handled.with_label_values(&[type_label.as_str(), "retry"]).inc();
+                tracing::warn!(%reason, command = %type_label, "command will be retried");
+                let attempt = delivery.deliveries;
+                delivery.retry(backoff.delay(attempt), &reason).await.map(|_| ())
+            }
+            Err(SagaError::Reject(reason)) => {
+                self.handled.with_label_values(&[type_label.as_str(), "dead_lettered"]).inc();
+                tracing::error!(%reason, command = %type_label, "command dead-lettered");
+                delivery.dead_letter(&reason).await
+            }
+        };
+        if let Err(error) = settled {
+            tracing::warn!(%error, "orchestrator: cannot settle a command; it will be redelivered");
         }
     }
 }

@@ -114,6 +114,9 @@ pub async fn build_with(
         catalog,
         handled,
         visibility_timeout,
+        coalescer: commands::Coalescer::default(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(commands::IN_FLIGHT)),
+        per_provider: std::sync::Mutex::default(),
     });
     for _ in 0..MEMBERS {
         service = service.with_task(commands.clone().run(shutdown.clone()));

@@ -104,7 +104,9 @@ async fn run() -> anyhow::Result<()> {
     let status = Arc::new(EngineStatus::new(&engine_url, gpus.clone()));
     let gone = Arc::new(AtomicBool::new(false));
     if boot.is_none() {
-        tracing::warn!("no boot configuration (QM_AGENT_CONFIG, or QM_API_URL, QM_INSTANCE_ID and QM_BOOTSTRAP_TOKEN): not registering with Quartermaster");
+        tracing::warn!(
+            "no boot configuration (QM_AGENT_CONFIG, or QM_API_URL, QM_INSTANCE_ID and QM_BOOTSTRAP_TOKEN): not registering with Quartermaster"
+        );
     }
     let protocol = boot.map(|config| {
         let info = AgentInfo {

@@ -66,7 +66,9 @@ async fn booting(world: &World) -> (InstanceId, String) {
             .await
             .unwrap();
     }
-    tx.issue_bootstrap_token(id, &qm_runtime::tokens::hash(&token), qm_store::now() + chrono::Duration::hours(1)).await.unwrap();
+    tx.issue_bootstrap_token(id, &qm_runtime::tokens::hash(&token), qm_store::now() + chrono::Duration::hours(1))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     (id, token)
 }

@@ -393,7 +393,8 @@ pub async fn zone_instance_types(
 
 /// Ask the orchestrator to refresh the catalog and prices from the providers (operators).
 #[utoipa::path(post, path = "/catalog/sync", tag = "catalog", request_body(content = SyncRequest, description = "Optional"),
-    responses((status = 202, body = Accepted)))]
+    responses((status = 202, body = Accepted),
+              (status = 429, description = "Requested too often by this organization; see `Retry-After`", body = Problem)))]
 pub async fn sync(
     State(state): State<AppState>,
     principal: Principal,
@@ -417,6 +418,12 @@ pub(crate) async fn issue_command(
     if let Some(name) = &provider {
         existing_provider(state, name).await?;
     }
+    // Each run touches every provider: an organization may ask a few times, then once a minute
+    // (the orchestrator also coalesces what arrives while a run is pending).
+    let key = format!("{action_type}:{}", principal.organization_id);
+    state.fleet_commands.take(&key).map_err(|seconds| {
+        Problem::too_many_requests(format!("`{action_type}` was requested recently; try again in {seconds} s"), seconds)
+    })?;
     let command =
         message(message_type, None, serde_json::json!({ "provider": provider, "requested_by": principal.user_id }));
     let mut tx = state.dependencies.store.begin().await?;

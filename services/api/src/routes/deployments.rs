@@ -175,9 +175,7 @@ async fn enforce_budget(state: &AppState, principal: &Principal, placements: &[O
         .unbilled_instances(principal.organization_id)
         .await?
         .iter()
-        .map(|instance| {
-            most_expensive(&instance.placements, hourly(instance.hourly_price_micros, &instance.currency))
-        })
+        .map(|instance| most_expensive(&instance.placements, hourly(instance.hourly_price_micros, &instance.currency)))
         .fold(0, i64::saturating_add);
     let added = most_expensive(placements, 0).saturating_mul(i64::from(count)).saturating_add(pending);
     let currency = settings.reporting_currency.to_string();

@@ -52,7 +52,9 @@ pub async fn stream(
     let owner = principal.user_id.map_or_else(|| format!("{:?}", principal.credential), |user| user.to_string());
     let slot = state.streams.acquire(&owner).map_err(|refused| {
         let detail = match refused {
-            Refused::Key => format!("at most {} event streams may be open per user or key", crate::STREAMS_PER_PRINCIPAL),
+            Refused::Key => {
+                format!("at most {} event streams may be open per user or key", crate::STREAMS_PER_PRINCIPAL)
+            }
             Refused::Total => "this replica serves as many event streams as it can; retry shortly".to_owned(),
         };
         Problem::too_many_requests(detail, 5)

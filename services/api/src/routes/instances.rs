@@ -179,7 +179,8 @@ pub async fn archive(
 /// Ask the orchestrator to reconcile the fleet with the providers now (operators).
 #[utoipa::path(post, path = "/fleet/reconcile", tag = "instances",
     request_body(content = super::catalog::SyncRequest, description = "Optional"),
-    responses((status = 202, body = Accepted)))]
+    responses((status = 202, body = Accepted),
+              (status = 429, description = "Requested too often by this organization; see `Retry-After`", body = Problem)))]
 pub async fn reconcile(
     State(state): State<AppState>,
     principal: Principal,

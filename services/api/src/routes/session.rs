@@ -199,10 +199,9 @@ pub async fn change_password(
     if request.current_password.len() > password::MAX_LENGTH {
         return Err(Problem::invalid("current_password", "is wrong"));
     }
-    let reservation =
-        state.login_limiter.reserve(&Attempt::new(client, &user.id.to_string())).map_err(|seconds| {
-            Problem::too_many_requests(format!("too many wrong passwords; try again in {seconds} s"), seconds)
-        })?;
+    let reservation = state.login_limiter.reserve(&Attempt::new(client, &user.id.to_string())).map_err(|seconds| {
+        Problem::too_many_requests(format!("too many wrong passwords; try again in {seconds} s"), seconds)
+    })?;
     if !password::verify_async(&request.current_password, &user.password_hash).await? {
         return Err(Problem::invalid("current_password", "is wrong"));
     }

@@ -177,8 +177,10 @@ pub async fn register(
     let registration_fields = validate_registration(&request)?;
     // Failed registrations are limited per client address and per instance; the attempt is
     // reserved before the token is checked.
-    let reservation =
-        state.registration_limiter.reserve(&Attempt::new(client, &request.instance_id.to_string())).map_err(|seconds| {
+    let reservation = state
+        .registration_limiter
+        .reserve(&Attempt::new(client, &request.instance_id.to_string()))
+        .map_err(|seconds| {
             Problem::too_many_requests(format!("too many failed registrations; try again in {seconds} s"), seconds)
         })?;
     let store = &state.dependencies.store;
@@ -236,7 +238,9 @@ fn validate_registration(request: &RegisterRequest) -> Result<(u16, String), Pro
     let port = url::Url::parse(&request.engine_url)
         .ok()
         .filter(|url| {
-            matches!(url.scheme(), "http" | "https") && request.engine_url.len() <= 500 && printable(&request.engine_url)
+            matches!(url.scheme(), "http" | "https")
+                && request.engine_url.len() <= 500
+                && printable(&request.engine_url)
         })
         .and_then(|url| url.port_or_known_default());
     if port.is_none() {
@@ -245,7 +249,8 @@ fn validate_registration(request: &RegisterRequest) -> Result<(u16, String), Pro
     if request.gpus.len() > MAX_GPUS {
         field("gpus", format!("at most {MAX_GPUS} GPUs"));
     }
-    if request.gpus.iter().any(|gpu| gpu.name.len() > 100 || !gpu.name.chars().all(|character| !character.is_control())) {
+    if request.gpus.iter().any(|gpu| gpu.name.len() > 100 || !gpu.name.chars().all(|character| !character.is_control()))
+    {
         field("gpus", "a GPU name is at most 100 characters without control characters".into());
     }
     match (port, model) {
@@ -357,7 +362,10 @@ fn validate_heartbeat(request: &HeartbeatRequest) -> Result<(), Problem> {
             && gpu.power_w.is_none_or(finite)
     });
     if !plausible {
-        return Err(Problem::invalid("gpus", "utilisation is 0 to 100 %, temperature and power finite and not negative"));
+        return Err(Problem::invalid(
+            "gpus",
+            "utilisation is 0 to 100 %, temperature and power finite and not negative",
+        ));
     }
     let limit = u64::try_from(qm_events::MAX_TOKENS_PER_REPORT).unwrap_or(u64::MAX);
     if let Some(usage) = &request.usage
@@ -379,7 +387,10 @@ pub async fn rotate(State(state): State<AppState>, headers: HeaderMap) -> ApiRes
     let worker_token = generate_token(WORKER_TOKEN_PREFIX);
     let previous_valid_until = qm_store::now() + chrono::Duration::from_std(ROTATION_GRACE).unwrap_or_default();
     let mut tx = store.begin().await?;
-    if !tx.rotate_worker_token(worker.instance_id, &current_hash, &token_hash(&worker_token), previous_valid_until).await? {
+    if !tx
+        .rotate_worker_token(worker.instance_id, &current_hash, &token_hash(&worker_token), previous_valid_until)
+        .await?
+    {
         return Err(Problem::unauthorized("only the current worker token may rotate (not one in its grace period)"));
     }
     tx.insert_action_log(&entry(

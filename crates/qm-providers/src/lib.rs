@@ -133,6 +133,23 @@ impl ProviderError {
     pub fn calls_for_failover(&self) -> bool {
         matches!(self.kind, ErrorKind::Capacity | ErrorKind::Quota)
     }
+
+    /// What tenants are told (instance failure reasons, action logs): the provider and the
+    /// classified kind, never the provider's own text, which can carry account ids, request
+    /// ids, resource names or endpoints. Logs the raw error for operators.
+    pub fn public_reason(&self) -> String {
+        tracing::warn!(provider = %self.provider, kind = ?self.kind, message = %self.message, "provider error");
+        let kind = match self.kind {
+            ErrorKind::Capacity => "no capacity for this instance type in this zone",
+            ErrorKind::Quota => "an account quota at the provider is exhausted",
+            ErrorKind::Throttled => "the provider is rate limiting requests",
+            ErrorKind::Transient => "the provider failed temporarily",
+            ErrorKind::Auth => "the provider refused Quartermaster's credentials",
+            ErrorKind::Invalid => "the provider refused the request as invalid",
+            ErrorKind::NotFound => "the provider does not know the instance",
+        };
+        format!("{}: {kind}", self.provider)
+    }
 }
 
 /// One cloud.

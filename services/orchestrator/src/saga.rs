@@ -389,11 +389,11 @@ impl Saga {
                 }
                 Err(error) if error.calls_for_failover() => {
                     self.exhaust(placement);
-                    failures.push(format!("{}/{}: {}", placement.zone, placement.instance_type, error.message));
+                    failures.push(format!("{}/{}: {}", placement.zone, placement.instance_type, error.public_reason()));
                 }
                 Err(error) if error.is_retryable() => return Err(SagaError::Retry(error.to_string())),
                 Err(error) => {
-                    failures.push(format!("{}/{}: {}", placement.zone, placement.instance_type, error));
+                    failures.push(format!("{}/{}: {}", placement.zone, placement.instance_type, error.public_reason()));
                     break;
                 }
             }
@@ -419,7 +419,14 @@ impl Saga {
         let instance = self.annotate(instance.id, annotation).await?.unwrap_or(instance);
         if let Err(error) = self.with_retries(provider, || provider.start(&provider_id)).await {
             return self
-                .compensate(command, &instance, provider, &provider_id, &format!("start failed: {error}"), started)
+                .compensate(
+                    command,
+                    &instance,
+                    provider,
+                    &provider_id,
+                    &format!("start failed: {}", error.public_reason()),
+                    started,
+                )
                 .await;
         }
         let deadline = Instant::now() + self.timing.boot_timeout;
@@ -447,7 +454,7 @@ impl Saga {
                             &instance,
                             provider,
                             &provider_id,
-                            &format!("describe failed: {error}"),
+                            &format!("describe failed: {}", error.public_reason()),
                             started,
                         )
                         .await;

@@ -186,7 +186,13 @@ pub async fn create(
         is_platform_admin: false,
     };
     let mut tx = store.begin().await?;
-    let user = tx.insert_user(&new_user).await?;
+    let user = match tx.insert_user(&new_user).await {
+        Ok(user) => user,
+        Err(qm_store::StoreError::Conflict { field }) => {
+            return Err(conflict(&state, &principal, &new_user, &field).await);
+        }
+        Err(error) => return Err(error.into()),
+    };
     audit
         .record(
             &mut *tx,
@@ -197,6 +203,26 @@ pub async fn create(
         .await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
+}
+
+/// A uniqueness conflict, told without revealing another organization's users: the field is
+/// named only when the account holding it is one the caller administers.
+async fn conflict(state: &AppState, principal: &Principal, user: &NewUser, field: &str) -> Problem {
+    let store = &state.dependencies.store;
+    let mut holders = Vec::new();
+    for login in [&user.username, &user.email] {
+        if let Ok(Some(holder)) = store.user_by_login(login).await {
+            holders.push(holder);
+        }
+    }
+    let visible = holders.iter().any(|holder| principal.platform_admin || principal.sees(holder.organization_id));
+    if visible {
+        let mut problem = Problem::conflict(format!("`{field}` is already taken"));
+        problem.errors.push(crate::problem::FieldError { field: field.to_owned(), message: "already taken".into() });
+        problem
+    } else {
+        Problem::conflict("this username or email address cannot be used; choose another")
+    }
 }
 
 /// A user.

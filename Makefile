@@ -36,8 +36,19 @@ $(VENV)/.installed: Makefile
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PYTHON_TOOLS)
 	touch $@
 
+.PHONY: deny
+deny: ## Dependency policy of deny.toml (licences, banned crates, sources), offline; installs cargo-deny if missing
+	@command -v cargo-deny >/dev/null || { echo "installing cargo-deny (once, about 4 minutes)"; $(CARGO) install --locked cargo-deny; }
+	$(CARGO) fetch --quiet
+	$(CARGO) deny --offline check bans licenses sources
+
+.PHONY: audit
+audit: ## RustSec advisories for Cargo.lock (needs the network to fetch the advisory database)
+	@command -v cargo-deny >/dev/null || $(CARGO) install --locked cargo-deny
+	$(CARGO) deny check advisories
+
 .PHONY: test
-test: services venv ## fmt check, clippy -D warnings, and every test against the real services
+test: services venv deny ## fmt check, clippy -D warnings, dependency policy, and every test against the real services
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) nextest run --workspace --no-fail-fast

@@ -171,7 +171,7 @@ pub struct AgentInfo {
 pub async fn run(config: BootConfig, boot_delay: Duration, gone: Arc<AtomicBool>) {
     tokio::time::sleep(boot_delay).await;
     let info = AgentInfo {
-        engine_url: "sim://engine".into(),
+        engine_url: "http://sim-engine.invalid:8000".into(),
         agent_version: concat!("sim-", env!("CARGO_PKG_VERSION")).into(),
         gpus: Vec::new(),
     };

@@ -187,7 +187,7 @@ impl CloudProvider for LocalProvider {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(config) = crate::agent::BootConfig::parse(&record.user_data) {
-            let path = self.state_dir.join(format!("{}.agent.json", record.provider_id));
+            let path = self.state_dir.join(format!("{}.boot", record.provider_id));
             write_private(&path, config.to_json().as_bytes()).map_err(io)?;
             command.env("QM_AGENT_CONFIG", &path);
         }
@@ -256,7 +256,7 @@ impl CloudProvider for LocalProvider {
                 let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
             }
         }
-        let _ = std::fs::remove_file(self.state_dir.join(format!("{provider_id}.agent.json")));
+        let _ = std::fs::remove_file(self.state_dir.join(format!("{provider_id}.boot")));
         match std::fs::remove_file(self.path(provider_id)?) {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -57,6 +57,8 @@ pub struct AppState {
     pub heartbeats: Arc<limits::KeyedBucket>,
     pub fleet_commands: Arc<limits::KeyedBucket>,
     pub streams: Arc<limits::ConcurrencyCap>,
+    /// Deployments of one organization decide against its budget one at a time.
+    pub organization_locks: Arc<limits::KeyedLocks>,
     pub credentials: Arc<auth::CredentialCache>,
     pub feed: feed::FeedHandle,
 }
@@ -86,6 +88,7 @@ pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Sh
         heartbeats: Arc::new(limits::KeyedBucket::new(HEARTBEATS_PER_SECOND, HEARTBEAT_BURST)),
         fleet_commands: Arc::new(limits::KeyedBucket::new(FLEET_COMMANDS_PER_SECOND, FLEET_COMMAND_BURST)),
         streams: limits::ConcurrencyCap::new(STREAMS_PER_PRINCIPAL, STREAMS_PER_REPLICA),
+        organization_locks: Arc::new(limits::KeyedLocks::default()),
         credentials: Arc::new(auth::CredentialCache::default()),
         feed,
     };

@@ -103,6 +103,27 @@ impl Drop for Slot {
     }
 }
 
+/// One async lock per key (an organization), so that work deciding on a key's totals runs one
+/// at a time on this replica before it takes the database's lock for the other replicas: waiting
+/// requests then wait here, not holding database connections.
+#[derive(Default)]
+pub struct KeyedLocks {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if locks.len() > SWEEP_THRESHOLD {
+                locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            }
+            locks.entry(key.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

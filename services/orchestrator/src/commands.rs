@@ -219,3 +219,48 @@ impl Commands {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_requests_made_together_costs_at_most_two_runs() {
+        let coalescer = Arc::new(Coalescer::default());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let requested_at = Utc::now();
+        let flood = (0..50).map(|_| {
+            let (coalescer, runs) = (coalescer.clone(), runs.clone());
+            tokio::spawn(async move {
+                coalescer
+                    .run("catalog.sync:*", requested_at, || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok(())
+                    })
+                    .await
+            })
+        });
+        let outcomes: Vec<_> = futures::future::join_all(flood).await.into_iter().map(|joined| joined.ok()).collect();
+        assert!(outcomes.iter().all(|outcome| matches!(outcome, Some(Ok(_)))));
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "every request was made before the first run started");
+        // A request made after that run started needs a run of its own; another key too.
+        let later = Utc::now();
+        let ran = coalescer.run("catalog.sync:*", later, || async { Ok(()) }).await;
+        assert!(matches!(ran, Ok(Coalesced::Ran)));
+        let covered = coalescer.run("catalog.sync:*", requested_at, || async { Ok(()) }).await;
+        assert!(matches!(covered, Ok(Coalesced::Covered)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_covers_nothing() {
+        let coalescer = Coalescer::default();
+        let requested_at = Utc::now();
+        let failed = coalescer.run("k", requested_at, || async { Err(SagaError::Retry("down".into())) }).await;
+        assert!(failed.is_err());
+        let ran = coalescer.run("k", requested_at, || async { Ok(()) }).await;
+        assert!(matches!(ran, Ok(Coalesced::Ran)));
+    }
+}

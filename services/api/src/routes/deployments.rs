@@ -332,8 +332,10 @@ pub async fn create(
     let Some(primary) = placements.first().cloned() else {
         return Err(Problem::invalid("zone", "no placement"));
     };
+    // One deployment of an organization at a time decides against its budget: in this replica
+    // first (waiting without a database connection), then across replicas by the row lock.
+    let _turn = state.organization_locks.lock(&principal.organization_id.to_string()).await;
     let mut tx = state.dependencies.store.begin().await?;
-    // One deployment of an organization at a time decides against its budget.
     tx.lock_organization(principal.organization_id).await?;
     enforce_budget(&state, &principal, &placements, count).await?;
     let deployment = Deployment {

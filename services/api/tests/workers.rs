@@ -10,28 +10,13 @@ mod common;
 use std::sync::Arc;
 
 use common::Api;
-use qm_domain::{InstanceId, InstanceState};
 use serde_json::{Value, json};
 
 on_both_backends!(an_agent_registers_heartbeats_and_is_refused_when_it_should_be);
 
-/// Moves an instance along the lifecycle as the orchestrator would, and issues its bootstrap
-/// token; returns the token.
+/// Moves an instance to `booting` and issues its bootstrap token; returns the token.
 async fn booting_with_token(api: &Api, id: &str) -> String {
-    let id: InstanceId = id.parse().unwrap();
-    let mut tx = api.store.begin().await.unwrap();
-    for (from, to) in
-        [(InstanceState::Requested, InstanceState::Provisioning), (InstanceState::Provisioning, InstanceState::Booting)]
-    {
-        let transition = qm_store::Transition { instance: id, from, to, reason: None, progress_percent: Some(60) };
-        tx.transition_instance(&transition).await.unwrap().unwrap();
-    }
-    let token = format!("qmb_{}", uuid::Uuid::new_v4().simple());
-    tx.issue_bootstrap_token(id, &qm_api::auth::token_hash(&token), qm_store::now() + chrono::Duration::hours(1))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    token
+    api.booting(id, chrono::Duration::hours(1)).await
 }
 
 fn registration(id: &str, token: &str) -> Value {

@@ -212,6 +212,25 @@ impl Api {
         self.login(username, "password-of-a-user").await
     }
 
+    /// Moves an instance to `booting` as the orchestrator would and issues its bootstrap token,
+    /// valid for `expires_in`; returns the token.
+    pub async fn booting(&self, id: &str, expires_in: chrono::Duration) -> String {
+        use qm_domain::{InstanceId, InstanceState};
+        let id: InstanceId = id.parse().unwrap();
+        let mut tx = self.store.begin().await.unwrap();
+        for (from, to) in [
+            (InstanceState::Requested, InstanceState::Provisioning),
+            (InstanceState::Provisioning, InstanceState::Booting),
+        ] {
+            let transition = qm_store::Transition { instance: id, from, to, reason: None, progress_percent: Some(60) };
+            tx.transition_instance(&transition).await.unwrap().unwrap();
+        }
+        let token = format!("qmb_{}", uuid::Uuid::new_v4().simple());
+        tx.issue_bootstrap_token(id, &qm_api::auth::token_hash(&token), qm_store::now() + expires_in).await.unwrap();
+        tx.commit().await.unwrap();
+        token
+    }
+
     /// Deploys `count` instances of a model on the sim provider and returns their ids.
     pub async fn deploy(&self, token: &str, count: u32) -> Vec<String> {
         let request = json!({ "model": "test-model", "count": count, "provider": "sim", "zone": "sim-eu-1", "instance_type": "sim.l4" });

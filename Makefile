@@ -59,10 +59,8 @@ prices-aws: venv ## Refresh the AWS on-demand prices in seeds/catalog.json from 
 	$(VENV)/bin/python scripts/aws_prices.py
 
 .PHONY: bench
-bench: services ## Benchmarks (release build): API latency under load, reconciliation time, FinOps query latency; each vs a same-run baseline
-	$(CARGO) bench -p qm-api --bench api
-	$(CARGO) bench -p qm-orchestrator --bench reconcile
-	$(CARGO) bench -p qm-finops --bench costs
+bench: services ## Benchmarks (one release build): API latency and login flood, command latency and provisioning throughput, reconciliation, FinOps queries; each vs a same-run baseline
+	$(CARGO) bench --benches -p qm-api -p qm-orchestrator -p qm-finops -p qm-cli
 
 .PHONY: lint
 lint: ## fmt check and clippy only

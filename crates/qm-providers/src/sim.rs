@@ -102,6 +102,8 @@ struct SimInstance {
     record: ProviderInstance,
     started_at: Option<Instant>,
     terminated: bool,
+    /// Stopped behind Quartermaster's back (its agent stops too).
+    stopped: bool,
     terminate_failures_left: u32,
     user_data: String,
     /// Tells the simulated agent to stop.
@@ -189,12 +191,29 @@ impl SimCloud {
         }
         if instance.terminated {
             instance.record.status = ProviderStatus::Terminated;
+        } else if instance.stopped {
+            instance.record.status = ProviderStatus::Stopped;
         } else if let Some(started_at) = instance.started_at
             && Instant::now().duration_since(started_at) >= self.config.boot_delay
         {
             instance.record.status = ProviderStatus::Running;
         }
-        Some(instance.record.clone())
+        let mut observed = instance.record.clone();
+        // Like a dynamic public IP, the address is known once the instance runs.
+        if observed.status != ProviderStatus::Running {
+            observed.address = None;
+        }
+        Some(observed)
+    }
+
+    /// Stops an instance as if someone did in the provider's console (or its machine died).
+    pub fn stop(&self, provider_id: &str) -> bool {
+        let mut state = self.state();
+        state.instances.get_mut(provider_id).is_some_and(|instance| {
+            instance.stopped = true;
+            instance.gone.store(true, Ordering::Relaxed);
+            true
+        })
     }
 
     /// Removes an instance as if the provider (or someone in its console) deleted it.
@@ -255,6 +274,7 @@ fn insert(state: &mut State, instance_id: InstanceId, zone: &str, instance_type:
             record,
             started_at: None,
             terminated: false,
+            stopped: false,
             terminate_failures_left: 0,
             user_data: String::new(),
             gone: Arc::new(AtomicBool::new(false)),

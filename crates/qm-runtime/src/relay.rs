@@ -4,7 +4,12 @@
 //! A message is marked only after the bus has stored it, so a crash or a bus outage delays it
 //! but never loses it; a crash between publish and mark publishes it again, which the bus
 //! (NATS `Nats-Msg-Id`) and the consumers (deduplication by envelope id) absorb. Several relays
-//! may run: claims are leased rows (`FOR UPDATE SKIP LOCKED` on PostgreSQL).
+//! may run: claims are leased rows (`FOR UPDATE SKIP LOCKED` on PostgreSQL), and every service
+//! that writes to the outbox runs one, so its messages do not wait for another service.
+//!
+//! The relay wakes when a transaction of its process that enqueued a message commits
+//! ([`Store::outbox_committed`]), and otherwise polls (for messages of other processes whose
+//! relay is down).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,13 +75,8 @@ impl Relay {
                 "Outbox messages waiting to be published",
             ),
         };
-        Self { store, bus, wake: Arc::new(Notify::new()), metrics }
-    }
-
-    /// Writers call `notify_one` on this after committing, so messages go out at once rather
-    /// than at the next poll.
-    pub fn waker(&self) -> Arc<Notify> {
-        self.wake.clone()
+        let wake = store.outbox_committed();
+        Self { store, bus, wake, metrics }
     }
 
     /// One pass: claims a batch and publishes it in order, stopping at the first failure (the

@@ -58,6 +58,13 @@ impl Service {
         self
     }
 
+    /// Adds the outbox relay: every service that writes to the outbox runs one, so its commands
+    /// and events reach the bus while the other services are down.
+    pub fn with_relay(self, dependencies: &Dependencies, registry: &Registry, shutdown: Shutdown) -> Self {
+        let relay = crate::relay::Relay::new(dependencies.store.clone(), dependencies.bus.clone(), registry);
+        self.with_task(relay.run(shutdown))
+    }
+
     pub fn name(&self) -> &'static str {
         self.name
     }

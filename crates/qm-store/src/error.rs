@@ -19,6 +19,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(String),
+    /// A state change the instance lifecycle does not have (a bug in the caller).
+    #[error(transparent)]
+    IllegalTransition(#[from] qm_domain::TransitionError),
 }
 
 impl StoreError {

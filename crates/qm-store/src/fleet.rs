@@ -264,6 +264,12 @@ pub trait FleetStore {
         provider: &str,
         states: &[InstanceState],
     ) -> Result<Vec<Instance>, StoreError>;
+    /// Instances of `provider` in one of `states` with a provider id but no address yet.
+    async fn instances_awaiting_address(
+        &self,
+        provider: &str,
+        states: &[InstanceState],
+    ) -> Result<Vec<Instance>, StoreError>;
     /// The instances among `ids` that exist, whatever their state.
     async fn instances_by_ids(&self, ids: &[InstanceId]) -> Result<Vec<Instance>, StoreError>;
     /// How many unarchived instances each (provider, state) has, for the fleet gauge.
@@ -430,6 +436,29 @@ macro_rules! impl_fleet_sql {
                     .collect()
             }
 
+            impl $store {
+                /// Instances of `provider` in one of `states` that also meet `condition` (SQL).
+                async fn instances_of_provider_where(
+                    &self,
+                    provider: &str,
+                    states: &[InstanceState],
+                    condition: &str,
+                ) -> Result<Vec<Instance>, StoreError> {
+                    if states.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let placeholders = (0..states.len()).map(|index| format!("${}", index + 2)).collect::<Vec<_>>().join(", ");
+                    let sql = format!(
+                        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE provider = $1 AND state IN ({placeholders}) AND {condition}"
+                    );
+                    let mut query = sqlx::query(&sql).bind(provider);
+                    for state in states {
+                        query = query.bind(state.as_str());
+                    }
+                    query.fetch_all(self.reader()).await?.iter().map(instance_from_row).collect()
+                }
+            }
+
             #[async_trait]
             impl FleetStore for $store {
                 async fn deployment(&self, id: DeploymentId) -> Result<Option<Deployment>, StoreError> {
@@ -549,16 +578,11 @@ macro_rules! impl_fleet_sql {
                 }
 
                 async fn instances_on_provider(&self, provider: &str, states: &[InstanceState]) -> Result<Vec<Instance>, StoreError> {
-                    if states.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    let placeholders = (0..states.len()).map(|index| format!("${}", index + 2)).collect::<Vec<_>>().join(", ");
-                    let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE provider = $1 AND state IN ({placeholders})");
-                    let mut query = sqlx::query(&sql).bind(provider);
-                    for state in states {
-                        query = query.bind(state.as_str());
-                    }
-                    query.fetch_all(self.reader()).await?.iter().map(instance_from_row).collect()
+                    self.instances_of_provider_where(provider, states, "TRUE").await
+                }
+
+                async fn instances_awaiting_address(&self, provider: &str, states: &[InstanceState]) -> Result<Vec<Instance>, StoreError> {
+                    self.instances_of_provider_where(provider, states, "address IS NULL AND provider_instance_id IS NOT NULL").await
                 }
 
                 async fn count_instances_by_state(&self) -> Result<Vec<(String, InstanceState, i64)>, StoreError> {
@@ -725,6 +749,8 @@ macro_rules! impl_fleet_sql {
                 }
 
                 async fn transition_instance(&mut self, transition: &Transition) -> Result<Option<Instance>, StoreError> {
+                    // Every state change passes the lifecycle, here, in one place.
+                    transition.from.transition(transition.to)?;
                     let at = now();
                     let sql = format!(
                         "UPDATE instances SET state = $1, state_changed_at = $2, updated_at = $2, \

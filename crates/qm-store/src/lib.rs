@@ -68,6 +68,10 @@ pub trait Store: AccessStore + CatalogStore + FinopsStore + FleetStore + WorkerS
     /// Starts a transaction; every write goes through one.
     async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError>;
 
+    /// Notified each time a transaction that put messages in the outbox commits, so the
+    /// relays of this process publish them at once instead of at their next poll.
+    fn outbox_committed(&self) -> std::sync::Arc<tokio::sync::Notify>;
+
     async fn organization(&self, id: OrganizationId) -> Result<Option<Organization>, StoreError>;
     async fn organization_by_slug(&self, slug: &str) -> Result<Option<Organization>, StoreError>;
 

@@ -11,6 +11,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PostgresStore {
     pool: Pool<Postgres>,
+    outbox_committed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl PostgresStore {
@@ -38,7 +39,7 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|error| crate::StoreError::Migration(error.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, outbox_committed: std::sync::Arc::default() })
     }
 
     /// The pool, for the tests and benchmarks that set up data in bulk.
@@ -52,6 +53,10 @@ impl PostgresStore {
 
     fn writer(&self) -> &Pool<Postgres> {
         &self.pool
+    }
+
+    fn outbox_notify(&self) -> &std::sync::Arc<tokio::sync::Notify> {
+        &self.outbox_committed
     }
 }
 

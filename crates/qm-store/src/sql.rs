@@ -99,7 +99,12 @@ macro_rules! impl_sql_store {
             }
 
             async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError> {
-                Ok(Box::new($tx { transaction: self.writer().begin().await? }))
+                let transaction = self.writer().begin().await?;
+                Ok(Box::new($tx { transaction, enqueued: false, outbox_committed: self.outbox_notify().clone() }))
+            }
+
+            fn outbox_committed(&self) -> std::sync::Arc<tokio::sync::Notify> {
+                self.outbox_notify().clone()
             }
 
             async fn organization(&self, id: OrganizationId) -> Result<Option<Organization>, StoreError> {
@@ -203,6 +208,9 @@ macro_rules! impl_sql_store {
 
         pub struct $tx {
             transaction: sqlx::Transaction<'static, $db>,
+            /// Whether the transaction put a message in the outbox (the relay is woken on commit).
+            enqueued: bool,
+            outbox_committed: std::sync::Arc<tokio::sync::Notify>,
         }
 
         #[async_trait]
@@ -277,6 +285,7 @@ macro_rules! impl_sql_store {
                 .bind(envelope.org_id.map(|id| id.as_uuid()))
                 .execute(&mut *self.transaction)
                 .await?;
+                self.enqueued = true;
                 Ok(())
             }
 
@@ -294,6 +303,10 @@ macro_rules! impl_sql_store {
 
             async fn commit(self: Box<Self>) -> Result<(), StoreError> {
                 self.transaction.commit().await?;
+                if self.enqueued {
+                    self.outbox_committed.notify_waiters();
+                    self.outbox_committed.notify_one();
+                }
                 Ok(())
             }
         }

@@ -14,6 +14,7 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct SqliteStore {
     reader: Pool<Sqlite>,
     writer: Pool<Sqlite>,
+    outbox_committed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl SqliteStore {
@@ -47,7 +48,7 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(|error| crate::StoreError::Unavailable(format!("cannot open {url}: {error}")))?;
-        Ok(Self { reader, writer })
+        Ok(Self { reader, writer, outbox_committed: std::sync::Arc::default() })
     }
 
     fn reader(&self) -> &Pool<Sqlite> {
@@ -56,6 +57,10 @@ impl SqliteStore {
 
     fn writer(&self) -> &Pool<Sqlite> {
         &self.writer
+    }
+
+    fn outbox_notify(&self) -> &std::sync::Arc<tokio::sync::Notify> {
+        &self.outbox_committed
     }
 }
 

@@ -4,6 +4,11 @@
 //! same 64 clients. Reports p50/p95/p99 latency, requests per second, and the ratios to the
 //! baseline; the target is p95 under 20 ms. Results also go to
 //! `$CARGO_TARGET_DIR/bench/api.json`.
+//!
+//! Then the login flood (security, issue 11): `GET /healthz` p99 from a few probing clients,
+//! idle and while 200 logins are in flight at once (each a real Argon2 verification); the
+//! target is a flooded p99 within 2x the idle p99, because password hashing runs on blocking
+//! threads behind a semaphore, not on the async workers that answer probes.
 
 #![allow(clippy::unwrap_used)]
 
@@ -25,6 +30,11 @@ const CLIENTS: usize = 64;
 const WARM_UP: Duration = Duration::from_secs(2);
 const MEASURE: Duration = Duration::from_secs(10);
 const TARGET_P95: Duration = Duration::from_millis(20);
+const FLOOD_LOGINS: usize = 200;
+const PROBES: usize = 4;
+const PROBE_PAUSE: Duration = Duration::from_millis(5);
+const FLOOD_MEASURE: Duration = Duration::from_secs(5);
+const FLOOD_TARGET_RATIO: f64 = 2.0;
 
 struct Measurement {
     name: &'static str,
@@ -63,17 +73,35 @@ impl Measurement {
     }
 }
 
-/// `CLIENTS` loops requesting `url` for `MEASURE` after `WARM_UP`.
-async fn load(name: &'static str, client: &reqwest::Client, url: String, token: Option<String>) -> Measurement {
+/// How a load is shaped: concurrent clients, the pause between one client's requests, and how
+/// long it is measured (after `WARM_UP`).
+#[derive(Clone, Copy)]
+struct Shape {
+    clients: usize,
+    pause: Duration,
+    measure: Duration,
+}
+
+const SATURATING: Shape = Shape { clients: CLIENTS, pause: Duration::ZERO, measure: MEASURE };
+const PROBING: Shape = Shape { clients: PROBES, pause: PROBE_PAUSE, measure: FLOOD_MEASURE };
+
+/// `shape.clients` loops requesting `url` for `shape.measure` after `WARM_UP`.
+async fn load(
+    name: &'static str,
+    client: &reqwest::Client,
+    url: String,
+    token: Option<String>,
+    shape: Shape,
+) -> Measurement {
     let started = Instant::now();
-    let tasks: Vec<_> = (0..CLIENTS)
+    let tasks: Vec<_> = (0..shape.clients)
         .map(|_| {
             let (client, url, token) = (client.clone(), url.clone(), token.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0;
                 let warm_until = started + WARM_UP;
-                let stop_at = warm_until + MEASURE;
+                let stop_at = warm_until + shape.measure;
                 loop {
                     let sent = Instant::now();
                     if sent >= stop_at {
@@ -94,6 +122,9 @@ async fn load(name: &'static str, client: &reqwest::Client, url: String, token: 
                             errors += 1;
                         }
                     }
+                    if !shape.pause.is_zero() {
+                        tokio::time::sleep(shape.pause).await;
+                    }
                 }
                 (latencies, errors)
             })
@@ -107,7 +138,33 @@ async fn load(name: &'static str, client: &reqwest::Client, url: String, token: 
         errors += failed;
     }
     latencies.sort_unstable();
-    Measurement { name, latencies, elapsed: MEASURE, errors }
+    Measurement { name, latencies, elapsed: shape.measure, errors }
+}
+
+/// `FLOOD_LOGINS` clients logging in (with the right password, so every attempt runs Argon2 and
+/// none is refused by the failure limiter) until `until`; returns the logins completed.
+async fn flood_logins(client: &reqwest::Client, base: &str, password: &str, until: Instant) -> usize {
+    let tasks: Vec<_> = (0..FLOOD_LOGINS)
+        .map(|_| {
+            let (client, url, password) = (client.clone(), format!("{base}/auth/login"), password.to_owned());
+            tokio::spawn(async move {
+                let mut completed = 0;
+                while Instant::now() < until {
+                    let response =
+                        client.post(&url).json(&json!({ "login": "admin", "password": password })).send().await;
+                    if response.is_ok_and(|response| response.status().is_success()) {
+                        completed += 1;
+                    }
+                }
+                completed
+            })
+        })
+        .collect();
+    let mut completed = 0;
+    for task in tasks {
+        completed += task.await.unwrap();
+    }
+    completed
 }
 
 fn main() {
@@ -165,27 +222,21 @@ async fn run() {
     tx.commit().await.unwrap();
 
     let client = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().unwrap();
-    let login: serde_json::Value = client
-        .post(format!("{base}/auth/login"))
-        .json(&json!({ "login": "admin", "password": password }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_owned();
+    let token = qm_testkit::login(&client, &base, "admin", password).await;
     let page: serde_json::Value =
         client.get(format!("{base}/instances")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 50, "the default page is full");
 
     println!("API benchmark: {INSTANCES} instances on PostgreSQL, {CLIENTS} concurrent clients, {MEASURE:?} each");
-    let baseline = load("baseline GET /healthz", &client, format!("{base}/healthz"), None).await;
-    let authenticated = load("GET /auth/me (auth only)", &client, format!("{base}/auth/me"), Some(token.clone())).await;
+    let baseline = load("baseline GET /healthz", &client, format!("{base}/healthz"), None, SATURATING).await;
+    let authenticated =
+        load("GET /auth/me (auth only)", &client, format!("{base}/auth/me"), Some(token.clone()), SATURATING).await;
     let small_page =
-        load("GET /instances?limit=1", &client, format!("{base}/instances?limit=1"), Some(token.clone())).await;
+        load("GET /instances?limit=1", &client, format!("{base}/instances?limit=1"), Some(token.clone()), SATURATING)
+            .await;
     let listing =
-        load("GET /instances (auth, 50/page)", &client, format!("{base}/instances"), Some(token.clone())).await;
+        load("GET /instances (auth, 50/page)", &client, format!("{base}/instances"), Some(token.clone()), SATURATING)
+            .await;
     let baseline_report = baseline.report();
     let authenticated_report = authenticated.report();
     let small_page_report = small_page.report();
@@ -195,6 +246,23 @@ async fn run() {
     let verdict = if listing.percentile(0.95) < TARGET_P95 { "met" } else { "MISSED" };
     println!("ratio to baseline: p95 x{p95_ratio:.2}, throughput x{throughput_ratio:.2}");
     println!("target p95 < {} ms: {verdict}", TARGET_P95.as_millis());
+
+    println!(
+        "Login flood: {PROBES} clients probing /healthz every {PROBE_PAUSE:?}, idle then during {FLOOD_LOGINS} concurrent logins"
+    );
+    let idle = load("GET /healthz idle", &client, format!("{base}/healthz"), None, PROBING).await;
+    let flood_until = Instant::now() + WARM_UP + FLOOD_MEASURE;
+    let (flooded, logins) = tokio::join!(
+        load("GET /healthz during flood", &client, format!("{base}/healthz"), None, PROBING),
+        flood_logins(&client, &base, password, flood_until),
+    );
+    let idle_report = idle.report();
+    let flooded_report = flooded.report();
+    let flood_ratio = flooded.percentile(0.99).as_secs_f64() / idle.percentile(0.99).as_secs_f64();
+    let flood_verdict = if flood_ratio <= FLOOD_TARGET_RATIO { "met" } else { "MISSED" };
+    let login_rate = logins as f64 / (WARM_UP + FLOOD_MEASURE).as_secs_f64();
+    println!("{logins} logins completed ({login_rate:.1}/s); /healthz p99 during the flood x{flood_ratio:.2} of idle");
+    println!("target p99 within {FLOOD_TARGET_RATIO}x idle: {flood_verdict}");
 
     let directory =
         std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("bench");
@@ -206,6 +274,13 @@ async fn run() {
         "p95_ratio_to_baseline": (p95_ratio * 100.0).round() / 100.0,
         "throughput_ratio_to_baseline": (throughput_ratio * 100.0).round() / 100.0,
         "target_p95_ms": TARGET_P95.as_millis(), "target": verdict,
+        "login_flood": {
+            "concurrent_logins": FLOOD_LOGINS, "logins_completed": logins,
+            "logins_per_second": (login_rate * 10.0).round() / 10.0,
+            "healthz_idle": idle_report, "healthz_during_flood": flooded_report,
+            "p99_ratio_to_idle": (flood_ratio * 100.0).round() / 100.0,
+            "target_ratio": FLOOD_TARGET_RATIO, "target": flood_verdict,
+        },
     });
     std::fs::write(directory.join("api.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
 

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qm_runtime::Shutdown;
-use qm_runtime::relay::Relay;
 use qm_runtime::service::{Dependencies, Service};
 
 pub const NAME: &str = "api";
@@ -94,6 +93,5 @@ pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Sh
     };
     let routes = openapi::router(state);
     let (service, registry) = Service::with_routes(NAME, &dependencies, address, routes, registry).await?;
-    let relay = Relay::new(dependencies.store.clone(), dependencies.bus.clone(), &registry);
-    Ok(service.with_task(relay.run(shutdown.clone())).with_task(follower.run(shutdown)))
+    Ok(service.with_relay(&dependencies, &registry, shutdown.clone()).with_task(follower.run(shutdown)))
 }

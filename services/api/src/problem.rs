@@ -144,6 +144,7 @@ impl From<StoreError> for Problem {
                 tracing::warn!(%error, "database unavailable");
                 Problem::unavailable("the database is unavailable; try again shortly")
             }
+            StoreError::IllegalTransition(error) => Problem::conflict(error.to_string()),
             other => Problem::internal(&other),
         }
     }

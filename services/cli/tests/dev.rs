@@ -236,7 +236,10 @@ async fn a_sim_deployment_reaches_ready_through_the_worker_protocol_and_terminat
         let states: Vec<_> =
             detail["history"].as_array().expect("history").iter().map(|change| change["to_state"].clone()).collect();
         assert_eq!(states, ["requested", "provisioning", "booting", "ready"]);
-        assert!(detail["provider_instance_id"].is_string() && detail["address"].is_string());
+        assert!(detail["provider_instance_id"].is_string());
+        // The address comes from the provider's listing in the health sweep (every 5 s).
+        let path = format!("/instances/{id}");
+        session.until(&path, |detail| detail["address"].is_string(), Duration::from_secs(15)).await;
     }
     session.send(reqwest::Method::DELETE, &format!("/instances/{}", ids[0]), None).await;
     session.state_within(&ids[0], |state| state == "terminated", Duration::from_secs(30)).await;
@@ -401,10 +404,50 @@ async fn local_instances_are_real_processes_from_ready_to_terminated() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // The killed agent's machine is gone for good: reconciliation (the same request) sends the
+    // instance it served to termination, which ends its billing.
+    session.state_within(&ids[1], |state| state == "terminated", Duration::from_secs(30)).await;
+
     assert!(dev.terminate(Duration::from_secs(15)).success());
     for instance in local.list().await.expect("list") {
         local.terminate(&instance.provider_id).await.expect("clean up");
     }
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}
+
+/// `qm dev` killed with `kill -9`, its local agents gone with the machine, then restarted on the
+/// same data: the first reconciliation pass after start finds the agents stopped and terminates
+/// their instances; none is left reported as running, and their cost stops growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_killed_qm_dev_restarts_instances_whose_agents_died_are_not_left_running() {
+    let data_dir = temporary_data_dir();
+    let (mut dev, session) = Session::start(&data_dir).await;
+    let ids = session.deploy(["local", "local-1", "local.mock-gpu"], 2).await;
+    for id in &ids {
+        session.state_within(id, |state| state == "ready", Duration::from_secs(30)).await;
+    }
+    let pids: Vec<u64> = ids.iter().map(|id| local_pid(&data_dir, id)).collect();
+    dev.child.kill().expect("kill -9 qm dev");
+    dev.child.wait().expect("reaped");
+    for pid in &pids {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+
+    let (dev, session) = Session::start(&data_dir).await;
+    let mut costs = Vec::new();
+    for id in &ids {
+        let detail = session.state_within(id, |state| state == "terminated", Duration::from_secs(60)).await;
+        assert!(detail["billing_stopped_at"].is_string(), "billing stopped: {detail}");
+        costs.push(detail["cost_to_date_micros"].clone());
+    }
+    let running = session.send(reqwest::Method::GET, "/instances?state=ready", None).await;
+    assert_eq!(running["items"].as_array().map(Vec::len), Some(0), "{running}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (id, cost) in ids.iter().zip(costs) {
+        let detail = session.send(reqwest::Method::GET, &format!("/instances/{id}"), None).await;
+        assert_eq!(detail["cost_to_date_micros"], cost, "the cost no longer grows");
+    }
+    assert!(dev.terminate(Duration::from_secs(15)).success());
     std::fs::remove_dir_all(&data_dir).expect("clean up");
 }
 

@@ -52,6 +52,6 @@ pub async fn build_with(
     service = service.with_task(consumer.run(shutdown.clone()));
     let currency = dependencies.settings.reporting_currency.to_string();
     let watcher = Arc::new(budgets::Watcher::new(dependencies.store.clone(), currency, check_every, &registry));
-    service = service.with_task(watcher.run(shutdown));
-    Ok(service)
+    service = service.with_task(watcher.run(shutdown.clone()));
+    Ok(service.with_relay(&dependencies, &registry, shutdown))
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use qm_domain::{InstanceId, InstanceState, OrganizationId};
 use qm_orchestrator::reconcile::Reconciler;
-use qm_orchestrator::saga::{Saga, Timing};
+use qm_orchestrator::saga::{Retry, Saga};
 use qm_providers::CloudProvider;
 use qm_providers::sim::{SimCloud, SimConfig};
 use qm_store::testing::TestDatabase;
@@ -61,8 +61,8 @@ async fn run() {
 
     let providers: BTreeMap<String, Arc<dyn CloudProvider>> =
         BTreeMap::from([("sim".to_owned(), cloud.clone() as Arc<dyn CloudProvider>)]);
-    let saga = Arc::new(Saga::new(store.clone(), providers.clone(), Timing::default()));
-    let reconciler = Reconciler { store: store.clone(), saga, providers, every: Duration::from_secs(60) };
+    let saga = Arc::new(Saga::new(store.clone(), providers.clone(), Retry::default()));
+    let reconciler = Reconciler { store: store.clone(), saga, every: Duration::from_secs(60) };
 
     println!("Reconciliation benchmark: {INSTANCES} recorded instances on PostgreSQL, sim listing");
     let started = Instant::now();

@@ -1,6 +1,9 @@
 //! Deadlines and probes on the lifecycle (DESIGN section 5), swept periodically by the replica
 //! holding the `orchestrator.health` lease:
 //!
+//! - `booting` (or `ready`) without an address (the provider had none yet when it started the instance): the
+//!   provider is listed once and the address recorded (a provider that lost it meanwhile is
+//!   reconciliation's to find);
 //! - `booting` past the startup deadline → `startup_failed` → terminated;
 //! - `booting` for a while without a ready heartbeat: the agent's `/readyz` answering 200 makes
 //!   it `ready` (an agent that serves but cannot reach the api still counts);
@@ -9,6 +12,7 @@
 //!   (a later ready heartbeat brings it back);
 //! - stuck in a transitional state: `provisioning` past its deadline → `provisioning_failed`
 //!   (anything the provider did create is then an orphan that reconciliation terminates);
+//!   `draining` past its deadline → `terminating`;
 //!   `terminating` past its deadline → the `instance.terminate` command is issued again.
 //!
 //! Every move is a conditional update, so replicas sweeping at once cannot both apply it.
@@ -21,7 +25,7 @@ use futures::StreamExt;
 use qm_domain::{InstanceId, InstanceState};
 use qm_events::{Envelope, MessageType};
 use qm_runtime::Shutdown;
-use qm_store::{ActionStatus, Instance, NewActionLog, Store};
+use qm_store::{ActionStatus, Instance, InstanceAnnotation, NewActionLog, Store};
 
 use crate::probe::{Evidence, Prober};
 use crate::saga::{Saga, SagaError, Step};
@@ -40,6 +44,8 @@ pub struct Deadlines {
     pub provisioning: Duration,
     /// How long an instance may stay `terminating` before its command is issued again.
     pub terminating: Duration,
+    /// How long a worker may drain before its instance is terminated.
+    pub draining: Duration,
     pub sweep_every: Duration,
 }
 
@@ -50,13 +56,17 @@ impl Default for Deadlines {
             heartbeat: Duration::from_secs(30),
             probe_after: Duration::from_secs(20),
             probe_timeout: Duration::from_secs(2),
-            // Longer than a saga can take: its boot wait (10 min) plus retries.
-            provisioning: Duration::from_secs(30 * 60),
+            // Longer than a saga can take: create and start, with retries on each.
+            provisioning: Duration::from_secs(15 * 60),
             terminating: Duration::from_secs(15 * 60),
+            draining: Duration::from_secs(10 * 60),
             sweep_every: Duration::from_secs(5),
         }
     }
 }
+
+/// States in which an instance should have an address.
+const ADDRESSED_STATES: [InstanceState; 3] = [InstanceState::Booting, InstanceState::Ready, InstanceState::Unhealthy];
 
 /// At most this many instances are looked at per kind and sweep.
 const BATCH: u32 = 200;
@@ -124,7 +134,7 @@ impl Health {
     /// When the store fails.
     pub async fn sweep(&self) -> Result<usize, SagaError> {
         let started = Instant::now();
-        let mut moved = 0;
+        let mut moved = self.record_addresses().await?;
         let startup = format!("not ready within {} s of booting", self.deadlines.startup.as_secs());
         for instance in
             self.store.instances_in_state_since(InstanceState::Booting, before(self.deadlines.startup), BATCH).await?
@@ -185,6 +195,12 @@ impl Health {
                 self.saga.transition(None, &instance, InstanceState::ProvisioningFailed, &stuck, None, started).await?;
             moved += usize::from(failed.is_some());
         }
+        let drained = format!("still draining after {} s", self.deadlines.draining.as_secs());
+        for instance in
+            self.store.instances_in_state_since(InstanceState::Draining, before(self.deadlines.draining), BATCH).await?
+        {
+            moved += usize::from(self.terminate(&instance, &drained, started).await?);
+        }
         for instance in self
             .store
             .instances_in_state_since(InstanceState::Terminating, before(self.deadlines.terminating), BATCH)
@@ -193,6 +209,42 @@ impl Health {
             moved += usize::from(self.retry_termination(&instance).await?);
         }
         Ok(moved)
+    }
+
+    /// Records the address of instances started without one (`booting`, or already `ready` when
+    /// the agent was quicker than the address), from one listing per provider that has any;
+    /// returns how many it recorded. A provider that cannot be listed
+    /// now is tried again next sweep.
+    async fn record_addresses(&self) -> Result<usize, SagaError> {
+        let mut recorded = 0;
+        for (name, provider) in self.saga.providers() {
+            let awaiting = self.store.instances_awaiting_address(name, &ADDRESSED_STATES).await?;
+            let waiting: HashMap<&str, &Instance> = awaiting
+                .iter()
+                .filter_map(|instance| instance.provider_instance_id.as_deref().map(|id| (id, instance)))
+                .collect();
+            if waiting.is_empty() {
+                continue;
+            }
+            let listed = match provider.list().await {
+                Ok(listed) => listed,
+                Err(error) => {
+                    tracing::warn!(%error, provider = %name, "cannot list to record addresses; next sweep");
+                    continue;
+                }
+            };
+            for found in listed {
+                let (Some(address), Some(instance)) = (found.address, waiting.get(found.provider_id.as_str())) else {
+                    continue;
+                };
+                let annotation = InstanceAnnotation { address: Some(address), ..InstanceAnnotation::default() };
+                let mut tx = self.store.begin().await?;
+                tx.annotate_instance(instance.id, &annotation).await?;
+                tx.commit().await?;
+                recorded += 1;
+            }
+        }
+        Ok(recorded)
     }
 
     /// Probes every instance with an address, a bounded number at a time.

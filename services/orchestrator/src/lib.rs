@@ -3,21 +3,26 @@
 //! providers.
 //!
 //! Layout:
-//! - [`saga`]: provisioning (with failover, retries and compensation) and termination.
+//! - [`saga`]: provisioning (with failover and compensation) and termination.
+//! - [`resilient`]: retries and a circuit breaker around every provider call.
 //! - [`catalog`]: providers' offers written into the catalog (`catalog.sync`).
 //! - [`commands`]: the consumer group that feeds the saga.
 //! - [`health`]: startup and heartbeat deadlines, swept periodically.
 //! - [`reconcile`]: drift between the database and the providers, repaired periodically and on
 //!   `fleet.reconcile`.
 //!
-//! Not yet here (issue 4 goes on): the `local` provider, health checks and the worker protocol,
-//! the autoscaler; `pool.scale` commands are dead-lettered with that reason rather than dropped.
+//! Every service that writes to the outbox runs a relay; this one too, so its events and
+//! commands reach the bus while the api is down.
+//!
+//! Not yet here: the autoscaler; `pool.scale` commands are dead-lettered with that reason
+//! rather than dropped.
 
 pub mod catalog;
 pub mod commands;
 pub mod health;
 pub mod probe;
 pub mod reconcile;
+pub mod resilient;
 pub mod saga;
 
 use std::collections::BTreeMap;
@@ -78,7 +83,7 @@ pub async fn build_with(
     address: SocketAddr,
     shutdown: Shutdown,
     providers: BTreeMap<String, Arc<dyn CloudProvider>>,
-    timing: saga::Timing,
+    retry: saga::Retry,
     deadlines: health::Deadlines,
 ) -> anyhow::Result<Service> {
     let (mut service, registry) = Service::with_probes(NAME, &dependencies, address).await?;
@@ -88,11 +93,11 @@ pub async fn build_with(
         "Commands carried out, by type and outcome",
         &["type", "outcome"],
     );
-    let providers_for_reconcile = providers.clone();
     let saga = Arc::new(
-        saga::Saga::new(dependencies.store.clone(), providers, timing)
+        saga::Saga::new(dependencies.store.clone(), providers, retry)
             .with_api_url(dependencies.settings.api_url.clone())
-            .with_exchange_rates(dependencies.settings.exchange_rates.clone()),
+            .with_exchange_rates(dependencies.settings.exchange_rates.clone())
+            .with_metrics(&registry),
     );
     let health =
         Arc::new(health::Health::new(dependencies.store.clone(), saga.clone(), deadlines).with_metrics(&registry));
@@ -100,12 +105,11 @@ pub async fn build_with(
     let reconciler = Arc::new(reconcile::Reconciler {
         store: dependencies.store.clone(),
         saga: saga.clone(),
-        providers: providers_for_reconcile,
         every: RECONCILE_EVERY,
     });
     service = service.with_task(reconciler.clone().run(shutdown.clone()));
     let catalog =
-        Arc::new(catalog::CatalogSync { store: dependencies.store.clone(), providers: reconciler.providers.clone() });
+        Arc::new(catalog::CatalogSync { store: dependencies.store.clone(), providers: saga.providers().clone() });
     let visibility_timeout = dependencies.settings.command_visibility_timeout;
     let commands = Arc::new(commands::Commands {
         bus: dependencies.bus.clone(),
@@ -121,7 +125,7 @@ pub async fn build_with(
     for _ in 0..MEMBERS {
         service = service.with_task(commands.clone().run(shutdown.clone()));
     }
-    Ok(service)
+    Ok(service.with_relay(&dependencies, &registry, shutdown))
 }
 
 /// Builds the service on `address` with the providers of `QM_PROVIDERS`.
@@ -132,5 +136,5 @@ pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Sh
     let settings = &dependencies.settings;
     let providers =
         providers(&settings.providers, &settings.local_state_dir, &qm_config::Environment::process()).await?;
-    build_with(dependencies, address, shutdown, providers, saga::Timing::default(), health::Deadlines::default()).await
+    build_with(dependencies, address, shutdown, providers, saga::Retry::default(), health::Deadlines::default()).await
 }

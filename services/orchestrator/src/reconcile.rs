@@ -1,17 +1,24 @@
 //! Reconciliation (DESIGN section 5): what the database believes against what each provider
-//! runs. An instance the provider no longer has is `terminated` with `deleted_by_provider`; an
-//! instance the provider runs under Quartermaster's tag that the database does not know, or
-//! knows as finished, is an orphan and is terminated; what finished instances left behind and
-//! still bills (Scaleway's detached root volumes) is deleted. Instances that are being created or
-//! terminated (`requested`, `provisioning`, `terminating`) belong to the saga and are left alone.
+//! runs. An instance the provider no longer has is `terminated` with `deleted_by_provider`; one
+//! the provider reports stopped while it should run (a local agent that died with `qm dev`, an
+//! instance stopped in a console) serves nothing and is terminated; an instance the provider
+//! runs under Quartermaster's tag that the database does not know, or knows as finished, is an
+//! orphan and is terminated; what finished instances left behind and still bills (Scaleway's
+//! detached root volumes) is deleted. Instances that are being created or terminated
+//! (`requested`, `provisioning`, `terminating`) belong to the saga and are left alone.
+//!
+//! The database is read *before* the provider is listed, so an instance created during a pass
+//! is not in the snapshot and cannot be judged gone; every repair is a conditional update on
+//! the state the snapshot saw. A provider that cannot be listed, or a row that cannot be
+//! repaired, is counted as a failure and the pass goes on with the rest.
 //! Runs periodically and on `fleet.reconcile`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qm_domain::{InstanceId, InstanceState};
-use qm_providers::CloudProvider;
+use qm_providers::{CloudProvider, ProviderStatus};
 use qm_runtime::Shutdown;
 use qm_store::{InstanceAnnotation, Store};
 
@@ -20,6 +27,13 @@ use crate::saga::{Saga, SagaError, Step};
 /// States in which an instance must exist at its provider.
 const RUNNING_STATES: [InstanceState; 4] =
     [InstanceState::Booting, InstanceState::Ready, InstanceState::Unhealthy, InstanceState::Draining];
+
+/// How long a `booting` instance reported stopped is left alone: a provider may still report an
+/// instance it has just been asked to start as stopped.
+const STOPPED_GRACE: chrono::Duration = chrono::Duration::seconds(30);
+
+/// How soon after start the first pass runs.
+pub const FIRST_PASS_AFTER: Duration = Duration::from_secs(10);
 
 /// What one pass found and did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,14 +44,35 @@ pub struct Report {
     pub gone: usize,
     /// Provider instances terminated as orphans.
     pub orphans: usize,
+    /// Recorded instances the provider reports stopped, sent to termination.
+    pub stopped: usize,
     /// Billing leftovers of finished instances removed (detached volumes).
     pub leftovers: usize,
+    /// Providers that could not be listed and repairs that failed (each logged); the pass went on.
+    pub failures: usize,
 }
 
+impl Report {
+    fn add(&mut self, other: Report) {
+        self.listed += other.listed;
+        self.checked += other.checked;
+        self.gone += other.gone;
+        self.orphans += other.orphans;
+        self.stopped += other.stopped;
+        self.leftovers += other.leftovers;
+        self.failures += other.failures;
+    }
+
+    /// Whether the pass changed anything.
+    pub fn repaired(&self) -> usize {
+        self.gone + self.orphans + self.stopped + self.leftovers
+    }
+}
+
+/// Reconciles the providers of its saga (wrapped with retries and breakers).
 pub struct Reconciler {
     pub store: Arc<dyn Store>,
     pub saga: Arc<Saga>,
-    pub providers: BTreeMap<String, Arc<dyn CloudProvider>>,
     pub every: Duration,
 }
 
@@ -45,49 +80,52 @@ impl Reconciler {
     /// One pass over `provider` (all when `None`).
     ///
     /// # Errors
-    /// When a provider cannot be listed or the store fails; what was done until then stays done.
+    /// Only when the store fails for a whole provider's pass; a provider that cannot be listed
+    /// and a row that cannot be repaired are counted in [`Report::failures`] and skipped.
     pub async fn reconcile(&self, provider: Option<&str>) -> Result<Report, SagaError> {
         let mut report = Report::default();
-        for (name, cloud) in &self.providers {
+        for (name, cloud) in self.saga.providers() {
             if provider.is_some_and(|wanted| wanted != name) {
                 continue;
             }
-            let pass = self.reconcile_provider(name, &**cloud).await?;
-            report.listed += pass.listed;
-            report.checked += pass.checked;
-            report.gone += pass.gone;
-            report.orphans += pass.orphans;
-            report.leftovers += pass.leftovers;
+            match self.reconcile_provider(name, &**cloud).await {
+                Ok(pass) => report.add(pass),
+                Err(error) => {
+                    tracing::warn!(provider = %name, %error, "reconciliation of a provider failed; the others go on");
+                    report.failures += 1;
+                }
+            }
         }
         Ok(report)
     }
 
     async fn reconcile_provider(&self, name: &str, cloud: &dyn CloudProvider) -> Result<Report, SagaError> {
         let started = Instant::now();
-        let listed = cloud.list().await.map_err(|error| SagaError::Retry(error.to_string()))?;
-        let mut report = Report { listed: listed.len(), ..Report::default() };
-        let present: HashSet<InstanceId> = listed.iter().filter_map(|found| found.instance_id).collect();
-
+        // The snapshot comes first: whatever is created after it is not judged by this pass.
         let recorded = self.store.instances_on_provider(name, &RUNNING_STATES).await?;
-        report.checked = recorded.len();
-        for instance in recorded.iter().filter(|instance| !present.contains(&instance.id)) {
-            let mut tx = self.store.begin().await?;
-            let annotation = InstanceAnnotation { deleted_by_provider: Some(true), ..InstanceAnnotation::default() };
-            tx.annotate_instance(instance.id, &annotation).await?;
-            tx.commit().await?;
-            let reason = "gone at the provider (found by reconciliation)";
-            let step = Step {
-                cause: None,
-                to: InstanceState::Terminated,
-                reason,
-                progress_percent: None,
-                started,
-                then_terminate: false,
+        let listed = cloud.list().await.map_err(|error| SagaError::Retry(error.to_string()))?;
+        let mut report = Report { listed: listed.len(), checked: recorded.len(), ..Report::default() };
+        let status: HashMap<InstanceId, ProviderStatus> =
+            listed.iter().filter_map(|found| found.instance_id.map(|id| (id, found.status))).collect();
+
+        for instance in &recorded {
+            let outcome = match status.get(&instance.id) {
+                None => self.gone(instance, started).await.map(|moved| report.gone += usize::from(moved)),
+                Some(ProviderStatus::Stopped | ProviderStatus::Terminated)
+                    if instance.state != InstanceState::Booting
+                        || instance.state_changed_at < qm_store::now() - STOPPED_GRACE =>
+                {
+                    self.stopped(instance, started).await.map(|moved| report.stopped += usize::from(moved))
+                }
+                Some(_) => Ok(()),
             };
-            report.gone += usize::from(self.saga.apply(instance, &step).await?.is_some());
+            if let Err(error) = outcome {
+                tracing::warn!(instance = %instance.id, %error, "could not repair an instance; next pass");
+                report.failures += 1;
+            }
         }
 
-        let ids: Vec<InstanceId> = present.iter().copied().collect();
+        let ids: Vec<InstanceId> = status.keys().copied().collect();
         let known = self.states(&ids).await?;
         for found in &listed {
             let Some(id) = found.instance_id else { continue };
@@ -102,15 +140,61 @@ impl Reconciler {
                 Ok(()) => {
                     report.orphans += 1;
                     tracing::warn!(provider = name, provider_id = %found.provider_id, instance = %id, "terminated an orphan");
-                    self.log_orphan(name, found, known.get(&id).copied()).await?;
+                    if let Err(error) = self.log_orphan(name, found, known.get(&id).copied()).await {
+                        tracing::warn!(%error, "could not log an orphan's termination");
+                        report.failures += 1;
+                    }
                 }
                 Err(error) => {
-                    tracing::warn!(%error, provider_id = %found.provider_id, "could not terminate an orphan; next pass")
+                    tracing::warn!(%error, provider_id = %found.provider_id, "could not terminate an orphan; next pass");
+                    report.failures += 1;
                 }
             }
         }
-        report.leftovers = self.remove_leftovers(name, cloud).await?;
+        match self.remove_leftovers(name, cloud).await {
+            Ok((removed, failed)) => {
+                report.leftovers = removed;
+                report.failures += failed;
+            }
+            Err(error) => {
+                tracing::warn!(%error, provider = name, "could not look for leftovers; next pass");
+                report.failures += 1;
+            }
+        }
         Ok(report)
+    }
+
+    /// The provider no longer has `instance`: `terminated`, `deleted_by_provider` (if it is
+    /// still in the state the snapshot saw).
+    async fn gone(&self, instance: &qm_store::Instance, started: Instant) -> Result<bool, SagaError> {
+        let step = Step {
+            cause: None,
+            to: InstanceState::Terminated,
+            reason: "gone at the provider (found by reconciliation)",
+            progress_percent: None,
+            started,
+            then_terminate: false,
+        };
+        let Some(moved) = self.saga.apply(instance, &step).await? else { return Ok(false) };
+        let mut tx = self.store.begin().await?;
+        let annotation = InstanceAnnotation { deleted_by_provider: Some(true), ..InstanceAnnotation::default() };
+        tx.annotate_instance(moved.id, &annotation).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The provider reports `instance` stopped: it serves nothing (and may still bill for its
+    /// disks), so it is terminated.
+    async fn stopped(&self, instance: &qm_store::Instance, started: Instant) -> Result<bool, SagaError> {
+        let step = Step {
+            cause: None,
+            to: InstanceState::Terminating,
+            reason: "stopped at the provider (found by reconciliation)",
+            progress_percent: None,
+            started,
+            then_terminate: true,
+        };
+        Ok(self.saga.apply(instance, &step).await?.is_some())
     }
 
     /// The recorded state of each of `ids` that the database knows.
@@ -120,14 +204,15 @@ impl Reconciler {
     }
 
     /// Removes what finished (or unknown) instances left behind at the provider.
-    async fn remove_leftovers(&self, name: &str, cloud: &dyn CloudProvider) -> Result<usize, SagaError> {
+    /// Returns how many were removed and how many removals failed.
+    async fn remove_leftovers(&self, name: &str, cloud: &dyn CloudProvider) -> Result<(usize, usize), SagaError> {
         let leftovers = cloud.leftovers().await.map_err(|error| SagaError::Retry(error.to_string()))?;
         if leftovers.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         let ids: Vec<InstanceId> = leftovers.iter().filter_map(|leftover| leftover.instance_id).collect();
         let states = self.states(&ids).await?;
-        let mut removed = 0;
+        let (mut removed, mut failed) = (0, 0);
         for leftover in leftovers {
             let state = leftover.instance_id.and_then(|id| states.get(&id).copied());
             if state.is_some_and(|state| !state.is_terminal()) {
@@ -135,6 +220,7 @@ impl Reconciler {
             }
             if let Err(error) = cloud.remove_leftover(&leftover).await {
                 tracing::warn!(%error, leftover = %leftover.id, "could not remove a leftover; next pass");
+                failed += 1;
                 continue;
             }
             removed += 1;
@@ -149,7 +235,7 @@ impl Reconciler {
             tx.insert_action_log(&entry).await?;
             tx.commit().await?;
         }
-        Ok(removed)
+        Ok((removed, failed))
     }
 
     async fn log_orphan(
@@ -170,14 +256,18 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Reconciles every `every` while this replica holds the `orchestrator.reconcile` lease.
+    /// Reconciles every `every` while this replica holds the `orchestrator.reconcile` lease; the
+    /// first pass comes [`FIRST_PASS_AFTER`] after start, so drift from while the control plane
+    /// was down (agents that died with it) is repaired at once.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let holder = uuid::Uuid::new_v4().to_string();
+        let mut wait = FIRST_PASS_AFTER.min(self.every);
         while !shutdown.is_triggered() {
             tokio::select! {
                 () = shutdown.wait() => break,
-                () = tokio::time::sleep(self.every) => {}
+                () = tokio::time::sleep(wait) => {}
             }
+            wait = self.every;
             let leased = self.store.acquire_lease("orchestrator.reconcile", &holder, self.every * 3).await;
             let outcome = match leased {
                 Ok(true) => self.reconcile(None).await,
@@ -185,7 +275,7 @@ impl Reconciler {
                 Err(error) => Err(error.into()),
             };
             match outcome {
-                Ok(report) if report.gone + report.orphans + report.leftovers > 0 => {
+                Ok(report) if report.repaired() + report.failures > 0 => {
                     tracing::info!(?report, "reconciliation repaired drift")
                 }
                 Ok(_) => {}

@@ -2,11 +2,14 @@
 //!
 //! Provisioning is a saga: `requested → provisioning`, then for each placement in order:
 //! create (idempotent on the instance id, so a retry after a timeout finds the instance rather
-//! than making a second), start, wait for the address, `booting`. Capacity and quota errors
-//! fail over to the next placement and mark the offer exhausted for a while; throttling and
-//! transient errors are retried with exponential backoff and jitter; anything else fails fast.
-//! A failure after creation terminates what was created (compensation) before the instance is
-//! marked `provisioning_failed` with the reason.
+//! than making a second), start, record `booting`, and release the command. Nothing waits for
+//! the boot here: the address is filled in by the health sweep when the provider did not report
+//! it at start, `booting → ready` comes from the agent (heartbeat or `/readyz`), and the startup
+//! deadline fails what never gets there. Capacity and quota errors fail over to the next
+//! placement and mark the offer exhausted for a while; throttling and transient errors are
+//! retried by the [`Resilient`](crate::resilient::Resilient) wrapper every provider call goes
+//! through; anything else fails fast. A failure after creation terminates what was created
+//! (compensation) before the instance is marked `provisioning_failed` with the reason.
 //!
 //! Every step commits on its own (provider calls never run inside a database transaction), and
 //! every step is safe to repeat: a redelivered command resumes from the state it finds.
@@ -17,9 +20,7 @@ use std::time::{Duration, Instant};
 
 use qm_domain::{Currency, ExchangeRates, InstanceId, InstanceState, InstanceTypeId, MicroUnits, ZoneId};
 use qm_events::{Envelope, MessageType};
-use qm_providers::{CloudProvider, CreateRequest, ErrorKind, ProviderError, ProviderStatus};
-use qm_runtime::backoff::Backoff;
-use qm_runtime::breaker::CircuitBreaker;
+use qm_providers::{CloudProvider, CreateRequest, ProviderStatus};
 use qm_store::{
     ActionStatus, Instance, InstanceAnnotation, NewActionLog, Offer, RecordedTransition, Store, StoreError,
     record_transition,
@@ -30,6 +31,7 @@ use serde::Deserialize;
 pub mod progress {
     pub const CREATED: i32 = 20;
     pub const STARTED: i32 = 40;
+    /// The provider reported the instance's address.
     pub const ADDRESS: i32 = 60;
 }
 
@@ -71,30 +73,16 @@ struct TerminateCommand {
     instance_id: InstanceId,
 }
 
-/// Retry and wait settings.
-#[derive(Clone, Debug)]
-pub struct Timing {
-    pub attempts: u32,
-    pub backoff: Backoff,
-    /// How long a started instance may take to run with an address.
-    pub boot_timeout: Duration,
-    pub poll_interval: Duration,
-}
+pub use crate::resilient::Retry;
 
-impl Default for Timing {
+impl Default for Retry {
     fn default() -> Self {
         Self {
             attempts: 5,
-            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
-            boot_timeout: Duration::from_secs(10 * 60),
-            poll_interval: Duration::from_secs(2),
+            backoff: qm_runtime::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
         }
     }
 }
-
-/// Consecutive retryable failures that open a provider's circuit, and for how long.
-pub const BREAKER_THRESHOLD: u32 = 10;
-pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
 
 /// One move of an instance as the orchestrator makes it.
 pub(crate) struct Step<'a> {
@@ -112,28 +100,44 @@ pub struct Saga {
     /// Where agents register (`QM_API_URL`); without it instances get no way to register.
     api_url: Option<String>,
     store: Arc<dyn Store>,
+    /// Each wrapped in [`Resilient`](crate::resilient::Resilient).
     providers: BTreeMap<String, Arc<dyn CloudProvider>>,
-    breakers: BTreeMap<String, CircuitBreaker>,
     exhausted: Mutex<HashMap<(ZoneId, InstanceTypeId), Instant>>,
-    timing: Timing,
     exchange_rates: Option<ExchangeRates>,
+    /// `qm_orchestrator_terminations_blocked_total`.
+    blocked_terminations: Option<prometheus::IntCounter>,
 }
 
 impl Saga {
-    pub fn new(store: Arc<dyn Store>, providers: BTreeMap<String, Arc<dyn CloudProvider>>, timing: Timing) -> Self {
-        let breakers = providers
-            .keys()
-            .map(|name| (name.clone(), CircuitBreaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN)))
-            .collect();
+    /// A saga over `providers`, each wrapped in [`Resilient`](crate::resilient::Resilient) with
+    /// `retry`: the reconciler, catalog sync and health sweep use [`Saga::providers`], so every
+    /// call to one provider shares its retries and its circuit breaker.
+    pub fn new(store: Arc<dyn Store>, providers: BTreeMap<String, Arc<dyn CloudProvider>>, retry: Retry) -> Self {
         Self {
             api_url: None,
             store,
-            providers,
-            breakers,
+            providers: crate::resilient::Resilient::wrap_all(providers, &retry),
             exhausted: Mutex::new(HashMap::new()),
-            timing,
             exchange_rates: None,
+            blocked_terminations: None,
         }
+    }
+
+    /// Counts terminations refused for a provider that is not enabled, in `registry`.
+    pub fn with_metrics(mut self, registry: &prometheus::Registry) -> Self {
+        let counter = qm_telemetry::metrics::counter_vec(
+            registry,
+            "qm_orchestrator_terminations_blocked_total",
+            "Terminations that cannot be carried out because the instance's provider is not enabled",
+            &[],
+        );
+        self.blocked_terminations = Some(counter.with_label_values::<&str>(&[]));
+        self
+    }
+
+    /// The providers, wrapped.
+    pub fn providers(&self) -> &BTreeMap<String, Arc<dyn CloudProvider>> {
+        &self.providers
     }
 
     /// Rates for the reporting-currency price that billing captures (without them, billing is
@@ -219,39 +223,6 @@ impl Saga {
     fn exhaust(&self, offer: &Offer) {
         let mut exhausted = self.exhausted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         exhausted.insert((offer.zone_id, offer.instance_type_id), Instant::now());
-    }
-
-    /// Calls `provider`, retrying throttling and transient errors with backoff and jitter, behind
-    /// the provider's circuit breaker: while it is open the call fails at once (transient), so
-    /// the command waits on the bus instead of hammering a provider that is down.
-    async fn with_retries<T, F, Fut>(&self, provider: &dyn CloudProvider, mut call: F) -> Result<T, ProviderError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, ProviderError>>,
-    {
-        let breaker = self.breakers.get(provider.name());
-        let mut attempt = 1;
-        loop {
-            if let Some(Err(wait)) = breaker.map(CircuitBreaker::allow) {
-                let message = format!("circuit open after repeated failures; next trial in {} s", wait.as_secs() + 1);
-                return Err(ProviderError::new(provider.name(), ErrorKind::Transient, message));
-            }
-            let result = call().await;
-            if let Some(breaker) = breaker {
-                match &result {
-                    Err(error) if error.is_retryable() => breaker.record_failure(),
-                    _ => breaker.record_success(),
-                }
-            }
-            match result {
-                Err(error) if error.is_retryable() && attempt < self.timing.attempts => {
-                    tracing::debug!(%error, attempt, "provider call failed; retrying");
-                    tokio::time::sleep(self.timing.backoff.delay(attempt)).await;
-                    attempt += 1;
-                }
-                result => return result,
-            }
-        }
     }
 
     /// Moves the instance if it is still in its state, with its history, action log and event
@@ -382,7 +353,7 @@ impl Saga {
                 user_data: user_data.clone(),
                 tags: BTreeMap::from([("qm-organization-id".to_owned(), instance.organization_id.to_string())]),
             };
-            match self.with_retries(&*provider, || provider.create(&create)).await {
+            match provider.create(&create).await {
                 Ok(created) => {
                     self.start_billing(command, &instance, placement, &request.model).await?;
                     return self.boot(command, instance, &*provider, created.provider_id, started).await;
@@ -402,7 +373,8 @@ impl Saga {
         self.fail(command, &instance, &reason, started).await
     }
 
-    /// After a successful create: start, wait for the address, `booting`; compensate on failure.
+    /// After a successful create: start, record `booting` (with the address when the provider
+    /// already reports it), and return; compensate when the start fails.
     async fn boot(
         &self,
         command: &Envelope,
@@ -417,59 +389,28 @@ impl Saga {
             ..InstanceAnnotation::default()
         };
         let instance = self.annotate(instance.id, annotation).await?.unwrap_or(instance);
-        if let Err(error) = self.with_retries(provider, || provider.start(&provider_id)).await {
-            return self
-                .compensate(
-                    command,
-                    &instance,
-                    provider,
-                    &provider_id,
-                    &format!("start failed: {}", error.public_reason()),
-                    started,
-                )
-                .await;
-        }
-        let deadline = Instant::now() + self.timing.boot_timeout;
-        let address = loop {
-            match self.with_retries(provider, || provider.describe(&provider_id)).await {
-                Ok(described) if described.status == ProviderStatus::Running && described.address.is_some() => {
-                    break described.address;
-                }
-                Ok(described) if described.status == ProviderStatus::Terminated => {
-                    let reason = "the provider terminated the instance while it started";
-                    return self.compensate(command, &instance, provider, &provider_id, reason, started).await;
-                }
-                Ok(_) if Instant::now() < deadline => tokio::time::sleep(self.timing.poll_interval).await,
-                Ok(described) => {
-                    let reason = format!(
-                        "not running with an address after {:?} (status {:?})",
-                        self.timing.boot_timeout, described.status
-                    );
-                    return self.compensate(command, &instance, provider, &provider_id, &reason, started).await;
-                }
-                Err(error) => {
-                    return self
-                        .compensate(
-                            command,
-                            &instance,
-                            provider,
-                            &provider_id,
-                            &format!("describe failed: {}", error.public_reason()),
-                            started,
-                        )
-                        .await;
-                }
+        let running = match provider.start(&provider_id).await {
+            Ok(running) if running.status == ProviderStatus::Terminated => {
+                let reason = "the provider terminated the instance while it started";
+                return self.compensate(command, &instance, provider, &provider_id, reason, started).await;
+            }
+            Ok(running) => running,
+            Err(error) if error.is_retryable() => return Err(SagaError::Retry(error.to_string())),
+            Err(error) => {
+                let reason = format!("start failed: {}", error.public_reason());
+                return self.compensate(command, &instance, provider, &provider_id, &reason, started).await;
             }
         };
-        let annotation = InstanceAnnotation { address, ..InstanceAnnotation::default() };
+        let progress = if running.address.is_some() { progress::ADDRESS } else { progress::STARTED };
+        let annotation = InstanceAnnotation { address: running.address, ..InstanceAnnotation::default() };
         let instance = self.annotate(instance.id, annotation).await?.unwrap_or(instance);
         let moved = self
             .transition(
                 Some(command),
                 &instance,
                 InstanceState::Booting,
-                "provider instance running",
-                Some(progress::ADDRESS),
+                "provider instance started",
+                Some(progress),
                 started,
             )
             .await?;
@@ -491,7 +432,7 @@ impl Saga {
         reason: &str,
         started: Instant,
     ) -> Result<(), SagaError> {
-        if let Err(error) = self.with_retries(provider, || provider.terminate(provider_id)).await {
+        if let Err(error) = provider.terminate(provider_id).await {
             // Not failed yet: the command comes back and compensation is tried again.
             return Err(SagaError::Retry(format!("compensation (terminate {provider_id}) failed: {error}")));
         }
@@ -517,8 +458,12 @@ impl Saga {
         Ok(())
     }
 
-    /// Carries out an `instance.terminate` command: terminates at the provider (by the recorded
-    /// id, or by the tag when provisioning had not recorded one yet) and confirms `terminated`.
+    /// Carries out an `instance.terminate` command: terminates at the provider by the recorded
+    /// id (by the tag, from a listing, only when provisioning had not recorded one yet) and
+    /// confirms `terminated` only once the provider has. With the instance's provider not
+    /// enabled here, nothing can confirm it: the instance stays `terminating` with the reason,
+    /// the refusal is logged and counted (an alert), and the health sweep issues the command
+    /// again after the `terminating` deadline.
     ///
     /// # Errors
     /// [`SagaError::Retry`] while the provider keeps failing.
@@ -530,25 +475,25 @@ impl Saga {
         if instance.state != InstanceState::Terminating {
             return Ok(());
         }
-        if let Some(provider) = self.providers.get(&instance.provider) {
-            let mut provider_ids: Vec<String> = instance.provider_instance_id.iter().cloned().collect();
-            let listed = self
-                .with_retries(&**provider, || provider.list())
+        let Some(provider) = self.providers.get(&instance.provider) else {
+            return self.termination_blocked(&instance).await;
+        };
+        let provider_ids: Vec<String> = match &instance.provider_instance_id {
+            Some(provider_id) => vec![provider_id.clone()],
+            None => provider
+                .list()
                 .await
-                .map_err(|error| SagaError::Retry(error.to_string()))?;
-            provider_ids.extend(
-                listed
-                    .into_iter()
-                    .filter(|found| found.instance_id == Some(instance.id))
-                    .map(|found| found.provider_id),
-            );
-            provider_ids.sort();
-            provider_ids.dedup();
-            for provider_id in &provider_ids {
-                self.with_retries(&**provider, || provider.terminate(provider_id))
-                    .await
-                    .map_err(|error| SagaError::Retry(format!("terminate {provider_id}: {error}")))?;
-            }
+                .map_err(|error| SagaError::Retry(error.to_string()))?
+                .into_iter()
+                .filter(|found| found.instance_id == Some(instance.id))
+                .map(|found| found.provider_id)
+                .collect(),
+        };
+        for provider_id in &provider_ids {
+            provider
+                .terminate(provider_id)
+                .await
+                .map_err(|error| SagaError::Retry(format!("terminate {provider_id}: {error}")))?;
         }
         self.transition(
             Some(command),
@@ -560,5 +505,22 @@ impl Saga {
         )
         .await?;
         Ok(())
+    }
+
+    /// The instance's provider is not enabled: it stays `terminating`, with why.
+    async fn termination_blocked(&self, instance: &Instance) -> Result<(), SagaError> {
+        let reason = format!(
+            "cannot terminate: provider `{}` is not enabled on this orchestrator (QM_PROVIDERS); the instance may \
+             still run and bill until it is enabled again",
+            instance.provider
+        );
+        tracing::error!(instance = %instance.id, provider = %instance.provider, "{reason}");
+        if let Some(counter) = &self.blocked_terminations {
+            counter.inc();
+        }
+        let annotation = InstanceAnnotation { failure_reason: Some(reason.clone()), ..InstanceAnnotation::default() };
+        self.annotate(instance.id, annotation).await?;
+        let metadata = serde_json::json!({ "provider": instance.provider });
+        self.log(instance, "instance.terminate_blocked", ActionStatus::Failed, Some(reason), metadata).await
     }
 }

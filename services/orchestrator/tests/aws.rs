@@ -167,12 +167,8 @@ async fn reconciliation_terminates_an_orphan_made_in_moto_and_notices_an_instanc
         .unwrap();
     let orphan_id = orphan.instances()[0].instance_id().unwrap().to_owned();
 
-    let reconciler = qm_orchestrator::reconcile::Reconciler {
-        store: world.store.clone(),
-        saga,
-        providers: cloud.providers(),
-        every: Duration::from_secs(60),
-    };
+    let reconciler =
+        qm_orchestrator::reconcile::Reconciler { store: world.store.clone(), saga, every: Duration::from_secs(60) };
     let report = reconciler.reconcile(None).await.unwrap();
     assert_eq!((report.gone, report.orphans), (1, 1), "{report:?}");
     let instance = world.state(id).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use qm_domain::{InstanceId, InstanceState};
 use qm_events::{Envelope, MessageType};
-use qm_orchestrator::saga::{Saga, Timing};
+use qm_orchestrator::saga::Saga;
 use qm_providers::CloudProvider;
 use qm_providers::sim::{Faults, SimCloud, SimConfig};
 use qm_store::{Offer, Transition};
@@ -52,7 +52,8 @@ fn history(instance_history: &[qm_store::StateChange]) -> Vec<InstanceState> {
 #[tokio::test]
 async fn a_provisioned_instance_boots_with_its_history_logs_and_events() {
     let world = World::new(offer).await;
-    let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::from_millis(50), ..SimConfig::default() }));
+    // Running (with its address) as soon as it is started.
+    let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::ZERO, ..SimConfig::default() }));
     let saga = saga(&world, &cloud);
     let (id, command) = world.requested(&["sim-eu-1"]).await;
     saga.provision(&command).await.unwrap();
@@ -141,17 +142,67 @@ async fn a_create_that_timed_out_after_succeeding_is_not_duplicated() {
 }
 
 #[tokio::test]
-async fn an_instance_the_provider_loses_while_starting_is_compensated_and_failed() {
+async fn provisioning_does_not_wait_for_the_boot_and_the_sweep_records_the_address() {
     let world = World::new(offer).await;
-    let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::from_secs(60), ..SimConfig::default() }));
-    let timing = Timing { boot_timeout: Duration::from_millis(200), ..fast() };
-    let saga = Saga::new(world.store.clone(), providers(&cloud), timing);
+    let boot_delay = Duration::from_millis(400);
+    let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay, ..SimConfig::default() }));
+    let (id, command) = world.requested(&["sim-eu-1"]).await;
+    let started = std::time::Instant::now();
+    saga(&world, &cloud).provision(&command).await.unwrap();
+    assert!(started.elapsed() < boot_delay, "the command is released before the instance boots");
+    let instance = world.state(id).await;
+    assert_eq!(instance.state, InstanceState::Booting);
+    assert_eq!((instance.address.as_deref(), instance.progress_percent), (None, 40), "started, no address yet");
+
+    let health = health(&world, saga(&world, &cloud), Duration::from_secs(60), Duration::from_secs(60));
+    health.sweep().await.unwrap();
+    assert_eq!(world.state(id).await.address, None, "still booting at the provider");
+    tokio::time::sleep(boot_delay).await;
+    health.sweep().await.unwrap();
+    let instance = world.state(id).await;
+    assert!(instance.address.is_some_and(|address| address.starts_with("10.")), "recorded from the listing");
+    assert_eq!(instance.state, InstanceState::Booting, "ready comes from the agent, not the address");
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn termination_goes_by_the_recorded_id_without_listing_the_provider() {
+    let world = World::new(offer).await;
+    let cloud = Arc::new(SimCloud::new(SimConfig::default()));
+    let saga = saga(&world, &cloud);
     let (id, command) = world.requested(&["sim-eu-1"]).await;
     saga.provision(&command).await.unwrap();
+    let terminate = world.request_termination(id).await;
+    let calls = cloud.stats().calls;
+    saga.terminate(&terminate).await.unwrap();
+    assert_eq!(cloud.stats().calls - calls, 1, "one terminate call, no listing");
+    assert_eq!(world.state(id).await.state, InstanceState::Terminated);
+    world.cleanup();
+}
+
+#[tokio::test]
+async fn an_instance_whose_provider_is_not_enabled_stays_terminating_with_the_reason() {
+    let world = World::new(offer).await;
+    let cloud = Arc::new(SimCloud::new(SimConfig::default()));
+    let (id, command) = world.requested(&["sim-eu-1"]).await;
+    saga(&world, &cloud).provision(&command).await.unwrap();
+    let terminate = world.request_termination(id).await;
+    // The orchestrator restarted without `sim` in QM_PROVIDERS.
+    let registry = prometheus::Registry::new();
+    let without = Saga::new(world.store.clone(), BTreeMap::new(), fast()).with_metrics(&registry);
+    without.terminate(&terminate).await.unwrap();
     let instance = world.state(id).await;
-    assert_eq!(instance.state, InstanceState::ProvisioningFailed);
-    assert!(instance.failure_reason.unwrap().contains("not running"));
-    assert_eq!(cloud.stats().live, 0, "what was created was terminated");
+    assert_eq!(instance.state, InstanceState::Terminating, "never terminated without the provider confirming");
+    assert!(instance.failure_reason.unwrap().contains("not enabled"));
+    assert_eq!(cloud.stats().live, 1, "it still runs (and bills) at the provider");
+    let metrics = qm_telemetry::metrics::render(&registry);
+    assert!(metrics.contains("qm_orchestrator_terminations_blocked_total 1"), "{metrics}");
+    let logs = world.store.action_logs(Some(world.organization), 50).await.unwrap();
+    assert!(logs.iter().any(|entry| entry.action_type == "instance.terminate_blocked"));
+    // Enabled again, the command issued again by the health sweep terminates it.
+    saga(&world, &cloud).terminate(&terminate).await.unwrap();
+    assert_eq!(world.state(id).await.state, InstanceState::Terminated);
+    assert_eq!(cloud.stats().live, 0);
     world.cleanup();
 }
 
@@ -184,7 +235,7 @@ async fn a_provider_that_keeps_failing_opens_its_circuit_and_instances_wait() {
     let saga = saga(&world, &cloud);
     let (id, command) = world.requested(&["sim-eu-1"]).await;
     let mut refusals = 0;
-    while cloud.stats().calls < u64::from(qm_orchestrator::saga::BREAKER_THRESHOLD) {
+    while cloud.stats().calls < u64::from(qm_orchestrator::resilient::BREAKER_THRESHOLD) {
         let outcome = saga.provision(&command).await;
         assert!(matches!(outcome, Err(qm_orchestrator::saga::SagaError::Retry(_))), "the command is retried later");
         refusals += 1;
@@ -433,7 +484,6 @@ async fn reconciliation_marks_vanished_instances_and_terminates_orphans() {
     let reconciler = qm_orchestrator::reconcile::Reconciler {
         store: world.store.clone(),
         saga: Arc::new(saga(&world, &cloud)),
-        providers: providers(&cloud),
         every: Duration::from_secs(60),
     };
     let report = reconciler.reconcile(None).await.unwrap();
@@ -447,6 +497,170 @@ async fn reconciliation_marks_vanished_instances_and_terminates_orphans() {
     assert_eq!(logs.iter().filter(|entry| entry.action_type == "fleet.orphan_terminated").count(), 2);
     let again = reconciler.reconcile(Some("sim")).await.unwrap();
     assert_eq!((again.gone, again.orphans), (0, 0), "a second pass finds nothing");
+    world.cleanup();
+}
+
+type Hook = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
+
+/// The `sim` cloud whose first listing runs `during` after the provider has answered and before
+/// the answer reaches the reconciler: what happens in the middle of a pass.
+struct MidPass {
+    cloud: Arc<SimCloud>,
+    during: std::sync::Mutex<Option<Hook>>,
+}
+
+#[async_trait::async_trait]
+impl CloudProvider for MidPass {
+    fn name(&self) -> &str {
+        self.cloud.name()
+    }
+    async fn create(
+        &self,
+        request: &qm_providers::CreateRequest,
+    ) -> Result<qm_providers::ProviderInstance, qm_providers::ProviderError> {
+        self.cloud.create(request).await
+    }
+    async fn start(&self, id: &str) -> Result<qm_providers::ProviderInstance, qm_providers::ProviderError> {
+        self.cloud.start(id).await
+    }
+    async fn describe(&self, id: &str) -> Result<qm_providers::ProviderInstance, qm_providers::ProviderError> {
+        self.cloud.describe(id).await
+    }
+    async fn list(&self) -> Result<Vec<qm_providers::ProviderInstance>, qm_providers::ProviderError> {
+        let listed = self.cloud.list().await;
+        let during = self.during.lock().unwrap().take();
+        if let Some(during) = during {
+            during().await;
+        }
+        listed
+    }
+    async fn terminate(&self, id: &str) -> Result<(), qm_providers::ProviderError> {
+        self.cloud.terminate(id).await
+    }
+    async fn offers(&self) -> Result<Vec<qm_providers::ProviderOffer>, qm_providers::ProviderError> {
+        self.cloud.offers().await
+    }
+}
+
+#[tokio::test]
+async fn instances_created_during_a_reconciliation_pass_are_not_marked_gone() {
+    let world = Arc::new(World::new(offer).await);
+    let cloud = Arc::new(SimCloud::new(SimConfig::default()));
+    let (before, command) = world.requested(&["sim-eu-1"]).await;
+    saga(&world, &cloud).provision(&command).await.unwrap();
+    let created = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let during: Hook = Box::new({
+        let (world, cloud, created) = (world.clone(), cloud.clone(), created.clone());
+        move || {
+            Box::pin(async move {
+                for _ in 0..3 {
+                    let (id, command) = world.requested(&["sim-eu-1"]).await;
+                    saga(&world, &cloud).provision(&command).await.unwrap();
+                    created.lock().unwrap().push(id);
+                }
+            })
+        }
+    });
+    let mid_pass = Arc::new(MidPass { cloud: cloud.clone(), during: std::sync::Mutex::new(Some(during)) });
+    let providers = BTreeMap::from([("sim".to_owned(), mid_pass as Arc<dyn CloudProvider>)]);
+    let reconciler = qm_orchestrator::reconcile::Reconciler {
+        store: world.store.clone(),
+        saga: Arc::new(Saga::new(world.store.clone(), providers, fast())),
+        every: Duration::from_secs(60),
+    };
+    let report = reconciler.reconcile(None).await.unwrap();
+    assert_eq!((report.gone, report.orphans, report.failures), (0, 0, 0), "{report:?}");
+    let created = created.lock().unwrap().clone();
+    assert_eq!(created.len(), 3);
+    for id in created.into_iter().chain([before]) {
+        let instance = world.state(id).await;
+        assert_eq!(instance.state, InstanceState::Booting, "{id} untouched");
+        assert!(!instance.deleted_by_provider);
+    }
+    assert_eq!(cloud.stats().live, 4);
+    world.cleanup();
+}
+
+/// A provider whose every call is refused.
+struct Refusing;
+
+#[async_trait::async_trait]
+impl CloudProvider for Refusing {
+    fn name(&self) -> &str {
+        "broken"
+    }
+    async fn create(
+        &self,
+        _: &qm_providers::CreateRequest,
+    ) -> Result<qm_providers::ProviderInstance, qm_providers::ProviderError> {
+        Err(Self::refused())
+    }
+    async fn start(&self, _: &str) -> Result<qm_providers::ProviderInstance, qm_providers::ProviderError> {
+        Err(Self::refused())
+    }
+    async fn describe(&self, _: &str) -> Result<qm_providers::ProviderInstance, qm_providers::ProviderError> {
+        Err(Self::refused())
+    }
+    async fn list(&self) -> Result<Vec<qm_providers::ProviderInstance>, qm_providers::ProviderError> {
+        Err(Self::refused())
+    }
+    async fn terminate(&self, _: &str) -> Result<(), qm_providers::ProviderError> {
+        Err(Self::refused())
+    }
+    async fn offers(&self) -> Result<Vec<qm_providers::ProviderOffer>, qm_providers::ProviderError> {
+        Err(Self::refused())
+    }
+}
+
+impl Refusing {
+    fn refused() -> qm_providers::ProviderError {
+        qm_providers::ProviderError::new("broken", qm_providers::ErrorKind::Auth, "credentials revoked")
+    }
+}
+
+#[tokio::test]
+async fn a_pass_survives_a_failing_provider_and_terminates_stopped_instances() {
+    let world = World::new(offer).await;
+    let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::ZERO, ..SimConfig::default() }));
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (id, command) = world.requested(&["sim-eu-1"]).await;
+        saga(&world, &cloud).provision(&command).await.unwrap();
+        world.move_to(id, InstanceState::Booting, InstanceState::Ready).await;
+        ids.push(id);
+    }
+    // One vanished, one stopped (its machine died with a killed `qm dev`).
+    assert!(cloud.vanish(&world.state(ids[0]).await.provider_instance_id.unwrap()));
+    assert!(cloud.stop(&world.state(ids[1]).await.provider_instance_id.unwrap()));
+    let providers = BTreeMap::from([
+        ("broken".to_owned(), Arc::new(Refusing) as Arc<dyn CloudProvider>),
+        ("sim".to_owned(), cloud.clone() as Arc<dyn CloudProvider>),
+    ]);
+    let saga = Arc::new(Saga::new(world.store.clone(), providers, fast()));
+    let reconciler = qm_orchestrator::reconcile::Reconciler {
+        store: world.store.clone(),
+        saga: saga.clone(),
+        every: Duration::from_secs(60),
+    };
+    let report = reconciler.reconcile(None).await.unwrap();
+    assert_eq!((report.failures, report.gone, report.stopped), (1, 1, 1), "{report:?}");
+    assert_eq!(world.state(ids[0]).await.state, InstanceState::Terminated);
+    let stopped = world.state(ids[1]).await;
+    assert_eq!(stopped.state, InstanceState::Terminating, "no longer reported as running");
+    let outbox = world.store.feed(0, None, None, 500).await.unwrap();
+    let terminate = outbox
+        .iter()
+        .filter(|entry| entry.envelope.message_type == "instance.terminate")
+        .find(|entry| entry.envelope.data["instance_id"] == json!(ids[1]))
+        .expect("its termination is commanded");
+    saga.terminate(&terminate.envelope).await.unwrap();
+    assert_eq!(world.state(ids[1]).await.state, InstanceState::Terminated);
+    let outbox = world.store.feed(0, None, None, 500).await.unwrap();
+    let billing_stopped = outbox.iter().any(|entry| {
+        entry.envelope.message_type == "instance.billing_stopped" && entry.envelope.data["instance_id"] == json!(ids[1])
+    });
+    assert!(billing_stopped, "billing stops");
+    assert_eq!(cloud.stats().live, 0);
     world.cleanup();
 }
 
@@ -542,7 +756,6 @@ async fn a_thousand_instances_under_injected_faults_leak_nothing_and_duplicate_n
     let reconciler = qm_orchestrator::reconcile::Reconciler {
         store: world.store.clone(),
         saga: saga.clone(),
-        providers: providers(&cloud),
         every: Duration::from_secs(60),
     };
     reconciler.reconcile(None).await.unwrap();

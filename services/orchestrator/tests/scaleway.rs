@@ -124,12 +124,8 @@ async fn reconciliation_sees_a_deleted_server_and_terminates_an_orphan() {
         "L4-1-24G",
         &[format!("qm-instance-id={stranger}"), "qm-managed=true".into()],
     );
-    let reconciler = qm_orchestrator::reconcile::Reconciler {
-        store: world.store.clone(),
-        saga,
-        providers: providers(&fake),
-        every: Duration::from_secs(60),
-    };
+    let reconciler =
+        qm_orchestrator::reconcile::Reconciler { store: world.store.clone(), saga, every: Duration::from_secs(60) };
     let report = reconciler.reconcile(None).await.unwrap();
     assert_eq!((report.gone, report.orphans, report.leftovers), (1, 1, 1), "{report:?}");
     let instance = world.state(id).await;

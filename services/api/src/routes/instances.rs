@@ -104,6 +104,9 @@ pub async fn get(
     }))
 }
 
+/// How often a termination request re-reads an instance that moved on under it.
+const TERMINATE_ATTEMPTS: u32 = 5;
+
 /// Terminate an instance: it moves to `terminating` and the orchestrator releases it at the
 /// provider. Asking again while it terminates changes nothing.
 #[utoipa::path(delete, path = "/instances/{id}", tag = "instances", params(("id" = InstanceId, Path)),
@@ -116,22 +119,31 @@ pub async fn terminate(
 ) -> ApiResult<(StatusCode, Json<Instance>)> {
     let audit = Audit::start("instance.terminate");
     principal.require(Role::Operator)?;
-    let instance = visible(&state, &principal, id).await?;
-    if instance.state == InstanceState::Terminating {
-        return Ok((StatusCode::ACCEPTED, Json(instance)));
-    }
-    instance.state.transition(InstanceState::Terminating).map_err(|error| Problem::conflict(error.to_string()))?;
-    let mut tx = state.dependencies.store.begin().await?;
     let reason = "terminated by request";
-    let transition = Transition {
-        instance: id,
-        from: instance.state,
-        to: InstanceState::Terminating,
-        reason: Some(reason.into()),
-        progress_percent: None,
-    };
-    let Some(updated) = tx.transition_instance(&transition).await? else {
-        return Err(Problem::conflict("the instance changed state meanwhile; read it again and retry"));
+    // The instance may move on between the read and the conditional update (provisioning
+    // reaching `booting`, a heartbeat making it `ready`): read it again and retry, a few times.
+    let mut attempts = 0;
+    let (instance, updated, mut tx) = loop {
+        let instance = visible(&state, &principal, id).await?;
+        if instance.state == InstanceState::Terminating {
+            return Ok((StatusCode::ACCEPTED, Json(instance)));
+        }
+        instance.state.transition(InstanceState::Terminating).map_err(|error| Problem::conflict(error.to_string()))?;
+        let mut tx = state.dependencies.store.begin().await?;
+        let transition = Transition {
+            instance: id,
+            from: instance.state,
+            to: InstanceState::Terminating,
+            reason: Some(reason.into()),
+            progress_percent: None,
+        };
+        if let Some(updated) = tx.transition_instance(&transition).await? {
+            break (instance, updated, tx);
+        }
+        attempts += 1;
+        if attempts == TERMINATE_ATTEMPTS {
+            return Err(Problem::conflict("the instance keeps changing state; read it again and retry"));
+        }
     };
     let command = message(
         MessageType::InstanceTerminate,

@@ -329,6 +329,9 @@ pub async fn heartbeat(
         (InstanceState::Unhealthy, WorkerStatus::Ready) => {
             transition(&mut *tx, &instance, InstanceState::Ready, "worker reported ready again", None).await?
         }
+        (InstanceState::Ready | InstanceState::Unhealthy, WorkerStatus::Draining) => {
+            transition(&mut *tx, &instance, InstanceState::Draining, "worker reported draining", None).await?
+        }
         _ => None,
     };
     let data = serde_json::json!({

@@ -9,10 +9,30 @@ use std::time::Duration;
 
 use qm_domain::{InstanceId, InstanceState, OrganizationId};
 use qm_events::{Envelope, MessageType};
-use qm_orchestrator::saga::Timing;
+use qm_orchestrator::saga::Retry;
 use qm_runtime::backoff::Backoff;
 use qm_store::{InstanceAnnotation, NewInstance, NewOrganization, Offer, Store, Transition};
 use serde_json::json;
+
+/// An organization `slug` with one `requested` instance at `placement` in `store`, and the
+/// provision command the api would publish for it (for tests that run the orchestrator binary).
+pub async fn requested_in(store: &dyn Store, slug: &str, placement: &Offer) -> (InstanceId, Envelope) {
+    let organization = OrganizationId::new();
+    let id = InstanceId::new();
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_organization(&NewOrganization { id: organization, name: slug.into(), slug: slug.into() }).await.unwrap();
+    let instance = NewInstance {
+        id,
+        organization_id: organization,
+        deployment_id: None,
+        placement: placement.clone(),
+        model: "m".into(),
+    };
+    tx.insert_instance(&instance).await.unwrap();
+    tx.commit().await.unwrap();
+    let data = json!({ "instance_id": id, "model": "m", "placements": [placement] });
+    (id, Envelope::new(MessageType::InstanceProvision, "test", Some(organization), data))
+}
 
 pub struct World {
     /// The offer at a zone, for the provider under test.
@@ -98,11 +118,6 @@ impl World {
     }
 }
 
-pub fn fast() -> Timing {
-    Timing {
-        attempts: 4,
-        backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(20)),
-        boot_timeout: Duration::from_secs(5),
-        poll_interval: Duration::from_millis(20),
-    }
+pub fn fast() -> Retry {
+    Retry { attempts: 4, backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(20)) }
 }

@@ -1,0 +1,234 @@
+//! `make bench`: the control plane's pipeline on PostgreSQL + NATS, api and two orchestrators
+//! in one process over the `sim` cloud (200 ms boots, simulated agents registering over HTTP).
+//!
+//! 1. Command latency: 100 deployments of one instance, one at a time, from sending
+//!    `POST /deployments` to the orchestrator's `requested → provisioning` (it has picked the
+//!    command up). Baseline in the same run: one message published on the same NATS server and
+//!    received by a consumer group (the bus alone). Target: p50 under 20 ms.
+//! 2. Provisioning throughput: 1,000 instances (ten deployments of 100 at once) until every one
+//!    is `ready`. Target: within 20 s.
+//!
+//! Results also go to `$CARGO_TARGET_DIR/bench/pipeline.json`.
+
+#![allow(clippy::unwrap_used)]
+
+/// The allocator of the production binaries.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qm_config::{Environment, Settings};
+use qm_domain::{InstanceId, InstanceState};
+use qm_events::{Channel, Envelope, MessageType};
+use qm_providers::CloudProvider;
+use qm_providers::sim::{SimCloud, SimConfig};
+use qm_runtime::Shutdown;
+use qm_store::testing::TestDatabase;
+use serde_json::json;
+
+const LATENCY_SAMPLES: usize = 100;
+const FLEET: usize = 1_000;
+const PER_DEPLOYMENT: usize = 100;
+const ORCHESTRATORS: usize = 2;
+const TARGET_COMMAND_P50: Duration = Duration::from_millis(20);
+const TARGET_FLEET_READY: Duration = Duration::from_secs(20);
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(run());
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * fraction).round() as usize]
+}
+
+fn ms(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
+}
+
+/// Publish → delivery of one message at a time on `bus`, through its own consumer group.
+async fn bus_round_trips(bus: &Arc<dyn qm_bus::EventBus>) -> Vec<Duration> {
+    let options = qm_bus::SubscriptionOptions::new(Channel::Events, "bench-baseline");
+    let mut subscription = bus.subscribe(options).await.unwrap();
+    let mut samples = Vec::new();
+    for sequence in 0..LATENCY_SAMPLES {
+        let envelope = Envelope::new(MessageType::WorkerHeartbeat, "bench", None, json!({ "sequence": sequence }));
+        let sent = Instant::now();
+        bus.publish(&envelope).await.unwrap();
+        loop {
+            let delivery = subscription.next().await.unwrap();
+            let mine = delivery.envelope.id == envelope.id;
+            delivery.ack().await.unwrap();
+            if mine {
+                break;
+            }
+        }
+        samples.push(sent.elapsed());
+    }
+    samples.sort_unstable();
+    samples
+}
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn deploy(&self, count: usize) -> Vec<InstanceId> {
+        let body = json!({ "model": "bench-model", "count": count, "provider": "sim", "zone": "sim-eu-1", "instance_type": "sim.l4" });
+        let response = self
+            .client
+            .post(format!("{}/deployments", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+        let accepted: serde_json::Value = response.json().await.unwrap();
+        accepted["instance_ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().parse().unwrap()).collect()
+    }
+}
+
+async fn run() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let database = TestDatabase::create().await;
+    let prefix = format!("bench{}", uuid::Uuid::new_v4().simple());
+    let nats = std::env::var("QM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let bus_url = format!("{nats}?prefix={prefix}");
+    let password = "bench-admin-password";
+    let pairs = [
+        ("QM_DATABASE_URL", database.url()),
+        ("QM_BUS_URL", bus_url.as_str()),
+        ("QM_ADMIN_PASSWORD", password),
+        ("QM_ENV", "bench"),
+        ("QM_PROVIDERS", "sim"),
+    ];
+    let settings = Settings::from_env(&Environment::from_pairs(pairs)).unwrap();
+    let dependencies = qm_runtime::entrypoint::connect(settings).await.unwrap();
+    let store = dependencies.store.clone();
+    qm_api::seeds::apply(&*store, &qm_api::seeds::parse(qm_api::seeds::CATALOG).unwrap()).await.unwrap();
+    let shutdown = Shutdown::new();
+    let api = qm_api::build(dependencies.clone(), "127.0.0.1:0".parse().unwrap(), shutdown.clone()).await.unwrap();
+    let base = format!("http://{}", api.address());
+    let mut dependencies = dependencies;
+    dependencies.settings.api_url = Some(base.clone());
+    // One cloud behind both orchestrators, as one provider account would be.
+    let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::from_millis(200), ..SimConfig::default() }));
+    let providers = BTreeMap::from([("sim".to_owned(), cloud as Arc<dyn CloudProvider>)]);
+    let mut services = vec![api];
+    for _ in 0..ORCHESTRATORS {
+        let orchestrator = qm_orchestrator::build_with(
+            dependencies.clone(),
+            "127.0.0.1:0".parse().unwrap(),
+            shutdown.clone(),
+            providers.clone(),
+            qm_orchestrator::saga::Retry::default(),
+            qm_orchestrator::health::Deadlines::default(),
+        )
+        .await
+        .unwrap();
+        services.push(orchestrator);
+    }
+    let running: Vec<_> =
+        services.into_iter().map(|service| tokio::spawn(service.run_until_stopped(shutdown.clone()))).collect();
+
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    let token = qm_testkit::login(&client, &base, "admin", password).await;
+    let api = Api { client, base, token };
+
+    println!("Pipeline benchmark: PostgreSQL + NATS, api and {ORCHESTRATORS} orchestrators, sim cloud (200 ms boots)");
+    let baseline = bus_round_trips(&dependencies.bus).await;
+
+    // Command latency, one deployment at a time.
+    let mut latencies = Vec::new();
+    for _ in 0..LATENCY_SAMPLES {
+        let sent = chrono::Utc::now();
+        let id = api.deploy(1).await[0];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let picked_up = loop {
+            let history = store.instance_history(id).await.unwrap();
+            if let Some(change) = history.iter().find(|change| change.to_state == InstanceState::Provisioning) {
+                break change.occurred_at;
+            }
+            assert!(Instant::now() < deadline, "command for {id} not picked up");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        latencies.push((picked_up - sent).to_std().unwrap_or_default());
+    }
+    latencies.sort_unstable();
+    let (p50, p95) = (percentile(&latencies, 0.5), percentile(&latencies, 0.95));
+    let (base50, base95) = (percentile(&baseline, 0.5), percentile(&baseline, 0.95));
+    println!("baseline NATS publish → delivery   p50 {:>7.2} ms  p95 {:>7.2} ms", ms(base50), ms(base95));
+    println!("POST /deployments → saga pickup   p50 {:>7.2} ms  p95 {:>7.2} ms", ms(p50), ms(p95));
+    let latency_ratio = p50.as_secs_f64() / base50.as_secs_f64();
+    let latency_verdict = if p50 < TARGET_COMMAND_P50 { "met" } else { "MISSED" };
+    println!(
+        "ratio to baseline: p50 x{latency_ratio:.2}; target p50 < {} ms: {latency_verdict}",
+        TARGET_COMMAND_P50.as_millis()
+    );
+
+    // Throughput: the whole fleet at once.
+    let ready_before = ready_count(&*store).await;
+    let started = Instant::now();
+    let deployments = (0..FLEET / PER_DEPLOYMENT).map(|_| api.deploy(PER_DEPLOYMENT));
+    let accepted: usize = futures::future::join_all(deployments).await.iter().map(Vec::len).sum();
+    let accepted_in = started.elapsed();
+    let deadline = started + Duration::from_secs(120);
+    let mut ready = 0;
+    while ready < accepted {
+        ready = ready_count(&*store).await - ready_before;
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all_ready_in = started.elapsed();
+    let fleet_verdict = if ready >= accepted && all_ready_in < TARGET_FLEET_READY { "met" } else { "MISSED" };
+    println!(
+        "{accepted} instances accepted in {:.2} s; {ready} ready after {:.2} s; target all ready within {} s: {fleet_verdict}",
+        accepted_in.as_secs_f64(),
+        all_ready_in.as_secs_f64(),
+        TARGET_FLEET_READY.as_secs()
+    );
+
+    let directory =
+        std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("bench");
+    std::fs::create_dir_all(&directory).unwrap();
+    let report = json!({
+        "orchestrators": ORCHESTRATORS,
+        "command_latency": {
+            "samples": LATENCY_SAMPLES, "p50_ms": ms(p50), "p95_ms": ms(p95),
+            "baseline_bus_p50_ms": ms(base50), "baseline_bus_p95_ms": ms(base95),
+            "p50_ratio_to_baseline": (latency_ratio * 100.0).round() / 100.0,
+            "target_p50_ms": TARGET_COMMAND_P50.as_millis(), "target": latency_verdict,
+        },
+        "fleet": {
+            "instances": accepted, "ready": ready, "accepted_s": (accepted_in.as_secs_f64() * 100.0).round() / 100.0,
+            "all_ready_s": (all_ready_in.as_secs_f64() * 100.0).round() / 100.0,
+            "target_s": TARGET_FLEET_READY.as_secs(), "target": fleet_verdict,
+        },
+    });
+    std::fs::write(directory.join("pipeline.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+
+    shutdown.trigger();
+    for task in running {
+        let _ = task.await;
+    }
+    let naming = qm_bus::Naming::new(Some(&prefix)).unwrap();
+    let nats_url = url::Url::parse(&bus_url).unwrap();
+    qm_bus::nats::NatsBus::connect(&nats_url, naming).await.unwrap().delete_streams().await.unwrap();
+    database.drop_database().await;
+}
+
+async fn ready_count(store: &dyn qm_store::Store) -> usize {
+    let counts = store.count_instances_by_state().await.unwrap();
+    let ready: i64 =
+        counts.iter().filter(|(_, state, _)| *state == InstanceState::Ready).map(|(_, _, count)| count).sum();
+    usize::try_from(ready).unwrap()
+}

@@ -50,6 +50,7 @@ audit: ## RustSec advisories for Cargo.lock (needs the network to fetch the advi
 .PHONY: test
 test: services venv deny ## fmt check, clippy -D warnings, dependency policy, and every test against the real services
 	$(CARGO) fmt --all -- --check
+	CARGO=$(CARGO) scripts/check-dependencies.sh
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(VENV)/bin/python -m unittest discover -s scripts -p 'test_*.py'

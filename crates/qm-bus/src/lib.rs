@@ -21,6 +21,7 @@
 //! - [`naming`]: stream, subject and key names.
 //! - [`conformance`]: the suite every backend runs.
 
+#[cfg(feature = "testsuite")]
 pub mod conformance;
 pub mod memory;
 pub mod naming;

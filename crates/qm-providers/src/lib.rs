@@ -16,6 +16,7 @@
 //! succeeded) yields the one instance, never two.
 
 pub mod agent;
+#[cfg(feature = "testsuite")]
 pub mod conformance;
 pub mod local;
 pub mod scaleway;

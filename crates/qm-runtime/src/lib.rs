@@ -11,13 +11,21 @@
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`service`]: a service's server and background tasks, stopped together.
 //! - [`entrypoint`]: the `main` of every production binary.
+//!
+//! The parts that need the store and the bus (the relay, the consumer, the entrypoint, service
+//! [`Dependencies`](service::Dependencies) and their readiness checks) are behind the `backends`
+//! feature: the control-plane services enable it; the worker agent, which talks to the api over
+//! HTTP only, does not, and links neither.
 
 pub mod backoff;
 pub mod breaker;
+#[cfg(feature = "backends")]
 pub mod consumer;
+#[cfg(feature = "backends")]
 pub mod entrypoint;
 pub mod http;
 pub mod probes;
+#[cfg(feature = "backends")]
 pub mod relay;
 pub mod service;
 pub mod shutdown;

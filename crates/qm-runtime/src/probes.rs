@@ -9,8 +9,6 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::Registry;
-use qm_bus::EventBus;
-use qm_store::Store;
 use serde_json::{Map, Value, json};
 
 /// One dependency a service needs to do its work.
@@ -22,8 +20,11 @@ pub trait ReadinessCheck: Send + Sync {
     async fn check(&self) -> Result<(), String>;
 }
 
-pub struct StoreReady(pub Arc<dyn Store>);
+/// The store answers (with the `backends` feature).
+#[cfg(feature = "backends")]
+pub struct StoreReady(pub Arc<dyn qm_store::Store>);
 
+#[cfg(feature = "backends")]
 #[async_trait]
 impl ReadinessCheck for StoreReady {
     fn name(&self) -> &'static str {
@@ -35,8 +36,11 @@ impl ReadinessCheck for StoreReady {
     }
 }
 
-pub struct BusReady(pub Arc<dyn EventBus>);
+/// The bus answers (with the `backends` feature).
+#[cfg(feature = "backends")]
+pub struct BusReady(pub Arc<dyn qm_bus::EventBus>);
 
+#[cfg(feature = "backends")]
 #[async_trait]
 impl ReadinessCheck for BusReady {
     fn name(&self) -> &'static str {

@@ -2,14 +2,10 @@
 //! together by one [`Shutdown`] within a bounded time.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use prometheus::Registry;
-use qm_bus::EventBus;
-use qm_config::Settings;
-use qm_store::Store;
 use tokio::task::JoinSet;
 
 use crate::Shutdown;
@@ -18,12 +14,13 @@ use crate::http::Server;
 /// How long background tasks get to finish after shutdown starts.
 pub const TASK_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What every service is built from.
+/// What every control-plane service is built from (with the `backends` feature).
+#[cfg(feature = "backends")]
 #[derive(Clone)]
 pub struct Dependencies {
-    pub settings: Settings,
-    pub store: Arc<dyn Store>,
-    pub bus: Arc<dyn EventBus>,
+    pub settings: qm_config::Settings,
+    pub store: std::sync::Arc<dyn qm_store::Store>,
+    pub bus: std::sync::Arc<dyn qm_bus::EventBus>,
 }
 
 type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -58,6 +55,7 @@ impl Service {
         self
     }
 
+    #[cfg(feature = "backends")]
     /// Adds the outbox relay: every service that writes to the outbox runs one, so its commands
     /// and events reach the bus while the other services are down.
     pub fn with_relay(self, dependencies: &Dependencies, registry: &Registry, shutdown: Shutdown) -> Self {
@@ -99,6 +97,7 @@ impl Service {
     }
 }
 
+#[cfg(feature = "backends")]
 impl Service {
     /// A service that serves only its probes and metrics, ready when the store and the bus
     /// answer: the shape of every service before its own routes and consumers are added.
@@ -129,8 +128,8 @@ impl Service {
         let router = crate::probes::router(
             registry.clone(),
             vec![
-                Arc::new(crate::probes::StoreReady(dependencies.store.clone())),
-                Arc::new(crate::probes::BusReady(dependencies.bus.clone())),
+                std::sync::Arc::new(crate::probes::StoreReady(dependencies.store.clone())),
+                std::sync::Arc::new(crate::probes::BusReady(dependencies.bus.clone())),
             ],
             dependencies.settings.metrics_token.as_ref().map(|token| token.expose()),
         );

@@ -16,6 +16,7 @@
 
 pub mod access;
 pub mod catalog;
+#[cfg(feature = "testsuite")]
 pub mod conformance;
 pub mod error;
 pub mod finops;
@@ -24,6 +25,7 @@ pub mod model;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
+#[cfg(feature = "testsuite")]
 pub mod testing;
 pub mod workers;
 

@@ -424,7 +424,7 @@ async fn after_a_killed_qm_dev_restarts_instances_whose_agents_died_are_not_left
     let (mut dev, session) = Session::start(&data_dir).await;
     let ids = session.deploy(["local", "local-1", "local.mock-gpu"], 2).await;
     for id in &ids {
-        session.state_within(id, |state| state == "ready", Duration::from_secs(30)).await;
+        session.state_within(id, |state| state == "ready", Duration::from_secs(60)).await;
     }
     let pids: Vec<u64> = ids.iter().map(|id| local_pid(&data_dir, id)).collect();
     dev.child.kill().expect("kill -9 qm dev");

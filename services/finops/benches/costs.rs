@@ -9,8 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+use qm_costs as cost;
 use qm_domain::{InstanceId, OrganizationId};
-use qm_finops::cost;
 use qm_store::testing::TestDatabase;
 use qm_store::{BillingStart, CostFilter, NewOrganization, Store, TimeRange};
 use rand::rngs::StdRng;

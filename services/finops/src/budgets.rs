@@ -12,7 +12,7 @@ use qm_events::{Envelope, MessageType};
 use qm_runtime::Shutdown;
 use qm_store::{ActionStatus, BudgetAlert, CostFilter, NewActionLog, Store, StoreError};
 
-use crate::cost;
+use qm_costs as cost;
 
 pub struct Watcher {
     pub store: Arc<dyn Store>,

@@ -1,10 +1,9 @@
 //! The `finops` service (issue 6): turns billing and usage events into cost intervals and token
 //! usage ([`events`]), watches budgets and exposes cost gauges ([`budgets`]). The queries the api
-//! serves under `/finops/…` are in [`cost`]: totals, breakdowns, series and forecasts computed
-//! from intervals.
+//! serves under `/finops/…` (totals, breakdowns, series and forecasts computed from intervals)
+//! are in the `qm-costs` crate, which the api and this service both use.
 
 pub mod budgets;
-pub mod cost;
 pub mod events;
 
 use std::net::SocketAddr;

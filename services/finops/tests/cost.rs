@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
+use qm_costs as cost;
 use qm_domain::{InstanceId, OrganizationId};
 use qm_events::{Envelope, MessageType};
-use qm_finops::cost;
 use qm_runtime::consumer::Handler;
 use qm_store::{CostFilter, NewOrganization, Store, TimeRange};
 use rand::rngs::StdRng;

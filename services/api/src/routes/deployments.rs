@@ -180,8 +180,7 @@ async fn enforce_budget(state: &AppState, principal: &Principal, placements: &[O
     let added = most_expensive(placements, 0).saturating_mul(i64::from(count)).saturating_add(pending);
     let currency = settings.reporting_currency.to_string();
     let now = qm_store::now();
-    let Some(exceeded) = qm_finops::cost::check_cap(store, &currency, principal.organization_id, added, now).await?
-    else {
+    let Some(exceeded) = qm_costs::check_cap(store, &currency, principal.organization_id, added, now).await? else {
         return Ok(());
     };
     let detail = format!(

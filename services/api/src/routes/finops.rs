@@ -1,13 +1,13 @@
 //! `/finops/…`: costs, series, forecasts, token usage, cost per token, budgets and exchange
-//! rates, computed by `qm_finops::cost` from the cost intervals and usage the finops service
+//! rates, computed by `qm_costs` from the cost intervals and usage the finops service
 //! records. Every amount is integer micro-units of the reporting currency. Callers see their
 //! organization; the platform administrator sees every organization, or one with
 //! `organization_id`.
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
+use qm_costs as cost;
 use qm_domain::{Currency, InstanceId, MicroUnits, OrganizationId, Role};
-use qm_finops::cost;
 use qm_store::{Budget, CostFilter, TimeRange};
 use serde::{Deserialize, Serialize};
 

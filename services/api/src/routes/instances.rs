@@ -89,13 +89,13 @@ pub async fn get(
     let cost_to_date = interval.as_ref().and_then(|interval| {
         let started = interval.started_s?;
         let ended = interval.stopped_s.unwrap_or(now_s).min(now_s).max(started);
-        Some(qm_finops::cost::project(interval.reporting_hourly_micros?, ended - started))
+        Some(qm_costs::project(interval.reporting_hourly_micros?, ended - started))
     });
     Ok(Json(InstanceDetail {
         instance,
         history,
-        billing_started_at: interval.as_ref().and_then(|interval| interval.started_s).map(qm_finops::cost::time),
-        billing_stopped_at: interval.as_ref().and_then(|interval| interval.stopped_s).map(qm_finops::cost::time),
+        billing_started_at: interval.as_ref().and_then(|interval| interval.started_s).map(qm_costs::time),
+        billing_stopped_at: interval.as_ref().and_then(|interval| interval.stopped_s).map(qm_costs::time),
         billed_hourly_price_micros: interval.as_ref().and_then(|interval| interval.hourly_price_micros),
         billed_currency: interval.as_ref().and_then(|interval| interval.currency.clone()),
         reporting_hourly_price_micros: interval.as_ref().and_then(|interval| interval.reporting_hourly_micros),

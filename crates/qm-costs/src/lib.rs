@@ -1,5 +1,7 @@
 //! Costs, series, forecasts, token usage and budgets, computed from cost intervals (never from a
-//! row per instance per minute), so that they stay cheap as fleets and history grow.
+//! row per instance per minute), so that they stay cheap as fleets and history grow. The api
+//! serves these queries and the finops service's budget watcher and gauges use them; both depend
+//! on this crate, not on each other.
 //!
 //! Exactness: an interval costs `hourly × seconds / 3600` micro-units. Over a range, every figure
 //! is the exact sum rounded down once: a total or a breakdown entry is `⌊Σ h·o / 3600⌋` of its

@@ -16,7 +16,7 @@ for service in qm-api qm-orchestrator qm-finops qm-router qm-worker-agent; do
     fi
 done
 linked=$("$CARGO" tree --offline -p qm-worker-agent -e normal --prefix none | awk '{ print $1 }' \
-    | grep -E '^qm-(store|bus|events)$' | sort -u || true)
+    | grep -E '^qm-(store|bus)$' | sort -u || true)
 if [ -n "$linked" ]; then
     echo "error: qm-worker-agent links $(echo $linked); it must reach the control plane over HTTP only" >&2
     failed=1

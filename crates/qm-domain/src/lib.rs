@@ -9,12 +9,14 @@
 //! - [`money`]: integer micro-unit amounts and ISO currency codes.
 //! - [`actions`]: the catalogue of action log types.
 //! - [`lifecycle`]: instance states and the pure transition function.
+//! - [`offer`]: an instance type in a zone at a price.
 
 pub mod actions;
 pub mod identity;
 pub mod ids;
 pub mod lifecycle;
 pub mod money;
+pub mod offer;
 
 pub use identity::{Email, ModelId, Role, Username};
 pub use ids::{
@@ -23,3 +25,4 @@ pub use ids::{
 };
 pub use lifecycle::{InstanceState, TransitionError};
 pub use money::{Currency, ExchangeRates, MicroUnits};
+pub use offer::Offer;

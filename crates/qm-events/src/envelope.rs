@@ -69,6 +69,29 @@ impl Envelope {
         }
     }
 
+    /// A new root message carrying `payload`.
+    pub fn of<P: crate::Payload>(payload: &P, source: &str, org_id: Option<OrganizationId>) -> Self {
+        let mut envelope = Self::new(P::TYPE, source, org_id, crate::payloads::encode(payload));
+        envelope.version = P::VERSION;
+        envelope
+    }
+
+    /// A message carrying `payload` caused by `self`.
+    pub fn caused_by<P: crate::Payload>(&self, payload: &P, source: &str) -> Self {
+        let mut envelope = self.caused(P::TYPE, source, crate::payloads::encode(payload));
+        envelope.version = P::VERSION;
+        envelope
+    }
+
+    /// Reads the payload back.
+    ///
+    /// # Errors
+    /// [`DecodeError`](crate::DecodeError) for another type, another version or another shape;
+    /// consumers dead-letter the message with it.
+    pub fn decode<P: crate::Payload>(&self) -> Result<P, crate::DecodeError> {
+        crate::payloads::decode(self)
+    }
+
     pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
         self.traceparent = traceparent;
         self

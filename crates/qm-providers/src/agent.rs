@@ -6,6 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use qm_domain::InstanceId;
+use qm_events::worker::{
+    GpuInfo, GpuMetrics, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, TokenUsage,
+    WorkerStatus,
+};
+
 /// What an instance's boot configuration tells its agent. It travels as JSON inside a
 /// `#cloud-config` document ([`BootConfig::render`]) whose values are all YAML-quoted, so no
 /// value, whatever it contains, can add a key to either document; the agent reads the JSON file
@@ -110,12 +116,11 @@ impl BootConfig {
 /// What an agent reports in each heartbeat.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentStatus {
-    /// `starting`, `ready`, `not_ready` or `draining`.
-    pub status: &'static str,
+    pub status: WorkerStatus,
     pub queue_depth: u32,
     pub in_flight: u32,
-    /// GPU metrics as the heartbeat carries them (empty without NVML).
-    pub gpus: Vec<serde_json::Value>,
+    /// Empty without NVML.
+    pub gpus: Vec<GpuMetrics>,
     /// The engine's cumulative token counters, when it exposes them.
     pub tokens: Option<TokenCounters>,
 }
@@ -139,7 +144,7 @@ impl TokenCounters {
 
 impl AgentStatus {
     pub fn ready() -> Self {
-        Self { status: "ready", queue_depth: 0, in_flight: 0, gpus: Vec::new(), tokens: None }
+        Self { status: WorkerStatus::Ready, queue_depth: 0, in_flight: 0, gpus: Vec::new(), tokens: None }
     }
 }
 
@@ -163,8 +168,8 @@ impl StatusSource for AlwaysReady {
 pub struct AgentInfo {
     pub engine_url: String,
     pub agent_version: String,
-    /// The GPUs as registration carries them (index, name, memory_total_mb); empty without NVML.
-    pub gpus: Vec<serde_json::Value>,
+    /// Empty without NVML.
+    pub gpus: Vec<GpuInfo>,
 }
 
 /// Runs the simulated agent of a `sim` instance until `gone` is set.
@@ -184,10 +189,18 @@ pub async fn run(config: BootConfig, boot_delay: Duration, gone: Arc<AtomicBool>
 pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSource>, gone: Arc<AtomicBool>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(10)).build() else { return };
-    let registration = serde_json::json!({
-        "instance_id": config.instance_id, "bootstrap_token": config.bootstrap_token, "model": config.model,
-        "engine_url": info.engine_url, "agent_version": info.agent_version, "gpus": info.gpus,
-    });
+    let Ok(instance_id) = config.instance_id.parse::<InstanceId>() else {
+        tracing::error!(instance = %config.instance_id, "agent: the boot configuration's instance id is not an id");
+        return;
+    };
+    let registration = RegisterRequest {
+        instance_id,
+        bootstrap_token: config.bootstrap_token.clone(),
+        model: config.model.clone(),
+        engine_url: info.engine_url,
+        agent_version: info.agent_version,
+        gpus: info.gpus,
+    };
     let (token, mut interval) = loop {
         if gone.load(Ordering::Relaxed) {
             return;
@@ -196,10 +209,11 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
             client.post(format!("{}/internal/worker/register", config.api_url)).json(&registration).send().await;
         match response {
             Ok(response) if response.status().is_success() => {
-                let Ok(body) = response.json::<serde_json::Value>().await else { return };
-                let token = body["worker_token"].as_str().unwrap_or_default().to_owned();
-                let interval = Duration::from_secs(body["heartbeat_interval_seconds"].as_u64().unwrap_or(5).max(1));
-                break (token, interval);
+                let Ok(registered) = response.json::<RegisterResponse>().await else {
+                    tracing::warn!(instance = %config.instance_id, "agent: the registration answer is not understood");
+                    return;
+                };
+                break (registered.worker_token, Duration::from_secs(registered.heartbeat_interval_seconds.max(1)));
             }
             Ok(response) if response.status().is_client_error() => {
                 tracing::warn!(instance = %config.instance_id, status = %response.status(), "agent: registration refused");
@@ -215,11 +229,14 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
     while !gone.load(Ordering::Relaxed) {
         let status = source.status().await;
         let usage = status.tokens.map(|counters| counters.since(reported));
-        let heartbeat = serde_json::json!({
-            "instance_id": config.instance_id, "status": status.status, "queue_depth": status.queue_depth,
-            "in_flight": status.in_flight, "gpus": status.gpus,
-            "usage": usage.map(|usage| serde_json::json!({ "prompt_tokens": usage.prompt, "completion_tokens": usage.completion })),
-        });
+        let heartbeat = HeartbeatRequest {
+            instance_id,
+            status: status.status,
+            queue_depth: status.queue_depth,
+            in_flight: status.in_flight,
+            gpus: status.gpus,
+            usage: usage.map(|usage| TokenUsage { prompt_tokens: usage.prompt, completion_tokens: usage.completion }),
+        };
         let sent = client
             .post(format!("{}/internal/worker/heartbeat", config.api_url))
             .bearer_auth(&token)
@@ -238,10 +255,8 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
             {
                 reported = counters;
             }
-            if let Ok(body) = response.json::<serde_json::Value>().await
-                && let Some(seconds) = body["heartbeat_interval_seconds"].as_u64()
-            {
-                interval = Duration::from_secs(seconds.max(1));
+            if let Ok(answer) = response.json::<HeartbeatResponse>().await {
+                interval = Duration::from_secs(answer.heartbeat_interval_seconds.max(1));
             }
         }
         // Short naps, so that a stop is noticed promptly.

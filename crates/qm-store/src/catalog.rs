@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use qm_domain::{InstanceTypeId, RegionId, ZoneId};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::StoreError;
 
@@ -117,21 +117,8 @@ pub struct InstanceTypeInput {
     pub active: bool,
 }
 
-/// An instance type offered in a zone, with everything up the chain active.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Offer {
-    pub provider: String,
-    pub region: String,
-    pub zone_id: ZoneId,
-    pub zone: String,
-    pub instance_type_id: InstanceTypeId,
-    pub instance_type: String,
-    pub gpu_model: Option<String>,
-    pub gpu_count: i32,
-    pub gpu_memory_gb: i32,
-    pub hourly_price_micros: i64,
-    pub currency: String,
-}
+/// An instance type offered in a zone (the domain's [`qm_domain::Offer`]).
+pub use qm_domain::Offer;
 
 #[async_trait]
 pub trait CatalogStore {

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use qm_domain::{DeploymentId, InstanceId, InstanceState, InstanceTypeId, OrganizationId, UserId, ZoneId};
 use qm_events::Envelope;
+use qm_events::payloads::{InstanceBillingStopped, InstanceStateChanged};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -56,18 +57,18 @@ pub struct Instance {
 
 impl Instance {
     /// The `data` of the `instance.state_changed` event announcing its current state.
-    pub fn state_changed(&self, from: Option<InstanceState>, reason: Option<&str>) -> Value {
-        serde_json::json!({
-            "instance_id": self.id,
-            "deployment_id": self.deployment_id,
-            "provider": self.provider,
-            "zone": self.zone,
-            "instance_type": self.instance_type,
-            "from": from,
-            "to": self.state,
-            "reason": reason,
-            "progress_percent": self.progress_percent,
-        })
+    pub fn state_changed(&self, from: Option<InstanceState>, reason: Option<&str>) -> InstanceStateChanged {
+        InstanceStateChanged {
+            instance_id: self.id,
+            deployment_id: self.deployment_id,
+            provider: self.provider.clone(),
+            zone: self.zone.clone(),
+            instance_type: self.instance_type.clone(),
+            from,
+            to: self.state,
+            reason: reason.map(str::to_owned),
+            progress_percent: self.progress_percent,
+        }
     }
 }
 
@@ -172,18 +173,17 @@ pub async fn record_transition(
         "zone": moved.zone, "instance_type": moved.instance_type, "provider_instance_id": moved.provider_instance_id,
     });
     tx.insert_action_log(&entry).await?;
-    let data = moved.state_changed(Some(instance.state), Some(change.reason));
-    let kind = qm_events::MessageType::InstanceStateChanged;
+    let changed = moved.state_changed(Some(instance.state), Some(change.reason));
     let event = match change.cause {
-        Some(cause) => cause.caused(kind, change.component, data),
-        None => Envelope::new(kind, change.component, Some(moved.organization_id), data)
+        Some(cause) => cause.caused_by(&changed, change.component),
+        None => Envelope::of(&changed, change.component, Some(moved.organization_id))
             .with_traceparent(change.traceparent.clone()),
     };
     tx.enqueue(&event).await?;
     // Billing stops when the instance is gone for good (FinOps, issue 6), once.
     if change.to.is_terminal() && crate::FinopsTx::stop_billing(tx, moved.id, moved.state_changed_at).await? {
-        let data = serde_json::json!({ "instance_id": moved.id, "stopped_at": moved.state_changed_at });
-        tx.enqueue(&event.caused(qm_events::MessageType::InstanceBillingStopped, change.component, data)).await?;
+        let stopped = InstanceBillingStopped { instance_id: moved.id, stopped_at: moved.state_changed_at };
+        tx.enqueue(&event.caused_by(&stopped, change.component)).await?;
     }
     Ok(Some((moved, event)))
 }

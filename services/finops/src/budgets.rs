@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, IntGaugeVec, Registry};
-use qm_events::{Envelope, MessageType};
+use qm_events::Envelope;
+use qm_events::payloads::BudgetThresholdCrossed;
 use qm_runtime::Shutdown;
 use qm_store::{ActionStatus, BudgetAlert, CostFilter, NewActionLog, Store, StoreError};
 
@@ -108,11 +109,15 @@ impl Watcher {
         if !tx.record_budget_alert(alert).await? {
             return Ok(false);
         }
-        let data = serde_json::json!({
-            "organization_id": alert.organization_id, "period": alert.period, "threshold_percent": alert.threshold,
-            "amount_micros": amount_micros, "spend_micros": alert.spend_micros, "currency": self.currency,
-        });
-        let event = Envelope::new(MessageType::BudgetThresholdCrossed, crate::NAME, Some(alert.organization_id), data);
+        let crossed = BudgetThresholdCrossed {
+            organization_id: alert.organization_id,
+            period: alert.period.clone(),
+            threshold_percent: alert.threshold,
+            amount_micros,
+            spend_micros: alert.spend_micros,
+            currency: self.currency.clone(),
+        };
+        let event = Envelope::of(&crossed, crate::NAME, Some(alert.organization_id));
         tx.enqueue(&event).await?;
         let mut entry = NewActionLog::new(crate::NAME, "budget.threshold_crossed", ActionStatus::Succeeded);
         entry.organization_id = Some(alert.organization_id);

@@ -4,52 +4,17 @@
 //! stop win), so late, duplicated or out-of-order events leave the same result.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use qm_domain::{InstanceId, OrganizationId};
+use qm_domain::OrganizationId;
+use qm_events::payloads::{InstanceBillingStarted, InstanceBillingStopped, UsageTokens};
 use qm_events::{Envelope, MessageType};
 use qm_runtime::consumer::{Handler, HandlerError};
 use qm_store::{BillingStart, StoreTx, UsageRecord};
-use serde::Deserialize;
 
 pub const GROUP: &str = "finops";
 
-#[derive(Debug, Deserialize)]
-struct BillingStarted {
-    instance_id: InstanceId,
-    provider: String,
-    region: String,
-    zone: String,
-    instance_type: String,
-    model: String,
-    currency: String,
-    hourly_price_micros: i64,
-    reporting_currency: String,
-    reporting_hourly_price_micros: i64,
-    started_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Deserialize)]
-struct BillingStopped {
-    instance_id: InstanceId,
-    stopped_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Deserialize)]
-struct UsageTokens {
-    instance_id: Option<InstanceId>,
-    api_key_id: Option<uuid::Uuid>,
-    model: String,
-    prompt_tokens: i64,
-    completion_tokens: i64,
-    provider: Option<String>,
-    region: Option<String>,
-    zone: Option<String>,
-    instance_type: Option<String>,
-}
-
-fn parse<T: serde::de::DeserializeOwned>(envelope: &Envelope) -> Result<T, HandlerError> {
-    serde_json::from_value(envelope.data.clone())
-        .map_err(|error| HandlerError::Reject(format!("malformed `{}`: {error}", envelope.message_type)))
+/// Reads the payload; another version or shape is dead-lettered with the reason.
+fn decode<P: qm_events::Payload>(envelope: &Envelope) -> Result<P, HandlerError> {
+    envelope.decode().map_err(|error| HandlerError::Reject(error.to_string()))
 }
 
 fn organization(envelope: &Envelope) -> Result<OrganizationId, HandlerError> {
@@ -63,7 +28,7 @@ impl Handler for CostEvents {
     async fn handle(&self, envelope: &Envelope, tx: &mut dyn StoreTx) -> Result<(), HandlerError> {
         match envelope.known_type() {
             Some(MessageType::InstanceBillingStarted) => {
-                let event: BillingStarted = parse(envelope)?;
+                let event: InstanceBillingStarted = decode(envelope)?;
                 if event.hourly_price_micros < 0 || event.reporting_hourly_price_micros < 0 {
                     return Err(HandlerError::Reject("a negative hourly price".into()));
                 }
@@ -84,11 +49,11 @@ impl Handler for CostEvents {
                 tx.open_interval(&start).await?;
             }
             Some(MessageType::InstanceBillingStopped) => {
-                let event: BillingStopped = parse(envelope)?;
+                let event: InstanceBillingStopped = decode(envelope)?;
                 tx.close_interval(event.instance_id, envelope.org_id, event.stopped_at.timestamp()).await?;
             }
             Some(MessageType::UsageTokens) => {
-                let event: UsageTokens = parse(envelope)?;
+                let event: UsageTokens = decode(envelope)?;
                 let plausible = 0..=qm_events::MAX_TOKENS_PER_REPORT;
                 if !plausible.contains(&event.prompt_tokens) || !plausible.contains(&event.completion_tokens) {
                     return Err(HandlerError::Reject(format!(

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 
 use prometheus::IntCounterVec;
 use qm_bus::{EventBus, SubscriptionOptions};
+use qm_events::payloads::{CatalogSync, FleetReconcile, InstanceProvision};
 use qm_events::{Channel, MessageType};
 use qm_runtime::Shutdown;
 use qm_runtime::backoff::Backoff;
@@ -159,41 +160,67 @@ impl Commands {
             .clone()
     }
 
+    /// Runs a coalesced command (`kind` for `scope`, every provider when `None`).
+    async fn coalesced<F, Fut>(
+        &self,
+        kind: &str,
+        scope: Option<String>,
+        requested_at: DateTime<Utc>,
+        work: F,
+    ) -> Result<(), SagaError>
+    where
+        F: FnOnce(Option<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), SagaError>>,
+    {
+        let key = format!("{kind}:{}", scope.as_deref().unwrap_or("*"));
+        let outcome = self.coalescer.run(&key, requested_at, || work(scope)).await?;
+        tracing::debug!(?outcome, kind, "coalesced command");
+        Ok(())
+    }
+
     /// Carries out one command and settles it.
     async fn handle(&self, delivery: Delivery) {
         let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let kind = delivery.envelope.known_type();
-        let scope = delivery.envelope.data["provider"].as_str().map(str::to_owned);
-        let requested_at = delivery.envelope.occurred_at;
-        let result = match kind {
-            Some(MessageType::InstanceProvision) => {
-                let provider = delivery.envelope.data["placements"][0]["provider"].as_str().unwrap_or_default();
-                let slots = self.provider_slots(provider);
-                let _slot = slots.acquire().await;
-                self.saga.provision(&delivery.envelope).await
-            }
-            Some(MessageType::InstanceTerminate) => self.saga.terminate(&delivery.envelope).await,
-            Some(MessageType::CatalogSync) => {
-                let key = format!("catalog.sync:{}", scope.as_deref().unwrap_or("*"));
-                let run = self.coalescer.run(&key, requested_at, || async {
-                    let report = self.catalog.sync(scope.as_deref()).await?;
-                    tracing::info!(?report, "catalog synced on request");
-                    Ok(())
-                });
-                run.await.map(|outcome| tracing::debug!(?outcome, "catalog.sync"))
-            }
-            Some(MessageType::FleetReconcile) => {
-                let key = format!("fleet.reconcile:{}", scope.as_deref().unwrap_or("*"));
-                let run = self.coalescer.run(&key, requested_at, || async {
-                    let report = self.reconciler.reconcile(scope.as_deref()).await?;
-                    tracing::info!(?report, "reconciliation on request");
-                    Ok(())
-                });
-                run.await.map(|outcome| tracing::debug!(?outcome, "fleet.reconcile"))
-            }
+        let envelope = &delivery.envelope;
+        let requested_at = envelope.occurred_at;
+        // Every payload is decoded before any work: another version or shape is dead-lettered
+        // with the reason.
+        let result = match envelope.known_type() {
+            Some(MessageType::InstanceProvision) => match envelope.decode::<InstanceProvision>() {
+                Ok(command) => {
+                    let provider = command.placements.first().map(|offer| offer.provider.as_str()).unwrap_or_default();
+                    let slots = self.provider_slots(provider);
+                    let _slot = slots.acquire().await;
+                    self.saga.provision(envelope).await
+                }
+                Err(error) => Err(SagaError::Reject(error.to_string())),
+            },
+            Some(MessageType::InstanceTerminate) => self.saga.terminate(envelope).await,
+            Some(MessageType::CatalogSync) => match envelope.decode::<CatalogSync>() {
+                Ok(command) => {
+                    self.coalesced("catalog.sync", command.provider, requested_at, |scope| async move {
+                        let report = self.catalog.sync(scope.as_deref()).await?;
+                        tracing::info!(?report, "catalog synced on request");
+                        Ok(())
+                    })
+                    .await
+                }
+                Err(error) => Err(SagaError::Reject(error.to_string())),
+            },
+            Some(MessageType::FleetReconcile) => match envelope.decode::<FleetReconcile>() {
+                Ok(command) => {
+                    self.coalesced("fleet.reconcile", command.provider, requested_at, |scope| async move {
+                        let report = self.reconciler.reconcile(scope.as_deref()).await?;
+                        tracing::info!(?report, "reconciliation on request");
+                        Ok(())
+                    })
+                    .await
+                }
+                Err(error) => Err(SagaError::Reject(error.to_string())),
+            },
             _ => Err(SagaError::Reject(format!(
                 "this orchestrator version does not carry out `{}` commands",
-                delivery.envelope.message_type
+                envelope.message_type
             ))),
         };
         let type_label = delivery.envelope.message_type.clone();

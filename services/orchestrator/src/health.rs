@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use qm_domain::{InstanceId, InstanceState};
-use qm_events::{Envelope, MessageType};
+use qm_events::Envelope;
+use qm_events::payloads::InstanceTerminate;
 use qm_runtime::Shutdown;
 use qm_store::{ActionStatus, Instance, InstanceAnnotation, NewActionLog, Store};
 
@@ -286,8 +287,8 @@ impl Health {
             retried.insert(instance.id, Instant::now());
         }
         let reason = format!("still terminating after {} s", self.deadlines.terminating.as_secs());
-        let data = serde_json::json!({ "instance_id": instance.id, "reason": reason, "requested_by": null });
-        let command = Envelope::new(MessageType::InstanceTerminate, crate::NAME, Some(instance.organization_id), data);
+        let payload = InstanceTerminate { instance_id: instance.id, reason: reason.clone(), requested_by: None };
+        let command = Envelope::of(&payload, crate::NAME, Some(instance.organization_id));
         let mut entry = NewActionLog::new(crate::NAME, "instance.terminate_retried", ActionStatus::Succeeded);
         entry.organization_id = Some(instance.organization_id);
         entry.instance_id = Some(instance.id);

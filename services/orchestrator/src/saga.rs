@@ -19,13 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qm_domain::{Currency, ExchangeRates, InstanceId, InstanceState, InstanceTypeId, MicroUnits, ZoneId};
-use qm_events::{Envelope, MessageType};
+use qm_events::Envelope;
+use qm_events::payloads::{InstanceBillingStarted, InstanceProvision, InstanceTerminate};
 use qm_providers::{CloudProvider, CreateRequest, ProviderStatus};
 use qm_store::{
     ActionStatus, Instance, InstanceAnnotation, NewActionLog, Offer, RecordedTransition, Store, StoreError,
     record_transition,
 };
-use serde::Deserialize;
 
 /// Progress after each provisioning step (DESIGN section 5).
 pub mod progress {
@@ -54,24 +54,11 @@ impl From<StoreError> for SagaError {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct ProvisionCommand {
-    instance_id: InstanceId,
-    #[serde(default)]
-    model: String,
-    placements: Vec<Offer>,
-}
-
 /// Prefix of the one-time bootstrap tokens handed to instances.
 pub const BOOTSTRAP_TOKEN_PREFIX: &str = "qmb_";
 /// How long a bootstrap token may wait for its agent's registration: the provisioning and
 /// boot deadlines, with margin. An unused token then no longer registers anything.
 pub const BOOTSTRAP_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(60 * 60);
-
-#[derive(Debug, Deserialize)]
-struct TerminateCommand {
-    instance_id: InstanceId,
-}
 
 pub use crate::resilient::Retry;
 
@@ -202,14 +189,20 @@ impl Saga {
         let at = qm_store::now();
         let mut tx = self.store.begin().await?;
         if tx.start_billing(instance.id, at).await? {
-            let data = serde_json::json!({
-                "instance_id": instance.id, "provider": placement.provider, "region": placement.region,
-                "zone": placement.zone, "instance_type": placement.instance_type, "model": model,
-                "currency": placement.currency, "hourly_price_micros": placement.hourly_price_micros,
-                "reporting_currency": reporting_currency, "reporting_hourly_price_micros": reporting_price.get(),
-                "started_at": at,
-            });
-            tx.enqueue(&command.caused(MessageType::InstanceBillingStarted, crate::NAME, data)).await?;
+            let started = InstanceBillingStarted {
+                instance_id: instance.id,
+                provider: placement.provider.clone(),
+                region: placement.region.clone(),
+                zone: placement.zone.clone(),
+                instance_type: placement.instance_type.clone(),
+                model: model.to_owned(),
+                currency: placement.currency.clone(),
+                hourly_price_micros: placement.hourly_price_micros,
+                reporting_currency,
+                reporting_hourly_price_micros: reporting_price.get(),
+                started_at: at,
+            };
+            tx.enqueue(&command.caused_by(&started, crate::NAME)).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -256,8 +249,9 @@ impl Saga {
         };
         let Some((moved, event)) = record_transition(&mut *tx, instance, &change).await? else { return Ok(None) };
         if step.then_terminate {
-            let data = serde_json::json!({ "instance_id": moved.id, "reason": step.reason, "requested_by": null });
-            tx.enqueue(&event.caused(MessageType::InstanceTerminate, crate::NAME, data)).await?;
+            let terminate =
+                InstanceTerminate { instance_id: moved.id, reason: step.reason.to_owned(), requested_by: None };
+            tx.enqueue(&event.caused_by(&terminate, crate::NAME)).await?;
         }
         tx.commit().await?;
         Ok(Some(moved))
@@ -296,8 +290,7 @@ impl Saga {
     /// redelivered and resumes); [`SagaError::Reject`] for a malformed command.
     pub async fn provision(&self, command: &Envelope) -> Result<(), SagaError> {
         let started = Instant::now();
-        let request: ProvisionCommand =
-            serde_json::from_value(command.data.clone()).map_err(|error| SagaError::Reject(error.to_string()))?;
+        let request: InstanceProvision = command.decode().map_err(|error| SagaError::Reject(error.to_string()))?;
         let Some(mut instance) = self.store.instance(request.instance_id).await? else {
             tracing::info!(instance = %request.instance_id, "provision: the instance no longer exists");
             return Ok(());
@@ -469,8 +462,7 @@ impl Saga {
     /// [`SagaError::Retry`] while the provider keeps failing.
     pub async fn terminate(&self, command: &Envelope) -> Result<(), SagaError> {
         let started = Instant::now();
-        let request: TerminateCommand =
-            serde_json::from_value(command.data.clone()).map_err(|error| SagaError::Reject(error.to_string()))?;
+        let request: InstanceTerminate = command.decode().map_err(|error| SagaError::Reject(error.to_string()))?;
         let Some(instance) = self.store.instance(request.instance_id).await? else { return Ok(()) };
         if instance.state != InstanceState::Terminating {
             return Ok(());

@@ -292,6 +292,12 @@ async fn commands_on_the_bus_are_carried_out_by_the_service() {
     bus.publish(&command).await.unwrap();
     let unknown = Envelope::new(MessageType::PoolScale, "test", None, json!({}));
     bus.publish(&unknown).await.unwrap();
+    // A newer version of a known command, and a command of the right type but another shape.
+    let (_, mut newer) = world.requested(&["sim-eu-1"]).await;
+    newer.version = 2;
+    bus.publish(&newer).await.unwrap();
+    let misshapen = Envelope::new(MessageType::InstanceProvision, "test", None, json!({ "instance": "x" }));
+    bus.publish(&misshapen).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while world.state(id).await.state != InstanceState::Booting {
         assert!(tokio::time::Instant::now() < deadline, "not booting in time: {:?}", world.state(id).await.state);
@@ -306,11 +312,15 @@ async fn commands_on_the_bus_are_carried_out_by_the_service() {
     assert_eq!(cloud.stats().live, 0);
     // A command this version cannot carry out is dead-lettered, not dropped.
     let mut dead = Vec::new();
-    while dead.is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "not dead-lettered in time");
+    while dead.len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "not dead-lettered in time: {dead:?}");
         dead = bus.dead_letters(qm_orchestrator::commands::GROUP, 10).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let reasons: Vec<&str> = dead.iter().map(|letter| letter.reason.as_str()).collect();
+    assert!(reasons.iter().any(|reason| reason.contains("version 2 is not supported")), "{reasons:?}");
+    assert!(reasons.iter().any(|reason| reason.contains("malformed `instance.provision`")), "{reasons:?}");
+    assert!(reasons.iter().any(|reason| reason.contains("does not carry out `pool.scale`")), "{reasons:?}");
     shutdown.trigger();
     running.await.unwrap().unwrap();
     world.cleanup();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use qm_events::worker::WorkerStatus;
 use qm_providers::agent::{AgentStatus, StatusSource, TokenCounters};
 
 use crate::gpu::Gpus;
@@ -71,11 +72,11 @@ impl StatusSource for EngineStatus {
             Err(_) => String::new(),
         };
         let status = if self.draining.load(Ordering::Relaxed) {
-            "draining"
+            WorkerStatus::Draining
         } else if healthy {
-            "ready"
+            WorkerStatus::Ready
         } else {
-            "not_ready"
+            WorkerStatus::NotReady
         };
         AgentStatus {
             status,

@@ -6,7 +6,7 @@
 
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
-use serde_json::{Value, json};
+use qm_events::worker::{GpuInfo, GpuMetrics};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -42,16 +42,16 @@ impl Gpus {
     }
 
     /// What registration carries: index, name and total memory per GPU.
-    pub fn inventory(&self) -> Vec<Value> {
+    pub fn inventory(&self) -> Vec<GpuInfo> {
         self.each(|index, device| {
             let name = device.name().ok()?;
             let memory = device.memory_info().ok()?;
-            Some(json!({ "index": index, "name": name, "memory_total_mb": memory.total / MIB }))
+            Some(GpuInfo { index, name, memory_total_mb: memory.total / MIB })
         })
     }
 
     /// What a heartbeat carries, per GPU.
-    pub fn metrics(&self) -> Vec<Value> {
+    pub fn metrics(&self) -> Vec<GpuMetrics> {
         self.each(|index, device| {
             let memory = device.memory_info().ok()?;
             let utilization = device.utilization_rates().ok().map_or(0, |rates| rates.gpu);
@@ -61,7 +61,7 @@ impl Gpus {
         })
     }
 
-    fn each(&self, read: impl Fn(u32, &nvml_wrapper::Device<'_>) -> Option<Value>) -> Vec<Value> {
+    fn each<T>(&self, read: impl Fn(u32, &nvml_wrapper::Device<'_>) -> Option<T>) -> Vec<T> {
         let Some(nvml) = &self.nvml else { return Vec::new() };
         let count = nvml.device_count().unwrap_or(0);
         (0..count).filter_map(|index| read(index, &nvml.device_by_index(index).ok()?)).collect()
@@ -76,15 +76,15 @@ fn reading(
     memory_total_bytes: u64,
     temperature_c: Option<u32>,
     power_milliwatts: Option<u32>,
-) -> Value {
-    json!({
-        "index": index,
-        "utilization_percent": f64::from(utilization_percent.min(100)),
-        "memory_used_mb": memory_used_bytes / MIB,
-        "memory_total_mb": memory_total_bytes / MIB,
-        "temperature_c": temperature_c.map(f64::from),
-        "power_w": power_milliwatts.map(|milliwatts| f64::from(milliwatts) / 1000.0),
-    })
+) -> GpuMetrics {
+    GpuMetrics {
+        index,
+        utilization_percent: f64::from(utilization_percent.min(100)),
+        memory_used_mb: memory_used_bytes / MIB,
+        memory_total_mb: memory_total_bytes / MIB,
+        temperature_c: temperature_c.map(f64::from),
+        power_w: power_milliwatts.map(|milliwatts| f64::from(milliwatts) / 1000.0),
+    }
 }
 
 #[cfg(test)]
@@ -94,14 +94,17 @@ mod tests {
     #[test]
     fn readings_are_converted_to_the_units_the_api_takes() {
         let entry = reading(1, 87, 40 * 1024 * MIB, 80 * 1024 * MIB, Some(64), Some(312_500));
-        assert_eq!(
-            entry,
-            json!({ "index": 1, "utilization_percent": 87.0, "memory_used_mb": 40960, "memory_total_mb": 81920,
-                    "temperature_c": 64.0, "power_w": 312.5 })
-        );
+        let expected = GpuMetrics {
+            index: 1,
+            utilization_percent: 87.0,
+            memory_used_mb: 40960,
+            memory_total_mb: 81920,
+            temperature_c: Some(64.0),
+            power_w: Some(312.5),
+        };
+        assert_eq!(entry, expected);
         let partial = reading(0, 0, 0, MIB, None, None);
-        assert_eq!(partial["temperature_c"], Value::Null);
-        assert_eq!(partial["power_w"], Value::Null);
+        assert_eq!((partial.temperature_c, partial.power_w), (None, None));
     }
 
     #[test]

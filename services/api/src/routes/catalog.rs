@@ -5,7 +5,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use qm_domain::{Currency, InstanceTypeId, RegionId, Role, ZoneId};
-use qm_events::MessageType;
+use qm_events::payloads::CatalogSync;
 use qm_store::{InstanceType, InstanceTypeInput, Provider, Region, RegionInput, Zone, ZoneInput};
 use serde::{Deserialize, Serialize};
 
@@ -401,16 +401,20 @@ pub async fn sync(
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let request = crate::problem::optional_json(&body)?;
-    issue_command(&state, &principal, MessageType::CatalogSync, "catalog.sync", request).await
+    issue_command(&state, &principal, "catalog.sync", request, |provider, requested_by| CatalogSync {
+        provider,
+        requested_by,
+    })
+    .await
 }
 
 /// Writes a platform-wide command for the orchestrator (catalog sync, reconciliation).
-pub(crate) async fn issue_command(
+pub(crate) async fn issue_command<P: qm_events::Payload>(
     state: &AppState,
     principal: &Principal,
-    message_type: MessageType,
     action_type: &'static str,
     request: Option<SyncRequest>,
+    payload: impl FnOnce(Option<String>, Option<qm_domain::UserId>) -> P,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let audit = Audit::start(action_type);
     principal.require(Role::Operator)?;
@@ -424,8 +428,7 @@ pub(crate) async fn issue_command(
     state.fleet_commands.take(&key).map_err(|seconds| {
         Problem::too_many_requests(format!("`{action_type}` was requested recently; try again in {seconds} s"), seconds)
     })?;
-    let command =
-        message(message_type, None, serde_json::json!({ "provider": provider, "requested_by": principal.user_id }));
+    let command = message(&payload(provider.clone(), principal.user_id), None);
     let mut tx = state.dependencies.store.begin().await?;
     tx.enqueue(&command).await?;
     audit

@@ -6,7 +6,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use qm_domain::{Currency, DeploymentId, InstanceId, MicroUnits, Role};
-use qm_events::MessageType;
+use qm_events::payloads::InstanceProvision;
 use qm_store::{Deployment, Instance, InstanceFilter, NewInstance, Offer, Store};
 use serde::{Deserialize, Serialize};
 
@@ -359,23 +359,16 @@ pub async fn create(
                 model: model.clone(),
             })
             .await?;
-        let provision = message(
-            MessageType::InstanceProvision,
-            Some(&principal),
-            serde_json::json!({
-                "instance_id": instance.id,
-                "deployment_id": deployment.id,
-                "model": model,
-                "placements": placements,
-            }),
-        );
+        let payload = InstanceProvision {
+            instance_id: instance.id,
+            deployment_id: Some(deployment.id),
+            model: model.clone(),
+            placements: placements.clone(),
+        };
+        let provision = message(&payload, Some(&principal));
         tx.enqueue(&provision).await?;
-        tx.enqueue(&provision.caused(
-            MessageType::InstanceStateChanged,
-            crate::NAME,
-            instance.state_changed(None, Some("deployment created")),
-        ))
-        .await?;
+        tx.enqueue(&provision.caused_by(&instance.state_changed(None, Some("deployment created")), crate::NAME))
+            .await?;
         instance_ids.push(instance.id);
     }
     audit

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use qm_domain::{InstanceId, InstanceState, Role};
-use qm_events::MessageType;
+use qm_events::payloads::{FleetReconcile, InstanceTerminate};
 use qm_store::{Instance, InstanceFilter, StateChange, Transition};
 use serde::{Deserialize, Serialize};
 
@@ -145,18 +145,10 @@ pub async fn terminate(
             return Err(Problem::conflict("the instance keeps changing state; read it again and retry"));
         }
     };
-    let command = message(
-        MessageType::InstanceTerminate,
-        Some(&principal),
-        serde_json::json!({ "instance_id": id, "reason": reason, "requested_by": principal.user_id }),
-    );
+    let payload = InstanceTerminate { instance_id: id, reason: reason.to_owned(), requested_by: principal.user_id };
+    let command = message(&payload, Some(&principal));
     tx.enqueue(&command).await?;
-    tx.enqueue(&command.caused(
-        MessageType::InstanceStateChanged,
-        crate::NAME,
-        updated.state_changed(Some(instance.state), Some(reason)),
-    ))
-    .await?;
+    tx.enqueue(&command.caused_by(&updated.state_changed(Some(instance.state), Some(reason)), crate::NAME)).await?;
     audit
         .record(&mut *tx, &principal, Some(id), serde_json::json!({ "from": instance.state, "command_id": command.id }))
         .await?;
@@ -199,5 +191,9 @@ pub async fn reconcile(
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let request = crate::problem::optional_json(&body)?;
-    issue_command(&state, &principal, MessageType::FleetReconcile, "fleet.reconcile", request).await
+    issue_command(&state, &principal, "fleet.reconcile", request, |provider, requested_by| FleetReconcile {
+        provider,
+        requested_by,
+    })
+    .await
 }

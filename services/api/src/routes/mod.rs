@@ -17,7 +17,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use qm_domain::InstanceId;
-use qm_events::{Envelope, MessageType};
+use qm_events::Envelope;
 use qm_store::{ActionStatus, NewActionLog, StoreTx};
 use serde::{Deserialize, Serialize};
 
@@ -127,8 +127,8 @@ fn with_credential(metadata: serde_json::Value, principal: &Principal) -> serde_
 }
 
 /// A message written by the API, carrying the caller's trace.
-pub fn message(message_type: MessageType, principal: Option<&Principal>, data: serde_json::Value) -> Envelope {
-    Envelope::new(message_type, crate::NAME, principal.map(|principal| principal.organization_id), data)
+pub fn message<P: qm_events::Payload>(payload: &P, principal: Option<&Principal>) -> Envelope {
+    Envelope::of(payload, crate::NAME, principal.map(|principal| principal.organization_id))
         .with_traceparent(qm_telemetry::traceparent::current())
 }
 

@@ -8,12 +8,13 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use qm_domain::{InstanceId, InstanceState, Role};
-use qm_events::{Envelope, MessageType};
+use qm_events::Envelope;
+use qm_events::payloads::{UsageTokens, WorkerHeartbeat, WorkerRegistered};
 use qm_store::{
     ActionStatus, Heartbeat, Instance, InstanceAnnotation, NewActionLog, RecordedTransition, Registration, StoreTx,
     Worker, record_transition,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::Audit;
 use crate::AppState;
@@ -31,94 +32,11 @@ pub const REGISTERED_PROGRESS: i32 = 80;
 /// plus booting (10 min), with margin.
 pub const BOOTSTRAP_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
 /// The most GPUs one registration or heartbeat may list.
-pub const MAX_GPUS: usize = 16;
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterRequest {
-    pub instance_id: InstanceId,
-    /// The one-time token the orchestrator gave the instance.
-    #[schema(max_length = 100)]
-    pub bootstrap_token: String,
-    #[schema(min_length = 1, max_length = 200, pattern = "^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")]
-    pub model: String,
-    /// Where the inference engine listens, e.g. `http://10.0.0.7:8000`. Only its port is used
-    /// to reach it: the host is the address the provider reports for the instance.
-    #[schema(max_length = 500)]
-    pub engine_url: String,
-    #[schema(min_length = 1, max_length = 100)]
-    pub agent_version: String,
-    #[serde(default)]
-    #[schema(max_items = 16)]
-    pub gpus: Vec<GpuInfo>,
-}
-
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GpuInfo {
-    pub index: u32,
-    pub name: String,
-    pub memory_total_mb: u64,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RegisterResponse {
-    /// Send as `Authorization: Bearer <token>` on heartbeats.
-    pub worker_token: String,
-    pub heartbeat_interval_seconds: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkerStatus {
-    Starting,
-    Ready,
-    NotReady,
-    Draining,
-}
-
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HeartbeatRequest {
-    pub instance_id: InstanceId,
-    pub status: WorkerStatus,
-    pub queue_depth: u32,
-    pub in_flight: u32,
-    /// Present when NVML found GPUs.
-    #[serde(default)]
-    #[schema(max_items = 16)]
-    pub gpus: Vec<GpuMetrics>,
-    /// Tokens the engine served since the last acknowledged heartbeat.
-    #[serde(default)]
-    pub usage: Option<TokenUsage>,
-}
-
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TokenUsage {
-    #[schema(maximum = 1_000_000_000)]
-    pub prompt_tokens: u64,
-    #[schema(maximum = 1_000_000_000)]
-    pub completion_tokens: u64,
-}
-
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GpuMetrics {
-    pub index: u32,
-    pub utilization_percent: f64,
-    pub memory_used_mb: u64,
-    pub memory_total_mb: u64,
-    pub temperature_c: Option<f64>,
-    pub power_w: Option<f64>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct HeartbeatResponse {
-    /// The instance's state after this heartbeat (`draining` tells the agent to drain).
-    pub instance_state: InstanceState,
-    pub heartbeat_interval_seconds: u64,
-}
+pub use qm_events::worker::MAX_GPUS;
+pub use qm_events::worker::{
+    GpuInfo, GpuMetrics, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, TokenUsage,
+    WorkerStatus,
+};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RotatedToken {
@@ -210,12 +128,16 @@ pub async fn register(
             InstanceAnnotation { progress_percent: Some(REGISTERED_PROGRESS), ..InstanceAnnotation::default() };
         tx.annotate_instance(instance.id, &annotation).await?;
     }
-    let metadata = serde_json::json!({ "agent_version": registration.agent_version, "engine_url": registration.engine_url, "model": registration.model, "gpus": request.gpus.len() });
-    tx.insert_action_log(&entry(&instance, "worker.register", ActionStatus::Succeeded, None, metadata.clone())).await?;
-    let mut data = metadata;
-    data["instance_id"] = serde_json::json!(instance.id);
-    tx.enqueue(&Envelope::new(MessageType::WorkerRegistered, crate::NAME, Some(instance.organization_id), data))
-        .await?;
+    let registered = WorkerRegistered {
+        instance_id: instance.id,
+        agent_version: registration.agent_version.clone(),
+        engine_url: registration.engine_url.clone(),
+        model: registration.model.clone(),
+        gpus: u32::try_from(request.gpus.len()).unwrap_or(u32::MAX),
+    };
+    let metadata = serde_json::json!({ "agent_version": registered.agent_version, "engine_url": registered.engine_url, "model": registered.model, "gpus": registered.gpus });
+    tx.insert_action_log(&entry(&instance, "worker.register", ActionStatus::Succeeded, None, metadata)).await?;
+    tx.enqueue(&Envelope::of(&registered, crate::NAME, Some(instance.organization_id))).await?;
     tx.commit().await?;
     Ok(Json(RegisterResponse { worker_token, heartbeat_interval_seconds: HEARTBEAT_INTERVAL.as_secs() }))
 }
@@ -334,18 +256,27 @@ pub async fn heartbeat(
         }
         _ => None,
     };
-    let data = serde_json::json!({
-        "instance_id": instance.id, "status": heartbeat.status, "queue_depth": request.queue_depth,
-        "in_flight": request.in_flight, "gpus": request.gpus,
-    });
-    tx.enqueue(&Envelope::new(MessageType::WorkerHeartbeat, crate::NAME, Some(instance.organization_id), data)).await?;
+    let reported = WorkerHeartbeat {
+        instance_id: instance.id,
+        status: request.status,
+        queue_depth: request.queue_depth,
+        in_flight: request.in_flight,
+        gpus: request.gpus.clone(),
+    };
+    tx.enqueue(&Envelope::of(&reported, crate::NAME, Some(instance.organization_id))).await?;
     if let Some(usage) = request.usage.filter(|usage| usage.prompt_tokens > 0 || usage.completion_tokens > 0) {
-        let data = serde_json::json!({
-            "instance_id": instance.id, "api_key_id": null, "model": instance.model,
-            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "provider": instance.provider, "region": null, "zone": instance.zone, "instance_type": instance.instance_type,
-        });
-        tx.enqueue(&Envelope::new(MessageType::UsageTokens, crate::NAME, Some(instance.organization_id), data)).await?;
+        let tokens = UsageTokens {
+            instance_id: Some(instance.id),
+            api_key_id: None,
+            model: instance.model.clone(),
+            prompt_tokens: i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX),
+            completion_tokens: i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX),
+            provider: Some(instance.provider.clone()),
+            region: None,
+            zone: Some(instance.zone.clone()),
+            instance_type: Some(instance.instance_type.clone()),
+        };
+        tx.enqueue(&Envelope::of(&tokens, crate::NAME, Some(instance.organization_id))).await?;
     }
     tx.commit().await?;
     let instance_state = moved.map_or(instance.state, |moved| moved.state);

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qm_domain::{InstanceId, InstanceState, OrganizationId};
-use qm_events::{Envelope, MessageType};
+use qm_events::Envelope;
+use qm_events::payloads::{InstanceProvision, InstanceTerminate};
 use qm_orchestrator::saga::Retry;
 use qm_runtime::backoff::Backoff;
 use qm_store::{InstanceAnnotation, NewInstance, NewOrganization, Offer, Store, Transition};
-use serde_json::json;
 
 /// An organization `slug` with one `requested` instance at `placement` in `store`, and the
 /// provision command the api would publish for it (for tests that run the orchestrator binary).
@@ -30,8 +30,13 @@ pub async fn requested_in(store: &dyn Store, slug: &str, placement: &Offer) -> (
     };
     tx.insert_instance(&instance).await.unwrap();
     tx.commit().await.unwrap();
-    let data = json!({ "instance_id": id, "model": "m", "placements": [placement] });
-    (id, Envelope::new(MessageType::InstanceProvision, "test", Some(organization), data))
+    let payload = InstanceProvision {
+        instance_id: id,
+        deployment_id: None,
+        model: "m".into(),
+        placements: vec![placement.clone()],
+    };
+    (id, Envelope::of(&payload, "test", Some(organization)))
 }
 
 pub struct World {
@@ -70,13 +75,8 @@ impl World {
         };
         tx.insert_instance(&instance).await.unwrap();
         tx.commit().await.unwrap();
-        let command = Envelope::new(
-            MessageType::InstanceProvision,
-            "test",
-            Some(self.organization),
-            json!({ "instance_id": id, "model": "m", "placements": placements }),
-        );
-        (id, command)
+        let payload = InstanceProvision { instance_id: id, deployment_id: None, model: "m".into(), placements };
+        (id, Envelope::of(&payload, "test", Some(self.organization)))
     }
 
     pub async fn state(&self, id: InstanceId) -> qm_store::Instance {
@@ -95,7 +95,8 @@ impl World {
         };
         tx.transition_instance(&transition).await.unwrap().unwrap();
         tx.commit().await.unwrap();
-        Envelope::new(MessageType::InstanceTerminate, "test", Some(self.organization), json!({ "instance_id": id }))
+        let payload = InstanceTerminate { instance_id: id, reason: "requested by the test".into(), requested_by: None };
+        Envelope::of(&payload, "test", Some(self.organization))
     }
 
     pub async fn move_to(&self, id: InstanceId, from: InstanceState, to: InstanceState) {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use qm_domain::{InstanceId, InstanceState};
 use qm_providers::{CloudProvider, ProviderStatus};
 use qm_runtime::Shutdown;
-use qm_store::{InstanceAnnotation, Store};
+use qm_store::{Instance, InstanceAnnotation, Store};
 
 use crate::saga::{Saga, SagaError, Step};
 
@@ -31,6 +31,9 @@ const RUNNING_STATES: [InstanceState; 4] =
 /// How long a `booting` instance reported stopped is left alone: a provider may still report an
 /// instance it has just been asked to start as stopped.
 const STOPPED_GRACE: chrono::Duration = chrono::Duration::seconds(30);
+
+/// Repairs committed together.
+const REPAIR_BATCH: usize = 100;
 
 /// How soon after start the first pass runs.
 pub const FIRST_PASS_AFTER: Duration = Duration::from_secs(10);
@@ -108,25 +111,43 @@ impl Reconciler {
         let status: HashMap<InstanceId, ProviderStatus> =
             listed.iter().filter_map(|found| found.instance_id.map(|id| (id, found.status))).collect();
 
+        let (mut gone, mut stopped) = (Vec::new(), Vec::new());
         for instance in &recorded {
-            let outcome = match status.get(&instance.id) {
-                None => self.gone(instance, started).await.map(|moved| report.gone += usize::from(moved)),
+            match status.get(&instance.id) {
+                None => gone.push(instance),
                 Some(ProviderStatus::Stopped | ProviderStatus::Terminated)
                     if instance.state != InstanceState::Booting
                         || instance.state_changed_at < qm_store::now() - STOPPED_GRACE =>
                 {
-                    self.stopped(instance, started).await.map(|moved| report.stopped += usize::from(moved))
+                    stopped.push(instance);
                 }
-                Some(_) => Ok(()),
-            };
-            if let Err(error) = outcome {
-                tracing::warn!(instance = %instance.id, %error, "could not repair an instance; next pass");
-                report.failures += 1;
+                Some(_) => {}
             }
         }
+        let gone_step = Step {
+            cause: None,
+            to: InstanceState::Terminated,
+            reason: "gone at the provider (found by reconciliation)",
+            progress_percent: None,
+            started,
+            then_terminate: false,
+        };
+        let deleted = InstanceAnnotation { deleted_by_provider: Some(true), ..InstanceAnnotation::default() };
+        report.gone = self.repair(&gone, &gone_step, Some(&deleted), &mut report.failures).await;
+        // Stopped: it serves nothing (and may still bill for its disks), so it is terminated.
+        let stopped_step = Step {
+            cause: None,
+            to: InstanceState::Terminating,
+            reason: "stopped at the provider (found by reconciliation)",
+            progress_percent: None,
+            started,
+            then_terminate: true,
+        };
+        report.stopped = self.repair(&stopped, &stopped_step, None, &mut report.failures).await;
 
         let ids: Vec<InstanceId> = status.keys().copied().collect();
         let known = self.states(&ids).await?;
+        let mut terminated = Vec::new();
         for found in &listed {
             let Some(id) = found.instance_id else { continue };
             let orphan = match known.get(&id) {
@@ -138,18 +159,19 @@ impl Reconciler {
             }
             match cloud.terminate(&found.provider_id).await {
                 Ok(()) => {
-                    report.orphans += 1;
                     tracing::warn!(provider = name, provider_id = %found.provider_id, instance = %id, "terminated an orphan");
-                    if let Err(error) = self.log_orphan(name, found, known.get(&id).copied()).await {
-                        tracing::warn!(%error, "could not log an orphan's termination");
-                        report.failures += 1;
-                    }
+                    terminated.push((found, known.get(&id).copied()));
                 }
                 Err(error) => {
                     tracing::warn!(%error, provider_id = %found.provider_id, "could not terminate an orphan; next pass");
                     report.failures += 1;
                 }
             }
+        }
+        report.orphans = terminated.len();
+        if let Err(error) = self.log_orphans(name, &terminated).await {
+            tracing::warn!(%error, "could not log the orphans' termination");
+            report.failures += 1;
         }
         match self.remove_leftovers(name, cloud).await {
             Ok((removed, failed)) => {
@@ -164,37 +186,35 @@ impl Reconciler {
         Ok(report)
     }
 
-    /// The provider no longer has `instance`: `terminated`, `deleted_by_provider` (if it is
-    /// still in the state the snapshot saw).
-    async fn gone(&self, instance: &qm_store::Instance, started: Instant) -> Result<bool, SagaError> {
-        let step = Step {
-            cause: None,
-            to: InstanceState::Terminated,
-            reason: "gone at the provider (found by reconciliation)",
-            progress_percent: None,
-            started,
-            then_terminate: false,
-        };
-        let Some(moved) = self.saga.apply(instance, &step).await? else { return Ok(false) };
-        let mut tx = self.store.begin().await?;
-        let annotation = InstanceAnnotation { deleted_by_provider: Some(true), ..InstanceAnnotation::default() };
-        tx.annotate_instance(moved.id, &annotation).await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// The provider reports `instance` stopped: it serves nothing (and may still bill for its
-    /// disks), so it is terminated.
-    async fn stopped(&self, instance: &qm_store::Instance, started: Instant) -> Result<bool, SagaError> {
-        let step = Step {
-            cause: None,
-            to: InstanceState::Terminating,
-            reason: "stopped at the provider (found by reconciliation)",
-            progress_percent: None,
-            started,
-            then_terminate: true,
-        };
-        Ok(self.saga.apply(instance, &step).await?.is_some())
+    /// Applies `step` to `instances` in batches of [`REPAIR_BATCH`] (one commit each); a batch
+    /// that fails is retried one instance at a time, so one bad row costs only itself. Returns
+    /// how many moved; failures are counted in `failures`.
+    async fn repair(
+        &self,
+        instances: &[&Instance],
+        step: &Step<'_>,
+        annotation: Option<&InstanceAnnotation>,
+        failures: &mut usize,
+    ) -> usize {
+        let mut moved = 0;
+        for batch in instances.chunks(REPAIR_BATCH) {
+            match self.saga.apply_batch(batch, step, annotation).await {
+                Ok(done) => moved += done.len(),
+                Err(error) => {
+                    tracing::warn!(%error, "a batch of repairs failed; one at a time");
+                    for instance in batch {
+                        match self.saga.apply_batch(&[*instance], step, annotation).await {
+                            Ok(done) => moved += done.len(),
+                            Err(error) => {
+                                tracing::warn!(instance = %instance.id, %error, "could not repair an instance; next pass");
+                                *failures += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        moved
     }
 
     /// The recorded state of each of `ids` that the database knows.
@@ -238,20 +258,25 @@ impl Reconciler {
         Ok((removed, failed))
     }
 
-    async fn log_orphan(
+    /// Logs terminated orphans (with the state the database knew them in), in one transaction.
+    async fn log_orphans(
         &self,
         provider: &str,
-        found: &qm_providers::ProviderInstance,
-        state: Option<InstanceState>,
+        terminated: &[(&qm_providers::ProviderInstance, Option<InstanceState>)],
     ) -> Result<(), SagaError> {
+        if terminated.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.store.begin().await?;
-        let mut entry =
-            qm_store::NewActionLog::new(crate::NAME, "fleet.orphan_terminated", qm_store::ActionStatus::Succeeded);
-        entry.metadata = serde_json::json!({
-            "provider": provider, "provider_instance_id": found.provider_id, "instance_id": found.instance_id,
-            "recorded_state": state, "zone": found.zone, "instance_type": found.instance_type,
-        });
-        tx.insert_action_log(&entry).await?;
+        for (found, state) in terminated {
+            let mut entry =
+                qm_store::NewActionLog::new(crate::NAME, "fleet.orphan_terminated", qm_store::ActionStatus::Succeeded);
+            entry.metadata = serde_json::json!({
+                "provider": provider, "provider_instance_id": found.provider_id, "instance_id": found.instance_id,
+                "recorded_state": state, "zone": found.zone, "instance_type": found.instance_type,
+            });
+            tx.insert_action_log(&entry).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

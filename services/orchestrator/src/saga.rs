@@ -237,24 +237,44 @@ impl Saga {
     /// and `instance.state_changed`, and, for a move to `terminating`, the `instance.terminate`
     /// command that carries it out.
     pub(crate) async fn apply(&self, instance: &Instance, step: &Step<'_>) -> Result<Option<Instance>, SagaError> {
+        Ok(self.apply_batch(&[instance], step, None).await?.into_iter().next())
+    }
+
+    /// [`Saga::apply`] to each of `instances` that is still in its state, in one transaction (one
+    /// commit for a batch of repairs), with `annotation` recorded on each instance moved.
+    /// Returns the instances moved.
+    pub(crate) async fn apply_batch(
+        &self,
+        instances: &[&Instance],
+        step: &Step<'_>,
+        annotation: Option<&InstanceAnnotation>,
+    ) -> Result<Vec<Instance>, SagaError> {
         let mut tx = self.store.begin().await?;
-        let change = RecordedTransition {
-            to: step.to,
-            reason: step.reason,
-            progress_percent: step.progress_percent,
-            component: crate::NAME,
-            cause: step.cause,
-            traceparent: qm_telemetry::traceparent::current(),
-            duration: Some(step.started.elapsed()),
-        };
-        let Some((moved, event)) = record_transition(&mut *tx, instance, &change).await? else { return Ok(None) };
-        if step.then_terminate {
-            let terminate =
-                InstanceTerminate { instance_id: moved.id, reason: step.reason.to_owned(), requested_by: None };
-            tx.enqueue(&event.caused_by(&terminate, crate::NAME)).await?;
+        let mut moved_all = Vec::with_capacity(instances.len());
+        for instance in instances {
+            let change = RecordedTransition {
+                to: step.to,
+                reason: step.reason,
+                progress_percent: step.progress_percent,
+                component: crate::NAME,
+                cause: step.cause,
+                traceparent: qm_telemetry::traceparent::current(),
+                duration: Some(step.started.elapsed()),
+            };
+            let Some((moved, event)) = record_transition(&mut *tx, instance, &change).await? else { continue };
+            let moved = match annotation {
+                Some(annotation) => tx.annotate_instance(moved.id, annotation).await?.unwrap_or(moved),
+                None => moved,
+            };
+            if step.then_terminate {
+                let terminate =
+                    InstanceTerminate { instance_id: moved.id, reason: step.reason.to_owned(), requested_by: None };
+                tx.enqueue(&event.caused_by(&terminate, crate::NAME)).await?;
+            }
+            moved_all.push(moved);
         }
         tx.commit().await?;
-        Ok(Some(moved))
+        Ok(moved_all)
     }
 
     async fn annotate(&self, id: InstanceId, annotation: InstanceAnnotation) -> Result<Option<Instance>, SagaError> {

@@ -39,20 +39,65 @@ pub fn verify(password: &str, stored: &str) -> bool {
 /// Longest password accepted: argon2 reads all of it, so an unbounded one is a way to burn CPU.
 pub const MAX_LENGTH: usize = 1024;
 
-/// Hashing and verifying run on the blocking pool, at most this many at once (one per core):
-/// a flood of logins then queues here instead of stalling the async workers that serve every
-/// other request.
+/// How many password checks run at once: half the cores (at least one), so that a flood of
+/// logins, which queues here, can never take more than half the machine.
 fn hashing_slots() -> &'static tokio::sync::Semaphore {
-    static SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
-        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
-    });
+    static SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> =
+        std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(hasher_count()));
     &SLOTS
+}
+
+fn hasher_count() -> usize {
+    (std::thread::available_parallelism().map_or(2, std::num::NonZero::get) / 2).max(1)
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads that run argon2 ([`hasher_count`]): their own, not the async workers and not
+/// tokio's blocking pool, and scheduled as background work (Linux `SCHED_IDLE`, lowest
+/// niceness), so that the kernel runs whatever else wants a core first: requests, probes, the
+/// database. A flood of logins then slows logins, not the API.
+fn hashers() -> &'static std::sync::mpsc::Sender<Job> {
+    static HASHERS: std::sync::LazyLock<std::sync::mpsc::Sender<Job>> = std::sync::LazyLock::new(|| {
+        let (sender, receiver) = std::sync::mpsc::channel::<Job>();
+        let receiver = std::sync::Arc::new(std::sync::Mutex::new(receiver));
+        for index in 0..hasher_count() {
+            let receiver = receiver.clone();
+            let spawned = std::thread::Builder::new().name(format!("qm-password-{index}")).spawn(move || {
+                background_priority();
+                loop {
+                    let job = receiver.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start a password hashing thread");
+            }
+        }
+        sender
+    });
+    &HASHERS
+}
+
+/// Lowers the calling thread to background scheduling; where the system refuses, it keeps its
+/// priority (the semaphore still bounds how many cores hashing takes).
+fn background_priority() {
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(error) = set_thread_priority_and_policy(thread_native_id(), thread_priority::ThreadPriority::Min, idle) {
+        tracing::warn!(?error, "cannot lower the password hashing thread's priority");
+    }
 }
 
 /// How long a password check waits for a hashing slot before the API answers 503.
 const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Runs `work` (argon2) on the blocking pool behind [`hashing_slots`].
+/// Runs `work` (argon2) on the [`hashers`], at most [`hashing_slots`] at once.
 ///
 /// # Errors
 /// 503 when no slot frees up within [`SLOT_WAIT`].
@@ -62,7 +107,13 @@ async fn off_the_workers<T: Send + 'static>(
     let busy = || crate::problem::Problem::unavailable("the API is busy checking passwords; try again shortly");
     let permit =
         tokio::time::timeout(SLOT_WAIT, hashing_slots().acquire()).await.map_err(|_| busy())?.map_err(|_| busy())?;
-    let result = tokio::task::spawn_blocking(work).await.map_err(|_| busy());
+    let (done, result) = tokio::sync::oneshot::channel();
+    hashers()
+        .send(Box::new(move || {
+            let _ = done.send(work());
+        }))
+        .map_err(|_| busy())?;
+    let result = result.await.map_err(|_| busy());
     drop(permit);
     result
 }

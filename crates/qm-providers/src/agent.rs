@@ -215,6 +215,17 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
                 };
                 break (registered.worker_token, Duration::from_secs(registered.heartbeat_interval_seconds.max(1)));
             }
+            // Rate limited (many agents registering at once from one address, as in `qm dev`):
+            // wait as told and try again.
+            Ok(response) if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                let seconds = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<u64>().ok())
+                    .unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(seconds.clamp(1, 60))).await;
+            }
             Ok(response) if response.status().is_client_error() => {
                 tracing::warn!(instance = %config.instance_id, status = %response.status(), "agent: registration refused");
                 return;

@@ -174,15 +174,15 @@ async fn run() {
     );
 
     // Throughput: the whole fleet at once.
-    let ready_before = ready_count(&*store).await;
     let started = Instant::now();
     let deployments = (0..FLEET / PER_DEPLOYMENT).map(|_| api.deploy(PER_DEPLOYMENT));
-    let accepted: usize = futures::future::join_all(deployments).await.iter().map(Vec::len).sum();
+    let fleet: Vec<InstanceId> = futures::future::join_all(deployments).await.into_iter().flatten().collect();
+    let accepted = fleet.len();
     let accepted_in = started.elapsed();
     let deadline = started + Duration::from_secs(120);
     let mut ready = 0;
     while ready < accepted {
-        ready = ready_count(&*store).await - ready_before;
+        ready = ready_count(&*store, &fleet).await;
         if Instant::now() > deadline {
             break;
         }
@@ -226,9 +226,8 @@ async fn run() {
     database.drop_database().await;
 }
 
-async fn ready_count(store: &dyn qm_store::Store) -> usize {
-    let counts = store.count_instances_by_state().await.unwrap();
-    let ready: i64 =
-        counts.iter().filter(|(_, state, _)| *state == InstanceState::Ready).map(|(_, _, count)| count).sum();
-    usize::try_from(ready).unwrap()
+/// How many of `fleet` are `ready`.
+async fn ready_count(store: &dyn qm_store::Store, fleet: &[InstanceId]) -> usize {
+    let instances = store.instances_by_ids(fleet).await.unwrap();
+    instances.iter().filter(|instance| instance.state == InstanceState::Ready).count()
 }

@@ -216,7 +216,7 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
                 break (registered.worker_token, Duration::from_secs(registered.heartbeat_interval_seconds.max(1)));
             }
             // Rate limited (many agents registering at once from one address, as in `qm dev`):
-            // wait as told and try again.
+            // wait and try again.
             Ok(response) if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
                 let seconds = response
                     .headers()
@@ -224,7 +224,10 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
                     .and_then(|value| value.to_str().ok())
                     .and_then(|value| value.parse::<u64>().ok())
                     .unwrap_or(1);
-                tokio::time::sleep(Duration::from_secs(seconds.clamp(1, 60))).await;
+                // The limiter counts registrations in flight as attempts, so its Retry-After can
+                // be far longer than the wait for a slot: retry within a few seconds, spread out.
+                let wait = Duration::from_millis(rand::random_range(500..=seconds.clamp(1, 5) * 1000));
+                tokio::time::sleep(wait).await;
             }
             Ok(response) if response.status().is_client_error() => {
                 tracing::warn!(instance = %config.instance_id, status = %response.status(), "agent: registration refused");

@@ -208,9 +208,15 @@ impl SimCloud {
 
     /// Stops an instance as if someone did in the provider's console (or its machine died).
     pub fn stop(&self, provider_id: &str) -> bool {
+        self.behind_our_back(provider_id, |instance| instance.stopped = true)
+    }
+
+    /// Changes an instance as the provider or its console would, and stops its simulated agent;
+    /// `false` for an unknown instance.
+    fn behind_our_back(&self, provider_id: &str, change: impl FnOnce(&mut SimInstance)) -> bool {
         let mut state = self.state();
         state.instances.get_mut(provider_id).is_some_and(|instance| {
-            instance.stopped = true;
+            change(instance);
             instance.gone.store(true, Ordering::Relaxed);
             true
         })
@@ -218,12 +224,7 @@ impl SimCloud {
 
     /// Removes an instance as if the provider (or someone in its console) deleted it.
     pub fn vanish(&self, provider_id: &str) -> bool {
-        let mut state = self.state();
-        state.instances.get_mut(provider_id).is_some_and(|instance| {
-            instance.terminated = true;
-            instance.gone.store(true, Ordering::Relaxed);
-            true
-        })
+        self.behind_our_back(provider_id, |instance| instance.terminated = true)
     }
 
     /// Creates a tagged instance behind Quartermaster's back (an orphan for reconciliation).

@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use prometheus::IntCounterVec;
 use qm_bus::{EventBus, SubscriptionOptions};
 use qm_events::payloads::{CatalogSync, FleetReconcile, InstanceProvision};
-use qm_events::{Channel, MessageType};
+use qm_events::{Channel, Envelope, MessageType};
 use qm_runtime::Shutdown;
 use qm_runtime::backoff::Backoff;
 
@@ -178,51 +178,48 @@ impl Commands {
         Ok(())
     }
 
-    /// Carries out one command and settles it.
-    async fn handle(&self, delivery: Delivery) {
-        let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let envelope = &delivery.envelope;
+    /// Carries out one command. Every payload is decoded before any work: another version or
+    /// shape is rejected (dead-lettered) with the reason.
+    async fn dispatch(&self, envelope: &Envelope) -> Result<(), SagaError> {
         let requested_at = envelope.occurred_at;
-        // Every payload is decoded before any work: another version or shape is dead-lettered
-        // with the reason.
-        let result = match envelope.known_type() {
-            Some(MessageType::InstanceProvision) => match envelope.decode::<InstanceProvision>() {
-                Ok(command) => {
-                    let provider = command.placements.first().map(|offer| offer.provider.as_str()).unwrap_or_default();
-                    let slots = self.provider_slots(provider);
-                    let _slot = slots.acquire().await;
-                    self.saga.provision(envelope).await
-                }
-                Err(error) => Err(SagaError::Reject(error.to_string())),
-            },
+        match envelope.known_type() {
+            Some(MessageType::InstanceProvision) => {
+                let request: InstanceProvision = envelope.decode()?;
+                let provider = request.placements.first().map(|offer| offer.provider.clone()).unwrap_or_default();
+                let slots = self.provider_slots(&provider);
+                let _slot = slots.acquire().await;
+                self.saga.provision_request(envelope, request).await
+            }
             Some(MessageType::InstanceTerminate) => self.saga.terminate(envelope).await,
-            Some(MessageType::CatalogSync) => match envelope.decode::<CatalogSync>() {
-                Ok(command) => {
-                    self.coalesced("catalog.sync", command.provider, requested_at, |scope| async move {
-                        let report = self.catalog.sync(scope.as_deref()).await?;
-                        tracing::info!(?report, "catalog synced on request");
-                        Ok(())
-                    })
-                    .await
-                }
-                Err(error) => Err(SagaError::Reject(error.to_string())),
-            },
-            Some(MessageType::FleetReconcile) => match envelope.decode::<FleetReconcile>() {
-                Ok(command) => {
-                    self.coalesced("fleet.reconcile", command.provider, requested_at, |scope| async move {
-                        let report = self.reconciler.reconcile(scope.as_deref()).await?;
-                        tracing::info!(?report, "reconciliation on request");
-                        Ok(())
-                    })
-                    .await
-                }
-                Err(error) => Err(SagaError::Reject(error.to_string())),
-            },
+            Some(MessageType::CatalogSync) => {
+                let command: CatalogSync = envelope.decode()?;
+                self.coalesced("catalog.sync", command.provider, requested_at, |scope| async move {
+                    let report = self.catalog.sync(scope.as_deref()).await?;
+                    tracing::info!(?report, "catalog synced on request");
+                    Ok(())
+                })
+                .await
+            }
+            Some(MessageType::FleetReconcile) => {
+                let command: FleetReconcile = envelope.decode()?;
+                self.coalesced("fleet.reconcile", command.provider, requested_at, |scope| async move {
+                    let report = self.reconciler.reconcile(scope.as_deref()).await?;
+                    tracing::info!(?report, "reconciliation on request");
+                    Ok(())
+                })
+                .await
+            }
             _ => Err(SagaError::Reject(format!(
                 "this orchestrator version does not carry out `{}` commands",
                 envelope.message_type
             ))),
-        };
+        }
+    }
+
+    /// Carries out one command and settles it.
+    async fn handle(&self, delivery: Delivery) {
+        let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let result = self.dispatch(&delivery.envelope).await;
         let type_label = delivery.envelope.message_type.clone();
         let settled = match result {
             Ok(()) => {

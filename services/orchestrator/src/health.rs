@@ -1,9 +1,9 @@
 //! Deadlines and probes on the lifecycle (DESIGN section 5), swept periodically by the replica
 //! holding the `orchestrator.health` lease:
 //!
-//! - `booting` (or `ready`) without an address (the provider had none yet when it started the instance): the
-//!   provider is listed once and the address recorded (a provider that lost it meanwhile is
-//!   reconciliation's to find);
+//! - `booting` (or `ready`) without an address (the provider had none yet when it started the
+//!   instance): the provider is listed once and the addresses recorded in one transaction (a
+//!   provider that lost the instance meanwhile is reconciliation's to find);
 //! - `booting` past the startup deadline → `startup_failed` → terminated;
 //! - `booting` for a while without a ready heartbeat: the agent's `/readyz` answering 200 makes
 //!   it `ready` (an agent that serves but cannot reach the api still counts);
@@ -214,8 +214,8 @@ impl Health {
 
     /// Records the address of instances started without one (`booting`, or already `ready` when
     /// the agent was quicker than the address), from one listing per provider that has any;
-    /// returns how many it recorded. A provider that cannot be listed
-    /// now is tried again next sweep.
+    /// returns how many it recorded. A provider that cannot be listed now is tried again next
+    /// sweep.
     async fn record_addresses(&self) -> Result<usize, SagaError> {
         let mut recorded = 0;
         for (name, provider) in self.saga.providers() {
@@ -234,16 +234,16 @@ impl Health {
                     continue;
                 }
             };
+            let mut tx = self.store.begin().await?;
             for found in listed {
                 let (Some(address), Some(instance)) = (found.address, waiting.get(found.provider_id.as_str())) else {
                     continue;
                 };
                 let annotation = InstanceAnnotation { address: Some(address), ..InstanceAnnotation::default() };
-                let mut tx = self.store.begin().await?;
                 tx.annotate_instance(instance.id, &annotation).await?;
-                tx.commit().await?;
                 recorded += 1;
             }
+            tx.commit().await?;
         }
         Ok(recorded)
     }

@@ -66,7 +66,7 @@ impl Report {
         self.failures += other.failures;
     }
 
-    /// Whether the pass changed anything.
+    /// How many repairs the pass made.
     pub fn repaired(&self) -> usize {
         self.gone + self.orphans + self.stopped + self.leftovers
     }

@@ -25,6 +25,12 @@ pub struct Retry {
     pub backoff: Backoff,
 }
 
+impl Default for Retry {
+    fn default() -> Self {
+        Self { attempts: 5, backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)) }
+    }
+}
+
 /// A provider whose calls are retried and guarded by its circuit breaker.
 pub struct Resilient {
     inner: Arc<dyn CloudProvider>,

@@ -54,6 +54,13 @@ impl From<StoreError> for SagaError {
     }
 }
 
+/// A command of another version or shape can never be carried out: it is dead-lettered.
+impl From<qm_events::DecodeError> for SagaError {
+    fn from(error: qm_events::DecodeError) -> Self {
+        SagaError::Reject(error.to_string())
+    }
+}
+
 /// Prefix of the one-time bootstrap tokens handed to instances.
 pub const BOOTSTRAP_TOKEN_PREFIX: &str = "qmb_";
 /// How long a bootstrap token may wait for its agent's registration: the provisioning and
@@ -61,15 +68,6 @@ pub const BOOTSTRAP_TOKEN_PREFIX: &str = "qmb_";
 pub const BOOTSTRAP_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 
 pub use crate::resilient::Retry;
-
-impl Default for Retry {
-    fn default() -> Self {
-        Self {
-            attempts: 5,
-            backoff: qm_runtime::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
-        }
-    }
-}
 
 /// One move of an instance as the orchestrator makes it.
 pub(crate) struct Step<'a> {
@@ -309,8 +307,15 @@ impl Saga {
     /// [`SagaError::Retry`] when a provider or the database stayed unavailable (the command is
     /// redelivered and resumes); [`SagaError::Reject`] for a malformed command.
     pub async fn provision(&self, command: &Envelope) -> Result<(), SagaError> {
+        self.provision_request(command, command.decode()?).await
+    }
+
+    /// [`Saga::provision`] with the command's payload already decoded.
+    ///
+    /// # Errors
+    /// As [`Saga::provision`].
+    pub async fn provision_request(&self, command: &Envelope, request: InstanceProvision) -> Result<(), SagaError> {
         let started = Instant::now();
-        let request: InstanceProvision = command.decode().map_err(|error| SagaError::Reject(error.to_string()))?;
         let Some(mut instance) = self.store.instance(request.instance_id).await? else {
             tracing::info!(instance = %request.instance_id, "provision: the instance no longer exists");
             return Ok(());
@@ -415,19 +420,20 @@ impl Saga {
             }
         };
         let progress = if running.address.is_some() { progress::ADDRESS } else { progress::STARTED };
-        let annotation = InstanceAnnotation { address: running.address, ..InstanceAnnotation::default() };
-        let instance = self.annotate(instance.id, annotation).await?.unwrap_or(instance);
-        let moved = self
-            .transition(
-                Some(command),
-                &instance,
-                InstanceState::Booting,
-                "provider instance started",
-                Some(progress),
-                started,
-            )
-            .await?;
-        if moved.is_none() {
+        let step = Step {
+            cause: Some(command),
+            to: InstanceState::Booting,
+            reason: "provider instance started",
+            progress_percent: Some(progress),
+            started,
+            then_terminate: false,
+        };
+        // The address, when known, is recorded in the same transaction as `booting`.
+        let address = running
+            .address
+            .map(|address| InstanceAnnotation { address: Some(address), ..InstanceAnnotation::default() });
+        let moved = self.apply_batch(&[&instance], &step, address.as_ref()).await?;
+        if moved.is_empty() {
             // Someone moved it meanwhile (a termination request): the termination path owns it now,
             // and finds the provider id recorded above.
             tracing::info!(instance = %instance.id, "instance changed state during provisioning");
@@ -482,7 +488,7 @@ impl Saga {
     /// [`SagaError::Retry`] while the provider keeps failing.
     pub async fn terminate(&self, command: &Envelope) -> Result<(), SagaError> {
         let started = Instant::now();
-        let request: InstanceTerminate = command.decode().map_err(|error| SagaError::Reject(error.to_string()))?;
+        let request: InstanceTerminate = command.decode()?;
         let Some(instance) = self.store.instance(request.instance_id).await? else { return Ok(()) };
         if instance.state != InstanceState::Terminating {
             return Ok(());

@@ -128,7 +128,7 @@ pub async fn terminate(
         if instance.state == InstanceState::Terminating {
             return Ok((StatusCode::ACCEPTED, Json(instance)));
         }
-        instance.state.transition(InstanceState::Terminating).map_err(|error| Problem::conflict(error.to_string()))?;
+        // A move the lifecycle does not have (from a terminal state) is refused by the store: 409.
         let mut tx = state.dependencies.store.begin().await?;
         let transition = Transition {
             instance: id,

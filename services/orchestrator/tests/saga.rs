@@ -264,10 +264,13 @@ async fn a_provider_that_is_not_enabled_fails_the_instance_with_that_reason() {
     world.cleanup();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commands_on_the_bus_are_carried_out_by_the_service() {
-    let world = World::new(offer).await;
-    let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::from_millis(20), ..SimConfig::default() }));
+type Running = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// The orchestrator service over `world`'s store and an in-memory bus, running.
+async fn serve(
+    world: &World,
+    providers: BTreeMap<String, Arc<dyn CloudProvider>>,
+) -> (Arc<dyn qm_bus::EventBus>, qm_runtime::Shutdown, Running) {
     let bus = qm_bus::connect("memory://").await.unwrap();
     let settings = qm_config::Settings::from_env(&qm_config::Environment::from_pairs([
         ("QM_DATABASE_URL", "sqlite://unused"),
@@ -280,13 +283,21 @@ async fn commands_on_the_bus_are_carried_out_by_the_service() {
         dependencies,
         "127.0.0.1:0".parse().unwrap(),
         shutdown.clone(),
-        providers(&cloud),
+        providers,
         fast(),
         qm_orchestrator::health::Deadlines::default(),
     )
     .await
     .unwrap();
     let running = tokio::spawn(service.run_until_stopped(shutdown.clone()));
+    (bus, shutdown, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_on_the_bus_are_carried_out_by_the_service() {
+    let world = World::new(offer).await;
+    let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::from_millis(20), ..SimConfig::default() }));
+    let (bus, shutdown, running) = serve(&world, providers(&cloud)).await;
 
     let (id, command) = world.requested(&["sim-eu-1"]).await;
     bus.publish(&command).await.unwrap();
@@ -513,10 +524,24 @@ async fn reconciliation_marks_vanished_instances_and_terminates_orphans() {
 type Hook = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
 
 /// The `sim` cloud whose first listing runs `during` after the provider has answered and before
-/// the answer reaches the reconciler: what happens in the middle of a pass.
+/// the answer reaches the reconciler (what happens in the middle of a pass), and whose offers
+/// take `offers_delay` (a slow catalog), counting the offer calls that finished.
 struct MidPass {
     cloud: Arc<SimCloud>,
     during: std::sync::Mutex<Option<Hook>>,
+    offers_delay: Duration,
+    offers_done: std::sync::atomic::AtomicUsize,
+}
+
+impl MidPass {
+    fn new(cloud: &Arc<SimCloud>, during: Option<Hook>, offers_delay: Duration) -> Self {
+        Self {
+            cloud: cloud.clone(),
+            during: std::sync::Mutex::new(during),
+            offers_delay,
+            offers_done: Default::default(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -548,8 +573,49 @@ impl CloudProvider for MidPass {
         self.cloud.terminate(id).await
     }
     async fn offers(&self) -> Result<Vec<qm_providers::ProviderOffer>, qm_providers::ProviderError> {
-        self.cloud.offers().await
+        tokio::time::sleep(self.offers_delay).await;
+        let offers = self.cloud.offers().await;
+        self.offers_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        offers
     }
+}
+
+/// One tenant floods `catalog.sync` against a provider whose catalog takes 5 s; another
+/// tenant's provisioning and termination go through while that sync is still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_catalog_syncs_does_not_hold_up_another_tenants_instances() {
+    let world = World::new(offer).await;
+    let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::ZERO, ..SimConfig::default() }));
+    let slow = Arc::new(MidPass::new(&cloud, None, Duration::from_secs(5)));
+    let (bus, shutdown, running) =
+        serve(&world, BTreeMap::from([("sim".to_owned(), slow.clone() as Arc<dyn CloudProvider>)])).await;
+
+    let flooding = qm_domain::OrganizationId::new();
+    for _ in 0..100 {
+        let sync = qm_events::payloads::CatalogSync { provider: None, requested_by: None };
+        bus.publish(&Envelope::of(&sync, "test", Some(flooding))).await.unwrap();
+    }
+    let (id, command) = world.requested(&["sim-eu-1"]).await;
+    bus.publish(&command).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while world.state(id).await.state != InstanceState::Booting {
+        assert!(tokio::time::Instant::now() < deadline, "never provisioned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let terminate = world.request_termination(id).await;
+    bus.publish(&terminate).await.unwrap();
+    while world.state(id).await.state != InstanceState::Terminated {
+        assert!(tokio::time::Instant::now() < deadline, "never terminated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        slow.offers_done.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "provisioned and terminated while the first catalog sync was still running"
+    );
+    shutdown.trigger();
+    running.await.unwrap().unwrap();
+    world.cleanup();
 }
 
 #[tokio::test]
@@ -571,7 +637,7 @@ async fn instances_created_during_a_reconciliation_pass_are_not_marked_gone() {
             })
         }
     });
-    let mid_pass = Arc::new(MidPass { cloud: cloud.clone(), during: std::sync::Mutex::new(Some(during)) });
+    let mid_pass = Arc::new(MidPass::new(&cloud, Some(during), Duration::ZERO));
     let providers = BTreeMap::from([("sim".to_owned(), mid_pass as Arc<dyn CloudProvider>)]);
     let reconciler = qm_orchestrator::reconcile::Reconciler {
         store: world.store.clone(),

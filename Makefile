@@ -27,10 +27,10 @@ services: ## Make sure PostgreSQL, Redis and NATS (JetStream) run on loopback; i
 	@scripts/ensure-services.sh
 
 VENV := .venv
-PYTHON_TOOLS := openapi-spec-validator==0.7.2 "moto[server]==5.1.*"
+PYTHON_TOOLS := openapi-spec-validator==0.7.2 "moto[server]==5.1.*" schemathesis==4.32.5
 
 .PHONY: venv
-venv: $(VENV)/.installed ## Python tools the tests use (openapi-spec-validator, moto's EC2 server), in ./.venv
+venv: $(VENV)/.installed ## Python tools the tests use (openapi-spec-validator, moto's EC2 server, schemathesis), in ./.venv
 $(VENV)/.installed: Makefile
 	python3 -m venv $(VENV) || { echo "error: python3 -m venv failed; install python3 and python3-venv" >&2; exit 1; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PYTHON_TOOLS)

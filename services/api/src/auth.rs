@@ -14,6 +14,7 @@ use qm_domain::{ApiKeyId, OrganizationId, Role, SessionId, UserId};
 
 use crate::AppState;
 use crate::problem::Problem;
+use crate::routes::users::UserView;
 
 pub const SESSION_COOKIE: &str = "qm_session";
 pub const API_KEY_PREFIX: &str = "qm_";
@@ -41,6 +42,9 @@ pub struct Principal {
     pub credential: Credential,
     /// How long the credential stays valid (a session's remaining lifetime).
     pub expires_in: Duration,
+    /// A session's account as read with the session (kept current on this replica by
+    /// [`CredentialCache::refresh_account`]); `None` for API keys, which have no account.
+    pub account: Option<std::sync::Arc<UserView>>,
 }
 
 impl Principal {
@@ -136,6 +140,18 @@ impl CredentialCache {
         self.revocations.send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
+    /// Replaces the account snapshot of `user`'s cached sessions after a change to the account
+    /// that keeps them valid (names, email), so that the next `/auth/me` shows it.
+    pub fn refresh_account(&self, user: &UserView) {
+        let account = std::sync::Arc::new(user.clone());
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (principal, _) in entries.values_mut() {
+            if principal.account.as_ref().is_some_and(|cached| cached.id == user.id) {
+                principal.account = Some(account.clone());
+            }
+        }
+    }
+
     /// Changes whenever a credential may have been revoked on this replica.
     pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
         self.revocations.subscribe()
@@ -183,6 +199,7 @@ async fn resolve(state: &AppState, token: &str, hash: &str) -> Result<Principal,
             platform_admin: user.is_platform_admin,
             credential: Credential::Session(session.id),
             expires_in: (session.expires_at - now).to_std().unwrap_or_default(),
+            account: Some(std::sync::Arc::new(UserView::from(&user))),
         });
     }
     if token.starts_with(API_KEY_PREFIX) {
@@ -204,6 +221,7 @@ async fn resolve(state: &AppState, token: &str, hash: &str) -> Result<Principal,
             platform_admin: false,
             credential: Credential::ApiKey(key.id),
             expires_in: remaining,
+            account: None,
         });
     }
     Err(Problem::unauthorized("the token is not a Quartermaster session token or API key"))

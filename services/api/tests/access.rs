@@ -305,7 +305,7 @@ async fn api_keys_are_shown_once_scoped_and_revocable(api: Arc<Api>) {
     let entry = revoked["items"].as_array().unwrap().iter().find(|key| key["id"] == key_id.as_str()).unwrap().clone();
     assert!(entry["revoked_at"].is_string());
     // Keys do not log out.
-    api.call("POST", "/auth/logout", Some(viewer_secret), None).await.expect(400);
+    api.call("POST", "/auth/logout", Some(viewer_secret), None).await.expect(403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

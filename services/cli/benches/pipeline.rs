@@ -7,6 +7,8 @@
 //!    received by a consumer group (the bus alone). Target: p50 under 20 ms.
 //! 2. Provisioning throughput: 1,000 instances (ten deployments of 100 at once) until every one
 //!    is `ready`. Target: within 20 s.
+//! 3. The same 1,000 through `qm dev` (the release binary as a user runs it: SQLite, the
+//!    in-process bus, one orchestrator), watched over HTTP. Target: within 30 s.
 //!
 //! Results also go to `$CARGO_TARGET_DIR/bench/pipeline.json`.
 
@@ -35,6 +37,7 @@ const PER_DEPLOYMENT: usize = 100;
 const ORCHESTRATORS: usize = 2;
 const TARGET_COMMAND_P50: Duration = Duration::from_millis(20);
 const TARGET_FLEET_READY: Duration = Duration::from_secs(20);
+const TARGET_DEV_FLEET_READY: Duration = Duration::from_secs(30);
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -174,28 +177,19 @@ async fn run() {
     );
 
     // Throughput: the whole fleet at once.
-    let started = Instant::now();
-    let deployments = (0..FLEET / PER_DEPLOYMENT).map(|_| api.deploy(PER_DEPLOYMENT));
-    let fleet: Vec<InstanceId> = futures::future::join_all(deployments).await.into_iter().flatten().collect();
-    let accepted = fleet.len();
-    let accepted_in = started.elapsed();
-    let deadline = started + Duration::from_secs(120);
-    let mut ready = 0;
-    while ready < accepted {
-        ready = ready_count(&*store, &fleet).await;
-        if Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let all_ready_in = started.elapsed();
-    let fleet_verdict = if ready >= accepted && all_ready_in < TARGET_FLEET_READY { "met" } else { "MISSED" };
-    println!(
-        "{accepted} instances accepted in {:.2} s; {ready} ready after {:.2} s; target all ready within {} s: {fleet_verdict}",
-        accepted_in.as_secs_f64(),
-        all_ready_in.as_secs_f64(),
-        TARGET_FLEET_READY.as_secs()
-    );
+    let fleet = provision_fleet(&api, |fleet| {
+        let store = store.clone();
+        async move { ready_count(&*store, &fleet).await }
+    })
+    .await;
+    let fleet_report = fleet.report("PostgreSQL + NATS, two orchestrators", TARGET_FLEET_READY);
+
+    // The same through `qm dev`.
+    let dev = DevProcess::start(password);
+    let dev_api = Api { client: api.client.clone(), token: qm_testkit::login(&api.client, &dev.api, "admin", password).await, base: dev.api.clone() };
+    let dev_fleet = provision_fleet(&dev_api, |fleet| ready_over_http(&dev_api, fleet)).await;
+    let dev_report = dev_fleet.report("qm dev (SQLite, in-process bus)", TARGET_DEV_FLEET_READY);
+    drop(dev);
 
     let directory =
         std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("bench");
@@ -208,11 +202,8 @@ async fn run() {
             "p50_ratio_to_baseline": (latency_ratio * 100.0).round() / 100.0,
             "target_p50_ms": TARGET_COMMAND_P50.as_millis(), "target": latency_verdict,
         },
-        "fleet": {
-            "instances": accepted, "ready": ready, "accepted_s": (accepted_in.as_secs_f64() * 100.0).round() / 100.0,
-            "all_ready_s": (all_ready_in.as_secs_f64() * 100.0).round() / 100.0,
-            "target_s": TARGET_FLEET_READY.as_secs(), "target": fleet_verdict,
-        },
+        "fleet": fleet_report,
+        "fleet_qm_dev": dev_report,
     });
     std::fs::write(directory.join("pipeline.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
 
@@ -224,6 +215,123 @@ async fn run() {
     let nats_url = url::Url::parse(&bus_url).unwrap();
     qm_bus::nats::NatsBus::connect(&nats_url, naming).await.unwrap().delete_streams().await.unwrap();
     database.drop_database().await;
+}
+
+/// Provisioning a whole fleet at once.
+struct Fleet {
+    accepted: usize,
+    accepted_in: Duration,
+    ready: usize,
+    all_ready_in: Duration,
+}
+
+impl Fleet {
+    fn report(&self, setup: &str, target: Duration) -> serde_json::Value {
+        let verdict = if self.ready >= self.accepted && self.all_ready_in < target { "met" } else { "MISSED" };
+        println!(
+            "{setup}: {} instances accepted in {:.2} s; {} ready after {:.2} s; target all ready within {} s: {verdict}",
+            self.accepted,
+            self.accepted_in.as_secs_f64(),
+            self.ready,
+            self.all_ready_in.as_secs_f64(),
+            target.as_secs()
+        );
+        json!({
+            "setup": setup, "instances": self.accepted, "ready": self.ready,
+            "accepted_s": (self.accepted_in.as_secs_f64() * 100.0).round() / 100.0,
+            "all_ready_s": (self.all_ready_in.as_secs_f64() * 100.0).round() / 100.0,
+            "target_s": target.as_secs(), "target": verdict,
+        })
+    }
+}
+
+/// Deploys [`FLEET`] instances ([`PER_DEPLOYMENT`] per deployment, all at once) and polls
+/// `ready_count` until every one is ready, or two minutes have passed.
+async fn provision_fleet<F, Ready>(api: &Api, ready_count: F) -> Fleet
+where
+    F: Fn(Vec<InstanceId>) -> Ready,
+    Ready: std::future::Future<Output = usize>,
+{
+    let started = Instant::now();
+    let deployments = (0..FLEET / PER_DEPLOYMENT).map(|_| api.deploy(PER_DEPLOYMENT));
+    let fleet: Vec<InstanceId> = futures::future::join_all(deployments).await.into_iter().flatten().collect();
+    let accepted = fleet.len();
+    let accepted_in = started.elapsed();
+    let deadline = started + Duration::from_secs(120);
+    let mut ready = 0;
+    while ready < accepted && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ready = ready_count(fleet.clone()).await;
+    }
+    Fleet { accepted, accepted_in, ready, all_ready_in: started.elapsed() }
+}
+
+/// How many of `fleet` `GET /instances?state=ready` lists, page by page.
+async fn ready_over_http(api: &Api, fleet: Vec<InstanceId>) -> usize {
+    let fleet: std::collections::HashSet<String> = fleet.iter().map(ToString::to_string).collect();
+    let mut ready = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{}/instances?state=ready&limit=500", api.base);
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let page: serde_json::Value =
+            api.client.get(url).bearer_auth(&api.token).send().await.unwrap().json().await.unwrap();
+        let items = page["items"].as_array().unwrap();
+        ready += items.iter().filter(|item| fleet.contains(item["id"].as_str().unwrap())).count();
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return ready,
+        }
+    }
+}
+
+/// The release `qm dev` on free ports and a fresh data directory, stopped when dropped.
+struct DevProcess {
+    child: std::process::Child,
+    data_dir: std::path::PathBuf,
+    api: String,
+}
+
+impl DevProcess {
+    fn start(password: &str) -> Self {
+        let data_dir = std::env::temp_dir().join(format!("qm-bench-dev-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let log = data_dir.join("qm-dev.log");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_qm"));
+        command.args(["dev", "--data-dir"]).arg(&data_dir).env("QM_ADMIN_PASSWORD", password);
+        for variable in ["QM_API_ADDR", "QM_ORCHESTRATOR_ADDR", "QM_FINOPS_ADDR", "QM_ROUTER_ADDR"] {
+            command.env(variable, "127.0.0.1:0");
+        }
+        for variable in ["QM_DATABASE_URL", "QM_BUS_URL", "QM_ADMIN_PASSWORD_FILE"] {
+            command.env_remove(variable);
+        }
+        let output = std::fs::File::create(&log).unwrap();
+        let child = command.stdout(output.try_clone().unwrap()).stderr(output).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let printed = std::fs::read_to_string(&log).unwrap_or_default();
+            if printed.contains("Stop with Ctrl-C") {
+                let api = printed
+                    .lines()
+                    .find_map(|line| line.trim().strip_prefix("api").map(str::trim).filter(|url| url.starts_with("http://")))
+                    .unwrap()
+                    .to_owned();
+                return Self { child, data_dir, api };
+            }
+            assert!(Instant::now() < deadline, "qm dev did not start within 60 s:\n{printed}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
 }
 
 /// How many of `fleet` are `ready`.

@@ -61,6 +61,7 @@ pub struct CostQuery {
     /// Series only: `minute` (default), `hour` or `day`; the range is widened to whole steps.
     pub step: Option<Step>,
     /// Costliest instances listed (0 to 500, default 20).
+    #[param(minimum = 0, maximum = 500)]
     pub top: Option<u32>,
 }
 

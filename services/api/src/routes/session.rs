@@ -116,6 +116,7 @@ pub async fn login(
         platform_admin: user.is_platform_admin,
         credential: crate::auth::Credential::Session(session.id),
         expires_in: ttl,
+        account: Some(std::sync::Arc::new(UserView::from(&user))),
     };
     Audit::start("auth.login")
         .record(&mut *tx, &principal, None, serde_json::json!({ "client_address": client.to_string() }))
@@ -133,7 +134,7 @@ pub async fn login(
     responses((status = 204, description = "Session revoked and cookie cleared")))]
 pub async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResult<Response> {
     let Some(session) = principal.session() else {
-        return Err(Problem::bad_request("API keys do not log out; revoke them with DELETE /api_keys/{id}"));
+        return Err(Problem::forbidden("API keys do not log out; revoke them with DELETE /api-keys/{id}"));
     };
     let mut tx = state.dependencies.store.begin().await?;
     tx.revoke_session(session).await?;
@@ -145,18 +146,22 @@ pub async fn logout(State(state): State<AppState>, principal: Principal) -> ApiR
     Ok(response)
 }
 
+/// 403 for an API key: the routes of one's own account need a user's session.
+fn account(principal: &Principal) -> ApiResult<&UserView> {
+    principal.account.as_deref().filter(|_| principal.session().is_some()).ok_or_else(|| {
+        Problem::forbidden("an API key has no account of its own; log in as a user")
+    })
+}
+
 async fn caller(state: &AppState, principal: &Principal) -> ApiResult<User> {
-    let user_id = principal.user_id.filter(|_| principal.session().is_some());
-    let Some(user_id) = user_id else {
-        return Err(Problem::bad_request("an API key has no account of its own; log in as a user"));
-    };
+    let user_id = account(principal)?.id;
     state.dependencies.store.user(user_id).await?.ok_or_else(|| Problem::unauthorized("the account no longer exists"))
 }
 
-/// The caller's account.
+/// The caller's account, as read with the session (no further lookup).
 #[utoipa::path(get, path = "/auth/me", tag = "auth", responses((status = 200, body = UserView)))]
-pub async fn me(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<UserView>> {
-    Ok(Json(UserView::from(&caller(&state, &principal).await?)))
+pub async fn me(principal: Principal) -> ApiResult<Json<UserView>> {
+    Ok(Json(account(&principal)?.clone()))
 }
 
 /// Change the caller's email address or names.
@@ -182,7 +187,9 @@ pub async fn update_me(
     let updated = tx.update_user(&user).await?.ok_or_else(|| Problem::unauthorized("the account no longer exists"))?;
     audit.record(&mut *tx, &principal, None, serde_json::json!({ "user_id": user.id })).await?;
     tx.commit().await?;
-    Ok(Json(UserView::from(&updated)))
+    let view = UserView::from(&updated);
+    state.credentials.refresh_account(&view);
+    Ok(Json(view))
 }
 
 /// Change the caller's password; other sessions of the account are revoked.

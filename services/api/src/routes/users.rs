@@ -282,7 +282,9 @@ pub async fn update(
     // Its sessions and keys carry the old role (and, after a password change, sessions are revoked).
     let keep = principal.session();
     state.credentials.evict(|cached| cached.user_id == Some(user.id) && (keep.is_none() || cached.session() != keep));
-    Ok(Json(UserView::from(&updated)))
+    let view = UserView::from(&updated);
+    state.credentials.refresh_account(&view);
+    Ok(Json(view))
 }
 
 /// Delete a user (their sessions go with them).

@@ -1,0 +1,52 @@
+//! The API's OpenAPI document is the contract, checked from outside: schemathesis (from
+//! `.venv`, which `make venv` installs) runs every check it has, its stateful phase included,
+//! with a bounded number of examples, against a real `qm dev`, and finds no failure.
+//! `tests/schemathesis.toml` holds the run's settings and, operation by operation, the few
+//! answers a schema cannot express (each with its reason).
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use support::{Session, temporary_data_dir};
+
+fn workspace_root() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_failure_against_qm_dev() {
+    let schemathesis = workspace_root().join(".venv/bin/schemathesis");
+    assert!(schemathesis.exists(), "{} is missing: run `make venv` (make test does)", schemathesis.display());
+    let data_dir = temporary_data_dir();
+    let (dev, session) = Session::start(&data_dir).await;
+    // An API key rather than the session: the run calls `/auth/logout`, which would end it.
+    let (status, created) = session
+        .exchange(reqwest::Method::POST, "/api-keys", Some(serde_json::json!({ "name": "schemathesis" })))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["secret"].as_str().expect("secret").to_owned();
+    let report = data_dir.join("schemathesis.xml");
+
+    let output = Command::new(&schemathesis)
+        .current_dir(workspace_root())
+        .args(["--config-file", "tests/schemathesis.toml", "run"])
+        .arg(format!("{}/api-docs/openapi.json", session.api))
+        .arg("--report-junit-path")
+        .arg(&report)
+        .env("QM_SCHEMATHESIS_KEY", &key)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run schemathesis");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found failures ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("passed"), "the run reported nothing:\n{stdout}");
+    assert!(dev.terminate(std::time::Duration::from_secs(10)).success());
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}

@@ -143,7 +143,8 @@ pub struct Email(String);
 
 impl Email {
     /// # Errors
-    /// [`IdentityError::InvalidEmail`] when there is not exactly one `@` with text on both sides.
+    /// [`IdentityError::InvalidEmail`] when there is not exactly one `@`, with text before it
+    /// and dot-separated labels after it, or the address is longer than 254 characters.
     pub fn parse(text: &str) -> Result<Self, IdentityError> {
         let trimmed = text.trim();
         let mut parts = trimmed.split('@');
@@ -152,9 +153,8 @@ impl Email {
         };
         let well_formed = !local.is_empty()
             && domain.contains('.')
-            && !domain.starts_with('.')
-            && !domain.ends_with('.')
-            && trimmed.len() <= 254
+            && domain.split('.').all(|label| !label.is_empty())
+            && trimmed.chars().count() <= 254
             && !trimmed.chars().any(char::is_whitespace);
         if well_formed { Ok(Self(trimmed.to_lowercase())) } else { Err(IdentityError::InvalidEmail) }
     }

@@ -86,10 +86,26 @@ impl Modify for ErrorResponses {
                             reason.and_then(|code| code.canonical_reason()).unwrap_or("Response").to_owned();
                     }
                 }
+                // A query or header parameter is absent or text, never JSON `null`.
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    if let RefOr::T(parameter) = parameter
+                        && let Some(RefOr::T(utoipa::openapi::schema::Schema::Object(schema))) = &mut parameter.schema
+                        && let utoipa::openapi::schema::SchemaType::Array(types) = &schema.schema_type
+                    {
+                        let types: Vec<_> =
+                            types.iter().filter(|kind| **kind != utoipa::openapi::schema::Type::Null).cloned().collect();
+                        if let [single] = types.as_slice() {
+                            schema.schema_type = utoipa::openapi::schema::SchemaType::Type(single.clone());
+                        }
+                    }
+                }
                 let public = path == "/auth/login" || path == "/internal/worker/register";
                 let mut add = |status: &str, description: &str| {
                     operation.responses.responses.entry(status.to_owned()).or_insert_with(|| problem(description));
                 };
+                if public {
+                    add("429", "Too many attempts from this client or for this account; see `Retry-After`");
+                }
                 add("400", "Malformed request (body, query string or path)");
                 if !public {
                     add("401", "Not authenticated, or the session or key expired or was revoked");
@@ -102,15 +118,43 @@ impl Modify for ErrorResponses {
                     add("404", "Not found (or in another organization)");
                 }
                 if operation.request_body.is_some() {
+                    add("409", "Conflicts with what exists (a name or address already taken, a state that forbids it)");
                     add("413", "The body is too large");
                     add("415", "The body is not JSON");
                 }
                 add("422", "Invalid field values; `errors` names them");
                 add("500", "Server fault (details are logged, not returned)");
                 add("503", "The database is unavailable");
+                // Every error an annotation declares with a `Problem` body is problem+json.
+                for (status, response) in &mut operation.responses.responses {
+                    if let RefOr::T(response) = response
+                        && status.starts_with(['4', '5'])
+                        && let Some(content) = response.content.shift_remove("application/json")
+                    {
+                        response.content.insert(crate::problem::CONTENT_TYPE.to_owned(), content);
+                    }
+                }
             }
         }
     }
+}
+
+/// The schema of a provider's name: one of the providers Quartermaster knows.
+pub fn provider_name() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(qm_config::KNOWN_PROVIDERS))
+        .build()
+}
+
+/// [`provider_name`], or `null`.
+pub fn optional_provider_name() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    let names = qm_config::KNOWN_PROVIDERS.iter().map(|name| serde_json::Value::from(*name));
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(names.chain([serde_json::Value::Null])))
+        .build()
 }
 
 /// The routes of the API and the document describing them.

@@ -133,8 +133,8 @@ pub async fn verify_async(password: &str, stored: &str) -> Result<bool, crate::p
 /// 503 when the API is saturated with password checks; 422 naming `field` for a password
 /// that is too short or too long.
 pub async fn hash_async(field: &str, password: &str) -> Result<String, crate::problem::Problem> {
-    if password.len() > MAX_LENGTH {
-        return Err(crate::problem::Problem::invalid(field, format!("must be at most {MAX_LENGTH} bytes")));
+    if password.chars().count() > MAX_LENGTH {
+        return Err(crate::problem::Problem::invalid(field, format!("must be at most {MAX_LENGTH} characters")));
     }
     let password = password.to_owned();
     off_the_workers(move || hash(&password))

@@ -171,9 +171,11 @@ impl From<QueryRejection> for Problem {
     }
 }
 
+/// A path whose id does not parse names no resource: 404, as an id that parses but matches
+/// nothing (decision 71).
 impl From<PathRejection> for Problem {
     fn from(rejection: PathRejection) -> Self {
-        Problem::new(StatusCode::BAD_REQUEST, "bad-path", rejection.body_text())
+        Problem::new(StatusCode::NOT_FOUND, "not-found", rejection.body_text())
     }
 }
 
@@ -201,8 +203,42 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> 
         if contains_escaped_nul(&bytes) {
             return Err(Problem::bad_request("text must not contain NUL characters (\\u0000)"));
         }
-        axum::Json::<T>::from_bytes(&bytes).map(|axum::Json(value)| Json(value)).map_err(Problem::from)
+        match axum::Json::<T>::from_bytes(&bytes) {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(rejection) => integral_floats_as_integers(&bytes).map(Json).ok_or_else(|| Problem::from(rejection)),
+        }
     }
+}
+
+/// `bytes` read again with every whole-number float (`3.0`) as the integer it equals, which
+/// JSON Schema counts as an `integer` but serde refuses for integer fields; `None` when that
+/// does not help either. Only tried after the strict reading failed.
+fn integral_floats_as_integers<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    fn normalize(value: &mut serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Number(number) if number.is_f64() => {
+                // Exactly representable whole numbers only (|x| < 2^53).
+                let float = number.as_f64().unwrap_or(f64::NAN);
+                if float.fract() != 0.0 || float.abs() >= 9_007_199_254_740_992.0 {
+                    return false;
+                }
+                format!("{float:.0}").parse::<i64>().is_ok_and(|integer| {
+                    *value = serde_json::Value::from(integer);
+                    true
+                })
+            }
+            serde_json::Value::Array(items) => items.iter_mut().fold(false, |changed, item| normalize(item) | changed),
+            serde_json::Value::Object(fields) => {
+                fields.values_mut().fold(false, |changed, field| normalize(field) | changed)
+            }
+            _ => false,
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    if !normalize(&mut value) {
+        return None;
+    }
+    serde_json::from_value(value).ok()
 }
 
 /// Whether JSON text holds a `\u0000` escape (a raw NUL byte is not valid JSON at all).
@@ -236,18 +272,18 @@ pub struct Query<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(Problem))]
 pub struct Path<T>(pub T);
 
-/// An optional JSON body: empty means `None`.
+/// An optional JSON body: empty (or `null`) means `None`.
 ///
 /// # Errors
 /// 400 for malformed JSON, 422 for JSON of the wrong shape.
 pub fn optional_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Option<T>, Problem> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
         return Ok(None);
     }
     if contains_escaped_nul(body) {
         return Err(Problem::bad_request("text must not contain NUL characters (\\u0000)"));
     }
-    serde_json::from_slice(body).map(Some).map_err(|error| {
+    serde_json::from_slice(body).map(Some).or_else(|error| integral_floats_as_integers(body).map(Some).ok_or(error)).map_err(|error| {
         let status = if error.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
         Problem::new(status, if error.is_data() { "validation" } else { "malformed-body" }, error.to_string())
     })
@@ -263,5 +299,18 @@ mod tests {
         assert!(contains_escaped_nul(br#"{"model":"\\\u0000"}"#));
         assert!(!contains_escaped_nul(br#"{"model":"a\\u0000b"}"#));
         assert!(!contains_escaped_nul(br#"{"model":"u0000"}"#));
+    }
+
+    #[test]
+    fn whole_number_floats_count_as_integers_and_fractions_do_not() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Counts {
+            count: i64,
+            nested: Vec<u32>,
+        }
+        let read = super::integral_floats_as_integers::<Counts>(br#"{"count":-366.0,"nested":[11.0,2]}"#);
+        assert_eq!(read, Some(Counts { count: -366, nested: vec![11, 2] }));
+        assert_eq!(super::integral_floats_as_integers::<Counts>(br#"{"count":1.5,"nested":[]}"#), None);
+        assert_eq!(super::integral_floats_as_integers::<Counts>(br#"{"count":1e300,"nested":[]}"#), None);
     }
 }

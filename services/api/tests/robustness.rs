@@ -100,7 +100,7 @@ async fn every_route_survives_bad_input(api: Arc<Api>) {
     assert_eq!(post(("text/plain", b"{}")).await.status, 415);
     let too_big = api.raw("POST", "/deployments", token, Some(("application/json", &huge))).await;
     assert_eq!(too_big.status, 413);
-    assert_eq!(api.get("/instances/not-a-uuid", &admin).await.status, 400);
+    assert_eq!(api.get("/instances/not-a-uuid", &admin).await.status, 404);
     assert_eq!(api.get("/instances?limit=-1", &admin).await.expect(422)["errors"][0]["field"], "limit");
     assert_eq!(api.get("/instances?limit=abc", &admin).await.status, 400);
     let events =

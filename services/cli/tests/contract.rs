@@ -23,7 +23,7 @@ async fn schemathesis_finds_no_failure_against_qm_dev() {
     let (dev, session) = Session::start(&data_dir).await;
     // An API key rather than the session: the run calls `/auth/logout`, which would end it.
     let (status, created) = session
-        .exchange(reqwest::Method::POST, "/api-keys", Some(serde_json::json!({ "name": "schemathesis" })))
+        .exchange(reqwest::Method::POST, "/api_keys", Some(serde_json::json!({ "name": "schemathesis" })))
         .await;
     assert_eq!(status, 201, "{created}");
     let key = created["secret"].as_str().expect("secret").to_owned();

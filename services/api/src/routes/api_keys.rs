@@ -17,6 +17,7 @@ const SHOWN_PREFIX: usize = 8;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     /// At most the caller's own role (the default). The key never does more than its
     /// creator's current role allows, and stops working when the creator is deleted.

@@ -17,6 +17,7 @@ use crate::problem::{ApiResult, FieldError, Json, Path, Problem, Query};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderRequest {
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub display_name: String,
     pub active: bool,
 }
@@ -24,8 +25,11 @@ pub struct ProviderRequest {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegionRequest {
+    #[schema(schema_with = crate::openapi::provider_name)]
     pub provider: String,
+    #[schema(pattern = r"^\s*[A-Za-z0-9._-]{1,64}\s*$")]
     pub code: String,
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
     pub active: bool,
 }
@@ -34,7 +38,9 @@ pub struct RegionRequest {
 #[serde(deny_unknown_fields)]
 pub struct ZoneRequest {
     pub region_id: RegionId,
+    #[schema(pattern = r"^\s*[A-Za-z0-9._-]{1,64}\s*$")]
     pub code: String,
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
     pub active: bool,
 }
@@ -42,18 +48,26 @@ pub struct ZoneRequest {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceTypeRequest {
+    #[schema(schema_with = crate::openapi::provider_name)]
     pub provider: String,
+    #[schema(pattern = r"^\s*[A-Za-z0-9._-]{1,64}\s*$")]
     pub code: String,
     /// Required when `gpu_count` > 0.
     pub gpu_model: Option<String>,
+    #[schema(minimum = 0, maximum = 64)]
     pub gpu_count: i32,
     /// Memory of one GPU, in GB.
+    #[schema(minimum = 0, maximum = 4096)]
     pub gpu_memory_gb: i32,
+    #[schema(minimum = 1, maximum = 4096)]
     pub vcpus: i32,
+    #[schema(minimum = 1, maximum = 65536)]
     pub memory_gb: i32,
     /// Hourly list price in micro-units (1.25 EUR = 1250000).
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub hourly_price_micros: i64,
     /// ISO 4217, e.g. `EUR`.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
     pub active: bool,
 }
@@ -75,6 +89,7 @@ pub struct CatalogFilter {
 #[serde(deny_unknown_fields)]
 pub struct SyncRequest {
     /// One provider; all enabled ones when left out.
+    #[schema(schema_with = crate::openapi::optional_provider_name)]
     pub provider: Option<String>,
 }
 
@@ -392,7 +407,7 @@ pub async fn zone_instance_types(
 }
 
 /// Ask the orchestrator to refresh the catalog and prices from the providers (operators).
-#[utoipa::path(post, path = "/catalog/sync", tag = "catalog", request_body(content = SyncRequest, description = "Optional"),
+#[utoipa::path(post, path = "/catalog/sync", tag = "catalog", request_body(content = Option<SyncRequest>, description = "Optional: without a body, every enabled provider"),
     responses((status = 202, body = Accepted),
               (status = 429, description = "Requested too often by this organization; see `Retry-After`", body = Problem)))]
 pub async fn sync(

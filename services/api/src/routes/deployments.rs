@@ -27,7 +27,9 @@ pub struct DeploymentRequest {
     #[schema(min_length = 1, max_length = 200, pattern = "^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")]
     pub model: String,
     /// 1 to 100 instances.
+    #[schema(minimum = 1, maximum = 100)]
     pub count: i64,
+    #[schema(schema_with = crate::openapi::optional_provider_name)]
     pub provider: Option<String>,
     /// Zone code (or id); with `instance_type`, pins the placement.
     pub zone: Option<String>,
@@ -43,6 +45,7 @@ pub struct DeploymentRequest {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlacementRequest {
+    #[schema(schema_with = crate::openapi::provider_name)]
     pub provider: String,
     pub zone: String,
     pub instance_type: String,

@@ -19,6 +19,7 @@ use crate::problem::{ApiResult, Problem, Query};
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Resume after this event id (what `Last-Event-ID` carries, for clients that cannot set it).
+    #[param(minimum = 0)]
     pub after: Option<i64>,
 }
 
@@ -31,7 +32,7 @@ pub struct EventsQuery {
 /// per replica are open at once (429). A resume replays at most
 /// [`crate::feed::MAX_CATCH_UP`] events, then sends a `stream.skipped` event and follows live.
 #[utoipa::path(get, path = "/events", tag = "events", params(EventsQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "Resume after this event id")),
     responses((status = 200, description = "`text/event-stream`: `id` is the position, `event` the type, `data` the envelope",
         content_type = "text/event-stream", body = String),
         (status = 429, description = "Too many open streams for this principal or this replica", body = Problem)))]
@@ -41,14 +42,22 @@ pub async fn stream(
     headers: HeaderMap,
     Query(query): Query<EventsQuery>,
 ) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>> {
-    let header = headers.get("last-event-id").and_then(|value| value.to_str().ok()).map(str::trim);
-    let after = match header {
-        Some(text) => Some(text.parse::<i64>().map_err(|_| Problem::bad_request("Last-Event-ID is not an event id"))?),
-        None => query.after,
-    };
-    if after.is_some_and(|after| after < 0) {
+    if query.after.is_some_and(|after| after < 0) {
         return Err(Problem::invalid("after", "must not be negative"));
     }
+    let header = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim);
+    let after = match header {
+        Some(text) => Some(
+            text.parse::<i64>()
+                .ok()
+                .filter(|after| *after >= 0)
+                .ok_or_else(|| Problem::bad_request("Last-Event-ID is not an event id"))?,
+        ),
+        None => query.after,
+    };
     let owner = principal.user_id.map_or_else(|| format!("{:?}", principal.credential), |user| user.to_string());
     let slot = state.streams.acquire(&owner).map_err(|refused| {
         let detail = match refused {

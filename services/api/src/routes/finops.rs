@@ -263,13 +263,31 @@ pub async fn per_token(
     Ok(Json(cost::cost_per_token(store, &currency(&state), resolved.range, &resolved.filter).await?))
 }
 
+/// An alert threshold, in percent of the budget: 1 to 1000.
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct Threshold(pub u32);
+
+impl utoipa::PartialSchema for Threshold {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(1000))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Threshold {}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetInput {
     /// Per calendar month (UTC), micro-units of the reporting currency.
+    #[schema(minimum = 1)]
     pub amount_micros: i64,
     /// Alert thresholds in percent of the amount (default 50, 80, 100).
-    pub thresholds: Option<Vec<u32>>,
+    #[schema(max_items = 10)]
+    pub thresholds: Option<Vec<Threshold>>,
     /// Refuse new deployments (402) while the projected month exceeds the amount.
     #[serde(default)]
     pub hard_cap: bool,
@@ -332,7 +350,10 @@ pub async fn put_budget(
     if input.amount_micros <= 0 {
         return Err(Problem::invalid("amount_micros", "must be positive"));
     }
-    let thresholds = input.thresholds.unwrap_or_else(|| vec![50, 80, 100]);
+    let thresholds = input.thresholds.map_or_else(
+        || vec![50, 80, 100],
+        |thresholds| thresholds.into_iter().map(|Threshold(percent)| percent).collect(),
+    );
     if thresholds.len() > 10 || thresholds.iter().any(|threshold| !(1..=1000).contains(threshold)) {
         return Err(Problem::invalid("thresholds", "at most 10 percentages, each from 1 to 1000"));
     }

@@ -182,7 +182,7 @@ pub async fn archive(
 
 /// Ask the orchestrator to reconcile the fleet with the providers now (operators).
 #[utoipa::path(post, path = "/fleet/reconcile", tag = "instances",
-    request_body(content = super::catalog::SyncRequest, description = "Optional"),
+    request_body(content = Option<super::catalog::SyncRequest>, description = "Optional: without a body, every enabled provider"),
     responses((status = 202, body = Accepted),
               (status = 429, description = "Requested too often by this organization; see `Retry-After`", body = Problem)))]
 pub async fn reconcile(

@@ -59,6 +59,7 @@ pub struct PageParams {
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(format = Uuid)]
     pub cursor: Option<String>,
 }
 
@@ -138,12 +139,12 @@ pub fn message<P: qm_events::Payload>(payload: &P, principal: Option<&Principal>
 /// # Errors
 /// 422 naming `field`.
 pub fn bounded_text(field: &str, value: &str, max: usize) -> Result<String, Problem> {
+    if value.chars().count() > max {
+        return Err(Problem::invalid(field, format!("must be at most {max} characters")));
+    }
     let trimmed = value.trim();
     if trimmed.is_empty() {
         return Err(Problem::invalid(field, "must not be empty"));
-    }
-    if trimmed.chars().count() > max {
-        return Err(Problem::invalid(field, format!("must be at most {max} characters")));
     }
     Ok(trimmed.to_owned())
 }

@@ -24,7 +24,7 @@ pub const MAX_LOGIN_LENGTH: usize = 254;
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// Username or email address.
-    #[schema(min_length = 1, max_length = 254)]
+    #[schema(min_length = 1, max_length = 254, pattern = r"\S")]
     pub login: String,
     #[schema(max_length = 1024)]
     pub password: String,
@@ -43,15 +43,21 @@ pub struct LoginResponse {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMe {
+    #[schema(max_length = 254, pattern = r"^\s*[^@\s]+@[^@\s.]+(\.[^@\s.]+)+\s*$")]
     pub email: Option<String>,
+    #[schema(max_length = 100)]
     pub first_name: Option<String>,
+    #[schema(max_length = 100)]
     pub last_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePassword {
+    #[schema(max_length = 1024)]
     pub current_password: String,
+    /// 8 to 1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     pub new_password: String,
 }
 
@@ -73,11 +79,11 @@ pub async fn login(
     Json(request): Json<LoginRequest>,
 ) -> ApiResult<Response> {
     let login = request.login.trim();
-    if login.is_empty() || login.chars().count() > MAX_LOGIN_LENGTH {
+    if login.is_empty() || request.login.chars().count() > MAX_LOGIN_LENGTH {
         return Err(Problem::invalid("login", format!("must be 1 to {MAX_LOGIN_LENGTH} characters")));
     }
-    if request.password.len() > password::MAX_LENGTH {
-        return Err(Problem::invalid("password", format!("must be at most {} bytes", password::MAX_LENGTH)));
+    if request.password.chars().count() > password::MAX_LENGTH {
+        return Err(Problem::invalid("password", format!("must be at most {} characters", password::MAX_LENGTH)));
     }
     let store = &state.dependencies.store;
     let user = store.user_by_login(login).await?;
@@ -134,7 +140,7 @@ pub async fn login(
     responses((status = 204, description = "Session revoked and cookie cleared")))]
 pub async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResult<Response> {
     let Some(session) = principal.session() else {
-        return Err(Problem::forbidden("API keys do not log out; revoke them with DELETE /api-keys/{id}"));
+        return Err(Problem::forbidden("API keys do not log out; revoke them with DELETE /api_keys/{id}"));
     };
     let mut tx = state.dependencies.store.begin().await?;
     tx.revoke_session(session).await?;

@@ -50,13 +50,18 @@ impl From<&User> for UserView {
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// Lowercase letters, digits, `.`, `_` and `-`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{2,63}$")]
     pub username: String,
+    #[schema(max_length = 254, pattern = r"^\s*[^@\s]+@[^@\s.]+(\.[^@\s.]+)+\s*$")]
     pub email: String,
-    /// At least 8 characters.
+    /// 8 to 1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
     #[serde(default)]
+    #[schema(max_length = 100)]
     pub first_name: String,
     #[serde(default)]
+    #[schema(max_length = 100)]
     pub last_name: String,
     pub role: Role,
     /// Defaults to the caller's organization; only the platform admin may name another.
@@ -66,11 +71,15 @@ pub struct CreateUser {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
+    #[schema(max_length = 254, pattern = r"^\s*[^@\s]+@[^@\s.]+(\.[^@\s.]+)+\s*$")]
     pub email: Option<String>,
+    #[schema(max_length = 100)]
     pub first_name: Option<String>,
+    #[schema(max_length = 100)]
     pub last_name: Option<String>,
     pub role: Option<Role>,
-    /// Sets a new password (and revokes the user's sessions).
+    /// Sets a new password (and revokes the user's sessions): 8 to 1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: Option<String>,
 }
 
@@ -86,11 +95,10 @@ pub struct UserFilter {
 /// # Errors
 /// 422 naming `field`.
 pub fn name_field(field: &str, value: &str) -> Result<String, Problem> {
-    let value = value.trim();
     if value.chars().count() > 100 {
         return Err(Problem::invalid(field, "must be at most 100 characters"));
     }
-    Ok(value.to_owned())
+    Ok(value.trim().to_owned())
 }
 
 /// The user, if the caller administers its organization.

@@ -146,7 +146,7 @@ pub async fn register(
 fn validate_registration(request: &RegisterRequest) -> Result<(u16, String), Problem> {
     let mut errors = Vec::new();
     let mut field = |name: &str, message: String| errors.push(FieldError { field: name.into(), message });
-    if request.bootstrap_token.len() > 100 {
+    if request.bootstrap_token.chars().count() > 100 {
         field("bootstrap_token", "must be at most 100 characters".into());
     }
     let model = qm_domain::ModelId::parse(&request.model);
@@ -171,7 +171,7 @@ fn validate_registration(request: &RegisterRequest) -> Result<(u16, String), Pro
     if request.gpus.len() > MAX_GPUS {
         field("gpus", format!("at most {MAX_GPUS} GPUs"));
     }
-    if request.gpus.iter().any(|gpu| gpu.name.len() > 100 || !gpu.name.chars().all(|character| !character.is_control()))
+    if request.gpus.iter().any(|gpu| gpu.name.chars().count() > 100 || gpu.name.chars().any(char::is_control))
     {
         field("gpus", "a GPU name is at most 100 characters without control characters".into());
     }

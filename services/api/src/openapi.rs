@@ -67,8 +67,9 @@ impl Modify for ErrorResponses {
             )
         };
         for (path, item) in &mut openapi.paths.paths {
-            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete];
-            for operation in operations.into_iter().flatten() {
+            let operations = [(false, &mut item.get), (true, &mut item.put), (true, &mut item.post), (true, &mut item.delete)];
+            for (changes, operation) in operations {
+                let Some(operation) = operation else { continue };
                 // Handler names repeat across resources (`list`, `get`); ids must be unique.
                 if let (Some(tag), Some(id)) =
                     (operation.tags.as_ref().and_then(|tags| tags.first()), &operation.operation_id)
@@ -117,8 +118,10 @@ impl Modify for ErrorResponses {
                 if path.contains('{') {
                     add("404", "Not found (or in another organization)");
                 }
-                if operation.request_body.is_some() {
+                if changes {
                     add("409", "Conflicts with what exists (a name or address already taken, a state that forbids it)");
+                }
+                if operation.request_body.is_some() {
                     add("413", "The body is too large");
                     add("415", "The body is not JSON");
                 }

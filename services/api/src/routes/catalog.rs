@@ -14,6 +14,14 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::problem::{ApiResult, FieldError, Json, Path, Problem, Query};
 
+/// The provider a `PUT /providers/{name}` creates or updates.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ProviderPath {
+    #[param(schema_with = crate::openapi::provider_name)]
+    pub name: String,
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderRequest {
@@ -53,6 +61,7 @@ pub struct InstanceTypeRequest {
     #[schema(pattern = r"^\s*[A-Za-z0-9._-]{1,64}\s*$")]
     pub code: String,
     /// Required when `gpu_count` > 0.
+    #[schema(min_length = 1, max_length = 100)]
     pub gpu_model: Option<String>,
     #[schema(minimum = 0, maximum = 64)]
     pub gpu_count: i32,
@@ -144,7 +153,7 @@ pub async fn provider(
 }
 
 /// Create or update a provider (platform admin); `name` is one of `local`, `sim`, `aws`, `scaleway`.
-#[utoipa::path(put, path = "/providers/{name}", tag = "catalog", params(("name" = String, Path)),
+#[utoipa::path(put, path = "/providers/{name}", tag = "catalog", params(ProviderPath),
     request_body = ProviderRequest, responses((status = 200, body = Provider)))]
 pub async fn put_provider(
     State(state): State<AppState>,
@@ -293,6 +302,9 @@ fn instance_type_input(
     within(&mut errors, "vcpus", request.vcpus.into(), 1..=4096);
     within(&mut errors, "memory_gb", request.memory_gb.into(), 1..=65536);
     within(&mut errors, "hourly_price_micros", request.hourly_price_micros, 0..=1_000_000_000_000);
+    if request.gpu_model.as_deref().is_some_and(|model| model.is_empty() || model.chars().count() > 100) {
+        errors.push(FieldError { field: "gpu_model".into(), message: "must be 1 to 100 characters".into() });
+    }
     let gpu_model = request.gpu_model.as_deref().map(str::trim).filter(|model| !model.is_empty()).map(str::to_owned);
     if request.gpu_count > 0 && gpu_model.is_none() {
         errors.push(FieldError { field: "gpu_model".into(), message: "is required when gpu_count > 0".into() });

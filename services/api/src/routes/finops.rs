@@ -432,13 +432,16 @@ pub async fn exchange_rates(State(state): State<AppState>, _principal: Principal
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateInput {
-    /// Units of the reporting currency per unit of this one, as a decimal (`"0.92"`).
+    /// Units of the reporting currency per unit of this one, as a positive decimal (`"0.92"`)
+    /// with at most 6 decimals.
+    #[schema(pattern = r"^\s*[0-9]+(\.[0-9]{0,6})?\s*$")]
     pub rate: String,
 }
 
 /// Set the rate of a currency (platform administrator); instances billed from now on capture it.
 #[utoipa::path(put, path = "/finops/exchange_rates/{currency}", tag = "finops", request_body = RateInput,
-    params(("currency" = String, Path)), responses((status = 200, body = RateView)))]
+    params(("currency" = String, Path, pattern = "^[A-Z]{3}$", description = "ISO 4217, not the reporting currency (409)")),
+    responses((status = 200, body = RateView)))]
 pub async fn put_exchange_rate(
     State(state): State<AppState>,
     principal: Principal,
@@ -449,7 +452,7 @@ pub async fn put_exchange_rate(
     let currency =
         Currency::parse(&code).map_err(|_| Problem::invalid("currency", "must be an ISO 4217 code such as USD"))?;
     if currency == state.dependencies.settings.reporting_currency {
-        return Err(Problem::invalid("currency", "the reporting currency's rate is always 1"));
+        return Err(Problem::conflict("the reporting currency's rate is always 1"));
     }
     let rate = MicroUnits::parse_decimal(&input.rate)
         .ok()

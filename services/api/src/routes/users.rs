@@ -269,10 +269,10 @@ pub async fn update(
         && role != user.role
     {
         if Some(user.id) == principal.user_id {
-            return Err(Problem::invalid("role", "you cannot change your own role"));
+            return Err(Problem::conflict("you cannot change your own role"));
         }
         if user.is_platform_admin {
-            return Err(Problem::invalid("role", "the platform administrator stays an admin"));
+            return Err(Problem::conflict("the platform administrator stays an admin"));
         }
         grantable(&principal, role)?;
         user.role = role;

@@ -19,7 +19,10 @@ pub struct RegisterRequest {
     pub model: String,
     /// Where the inference engine listens, e.g. `http://10.0.0.7:8000`. Only its port is used
     /// to reach it: the host is the address the provider reports for the instance.
-    #[schema(max_length = 500, pattern = r"^https?://((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}|[A-Za-z]([A-Za-z0-9.-]{0,250}[A-Za-z])?)(:[1-9][0-9]{0,3})?(/[!-~]{0,200})?$")]
+    #[schema(
+        max_length = 500,
+        pattern = r"^https?://((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}|[A-Za-z]([A-Za-z0-9.-]{0,250}[A-Za-z])?)(:[1-9][0-9]{0,3})?(/[!-~]{0,200})?$"
+    )]
     pub engine_url: String,
     /// Printable ASCII without spaces.
     #[schema(pattern = "^[!-~]{1,100}$")]

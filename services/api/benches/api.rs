@@ -269,8 +269,9 @@ async fn run() {
     let authenticated_report = authenticated.report();
     let small_page_report = small_page.report();
     let listing_report = listing.report();
-    let p95_to_baseline =
-        |measurement: &Measurement| measurement.percentile(0.95).as_secs_f64() / baseline.percentile(0.95).as_secs_f64();
+    let p95_to_baseline = |measurement: &Measurement| {
+        measurement.percentile(0.95).as_secs_f64() / baseline.percentile(0.95).as_secs_f64()
+    };
     let judge = |met: bool| if met { "met" } else { "MISSED" };
     let auth_ratio = p95_to_baseline(&authenticated);
     let p95_ratio = p95_to_baseline(&listing);

@@ -67,7 +67,8 @@ impl Modify for ErrorResponses {
             )
         };
         for (path, item) in &mut openapi.paths.paths {
-            let operations = [(false, &mut item.get), (true, &mut item.put), (true, &mut item.post), (true, &mut item.delete)];
+            let operations =
+                [(false, &mut item.get), (true, &mut item.put), (true, &mut item.post), (true, &mut item.delete)];
             for (changes, operation) in operations {
                 let Some(operation) = operation else { continue };
                 // Handler names repeat across resources (`list`, `get`); ids must be unique.
@@ -93,8 +94,11 @@ impl Modify for ErrorResponses {
                         && let Some(RefOr::T(utoipa::openapi::schema::Schema::Object(schema))) = &mut parameter.schema
                         && let utoipa::openapi::schema::SchemaType::Array(types) = &schema.schema_type
                     {
-                        let types: Vec<_> =
-                            types.iter().filter(|kind| **kind != utoipa::openapi::schema::Type::Null).cloned().collect();
+                        let types: Vec<_> = types
+                            .iter()
+                            .filter(|kind| **kind != utoipa::openapi::schema::Type::Null)
+                            .cloned()
+                            .collect();
                         if let [single] = types.as_slice() {
                             schema.schema_type = utoipa::openapi::schema::SchemaType::Type(single.clone());
                         }

@@ -283,10 +283,13 @@ pub fn optional_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Opti
     if contains_escaped_nul(body) {
         return Err(Problem::bad_request("text must not contain NUL characters (\\u0000)"));
     }
-    serde_json::from_slice(body).map(Some).or_else(|error| integral_floats_as_integers(body).map(Some).ok_or(error)).map_err(|error| {
-        let status = if error.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
-        Problem::new(status, if error.is_data() { "validation" } else { "malformed-body" }, error.to_string())
-    })
+    serde_json::from_slice(body)
+        .map(Some)
+        .or_else(|error| integral_floats_as_integers(body).map(Some).ok_or(error))
+        .map_err(|error| {
+            let status = if error.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
+            Problem::new(status, if error.is_data() { "validation" } else { "malformed-body" }, error.to_string())
+        })
 }
 
 #[cfg(test)]

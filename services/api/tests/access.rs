@@ -82,12 +82,26 @@ async fn the_caller_manages_its_own_account(api: Arc<Api>) {
     let admin = api.admin().await;
     let viewer = api.member(&admin, "vera", "viewer").await;
     let second_session = api.login("vera", "password-of-a-user").await;
+    // Both sessions' credentials (with their account) are cached before the change.
+    for session in [&viewer, &second_session] {
+        assert_eq!(api.get("/auth/me", session).await.expect(200)["first_name"], "");
+    }
 
     let updated =
         api.put("/auth/me", &viewer, json!({ "first_name": "Vera", "email": "Vera@Example.org" })).await.expect(200);
     assert_eq!(updated["first_name"], "Vera");
     assert_eq!(updated["email"], "vera@example.org");
     assert_eq!(updated["role"], "viewer", "a user cannot change their own role");
+    // `/auth/me` answers from the session's cached account: the change shows at once, on both
+    // of the user's sessions.
+    for session in [&viewer, &second_session] {
+        let me = api.get("/auth/me", session).await.expect(200);
+        assert_eq!((me["first_name"].as_str(), me["email"].as_str()), (Some("Vera"), Some("vera@example.org")));
+    }
+    // An admin's change to the account shows as well.
+    let id = updated["id"].as_str().unwrap();
+    api.put(&format!("/users/{id}"), &admin, json!({ "last_name": "Rubin" })).await.expect(200);
+    assert_eq!(api.get("/auth/me", &viewer).await.expect(200)["last_name"], "Rubin");
     api.put("/auth/me", &viewer, json!({ "role": "admin" })).await.expect(422);
     api.put("/auth/me", &viewer, json!({ "email": "not-an-email" })).await.expect(422);
 

@@ -186,7 +186,11 @@ async fn run() {
 
     // The same through `qm dev`.
     let dev = DevProcess::start(password);
-    let dev_api = Api { client: api.client.clone(), token: qm_testkit::login(&api.client, &dev.api, "admin", password).await, base: dev.api.clone() };
+    let dev_api = Api {
+        client: api.client.clone(),
+        token: qm_testkit::login(&api.client, &dev.api, "admin", password).await,
+        base: dev.api.clone(),
+    };
     let dev_fleet = provision_fleet(&dev_api, |fleet| ready_over_http(&dev_api, fleet)).await;
     let dev_report = dev_fleet.report("qm dev (SQLite, in-process bus)", TARGET_DEV_FLEET_READY);
     drop(dev);
@@ -309,16 +313,20 @@ impl DevProcess {
         }
         let output = std::fs::File::create(&log).unwrap();
         let child = command.stdout(output.try_clone().unwrap()).stderr(output).spawn().unwrap();
+        // Owned from here, so that a failed start still stops the process (on drop).
+        let mut dev = Self { child, data_dir, api: String::new() };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let printed = std::fs::read_to_string(&log).unwrap_or_default();
             if printed.contains("Stop with Ctrl-C") {
-                let api = printed
+                dev.api = printed
                     .lines()
-                    .find_map(|line| line.trim().strip_prefix("api").map(str::trim).filter(|url| url.starts_with("http://")))
+                    .find_map(|line| {
+                        line.trim().strip_prefix("api").map(str::trim).filter(|url| url.starts_with("http://"))
+                    })
                     .unwrap()
                     .to_owned();
-                return Self { child, data_dir, api };
+                return dev;
             }
             assert!(Instant::now() < deadline, "qm dev did not start within 60 s:\n{printed}");
             std::thread::sleep(Duration::from_millis(100));

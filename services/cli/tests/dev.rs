@@ -153,7 +153,6 @@ async fn a_sim_deployment_reaches_ready_through_the_worker_protocol_and_terminat
     std::fs::remove_dir_all(&data_dir).expect("clean up");
 }
 
-
 fn process_alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
 }

@@ -45,10 +45,7 @@ pub async fn stream(
     if query.after.is_some_and(|after| after < 0) {
         return Err(Problem::invalid("after", "must not be negative"));
     }
-    let header = headers
-        .get("last-event-id")
-        .and_then(|value| value.to_str().ok())
-        .map(str::trim);
+    let header = headers.get("last-event-id").and_then(|value| value.to_str().ok()).map(str::trim);
     let after = match header {
         Some(text) => Some(
             text.parse::<i64>()

@@ -154,9 +154,11 @@ pub async fn logout(State(state): State<AppState>, principal: Principal) -> ApiR
 
 /// 403 for an API key: the routes of one's own account need a user's session.
 fn account(principal: &Principal) -> ApiResult<&UserView> {
-    principal.account.as_deref().filter(|_| principal.session().is_some()).ok_or_else(|| {
-        Problem::forbidden("an API key has no account of its own; log in as a user")
-    })
+    principal
+        .account
+        .as_deref()
+        .filter(|_| principal.session().is_some())
+        .ok_or_else(|| Problem::forbidden("an API key has no account of its own; log in as a user"))
 }
 
 async fn caller(state: &AppState, principal: &Principal) -> ApiResult<User> {

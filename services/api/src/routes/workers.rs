@@ -171,8 +171,7 @@ fn validate_registration(request: &RegisterRequest) -> Result<(u16, String), Pro
     if request.gpus.len() > MAX_GPUS {
         field("gpus", format!("at most {MAX_GPUS} GPUs"));
     }
-    if request.gpus.iter().any(|gpu| gpu.name.chars().count() > 100 || gpu.name.chars().any(char::is_control))
-    {
+    if request.gpus.iter().any(|gpu| gpu.name.chars().count() > 100 || gpu.name.chars().any(char::is_control)) {
         field("gpus", "a GPU name is at most 100 characters without control characters".into());
     }
     match (port, model) {

@@ -143,7 +143,12 @@ impl Session {
         Self { client, api: api.to_owned(), token: login["token"].as_str().expect("token").to_owned() }
     }
 
-    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
         self.exchange(method, path, body).await.1
     }
 

@@ -88,8 +88,28 @@ impl Modify for ErrorResponses {
                             reason.and_then(|code| code.canonical_reason()).unwrap_or("Response").to_owned();
                     }
                 }
-                // A query or header parameter is absent or text, never JSON `null`.
+                // A parameter declared by the annotation wins over the one inferred from the
+                // handler's extractor (`Path<String>`).
+                if let Some(parameters) = &mut operation.parameters {
+                    let mut seen: Vec<(String, utoipa::openapi::path::ParameterIn)> = Vec::new();
+                    parameters.retain(|parameter| match parameter {
+                        RefOr::T(parameter) => {
+                            let key = (parameter.name.clone(), parameter.parameter_in.clone());
+                            let first = !seen.contains(&key);
+                            seen.push(key);
+                            first
+                        }
+                        RefOr::Ref(_) => true,
+                    });
+                }
+                // A query or header parameter is absent or text, never JSON `null`; a path
+                // parameter is always required.
                 for parameter in operation.parameters.iter_mut().flatten() {
+                    if let RefOr::T(parameter) = parameter
+                        && parameter.parameter_in == utoipa::openapi::path::ParameterIn::Path
+                    {
+                        parameter.required = utoipa::openapi::Required::True;
+                    }
                     if let RefOr::T(parameter) = parameter
                         && let Some(RefOr::T(utoipa::openapi::schema::Schema::Object(schema))) = &mut parameter.schema
                         && let utoipa::openapi::schema::SchemaType::Array(types) = &schema.schema_type

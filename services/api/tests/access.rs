@@ -167,7 +167,7 @@ async fn organizations_and_users_are_administered_and_isolated(api: Arc<Api>) {
         .expect(200);
     assert_eq!((changed["role"].as_str(), changed["last_name"].as_str()), (Some("viewer"), Some("Builder")));
     let admin_b_id = api.get("/auth/me", &admin_b).await.expect(200)["id"].as_str().unwrap().to_owned();
-    api.put(&format!("/users/{admin_b_id}"), &admin_b, json!({ "role": "viewer" })).await.expect(422);
+    api.put(&format!("/users/{admin_b_id}"), &admin_b, json!({ "role": "viewer" })).await.expect(409);
     api.delete(&format!("/users/{admin_b_id}"), &admin_b).await.expect(409);
     api.post(
         "/users",

@@ -142,7 +142,7 @@ pub async fn providers(State(state): State<AppState>, _principal: Principal) -> 
 }
 
 /// A provider.
-#[utoipa::path(get, path = "/providers/{name}", tag = "catalog", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/providers/{name}", tag = "catalog", params(ProviderPath),
     responses((status = 200, body = Provider)))]
 pub async fn provider(
     State(state): State<AppState>,

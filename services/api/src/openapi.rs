@@ -88,20 +88,6 @@ impl Modify for ErrorResponses {
                             reason.and_then(|code| code.canonical_reason()).unwrap_or("Response").to_owned();
                     }
                 }
-                // A parameter declared by the annotation wins over the one inferred from the
-                // handler's extractor (`Path<String>`).
-                if let Some(parameters) = &mut operation.parameters {
-                    let mut seen: Vec<(String, utoipa::openapi::path::ParameterIn)> = Vec::new();
-                    parameters.retain(|parameter| match parameter {
-                        RefOr::T(parameter) => {
-                            let key = (parameter.name.clone(), parameter.parameter_in.clone());
-                            let first = !seen.contains(&key);
-                            seen.push(key);
-                            first
-                        }
-                        RefOr::Ref(_) => true,
-                    });
-                }
                 // A query or header parameter is absent or text, never JSON `null`; a path
                 // parameter is always required.
                 for parameter in operation.parameters.iter_mut().flatten() {
@@ -168,20 +154,24 @@ impl Modify for ErrorResponses {
 
 /// The schema of a provider's name: one of the providers Quartermaster knows.
 pub fn provider_name() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(qm_config::KNOWN_PROVIDERS))
-        .build()
+    provider_names(false)
 }
 
 /// [`provider_name`], or `null`.
 pub fn optional_provider_name() -> utoipa::openapi::Object {
+    provider_names(true)
+}
+
+fn provider_names(nullable: bool) -> utoipa::openapi::Object {
     use utoipa::openapi::schema::{SchemaType, Type};
-    let names = qm_config::KNOWN_PROVIDERS.iter().map(|name| serde_json::Value::from(*name));
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
-        .enum_values(Some(names.chain([serde_json::Value::Null])))
-        .build()
+    let mut names: Vec<serde_json::Value> = qm_config::KNOWN_PROVIDERS.map(serde_json::Value::from).to_vec();
+    let schema_type = if nullable {
+        names.push(serde_json::Value::Null);
+        SchemaType::from_iter([Type::String, Type::Null])
+    } else {
+        SchemaType::Type(Type::String)
+    };
+    utoipa::openapi::ObjectBuilder::new().schema_type(schema_type).enum_values(Some(names)).build()
 }
 
 /// The routes of the API and the document describing them.

@@ -200,13 +200,20 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> 
         let bytes = axum::body::Bytes::from_request(request, state)
             .await
             .map_err(|rejection| Problem::new(rejection.status(), "malformed-body", rejection.body_text()))?;
-        if contains_escaped_nul(&bytes) {
-            return Err(Problem::bad_request("text must not contain NUL characters (\\u0000)"));
-        }
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => integral_floats_as_integers(&bytes).map(Json).ok_or_else(|| Problem::from(rejection)),
-        }
+        read_json(&bytes).map(Json)
+    }
+}
+
+/// A JSON body read strictly: NUL characters refused (400, no database column can hold them),
+/// malformed JSON 400, the wrong shape 422 naming the field; a whole-number float (`3.0`)
+/// counts as the integer it equals.
+fn read_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    if contains_escaped_nul(bytes) {
+        return Err(Problem::bad_request("text must not contain NUL characters (\\u0000)"));
+    }
+    match axum::Json::<T>::from_bytes(bytes) {
+        Ok(axum::Json(value)) => Ok(value),
+        Err(rejection) => integral_floats_as_integers(bytes).ok_or_else(|| Problem::from(rejection)),
     }
 }
 
@@ -222,10 +229,8 @@ fn integral_floats_as_integers<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> 
                 if float.fract() != 0.0 || float.abs() >= 9_007_199_254_740_992.0 {
                     return false;
                 }
-                format!("{float:.0}").parse::<i64>().is_ok_and(|integer| {
-                    *value = serde_json::Value::from(integer);
-                    true
-                })
+                *value = serde_json::Value::from(float as i64);
+                true
             }
             serde_json::Value::Array(items) => items.iter_mut().fold(false, |changed, item| normalize(item) | changed),
             serde_json::Value::Object(fields) => {
@@ -277,19 +282,11 @@ pub struct Path<T>(pub T);
 /// # Errors
 /// 400 for malformed JSON, 422 for JSON of the wrong shape.
 pub fn optional_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Option<T>, Problem> {
-    if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
+    let body = body.trim_ascii();
+    if body.is_empty() || body == b"null" {
         return Ok(None);
     }
-    if contains_escaped_nul(body) {
-        return Err(Problem::bad_request("text must not contain NUL characters (\\u0000)"));
-    }
-    serde_json::from_slice(body)
-        .map(Some)
-        .or_else(|error| integral_floats_as_integers(body).map(Some).ok_or(error))
-        .map_err(|error| {
-            let status = if error.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
-            Problem::new(status, if error.is_data() { "validation" } else { "malformed-body" }, error.to_string())
-        })
+    read_json(body).map(Some)
 }
 
 #[cfg(test)]

@@ -17,6 +17,56 @@ fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The patterns of emails and usernames are written out in each request that carries one;
+/// each copy must accept exactly what the server's parser accepts.
+#[test]
+fn documented_email_and_username_patterns_accept_what_the_parsers_accept() {
+    let document = serde_json::to_value(qm_api::openapi::document()).unwrap();
+    let long = format!("{}@example.org", "a".repeat(250));
+    let samples = [
+        "a@b.c",
+        "Vera@Example.org",
+        " v@e.io ",
+        "a@b",
+        "a@.b",
+        "a@b.",
+        "a@@b.c",
+        "a b@c.d",
+        "@b.c",
+        "a@b..c",
+        "",
+        "abc",
+        "ab",
+        "a_b-c.d",
+        "Abc",
+        "-ab",
+        "ab c",
+        "été",
+        "0ab",
+        &long,
+    ];
+    type Accepts = fn(&str) -> bool;
+    let parsers: [(&str, Accepts); 2] = [
+        ("email", |text| qm_domain::Email::parse(text).is_ok()),
+        ("username", |text| qm_domain::Username::parse(text).is_ok()),
+    ];
+    let mut checked = 0;
+    for (schema_name, schema) in document["components"]["schemas"].as_object().unwrap() {
+        for (field, accepts) in parsers {
+            let property = &schema["properties"][field];
+            let Some(pattern) = property["pattern"].as_str() else { continue };
+            let regex = regex::Regex::new(pattern).unwrap();
+            let max = property["maxLength"].as_u64().map_or(usize::MAX, |max| usize::try_from(max).unwrap());
+            for sample in samples {
+                let documented = regex.is_match(sample) && sample.chars().count() <= max;
+                assert_eq!(documented, accepts(sample), "{schema_name}.{field} on {sample:?}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} patterns found");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_is_valid_openapi_and_the_ui_is_served_from_the_binary() {
     common::run(Backend::Sqlite, &[], |api| async move {

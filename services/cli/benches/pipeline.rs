@@ -14,6 +14,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+/// `qm dev` started as its tests start it.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 /// The allocator of the production binaries.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -185,15 +189,17 @@ async fn run() {
     let fleet_report = fleet.report("PostgreSQL + NATS, two orchestrators", TARGET_FLEET_READY);
 
     // The same through `qm dev`.
-    let dev = DevProcess::start(password);
+    let data_dir = support::temporary_data_dir();
+    let (dev, urls, _) = support::Dev::start_with(&data_dir, &[], &[("QM_ADMIN_PASSWORD", password)]);
     let dev_api = Api {
+        token: qm_testkit::login(&api.client, &urls["api"], "admin", password).await,
         client: api.client.clone(),
-        token: qm_testkit::login(&api.client, &dev.api, "admin", password).await,
-        base: dev.api.clone(),
+        base: urls["api"].clone(),
     };
     let dev_fleet = provision_fleet(&dev_api, |fleet| ready_over_http(&dev_api, fleet)).await;
     let dev_report = dev_fleet.report("qm dev (SQLite, in-process bus)", TARGET_DEV_FLEET_READY);
-    drop(dev);
+    assert!(dev.terminate(Duration::from_secs(30)).success());
+    std::fs::remove_dir_all(&data_dir).unwrap();
 
     let directory =
         std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("bench");
@@ -288,57 +294,6 @@ async fn ready_over_http(api: &Api, fleet: Vec<InstanceId>) -> usize {
             Some(next) => cursor = Some(next.to_owned()),
             None => return ready,
         }
-    }
-}
-
-/// The release `qm dev` on free ports and a fresh data directory, stopped when dropped.
-struct DevProcess {
-    child: std::process::Child,
-    data_dir: std::path::PathBuf,
-    api: String,
-}
-
-impl DevProcess {
-    fn start(password: &str) -> Self {
-        let data_dir = std::env::temp_dir().join(format!("qm-bench-dev-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&data_dir).unwrap();
-        let log = data_dir.join("qm-dev.log");
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_qm"));
-        command.args(["dev", "--data-dir"]).arg(&data_dir).env("QM_ADMIN_PASSWORD", password);
-        for variable in ["QM_API_ADDR", "QM_ORCHESTRATOR_ADDR", "QM_FINOPS_ADDR", "QM_ROUTER_ADDR"] {
-            command.env(variable, "127.0.0.1:0");
-        }
-        for variable in ["QM_DATABASE_URL", "QM_BUS_URL", "QM_ADMIN_PASSWORD_FILE"] {
-            command.env_remove(variable);
-        }
-        let output = std::fs::File::create(&log).unwrap();
-        let child = command.stdout(output.try_clone().unwrap()).stderr(output).spawn().unwrap();
-        // Owned from here, so that a failed start still stops the process (on drop).
-        let mut dev = Self { child, data_dir, api: String::new() };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let printed = std::fs::read_to_string(&log).unwrap_or_default();
-            if printed.contains("Stop with Ctrl-C") {
-                dev.api = printed
-                    .lines()
-                    .find_map(|line| {
-                        line.trim().strip_prefix("api").map(str::trim).filter(|url| url.starts_with("http://"))
-                    })
-                    .unwrap()
-                    .to_owned();
-                return dev;
-            }
-            assert!(Instant::now() < deadline, "qm dev did not start within 60 s:\n{printed}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for DevProcess {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 

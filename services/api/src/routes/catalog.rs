@@ -14,8 +14,8 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::problem::{ApiResult, FieldError, Json, Path, Problem, Query};
 
-/// The provider a `PUT /providers/{name}` creates or updates.
-#[derive(utoipa::IntoParams)]
+/// The provider of `/providers/{name}`.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct ProviderPath {
     #[param(schema_with = crate::openapi::provider_name)]
@@ -147,7 +147,7 @@ pub async fn providers(State(state): State<AppState>, _principal: Principal) -> 
 pub async fn provider(
     State(state): State<AppState>,
     _principal: Principal,
-    Path(name): Path<String>,
+    Path(ProviderPath { name }): Path<ProviderPath>,
 ) -> ApiResult<Json<Provider>> {
     Ok(Json(state.dependencies.store.provider(&name).await?.ok_or_else(|| Problem::not_found("provider"))?))
 }
@@ -158,7 +158,7 @@ pub async fn provider(
 pub async fn put_provider(
     State(state): State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
+    Path(ProviderPath { name }): Path<ProviderPath>,
     Json(request): Json<ProviderRequest>,
 ) -> ApiResult<Json<Provider>> {
     let audit = Audit::start("catalog.provider.put");

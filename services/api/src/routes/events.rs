@@ -23,6 +23,19 @@ pub struct EventsQuery {
     pub after: Option<i64>,
 }
 
+/// One event of the stream, as `text/event-stream` frames it.
+/// (The stream writes it with axum's `Event`; this type documents the frame.)
+#[derive(utoipa::ToSchema)]
+pub struct StreamEvent {
+    /// The event's position in the feed: resume after it with `Last-Event-ID`.
+    #[schema(pattern = "^[0-9]+$")]
+    pub id: String,
+    /// The message type (`instance.state_changed`, ...), or `stream.skipped`.
+    pub event: String,
+    /// The envelope as JSON (`stream.skipped`: how many events a resume left out).
+    pub data: String,
+}
+
 /// A stream of `instance.state_changed` and the other events of the caller's organization.
 ///
 /// The stream ends when the right to see it ends: its credential is checked again every
@@ -34,7 +47,7 @@ pub struct EventsQuery {
 #[utoipa::path(get, path = "/events", tag = "events", params(EventsQuery,
         ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "Resume after this event id")),
     responses((status = 200, description = "`text/event-stream`: `id` is the position, `event` the type, `data` the envelope",
-        content_type = "text/event-stream", body = String),
+        content_type = "text/event-stream", body = StreamEvent),
         (status = 429, description = "Too many open streams for this principal or this replica", body = Problem)))]
 pub async fn stream(
     State(state): State<AppState>,

@@ -157,7 +157,6 @@ fn account(principal: &Principal) -> ApiResult<&UserView> {
     principal
         .account
         .as_deref()
-        .filter(|_| principal.session().is_some())
         .ok_or_else(|| Problem::forbidden("an API key has no account of its own; log in as a user"))
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests talk to run on loopback: PostgreSQL (5432), Redis (6379) and
-# NATS with JetStream (4222). Installs a missing server from Debian's packages, starts a stopped
+# NATS with JetStream (4222), and that the tools the tests run (cloud-init, cargo-nextest) exist. Installs a missing server from Debian's packages, starts a stopped
 # one, and fails naming the piece it could not bring up.
 set -euo pipefail
 
@@ -48,6 +48,9 @@ if ! listening 4222; then
     -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
   wait_for 4222 "NATS"
 fi
+
+# The boot-configuration tests validate rendered user data with cloud-init's own schema checker.
+command -v cloud-init >/dev/null || apt_install --no-install-recommends cloud-init
 
 if ! command -v cargo-nextest >/dev/null; then
   echo "installing cargo-nextest ..."

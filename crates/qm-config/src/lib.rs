@@ -132,6 +132,11 @@ pub mod defaults {
     pub const ROUTER_ADDR: &str = "127.0.0.1:8080";
     pub const WORKER_AGENT_ADDR: &str = "127.0.0.1:8090";
     pub const DEV_PROVIDERS: &str = "local,sim";
+    /// The image every Quartermaster binary ships in (`deploy/docker/Dockerfile`), at this
+    /// version.
+    pub const AGENT_IMAGE: &str = concat!("ghcr.io/quartermaster/quartermaster:", env!("CARGO_PKG_VERSION"));
+    /// vLLM's OpenAI-compatible server, pinned.
+    pub const ENGINE_IMAGE: &str = "vllm/vllm-openai:v0.11.0";
 }
 
 /// Everything the services share.
@@ -178,6 +183,90 @@ pub struct Settings {
     /// `QM_EVENTS_RECHECK_SECONDS` (default 30, at most 60): how often an open `/events`
     /// stream checks that its credential still works.
     pub events_recheck: Duration,
+    /// `QM_INSTALLATION` (see [`installation`]): which Quartermaster owns a cloud resource.
+    pub installation: String,
+    /// How instances boot on the clouds (`QM_AGENT_IMAGE`, `QM_AGENT_BINARY`,
+    /// `QM_ENGINE_IMAGE`).
+    pub boot: BootSettings,
+}
+
+/// The default `QM_INSTALLATION`.
+pub const DEFAULT_INSTALLATION: &str = "default";
+
+/// `QM_INSTALLATION`: this Quartermaster's id among those sharing a cloud account (say
+/// `staging` and `prod` in one AWS account or Scaleway organization). Every cloud resource it
+/// creates carries it, and reconciliation and sweeps act only on resources that carry it. 1 to
+/// 32 characters of `a-z`, `0-9` and inner `-`, so that it fits in a tag and a resource name.
+/// Default [`DEFAULT_INSTALLATION`].
+///
+/// # Errors
+/// When the value does not have that form.
+pub fn installation(environment: &Environment) -> Result<String, ConfigError> {
+    let Some(text) = environment.get("QM_INSTALLATION") else { return Ok(DEFAULT_INSTALLATION.to_owned()) };
+    let valid = (1..=32).contains(&text.len())
+        && text.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-');
+    if valid {
+        Ok(text)
+    } else {
+        Err(ConfigError::Invalid {
+            name: "QM_INSTALLATION".into(),
+            reason: format!("`{text}` must be 1 to 32 characters of a-z, 0-9 and inner `-`"),
+        })
+    }
+}
+
+/// How cloud instances get their agent and engine (the `#cloud-config` the orchestrator
+/// renders, `docs/providers.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootSettings {
+    /// `QM_AGENT_IMAGE`: the container image whose `qm-worker-agent` runs on instances
+    /// (default [`defaults::AGENT_IMAGE`]). Used unless `QM_AGENT_BINARY` is set.
+    pub agent_image: String,
+    /// `QM_AGENT_BINARY`: a `qm-worker-agent` executable (for the instances' system) that the
+    /// api serves at `/downloads/qm-worker-agent` with its SHA-256; when set, instances download
+    /// it from `QM_API_URL` and check it against the checksum in their user data instead of
+    /// pulling the image.
+    pub agent_binary: Option<PathBuf>,
+    /// `QM_ENGINE_IMAGE`: the inference engine's image on GPU instances (default
+    /// [`defaults::ENGINE_IMAGE`], vLLM's OpenAI-compatible server).
+    pub engine_image: String,
+}
+
+impl BootSettings {
+    /// # Errors
+    /// A malformed image reference, by name.
+    pub fn from_environment(environment: &Environment) -> Result<Self, ConfigError> {
+        let image = |name: &str, default: &str| {
+            let text = environment.get(name).unwrap_or_else(|| default.to_owned());
+            image_reference(&text)
+                .map(|()| text)
+                .map_err(|reason| ConfigError::Invalid { name: name.to_owned(), reason })
+        };
+        Ok(Self {
+            agent_image: image("QM_AGENT_IMAGE", defaults::AGENT_IMAGE)?,
+            agent_binary: environment.get("QM_AGENT_BINARY").map(PathBuf::from),
+            engine_image: image("QM_ENGINE_IMAGE", defaults::ENGINE_IMAGE)?,
+        })
+    }
+}
+
+/// A container image reference as `docker run` takes it (`registry/name:tag` or `@sha256:…`):
+/// 1 to 255 characters of letters, digits and `._/:@-`, not starting with `-`. Nothing else
+/// can reach a unit file or a shell through it.
+///
+/// # Errors
+/// The reason it is refused.
+pub fn image_reference(text: &str) -> Result<(), String> {
+    let valid = (1..=255).contains(&text.len())
+        && !text.starts_with('-')
+        && text.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"._/:@-".contains(&byte));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`{text}` is not a container image reference such as vllm/vllm-openai:v0.11.0"))
+    }
 }
 
 /// An address block such as `10.0.0.0/8` or a single address (`192.0.2.7`, `::1`).
@@ -339,6 +428,8 @@ impl Settings {
             command_visibility_timeout,
             metrics_token: environment.secret("QM_METRICS_TOKEN")?,
             events_recheck,
+            installation: installation(environment)?,
+            boot: BootSettings::from_environment(environment)?,
         })
     }
 }
@@ -454,5 +545,21 @@ mod tests {
         assert_eq!(settings.providers, ["local", "sim"]);
         assert_eq!(settings.api_addr.port(), 8003);
         assert_eq!(settings.reporting_currency, Currency::EUR);
+        assert_eq!(settings.installation, DEFAULT_INSTALLATION);
+        assert_eq!(settings.boot.engine_image, defaults::ENGINE_IMAGE);
+    }
+
+    #[test]
+    fn installation_ids_and_images_are_checked() {
+        let installation_of = |text: &str| installation(&Environment::from_pairs([("QM_INSTALLATION", text)]));
+        assert_eq!(installation_of("prod-eu-1").as_deref().ok(), Some("prod-eu-1"));
+        for bad in ["Prod", "-a", "a-", "a b", "a=b", &"a".repeat(33)] {
+            assert!(installation_of(bad).is_err(), "{bad:?}");
+        }
+        assert!(image_reference("vllm/vllm-openai:v0.11.0").is_ok());
+        assert!(image_reference("registry.example.com:5000/qm/agent@sha256:abc").is_ok());
+        for bad in ["", "-v /:/host", "a b", "img\nExecStart=x", "img;reboot", "img$x"] {
+            assert!(image_reference(bad).is_err(), "{bad:?}");
+        }
     }
 }

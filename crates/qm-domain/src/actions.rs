@@ -48,6 +48,7 @@ pub const ACTION_TYPES: &[ActionType] = &[
     action("instance.failover", "orchestrator", "Failed over to the next placement"),
     action("instance.booting", "orchestrator", "Provider instance running; booting"),
     action("instance.compensate", "orchestrator", "Created instance terminated after a failure"),
+    action("instance.start_failed", "orchestrator", "Could not start for capacity; removed, next placement"),
     action("instance.provisioning_failed", "orchestrator", "Provisioning failed"),
     action("instance.terminated", "orchestrator", "Terminated at the provider"),
     action("instance.startup_failed", "orchestrator", "Not ready within the startup deadline"),

@@ -9,8 +9,13 @@
 //! - Creation is idempotent twice over: an instance tagged with the instance id is looked up
 //!   first, and `RunInstances` carries `ClientToken` = the instance id, so a retried create never
 //!   makes a second instance. Tags: `qm-instance-id`, `qm:instance-id`, `qm:managed=true`,
-//!   `qm:org`, `Name`. User data carries the agent's boot settings (base64).
-//! - Listing pages through `DescribeInstances` filtered on the `qm:managed` tag.
+//!   `qm:installation=<QM_INSTALLATION>`, `qm:org`, `Name`. User data is the `#cloud-config`
+//!   that starts the agent and the engine (base64). Instances require IMDSv2
+//!   (`HttpTokens=required`, one hop), so a process on them cannot read the instance role's
+//!   credentials through a plain GET.
+//! - Listing pages through `DescribeInstances` filtered on `qm:managed=true` and this
+//!   installation's `qm:installation`: another Quartermaster in the same account (staging beside
+//!   production) is never listed, so never reconciled or terminated as an orphan.
 //! - Offers: `DescribeInstanceTypeOfferings` per zone and `DescribeInstanceTypes` for GPU model,
 //!   count and memory (`GpuInfo`); prices from the bundled on-demand price table (the AWS part
 //!   of `seeds/catalog.json`, USD list prices), since EC2 itself has no prices.
@@ -27,7 +32,8 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    Filter, Instance, InstanceStateName, InstanceType, LocationType, Placement, ResourceType, Tag, TagSpecification,
+    Filter, HttpTokensState, Instance, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
+    InstanceStateName, InstanceType, LocationType, Placement, ResourceType, Tag, TagSpecification,
 };
 use qm_config::Environment;
 use qm_domain::InstanceId;
@@ -40,6 +46,7 @@ pub const NAME: &str = "aws";
 const MANAGED_TAG: &str = "qm:managed";
 const ID_TAG: &str = "qm:instance-id";
 const ORG_TAG: &str = "qm:org";
+const INSTALLATION_TAG: &str = "qm:installation";
 
 /// The bundled price table: the AWS types of the catalog seed, USD per hour (on-demand, Linux).
 const SEED: &str = include_str!("../../../seeds/catalog.json");
@@ -48,6 +55,8 @@ const SEED: &str = include_str!("../../../seeds/catalog.json");
 pub struct AwsSettings {
     pub image_id: String,
     pub subnet_id: Option<String>,
+    /// `QM_INSTALLATION`: only instances carrying it are ours.
+    pub installation: String,
 }
 
 impl AwsSettings {
@@ -57,7 +66,8 @@ impl AwsSettings {
         let image_id = environment
             .get("QM_AWS_IMAGE_ID")
             .ok_or("the aws provider needs QM_AWS_IMAGE_ID (the AMI instances boot, with the agent installed)")?;
-        Ok(Self { image_id, subnet_id: environment.get("QM_AWS_SUBNET_ID") })
+        let installation = qm_config::installation(environment).map_err(|error| error.to_string())?;
+        Ok(Self { image_id, subnet_id: environment.get("QM_AWS_SUBNET_ID"), installation })
     }
 }
 
@@ -250,6 +260,7 @@ impl CloudProvider for AwsProvider {
             (INSTANCE_TAG.to_owned(), id.clone()),
             (ID_TAG.to_owned(), id.clone()),
             (MANAGED_TAG.to_owned(), "true".to_owned()),
+            (INSTALLATION_TAG.to_owned(), self.settings.installation.clone()),
             ("Name".to_owned(), instance_name(request.instance_id)),
         ];
         for (key, value) in &request.tags {
@@ -269,6 +280,13 @@ impl CloudProvider for AwsProvider {
             .max_count(1)
             .client_token(&id)
             .placement(Placement::builder().availability_zone(&request.zone).build())
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .http_tokens(HttpTokensState::Required)
+                    .http_put_response_hop_limit(1)
+                    .build(),
+            )
             .tag_specifications(specification.build());
         if let Some(subnet) = &self.settings.subnet_id {
             run = run.subnet_id(subnet);
@@ -296,7 +314,11 @@ impl CloudProvider for AwsProvider {
 
     async fn list(&self) -> Result<Vec<ProviderInstance>, ProviderError> {
         let states = ["pending", "running", "stopping", "stopped"];
-        let filters = vec![filter(&format!("tag:{MANAGED_TAG}"), &["true"]), filter("instance-state-name", &states)];
+        let filters = vec![
+            filter(&format!("tag:{MANAGED_TAG}"), &["true"]),
+            filter(&format!("tag:{INSTALLATION_TAG}"), &[&self.settings.installation]),
+            filter("instance-state-name", &states),
+        ];
         Ok(self.instances(filters, &[]).await?.iter().map(view).collect())
     }
 

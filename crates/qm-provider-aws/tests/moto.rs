@@ -28,7 +28,7 @@ pub async fn provider(endpoint: &str) -> AwsProvider {
     let probe = aws_sdk_ec2::Client::new(&config);
     let images = probe.describe_images().send().await.unwrap();
     let image_id = images.images().first().and_then(|image| image.image_id()).unwrap().to_owned();
-    AwsProvider::new(&config, AwsSettings { image_id, subnet_id: None })
+    AwsProvider::new(&config, AwsSettings { image_id, subnet_id: None, installation: "conformance".into() })
 }
 
 struct Fixture {

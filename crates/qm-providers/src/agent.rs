@@ -94,13 +94,44 @@ impl BootConfig {
         serde_json::from_str(text).map_err(|error| format!("the agent configuration is invalid: {error}"))
     }
 
-    /// The user data handed to an instance: a `#cloud-config` that writes the configuration.
-    pub fn render(&self) -> String {
-        format!(
-            "#cloud-config\n# Quartermaster worker boot configuration. Generated: every value is quoted.\nwrite_files:\n  - path: {}\n    permissions: \"0600\"\n    owner: \"root:root\"\n    content: {}\n",
-            yaml_quote(Self::PATH),
-            yaml_quote(&self.to_json()),
-        )
+    /// The user data handed to an instance: a `#cloud-config` that writes this configuration
+    /// (0600), the agent's settings, the engine's model, static start scripts and systemd units,
+    /// then enables the units. Every value is a YAML double-quoted scalar, so no value, whatever
+    /// it contains, adds a key; the model reaches the engine as one argument read from a file,
+    /// never through a shell line or a unit file.
+    pub fn render(&self, plan: &BootPlan) -> String {
+        let mut files = vec![
+            (Self::PATH.to_owned(), "0600", self.to_json()),
+            (AGENT_ENV_PATH.to_owned(), "0644", plan.agent_environment()),
+            (format!("{SCRIPT_DIR}/run-agent"), "0755", RUN_AGENT.to_owned()),
+            ("/etc/systemd/system/qm-agent.service".to_owned(), "0644", AGENT_UNIT.to_owned()),
+        ];
+        let mut units = Vec::new();
+        if let Some(image) = &plan.engine_image {
+            files.push((MODEL_PATH.to_owned(), "0644", format!("{}\n", self.model)));
+            files.push((ENGINE_ENV_PATH.to_owned(), "0644", format!("QM_ENGINE_IMAGE={image}\n")));
+            files.push((format!("{SCRIPT_DIR}/run-engine"), "0755", RUN_ENGINE.to_owned()));
+            files.push(("/etc/systemd/system/qm-engine.service".to_owned(), "0644", ENGINE_UNIT.to_owned()));
+            units.push("qm-engine.service");
+        }
+        units.push("qm-agent.service");
+        let mut document = String::from(
+            "#cloud-config\n# Quartermaster worker boot configuration. Generated: every value is quoted.\nwrite_files:\n",
+        );
+        for (path, permissions, content) in files {
+            document.push_str(&format!(
+                "  - path: {}\n    permissions: {}\n    owner: \"root:root\"\n    content: {}\n",
+                yaml_quote(&path),
+                yaml_quote(permissions),
+                yaml_quote(&content),
+            ));
+        }
+        document.push_str("runcmd:\n  - [\"systemctl\", \"daemon-reload\"]\n  - [\"systemctl\", \"enable\", \"--now\"");
+        for unit in units {
+            document.push_str(&format!(", {}", yaml_quote(unit)));
+        }
+        document.push_str("]\n");
+        document
     }
 
     /// Reads user data written by [`BootConfig::render`]; `None` for anything else.
@@ -108,9 +139,196 @@ impl BootConfig {
         if !user_data.starts_with("#cloud-config\n") {
             return None;
         }
-        let content = user_data.lines().find_map(|line| line.strip_prefix("    content: "))?;
+        let path_line = format!("  - path: {}", yaml_quote(Self::PATH));
+        let mut lines = user_data.lines().skip_while(|line| *line != path_line);
+        let content = lines.find_map(|line| line.strip_prefix("    content: "))?;
         Self::from_json(&yaml_unquote(content)?).ok()
     }
+}
+
+const AGENT_ENV_PATH: &str = "/etc/quartermaster/agent.env";
+const ENGINE_ENV_PATH: &str = "/etc/quartermaster/engine.env";
+const MODEL_PATH: &str = "/etc/quartermaster/model";
+const SCRIPT_DIR: &str = "/usr/local/lib/quartermaster";
+
+/// Starts the agent: the download the api serves, checked against its SHA-256 before it runs
+/// (and again at each start), or `qm-worker-agent` of the container image.
+const RUN_AGENT: &str = r#"#!/bin/sh
+# Quartermaster worker agent, as /etc/quartermaster/agent.env says: QM_AGENT_URL and
+# QM_AGENT_SHA256 (a download checked before it runs), else the image QM_AGENT_IMAGE.
+set -eu
+if [ -n "${QM_AGENT_URL:-}" ]; then
+  binary=/usr/local/bin/qm-worker-agent
+  if ! echo "$QM_AGENT_SHA256  $binary" | sha256sum -c --status - 2>/dev/null; then
+    partial=$(mktemp /usr/local/bin/.qm-worker-agent.XXXXXX)
+    curl -fsSL --retry 10 --retry-connrefused --max-time 600 -o "$partial" "$QM_AGENT_URL"
+    if ! echo "$QM_AGENT_SHA256  $partial" | sha256sum -c --status -; then
+      rm -f "$partial"
+      echo "qm-worker-agent: the download does not match QM_AGENT_SHA256" >&2
+      exit 1
+    fi
+    chmod 0755 "$partial"
+    mv "$partial" "$binary"
+  fi
+  exec "$binary"
+fi
+docker rm -f qm-agent >/dev/null 2>&1 || true
+if [ -e /dev/nvidia0 ]; then
+  exec docker run --rm --name qm-agent --network host --user 0 --gpus all \
+    --env-file /etc/quartermaster/agent.env -v /etc/quartermaster:/etc/quartermaster:ro \
+    "$QM_AGENT_IMAGE" qm-worker-agent
+fi
+exec docker run --rm --name qm-agent --network host --user 0 \
+  --env-file /etc/quartermaster/agent.env -v /etc/quartermaster:/etc/quartermaster:ro \
+  "$QM_AGENT_IMAGE" qm-worker-agent
+"#;
+
+/// Starts the engine: the image's OpenAI-compatible server (`vllm serve <model>`) on the GPUs,
+/// published on loopback only (the agent reaches it there).
+const RUN_ENGINE: &str = r#"#!/bin/sh
+# Quartermaster inference engine: QM_ENGINE_IMAGE serving the model in /etc/quartermaster/model.
+set -eu
+model=$(cat /etc/quartermaster/model)
+mkdir -p /var/lib/quartermaster/huggingface
+docker rm -f qm-engine >/dev/null 2>&1 || true
+exec docker run --rm --name qm-engine --gpus all --ipc=host -p 127.0.0.1:8000:8000 \
+  -v /var/lib/quartermaster/huggingface:/root/.cache/huggingface "$QM_ENGINE_IMAGE" "$model"
+"#;
+
+const AGENT_UNIT: &str = "[Unit]
+Description=Quartermaster worker agent
+Wants=network-online.target
+After=network-online.target docker.service
+
+[Service]
+EnvironmentFile=/etc/quartermaster/agent.env
+ExecStart=/usr/local/lib/quartermaster/run-agent
+Restart=always
+RestartSec=5
+KillSignal=SIGTERM
+TimeoutStopSec=30
+
+[Install]
+WantedBy=multi-user.target
+";
+
+const ENGINE_UNIT: &str = "[Unit]
+Description=Quartermaster inference engine
+Wants=network-online.target
+After=network-online.target docker.service
+Requires=docker.service
+
+[Service]
+EnvironmentFile=/etc/quartermaster/engine.env
+ExecStart=/usr/local/lib/quartermaster/run-engine
+ExecStop=/usr/bin/docker stop qm-engine
+Restart=always
+RestartSec=10
+TimeoutStartSec=0
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// Where an instance's agent comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentSource {
+    /// `qm-worker-agent` of this container image (`QM_AGENT_IMAGE`).
+    Image(String),
+    /// A download (the api's `/downloads/qm-worker-agent`) and its SHA-256, hex.
+    Download { url: String, sha256: String },
+}
+
+/// The operator's part of the boot configuration: the same for every instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootPlan {
+    pub agent: AgentSource,
+    /// The engine's image on GPU instances; `None` on instances without GPUs, whose agent
+    /// serves its built-in mock engine (development and CPU-only fleets).
+    pub engine_image: Option<String>,
+}
+
+impl BootPlan {
+    /// From the settings: the download when `QM_AGENT_BINARY` is set (its checksum computed
+    /// here, the URL under `api_url`), else the image.
+    ///
+    /// # Errors
+    /// When the binary cannot be read, or the URL or an image would not be safe in an env file.
+    pub fn from_settings(settings: &qm_config::BootSettings, api_url: Option<&str>) -> Result<Self, String> {
+        let agent = match (&settings.agent_binary, api_url) {
+            (Some(path), Some(api_url)) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|error| format!("QM_AGENT_BINARY {} cannot be read: {error}", path.display()))?;
+                AgentSource::Download { url: download_url(api_url)?, sha256: sha256_hex(&bytes) }
+            }
+            (Some(_), None) => return Err("QM_AGENT_BINARY needs QM_API_URL, where instances download it".into()),
+            (None, _) => AgentSource::Image(settings.agent_image.clone()),
+        };
+        Ok(Self { agent, engine_image: Some(settings.engine_image.clone()) })
+    }
+
+    /// This plan for an instance with or without GPUs.
+    pub fn for_gpus(&self, gpus: bool) -> Self {
+        Self { agent: self.agent.clone(), engine_image: self.engine_image.clone().filter(|_| gpus) }
+    }
+
+    /// `/etc/quartermaster/agent.env`: static lines and operator settings checked to be safe in
+    /// an env file (no whitespace, quotes, backslashes or controls).
+    fn agent_environment(&self) -> String {
+        let mut lines = vec!["QM_WORKER_AGENT_ADDR=0.0.0.0:8090".to_owned(), "QM_LOG_FORMAT=json".to_owned()];
+        if self.engine_image.is_some() {
+            lines.push("QM_ENGINE_URL=http://127.0.0.1:8000".to_owned());
+        } else {
+            lines.push("QM_ENGINE=mock".to_owned());
+            lines.push("QM_MOCK_ENGINE_ADDR=127.0.0.1:8000".to_owned());
+        }
+        match &self.agent {
+            AgentSource::Image(image) => lines.push(format!("QM_AGENT_IMAGE={}", env_safe(image))),
+            AgentSource::Download { url, sha256 } => {
+                lines.push(format!("QM_AGENT_URL={}", env_safe(url)));
+                lines.push(format!("QM_AGENT_SHA256={}", env_safe(sha256)));
+            }
+        }
+        lines.iter().map(|line| format!("{line}\n")).collect()
+    }
+}
+
+impl Default for BootPlan {
+    /// The default image and engine.
+    fn default() -> Self {
+        Self {
+            agent: AgentSource::Image(qm_config::defaults::AGENT_IMAGE.to_owned()),
+            engine_image: Some(qm_config::defaults::ENGINE_IMAGE.to_owned()),
+        }
+    }
+}
+
+/// Drops what could end an env file line or quote a value: settings are checked at start-up,
+/// so this only guards against a value that bypassed them.
+fn env_safe(value: &str) -> String {
+    value.chars().filter(|character| character.is_ascii_graphic() && !"\"'\\`$".contains(*character)).collect()
+}
+
+/// Where instances download the agent, under the api's public URL.
+///
+/// # Errors
+/// When `api_url` is not an http(s) URL.
+pub fn download_url(api_url: &str) -> Result<String, String> {
+    let mut url = reqwest::Url::parse(api_url).map_err(|error| format!("QM_API_URL is not a URL: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("QM_API_URL must be http or https".into());
+    }
+    url.set_path(&format!("{}/{AGENT_DOWNLOAD_PATH}", url.path().trim_end_matches('/')));
+    Ok(url.to_string())
+}
+
+/// The api's path of the agent download (and, with `.sha256`, of its checksum).
+pub const AGENT_DOWNLOAD_PATH: &str = "downloads/qm-worker-agent";
+
+/// SHA-256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// What an agent reports in each heartbeat.
@@ -294,12 +512,34 @@ mod tests {
             bootstrap_token: "qmb_abc".into(),
             model: "m".into(),
         };
-        assert_eq!(BootConfig::parse(&config.render()), Some(config));
+        assert_eq!(BootConfig::parse(&config.render(&BootPlan::default())), Some(config));
         assert_eq!(BootConfig::parse("QM_API_URL=x\n"), None);
         assert_eq!(
             yaml_unquote(&yaml_quote("a\"b\\c\nd\u{7f}\u{1F600}")).as_deref(),
             Some("a\"b\\c\nd\u{7f}\u{1F600}")
         );
+    }
+
+    #[test]
+    fn the_download_plan_carries_the_binary_checksum_under_the_public_url() {
+        let path = std::env::temp_dir().join(format!("qm-agent-plan-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, b"abc").expect("write");
+        let settings = qm_config::BootSettings {
+            agent_image: "unused:1".into(),
+            agent_binary: Some(path.clone()),
+            engine_image: "vllm/vllm-openai:v0.11.0".into(),
+        };
+        let plan = BootPlan::from_settings(&settings, Some("https://qm.example.com/base/")).expect("plan");
+        // SHA-256("abc"), FIPS 180-2's first example.
+        let sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".to_owned();
+        let url = "https://qm.example.com/base/downloads/qm-worker-agent".to_owned();
+        assert_eq!(plan.agent, AgentSource::Download { url, sha256 });
+        assert!(BootPlan::from_settings(&settings, None).is_err(), "instances need the api's URL");
+        let unreadable = qm_config::BootSettings { agent_binary: Some("/nonexistent".into()), ..settings.clone() };
+        assert!(BootPlan::from_settings(&unreadable, Some("https://x")).is_err());
+        let image = qm_config::BootSettings { agent_binary: None, ..settings };
+        assert_eq!(BootPlan::from_settings(&image, None).expect("plan").agent, AgentSource::Image("unused:1".into()));
+        std::fs::remove_file(path).expect("remove");
     }
 
     #[test]

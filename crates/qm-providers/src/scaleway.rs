@@ -3,18 +3,29 @@
 //!
 //! - Auth: the secret key as `X-Auth-Token`; never logged (it lives in a [`Secret`]).
 //! - A server's provider id is `<zone>/<server id>` (servers are per zone).
-//! - Creation is idempotent: a server named `qm-<instance id>` in the zone is looked up first; a
-//!   new one is tagged `qm-instance-id=<id>` and `qm-managed=true`, gets a dynamic public IP,
-//!   and its user data is set as `cloud-init`.
-//! - Listing pages through every configured zone by the `qm-managed=true` tag, following
-//!   `X-Total-Count`.
+//! - Only what is ours: every server is tagged `qm-managed=true` and
+//!   `qm-installation=<QM_INSTALLATION>`, its root volume is named
+//!   `qm-<installation>-<instance id>`, and every listing is filtered by the project
+//!   (`SCW_DEFAULT_PROJECT_ID`) and those tags or that name: another Quartermaster in the same
+//!   organization, or a person's servers in another project, are never listed, let alone
+//!   terminated.
+//! - Creation is idempotent: a server named `qm-<instance id>` in the zone and project is looked
+//!   up first (and, when it never started, given the user data again, in case the call that set
+//!   it failed); a new one is tagged `qm-instance-id=<id>`, gets a dynamic public IP, and its
+//!   user data is set as `cloud-init`.
+//! - Starting: `poweron`; a start refused for stock, or a server found `stopped` again right
+//!   after it, is a capacity error (the orchestrator removes the server and fails over).
+//! - Listing pages through every configured zone, following `X-Total-Count` (Instance API) or
+//!   `total_count` (Block Storage, `page`/`page_size`).
 //! - Terminating: a running server takes the `terminate` action; one that never ran (`stopped`)
 //!   is deleted; one between states is retried later (transient). Its root volume (Block
-//!   Storage, named `qm-<instance id>`, which `terminate` only detaches) is deleted once
-//!   detached, and flexible IPs tagged for the instance are released. Already gone is a success.
+//!   Storage, which `terminate` only detaches, in the background) is deleted once detached, and
+//!   flexible IPs tagged for the instance are released. Already gone is a success.
 //! - Errors are classified by the body's `type`: `out_of_stock` → capacity, quotas → quota,
 //!   429 → throttled, 5xx and `transient_state` → transient, authentication and permission
-//!   errors → auth, `not_found` → not found, anything else 4xx → invalid.
+//!   errors → auth, `not_found` (and the older `unknown_resource`) → not found, anything else
+//!   4xx → invalid; a 404 without a resource type (a route the API does not have: a wrong
+//!   `SCW_API_URL`) is invalid, never "already gone".
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,6 +49,7 @@ pub const ZONES: [&str; 10] = [
     "it-mil-1",
 ];
 const MANAGED_TAG: &str = "qm-managed=true";
+const INSTALLATION_TAG: &str = "qm-installation";
 const PER_PAGE: usize = 100;
 /// Block volume of a new server (GPU types boot from block storage).
 const ROOT_VOLUME_BYTES: u64 = 100_000_000_000;
@@ -54,11 +66,13 @@ pub struct ScalewayConfig {
     pub zones: Vec<String>,
     /// Image id or label of new servers.
     pub image: String,
+    /// `QM_INSTALLATION`: only resources carrying it are ours.
+    pub installation: String,
 }
 
 impl ScalewayConfig {
     /// From `SCW_SECRET_KEY` (or `_FILE`), `SCW_DEFAULT_PROJECT_ID`, `SCW_API_URL`,
-    /// `QM_SCALEWAY_ZONES` (default: every zone) and `QM_SCALEWAY_IMAGE`.
+    /// `QM_SCALEWAY_ZONES` (default: every zone), `QM_SCALEWAY_IMAGE` and `QM_INSTALLATION`.
     ///
     /// # Errors
     /// A message naming the missing variable.
@@ -79,6 +93,7 @@ impl ScalewayConfig {
             project_id,
             zones,
             image: environment.get("QM_SCALEWAY_IMAGE").unwrap_or_else(|| "ubuntu_jammy_gpu_os_12".to_owned()),
+            installation: qm_config::installation(environment).map_err(|error| error.to_string())?,
         })
     }
 }
@@ -113,13 +128,12 @@ fn classify(status: StatusCode, body: &Value) -> ProviderError {
     let kind = match kind_text {
         "out_of_stock" => ErrorKind::Capacity,
         _ if quota => ErrorKind::Quota,
-        "not_found" => ErrorKind::NotFound,
+        "not_found" | "unknown_resource" => ErrorKind::NotFound,
         "transient_state" | "locked" => ErrorKind::Transient,
         "denied_authentication" | "authentication_error" | "permissions_denied" => ErrorKind::Auth,
         _ if status == StatusCode::TOO_MANY_REQUESTS => ErrorKind::Throttled,
         _ if status.is_server_error() => ErrorKind::Transient,
         _ if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN => ErrorKind::Auth,
-        _ if status == StatusCode::NOT_FOUND => ErrorKind::NotFound,
         _ => ErrorKind::Invalid,
     };
     error(kind, format!("{status} {kind_text}: {message}"))
@@ -224,35 +238,64 @@ impl ScalewayProvider {
         }
     }
 
-    /// Every page of a list filtered by `filter` (`name`, `tags`, ...), following `X-Total-Count`.
-    async fn pages(
-        &self,
-        zone: &str,
-        path: &str,
-        filter: (&str, &str),
-        field: &str,
-    ) -> Result<Vec<Value>, ProviderError> {
-        let mut items = Vec::new();
-        let mut page = 1;
+    /// Every page of an Instance API list under `query` (filters), following `X-Total-Count`:
+    /// the bodies, whose `field` is an array or a map keyed by name.
+    async fn page_bodies(&self, url: &str, query: &[(&str, &str)], field: &str) -> Result<Vec<Value>, ProviderError> {
+        let mut bodies = Vec::new();
+        let (mut page, mut seen) = (1, 0);
         let per_page = PER_PAGE.to_string();
-        let url = self.url(zone, path);
         loop {
             let page_text = page.to_string();
-            let query = [filter, ("page", page_text.as_str()), ("per_page", per_page.as_str())];
-            let (body, headers) = self.call(Method::GET, &url, &query, Payload::None).await?;
-            let batch = body[field].as_array().cloned().unwrap_or_default();
-            let fetched = batch.len();
-            items.extend(batch);
+            let mut paged = query.to_vec();
+            paged.extend([("page", page_text.as_str()), ("per_page", per_page.as_str())]);
+            let (body, headers) = self.call(Method::GET, url, &paged, Payload::None).await?;
+            let fetched = match &body[field] {
+                Value::Array(items) => items.len(),
+                Value::Object(items) => items.len(),
+                _ => 0,
+            };
+            seen += fetched;
+            bodies.push(body);
             let total = headers
                 .get("x-total-count")
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.parse::<usize>().ok())
-                .unwrap_or(items.len());
-            if fetched == 0 || items.len() >= total {
-                return Ok(items);
+                .unwrap_or(seen);
+            if fetched == 0 || seen >= total {
+                return Ok(bodies);
             }
             page += 1;
         }
+    }
+
+    /// Every item of an Instance API list of `field` in `zone` under `query`.
+    async fn pages(
+        &self,
+        zone: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        field: &str,
+    ) -> Result<Vec<Value>, ProviderError> {
+        let bodies = self.page_bodies(&self.url(zone, path), query, field).await?;
+        Ok(bodies
+            .into_iter()
+            .flat_map(|mut body| match body[field].take() {
+                Value::Array(items) => items,
+                _ => Vec::new(),
+            })
+            .collect())
+    }
+
+    /// Every entry of an Instance API map of `field` (`products/servers`) in `zone`.
+    async fn map_pages(&self, zone: &str, path: &str, field: &str) -> Result<BTreeMap<String, Value>, ProviderError> {
+        let bodies = self.page_bodies(&self.url(zone, path), &[], field).await?;
+        Ok(bodies
+            .into_iter()
+            .flat_map(|mut body| match body[field].take() {
+                Value::Object(items) => items.into_iter().collect::<Vec<_>>(),
+                _ => Vec::new(),
+            })
+            .collect())
     }
 
     async fn server(&self, zone: &str, id: &str) -> Result<Value, ProviderError> {
@@ -260,16 +303,61 @@ impl ScalewayProvider {
         Ok(body["server"].clone())
     }
 
-    /// Block Storage volumes whose name contains `name`.
+    /// Block Storage volumes of the project whose name contains `name`, every page (`page` and
+    /// `page_size`, `total_count` in the body).
     async fn volumes(&self, zone: &str, name: &str) -> Result<Vec<Value>, ProviderError> {
-        let (body, _) = self.call(Method::GET, &self.volumes_url(zone, ""), &[("name", name)], Payload::None).await?;
-        Ok(body["volumes"].as_array().cloned().unwrap_or_default())
+        let url = self.volumes_url(zone, "");
+        let mut volumes = Vec::new();
+        let page_size = PER_PAGE.to_string();
+        for page in 1.. {
+            let page_text = page.to_string();
+            let query = [
+                ("project_id", self.config.project_id.as_str()),
+                ("name", name),
+                ("page", page_text.as_str()),
+                ("page_size", page_size.as_str()),
+            ];
+            let (mut body, _) = self.call(Method::GET, &url, &query, Payload::None).await?;
+            let batch = match body["volumes"].take() {
+                Value::Array(items) => items,
+                _ => Vec::new(),
+            };
+            let fetched = batch.len();
+            volumes.extend(batch);
+            let total = body["total_count"].as_u64().and_then(|total| usize::try_from(total).ok()).unwrap_or(0);
+            if fetched == 0 || volumes.len() >= total {
+                break;
+            }
+        }
+        Ok(volumes)
+    }
+
+    /// The name of an instance's root volume, which says whose it is.
+    fn volume_name(&self, instance: InstanceId) -> String {
+        format!("qm-{}-{instance}", self.config.installation)
+    }
+
+    /// `qm-managed=true,qm-installation=<id>`: what every one of our servers carries.
+    fn ownership_tags(&self) -> String {
+        format!("{MANAGED_TAG},{INSTALLATION_TAG}={}", self.config.installation)
     }
 
     async fn find_by_name(&self, zone: &str, name: &str) -> Result<Option<Value>, ProviderError> {
-        let servers = self.pages(zone, "/servers", ("name", name), "servers").await?;
+        let query = [("name", name), ("project", self.config.project_id.as_str())];
+        let servers = self.pages(zone, "/servers", &query, "servers").await?;
         // The name filter matches substrings; only the exact name is ours.
         Ok(servers.into_iter().find(|server| server["name"] == name))
+    }
+
+    /// Sets `user_data` as the server's `cloud-init` key (nothing when empty).
+    async fn set_user_data(&self, zone: &str, server: &Value, user_data: &str) -> Result<(), ProviderError> {
+        if user_data.is_empty() {
+            return Ok(());
+        }
+        let id = server["id"].as_str().unwrap_or_default();
+        let url = self.url(zone, &format!("/servers/{id}/user_data/cloud-init"));
+        self.call(Method::PATCH, &url, &[], Payload::Text(user_data.to_owned())).await?;
+        Ok(())
     }
 
     fn zone_allowed(&self, zone: &str) -> Result<(), ProviderError> {
@@ -312,7 +400,8 @@ impl ScalewayProvider {
     /// Releases the flexible IPs tagged for `instance`.
     async fn release_ips(&self, zone: &str, instance: InstanceId) -> Result<(), ProviderError> {
         let tag = format!("{INSTANCE_TAG}={instance}");
-        for ip in self.pages(zone, "/ips", ("tags", &tag), "ips").await? {
+        let query = [("tags", tag.as_str()), ("project", self.config.project_id.as_str())];
+        for ip in self.pages(zone, "/ips", &query, "ips").await? {
             let Some(id) = ip["id"].as_str() else { continue };
             self.delete(&self.url(zone, &format!("/ips/{id}"))).await?;
         }
@@ -331,22 +420,28 @@ impl CloudProvider for ScalewayProvider {
         let zone = request.zone.as_str();
         let name = instance_name(request.instance_id);
         if let Some(existing) = self.find_by_name(zone, &name).await? {
+            // A create retried after its user-data call failed: a server that never started is
+            // given the user data again (the call is idempotent; a started one keeps its own).
+            if existing["state"] == "stopped" {
+                self.set_user_data(zone, &existing, &request.user_data).await?;
+            }
             return Ok(server_view(zone, &existing));
         }
-        let mut tags = vec![format!("{INSTANCE_TAG}={}", request.instance_id), MANAGED_TAG.to_owned()];
+        let mut tags = vec![
+            format!("{INSTANCE_TAG}={}", request.instance_id),
+            MANAGED_TAG.to_owned(),
+            format!("{INSTALLATION_TAG}={}", self.config.installation),
+        ];
         tags.extend(request.tags.iter().map(|(key, value)| format!("{key}={value}")));
+        let volume = self.volume_name(request.instance_id);
         let body = json!({
             "name": name, "commercial_type": request.instance_type, "image": self.config.image,
             "project": self.config.project_id, "dynamic_ip_required": true, "boot_type": "local", "tags": tags,
-            "volumes": { "0": { "name": name, "size": ROOT_VOLUME_BYTES, "volume_type": "sbs_volume" } },
+            "volumes": { "0": { "name": volume, "size": ROOT_VOLUME_BYTES, "volume_type": "sbs_volume" } },
         });
         let (created, _) = self.call(Method::POST, &self.url(zone, "/servers"), &[], Payload::Json(body)).await?;
         let server = &created["server"];
-        let id = server["id"].as_str().unwrap_or_default();
-        if !request.user_data.is_empty() {
-            let url = self.url(zone, &format!("/servers/{id}/user_data/cloud-init"));
-            self.call(Method::PATCH, &url, &[], Payload::Text(request.user_data.clone())).await?;
-        }
+        self.set_user_data(zone, server, &request.user_data).await?;
         Ok(server_view(zone, server))
     }
 
@@ -356,7 +451,16 @@ impl CloudProvider for ScalewayProvider {
         if server["state"] == "stopped" || server["state"] == "stopped in place" {
             let url = self.url(zone, &format!("/servers/{id}/action"));
             self.call(Method::POST, &url, &[], Payload::Json(json!({ "action": "poweron" }))).await?;
-            return Ok(server_view(zone, &self.server(zone, id).await?));
+            let started = self.server(zone, id).await?;
+            // Accepted, then back to `stopped`: no node could be allocated for it.
+            if started["state"] == "stopped" {
+                let detail = started["state_detail"].as_str().unwrap_or_default();
+                return Err(error(
+                    ErrorKind::Capacity,
+                    format!("server {id} fell back to stopped at poweron: {detail}"),
+                ));
+            }
+            return Ok(server_view(zone, &started));
         }
         Ok(server_view(zone, &server))
     }
@@ -369,7 +473,9 @@ impl CloudProvider for ScalewayProvider {
     async fn list(&self) -> Result<Vec<ProviderInstance>, ProviderError> {
         let mut instances = Vec::new();
         for zone in &self.config.zones {
-            for server in self.pages(zone, "/servers", ("tags", MANAGED_TAG), "servers").await? {
+            let tags = self.ownership_tags();
+            let query = [("tags", tags.as_str()), ("project", self.config.project_id.as_str())];
+            for server in self.pages(zone, "/servers", &query, "servers").await? {
                 instances.push(server_view(zone, &server));
             }
         }
@@ -403,18 +509,20 @@ impl CloudProvider for ScalewayProvider {
         }
         if let Some(instance) = server_view(zone, &server).instance_id {
             self.release_ips(zone, instance).await?;
-            self.delete_volumes(zone, &instance_name(instance)).await?;
+            self.delete_volumes(zone, &self.volume_name(instance)).await?;
         }
         Ok(())
     }
 
-    /// Detached Block Storage volumes named `qm-<instance id>` in every zone.
+    /// Detached Block Storage volumes of the project named `qm-<installation>-<instance id>`
+    /// in every zone.
     async fn leftovers(&self) -> Result<Vec<Leftover>, ProviderError> {
         let mut leftovers = Vec::new();
+        let prefix = format!("qm-{}-", self.config.installation);
         for zone in &self.config.zones {
-            for volume in self.volumes(zone, "qm-").await? {
+            for volume in self.volumes(zone, &prefix).await? {
                 let name = volume["name"].as_str().unwrap_or_default();
-                let Some(instance) = name.strip_prefix("qm-").and_then(|id| id.parse::<InstanceId>().ok()) else {
+                let Some(instance) = name.strip_prefix(&prefix).and_then(|id| id.parse::<InstanceId>().ok()) else {
                     continue;
                 };
                 if volume["status"] == "available" {
@@ -434,13 +542,8 @@ impl CloudProvider for ScalewayProvider {
     async fn offers(&self) -> Result<Vec<ProviderOffer>, ProviderError> {
         let mut offers = Vec::new();
         for zone in &self.config.zones {
-            let per_page = [("per_page", "100")];
-            let (types, _) =
-                self.call(Method::GET, &self.url(zone, "/products/servers"), &per_page, Payload::None).await?;
-            let availability_url = self.url(zone, "/products/servers/availability");
-            let (availability, _) = self.call(Method::GET, &availability_url, &per_page, Payload::None).await?;
-            let types: BTreeMap<String, Value> =
-                types["servers"].as_object().map(|map| map.clone().into_iter().collect()).unwrap_or_default();
+            let types = self.map_pages(zone, "/products/servers", "servers").await?;
+            let availability = self.map_pages(zone, "/products/servers/availability", "servers").await?;
             for (code, spec) in types {
                 let gpus = spec["gpu"].as_i64().unwrap_or(0);
                 if gpus == 0 || spec["end_of_service"].as_bool() == Some(true) {
@@ -448,7 +551,8 @@ impl CloudProvider for ScalewayProvider {
                 }
                 let Some(price) = spec["hourly_price"].as_f64() else { continue };
                 let gib = |bytes: &Value| i32::try_from(bytes.as_u64().unwrap_or(0) >> 30).unwrap_or(i32::MAX);
-                let stock = availability["servers"][&code]["availability"].as_str().unwrap_or("shortage");
+                let stock =
+                    availability.get(&code).and_then(|entry| entry["availability"].as_str()).unwrap_or("shortage");
                 offers.push(ProviderOffer {
                     region: region_of(zone),
                     zone: zone.clone(),
@@ -487,6 +591,8 @@ mod tests {
         assert_eq!(kind(409, json!({ "type": "transient_state" })), ErrorKind::Transient);
         assert_eq!(kind(401, json!({ "type": "denied_authentication" })), ErrorKind::Auth);
         assert_eq!(kind(404, json!({ "type": "not_found" })), ErrorKind::NotFound);
+        assert_eq!(kind(404, json!({ "type": "unknown_resource" })), ErrorKind::NotFound);
+        assert_eq!(kind(404, Value::Null), ErrorKind::Invalid, "a route the API does not have is not \"gone\"");
         assert_eq!(kind(400, json!({ "type": "invalid_arguments" })), ErrorKind::Invalid);
         assert_eq!(region_of("fr-par-2"), "fr-par");
     }

@@ -1,13 +1,17 @@
-//! A fake of Scaleway's Instance API v1, for tests, following the published shapes
-//! (`docs/providers.md`): servers (list with filters and pagination, create, get, delete,
-//! actions, user data), flexible IPs, server types with hourly prices and their availability;
-//! `X-Auth-Token` checked; errors as `{"type", "message"}`. It records every request it receives
-//! (without the token), keeps the Block Storage (`sbs_volume`) volumes servers boot from (detached,
-//! not deleted, by `terminate`, as the real API does; `/block/v1alpha1/.../volumes` lists and
-//! deletes them), and can be told to be out of stock for a type in a zone, or to answer
-//! 429 or 503 to the next requests. State changes like the real API's: a new server is
-//! `stopped`; `poweron` makes it `starting`, and the next read finds it `running` with a dynamic
-//! public IP; `terminate` removes it (a later `GET` is a 404).
+//! A fake of Scaleway's Instance API v1, for tests, following the published shapes and the
+//! behaviours `docs/providers.md` lists with their sources: servers (list with filters, by
+//! project too, and pagination, create, get, delete, actions, user data), flexible IPs, server
+//! types with hourly prices and their availability (paged); `X-Auth-Token` checked; errors as
+//! `{"type", "message"}`, and a plain 404 (no resource type) for a route the API does not have.
+//! It records every request it receives (without the token), keeps the Block Storage
+//! (`sbs_volume`) volumes servers boot from (detached, not deleted, by `terminate` and by
+//! `DELETE`, in the background: they stay `in_use` for [`FakeScaleway::detach_after`]), listed
+//! with `page`/`page_size` and `total_count`. It can be told to be out of stock for a type in a
+//! zone at create or only at poweron (refused, or accepted then back to `stopped`), to cap page
+//! sizes, to answer 429 or 503 to the next requests, or 503 to the next user-data calls. State
+//! changes like the real API's: a new server is `stopped`; `poweron` makes it `starting`, and the
+//! next read finds it `running` with a routed public IP and no private IP; `terminate` removes
+//! it (a later `GET` is a 404).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -57,9 +61,26 @@ struct World {
     user_data: BTreeMap<(String, String), String>,
     requests: Vec<Recorded>,
     out_of_stock: BTreeSet<(String, String)>,
+    /// (zone, type) whose poweron fails for stock, and how.
+    failing_starts: BTreeMap<(String, String), StartFailure>,
+    /// Volumes detaching in the background, by (zone, id): when they become `available`.
+    detaching: BTreeMap<(String, String), std::time::Instant>,
+    detach_after: std::time::Duration,
+    /// The largest page served (`per_page` / `page_size`), 100 as the real API.
+    page_limit: usize,
     throttle: u32,
     unavailable: u32,
+    failing_user_data: u32,
     counter: u64,
+}
+
+/// How a poweron fails for lack of stock (the exact behaviour is undocumented; both are seen).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFailure {
+    /// The action answers `out_of_stock`; the server stays `stopped`.
+    Refused,
+    /// The action is accepted, and the server is found `stopped` again at the next read.
+    FallsBack,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -144,8 +165,8 @@ async fn gate(State(world): State<Shared>, request: axum::extract::Request, next
     next.run(request).await
 }
 
-fn page(items: Vec<Value>, query: &BTreeMap<String, String>, uri: &Uri, field: &str) -> Response {
-    let per_page = query.get("per_page").and_then(|value| value.parse::<usize>().ok()).unwrap_or(50).clamp(1, 100);
+fn page(items: Vec<Value>, query: &BTreeMap<String, String>, uri: &Uri, field: &str, limit: usize) -> Response {
+    let per_page = query.get("per_page").and_then(|value| value.parse::<usize>().ok()).unwrap_or(50).clamp(1, limit);
     let page = query.get("page").and_then(|value| value.parse::<usize>().ok()).unwrap_or(1).max(1);
     let total = items.len();
     let slice: Vec<Value> = items.into_iter().skip((page - 1) * per_page).take(per_page).collect();
@@ -159,19 +180,26 @@ fn page(items: Vec<Value>, query: &BTreeMap<String, String>, uri: &Uri, field: &
     (StatusCode::OK, headers, axum::Json(json!({ field: slice }))).into_response()
 }
 
-/// A `starting` server is `running` by the time anyone looks again.
+/// A `starting` server is `running` by the time anyone looks again (or `stopped`, when its
+/// start fails for stock), with a routed public IP and, as routed-IP servers have, no private IP.
 fn settle(server: &mut Value, counter: u64) {
+    if server["state"] == "starting" && server["state_detail"] == "allocating node (no stock)" {
+        server["state"] = json!("stopped");
+        server["state_detail"] = json!("out of stock: could not allocate a node");
+        server["allowed_actions"] = json!(["poweron", "backup"]);
+        return;
+    }
     if server["state"] == "starting" {
         server["state"] = json!("running");
         server["state_detail"] = json!("booting kernel");
         server["allowed_actions"] = json!(["poweroff", "terminate", "reboot", "stop_in_place", "backup"]);
         if server["dynamic_ip_required"] == true && server["public_ip"].is_null() {
-            let ip = json!({ "id": uuid::Uuid::new_v4(), "address": format!("51.15.{}.{}", counter / 250 % 250, counter % 250 + 1), "dynamic": true, "family": "inet" });
+            let ip = json!({ "id": uuid::Uuid::new_v4(), "address": format!("51.15.{}.{}", counter / 250 % 250, counter % 250 + 1),
+                "dynamic": true, "family": "inet", "provisioning_mode": "dhcp" });
             server["public_ip"] = ip.clone();
             server["public_ips"] = json!([ip]);
         }
-        server["private_ip"] =
-            json!(format!("10.{}.{}.{}", counter / 65_000 % 250, counter / 250 % 250, counter % 250 + 1));
+        server["private_ip"] = Value::Null;
     }
 }
 
@@ -182,7 +210,7 @@ async fn list_servers(
     uri: Uri,
 ) -> Response {
     let mut world = lock(&world);
-    let counter = world.counter;
+    let (counter, limit) = (world.counter, world.page_limit);
     let wanted_tags: Vec<String> =
         query.get("tags").map(|tags| tags.split(',').map(str::to_owned).collect()).unwrap_or_default();
     let servers: Vec<Value> = world
@@ -198,12 +226,13 @@ async fn list_servers(
         })
         .filter(|server| query.get("commercial_type").is_none_or(|kind| server["commercial_type"] == kind.as_str()))
         .filter(|server| query.get("state").is_none_or(|state| server["state"] == state.as_str()))
+        .filter(|server| query.get("project").is_none_or(|project| server["project"] == project.as_str()))
         .filter(|server| {
             let tags = server["tags"].as_array().cloned().unwrap_or_default();
             wanted_tags.iter().all(|wanted| tags.iter().any(|tag| tag == wanted.as_str()))
         })
         .collect();
-    page(servers, &query, &uri, "servers")
+    page(servers, &query, &uri, "servers", limit)
 }
 
 async fn create_server(State(world): State<Shared>, Path(zone): Path<String>, body: Bytes) -> Response {
@@ -296,6 +325,7 @@ async fn action(State(world): State<Shared>, Path((zone, id)): Path<(String, Str
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let Some(action) = request["action"].as_str() else { return invalid("action", "required") };
     let mut world = lock(&world);
+    let world_failures = world.failing_starts.clone();
     let key = (zone.clone(), id.clone());
     let Some(server) = world.servers.get_mut(&key) else { return not_found("instance_server", &id) };
     let allowed =
@@ -310,9 +340,20 @@ async fn action(State(world): State<Shared>, Path((zone, id)): Path<(String, Str
     }
     match action {
         "poweron" => {
+            let kind = server["commercial_type"].as_str().unwrap_or_default().to_owned();
+            let failure = world_failure(&world_failures, &zone, &kind);
+            if failure == Some(StartFailure::Refused) {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "out_of_stock",
+                    &format!("{kind} is out of stock in {zone}"),
+                    json!({ "resource": kind }),
+                );
+            }
             server["state"] = json!("starting");
-            server["state_detail"] = json!("allocating node");
-            server["allowed_actions"] = json!(["stop_in_place"]);
+            let detail = if failure.is_some() { "allocating node (no stock)" } else { "allocating node" };
+            server["state_detail"] = json!(detail);
+            server["allowed_actions"] = json!(["stop_in_place", "backup"]);
         }
         "poweroff" => {
             server["state"] = json!("stopped");
@@ -334,13 +375,34 @@ async fn action(State(world): State<Shared>, Path((zone, id)): Path<(String, Str
     (StatusCode::ACCEPTED, axum::Json(json!({ "task": task }))).into_response()
 }
 
-/// The server's Block Storage volumes are detached (they stay, and bill, until deleted).
+fn world_failure(failures: &BTreeMap<(String, String), StartFailure>, zone: &str, kind: &str) -> Option<StartFailure> {
+    failures.get(&(zone.to_owned(), kind.to_owned())).copied()
+}
+
+/// The server's Block Storage volumes start detaching: in the background, as the real API
+/// does; they stay `in_use` until [`World::detach_after`] has passed, then stay, and bill,
+/// `available` until deleted.
 fn detach(world: &mut World, server: &str) {
-    for volume in world.volumes.values_mut() {
+    let ready_at = std::time::Instant::now() + world.detach_after;
+    for (key, volume) in &world.volumes {
         let attached = volume["references"]
             .as_array()
             .is_some_and(|references| references.iter().any(|reference| reference["product_resource_id"] == server));
         if attached {
+            world.detaching.insert(key.clone(), ready_at);
+        }
+    }
+    settle_volumes(world);
+}
+
+/// Volumes whose background detach is over become `available`.
+fn settle_volumes(world: &mut World) {
+    let now = std::time::Instant::now();
+    let done: Vec<(String, String)> =
+        world.detaching.iter().filter(|(_, ready_at)| **ready_at <= now).map(|(key, _)| key.clone()).collect();
+    for key in done {
+        world.detaching.remove(&key);
+        if let Some(volume) = world.volumes.get_mut(&key) {
             volume["status"] = json!("available");
             volume["references"] = json!([]);
         }
@@ -352,7 +414,8 @@ async fn list_volumes(
     Path(zone): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
-    let world = lock(&world);
+    let mut world = lock(&world);
+    settle_volumes(&mut world);
     let volumes: Vec<Value> = world
         .volumes
         .iter()
@@ -361,12 +424,20 @@ async fn list_volumes(
         .filter(|volume| {
             query.get("name").is_none_or(|name| volume["name"].as_str().is_some_and(|own| own.contains(name.as_str())))
         })
+        .filter(|volume| query.get("project_id").is_none_or(|project| volume["project_id"] == project.as_str()))
         .collect();
-    axum::Json(json!({ "total_count": volumes.len(), "volumes": volumes })).into_response()
+    // Block Storage pages with `page` and `page_size` and counts in the body.
+    let page_size =
+        query.get("page_size").and_then(|value| value.parse::<usize>().ok()).unwrap_or(50).clamp(1, world.page_limit);
+    let page = query.get("page").and_then(|value| value.parse::<usize>().ok()).unwrap_or(1).max(1);
+    let total = volumes.len();
+    let slice: Vec<Value> = volumes.into_iter().skip((page - 1) * page_size).take(page_size).collect();
+    axum::Json(json!({ "total_count": total, "volumes": slice })).into_response()
 }
 
 async fn delete_volume(State(world): State<Shared>, Path((zone, id)): Path<(String, String)>) -> Response {
     let mut world = lock(&world);
+    settle_volumes(&mut world);
     let key = (zone, id.clone());
     match world.volumes.get(&key) {
         None => not_found("volume", &id),
@@ -392,6 +463,10 @@ async fn set_user_data(
     if !world.servers.contains_key(&(zone.clone(), id.clone())) {
         return not_found("instance_server", &id);
     }
+    if world.failing_user_data > 0 {
+        world.failing_user_data -= 1;
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "try again later", json!({}));
+    }
     if key != "cloud-init" {
         return invalid("key", "only cloud-init is used here");
     }
@@ -399,8 +474,26 @@ async fn set_user_data(
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn products(Path(zone): Path<String>) -> Response {
-    let types: serde_json::Map<String, Value> = PRODUCTS
+/// A page of a map keyed by type (`products/servers` and its availability), `X-Total-Count`
+/// counting every entry.
+fn map_page(entries: Vec<(String, Value)>, query: &BTreeMap<String, String>, limit: usize) -> Response {
+    let per_page = query.get("per_page").and_then(|value| value.parse::<usize>().ok()).unwrap_or(50).clamp(1, limit);
+    let page = query.get("page").and_then(|value| value.parse::<usize>().ok()).unwrap_or(1).max(1);
+    let count = entries.len();
+    let servers: serde_json::Map<String, Value> =
+        entries.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+    let mut response = axum::Json(json!({ "servers": servers })).into_response();
+    response.headers_mut().insert("x-total-count", axum::http::HeaderValue::from(count));
+    response
+}
+
+async fn products(
+    State(world): State<Shared>,
+    Path(zone): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    let limit = lock(&world).page_limit;
+    let types: Vec<(String, Value)> = PRODUCTS
         .iter()
         .filter(|product| offered(&zone, product))
         .map(|(code, price, gpus, gpu_name, gpu_memory, ncpus, ram, _)| {
@@ -413,15 +506,16 @@ async fn products(Path(zone): Path<String>) -> Response {
             ((*code).to_owned(), spec)
         })
         .collect();
-    let count = types.len();
-    let mut response = axum::Json(json!({ "servers": types })).into_response();
-    response.headers_mut().insert("x-total-count", axum::http::HeaderValue::from(count));
-    response
+    map_page(types, &query, limit)
 }
 
-async fn availability(State(world): State<Shared>, Path(zone): Path<String>) -> Response {
+async fn availability(
+    State(world): State<Shared>,
+    Path(zone): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
     let world = lock(&world);
-    let servers: serde_json::Map<String, Value> = PRODUCTS
+    let servers: Vec<(String, Value)> = PRODUCTS
         .iter()
         .filter(|product| offered(&zone, product))
         .map(|product| {
@@ -433,7 +527,7 @@ async fn availability(State(world): State<Shared>, Path(zone): Path<String>) -> 
             (product.0.to_owned(), json!({ "availability": stock }))
         })
         .collect();
-    axum::Json(json!({ "servers": servers })).into_response()
+    map_page(servers, &query, world.page_limit)
 }
 
 async fn list_ips(
@@ -443,6 +537,7 @@ async fn list_ips(
     uri: Uri,
 ) -> Response {
     let world = lock(&world);
+    let limit = world.page_limit;
     let wanted: Vec<&str> = query.get("tags").map(|tags| tags.split(',').collect()).unwrap_or_default();
     let ips: Vec<Value> = world
         .ips
@@ -453,8 +548,9 @@ async fn list_ips(
             let tags = ip["tags"].as_array().cloned().unwrap_or_default();
             wanted.iter().all(|wanted| tags.iter().any(|tag| tag == *wanted))
         })
+        .filter(|ip| query.get("project").is_none_or(|project| ip["project"] == project.as_str()))
         .collect();
-    page(ips, &query, &uri, "ips")
+    page(ips, &query, &uri, "ips", limit)
 }
 
 async fn create_ip(State(world): State<Shared>, Path(zone): Path<String>, body: Bytes) -> Response {
@@ -480,8 +576,11 @@ async fn delete_ip(State(world): State<Shared>, Path((zone, id)): Path<(String, 
     }
 }
 
+/// A route the API does not have: a plain 404 without a resource type, unlike a missing
+/// resource's `not_found` (a client must not take a wrong `SCW_API_URL` for "already gone").
 async fn unknown(method: Method, uri: Uri) -> Response {
-    problem(StatusCode::NOT_FOUND, "not_found", &format!("{method} {} is not part of this fake", uri.path()), json!({}))
+    let text = format!("404 page not found: {method} {}", uri.path());
+    (StatusCode::NOT_FOUND, [("content-type", "text/plain; charset=utf-8")], text).into_response()
 }
 
 impl FakeScaleway {
@@ -490,7 +589,12 @@ impl FakeScaleway {
     /// # Panics
     /// When no port can be bound.
     pub async fn start(secret: &str) -> Self {
-        let world: Shared = Arc::new(Mutex::new(World { secret: secret.to_owned(), ..World::default() }));
+        let world: Shared = Arc::new(Mutex::new(World {
+            secret: secret.to_owned(),
+            detach_after: std::time::Duration::from_millis(600),
+            page_limit: 100,
+            ..World::default()
+        }));
         let zone = "/instance/v1/zones/{zone}";
         let router = Router::new()
             .route(&format!("{zone}/servers"), get(list_servers).post(create_server))
@@ -525,6 +629,26 @@ impl FakeScaleway {
         lock(&self.world).out_of_stock.insert((zone.to_owned(), kind.to_owned()));
     }
 
+    /// `kind` in `zone` is created, but its poweron fails for stock, `how`.
+    pub fn fail_starts(&self, zone: &str, kind: &str, how: StartFailure) {
+        lock(&self.world).failing_starts.insert((zone.to_owned(), kind.to_owned()), how);
+    }
+
+    /// How long a volume takes to detach in the background (default 600 ms).
+    pub fn detach_after(&self, delay: std::time::Duration) {
+        lock(&self.world).detach_after = delay;
+    }
+
+    /// Serves at most `limit` items a page (the real API: 100), to exercise paging.
+    pub fn page_limit(&self, limit: usize) {
+        lock(&self.world).page_limit = limit.max(1);
+    }
+
+    /// The next `count` user-data calls answer 503.
+    pub fn fail_user_data_next(&self, count: u32) {
+        lock(&self.world).failing_user_data = count;
+    }
+
     /// The next `count` requests answer 429.
     pub fn throttle_next(&self, count: u32) {
         lock(&self.world).throttle = count;
@@ -546,20 +670,22 @@ impl FakeScaleway {
 
     /// Every Block Storage volume.
     pub fn volumes(&self) -> Vec<Value> {
-        lock(&self.world).volumes.values().cloned().collect()
+        let mut world = lock(&self.world);
+        settle_volumes(&mut world);
+        world.volumes.values().cloned().collect()
     }
 
     pub fn user_data(&self, zone: &str, id: &str) -> Option<String> {
         lock(&self.world).user_data.get(&(zone.to_owned(), id.to_owned())).cloned()
     }
 
-    /// A running server made behind Quartermaster's back; returns its id.
-    pub fn plant(&self, zone: &str, name: &str, kind: &str, tags: &[String]) -> String {
+    /// A running server made behind Quartermaster's back in `project`; returns its id.
+    pub fn plant(&self, zone: &str, name: &str, kind: &str, project: &str, tags: &[String]) -> String {
         let mut world = lock(&self.world);
         world.counter += 1;
         let id = uuid::Uuid::new_v4().to_string();
         let stamp = now();
-        let mut server = json!({ "id": id, "name": name, "commercial_type": kind, "project": "planted", "tags": tags,
+        let mut server = json!({ "id": id, "name": name, "commercial_type": kind, "project": project, "tags": tags,
             "state": "starting", "dynamic_ip_required": true, "public_ip": null, "public_ips": [], "private_ip": null,
             "creation_date": stamp, "modification_date": stamp, "allowed_actions": [], "zone": zone });
         settle(&mut server, world.counter);

@@ -60,6 +60,8 @@ pub struct AppState {
     pub organization_locks: Arc<limits::KeyedLocks>,
     pub credentials: Arc<auth::CredentialCache>,
     pub feed: feed::FeedHandle,
+    /// `QM_AGENT_BINARY`, served at `/downloads/qm-worker-agent`.
+    pub agent_download: Option<Arc<routes::downloads::AgentDownload>>,
 }
 
 /// Bootstraps the admin if needed, then builds the API on `address` with the outbox relay and
@@ -90,6 +92,10 @@ pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Sh
         organization_locks: Arc::new(limits::KeyedLocks::default()),
         credentials: Arc::new(auth::CredentialCache::default()),
         feed,
+        agent_download: match &dependencies.settings.boot.agent_binary {
+            Some(path) => Some(routes::downloads::AgentDownload::load(path)?),
+            None => None,
+        },
     };
     let routes = openapi::router(state);
     let (service, registry) = Service::with_routes(NAME, &dependencies, address, routes, registry).await?;

@@ -12,7 +12,8 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::AppState;
 use crate::problem::Problem;
 use crate::routes::{
-    action_logs, api_keys, catalog, deployments, events, finops, instances, organizations, session, users, workers,
+    action_logs, api_keys, catalog, deployments, downloads, events, finops, instances, organizations, session, users,
+    workers,
 };
 
 pub const DOCUMENT_PATH: &str = "/api-docs/openapi.json";
@@ -111,6 +112,7 @@ impl Modify for ErrorResponses {
                     }
                 }
                 let public = path == "/auth/login" || path == "/internal/worker/register";
+                let anonymous = public || path.starts_with("/downloads/");
                 let mut add = |status: &str, description: &str| {
                     operation.responses.responses.entry(status.to_owned()).or_insert_with(|| problem(description));
                 };
@@ -118,7 +120,7 @@ impl Modify for ErrorResponses {
                     add("429", "Too many attempts from this client or for this account; see `Retry-After`");
                 }
                 add("400", "Malformed request (body, query string or path)");
-                if !public {
+                if !anonymous {
                     add("401", "Not authenticated, or the session or key expired or was revoked");
                     add(
                         "403",
@@ -225,6 +227,8 @@ pub fn routes() -> (Router<AppState>, OpenApiDocument) {
         .routes(routes!(finops::budget, finops::put_budget, finops::delete_budget))
         .routes(routes!(finops::exchange_rates))
         .routes(routes!(finops::put_exchange_rate))
+        .routes(routes!(downloads::agent))
+        .routes(routes!(downloads::agent_checksum))
         .split_for_parts();
     // After the paths are in: the error responses are added to each of them.
     ErrorResponses.modify(&mut document);

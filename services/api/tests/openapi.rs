@@ -147,6 +147,10 @@ async fn every_documented_operation_answers_as_documented() {
         c.call("POST", "/auth/login", "/auth/login", None, Some(json!({ "login": "admin", "password": "wrong-password" }))).await.expect(401);
         c.call("GET", "/auth/me", "/auth/me", a, None).await.expect(200);
         c.call("PUT", "/auth/me", "/auth/me", a, Some(json!({ "first_name": "Ada" }))).await.expect(200);
+        // The agent download, not configured here (served bytes: tests/downloads.rs).
+        for path in ["/downloads/qm-worker-agent", "/downloads/qm-worker-agent.sha256"] {
+            c.call("GET", path, path, None, None).await.expect(404);
+        }
 
         // Organizations and users.
         let organization = c.call("POST", "/organizations", "/organizations", a, Some(json!({ "name": "Beta", "slug": "beta" }))).await.expect(201);

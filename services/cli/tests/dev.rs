@@ -396,6 +396,36 @@ async fn a_local_instance_costs_money_while_it_runs_and_its_tokens_have_a_price(
     std::fs::remove_dir_all(&data_dir).expect("clean up");
 }
 
+/// The user data of `provider_id` in moto: the `#cloud-config` that starts the agent and the
+/// engine, which `cloud-init schema` accepts, carrying `instance`'s configuration; and the
+/// instance requires IMDSv2.
+async fn check_aws_user_data(ec2: &aws_sdk_ec2::Client, provider_id: &str, instance: &str, data_dir: &Path) {
+    let attribute = ec2
+        .describe_instance_attribute()
+        .instance_id(provider_id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .expect("user data");
+    let encoded = attribute.user_data().and_then(|value| value.value()).expect("user data is set");
+    let encoded_path = data_dir.join("user-data.b64");
+    std::fs::write(&encoded_path, encoded).expect("write");
+    let decoded = Command::new("base64").arg("-d").arg(&encoded_path).output().expect("base64");
+    let user_data = String::from_utf8(decoded.stdout).expect("utf-8");
+    let config = qm_providers::agent::BootConfig::parse(&user_data).expect("Quartermaster's #cloud-config");
+    assert_eq!(config.instance_id, instance);
+    assert!(user_data.contains("\"/etc/systemd/system/qm-engine.service\""), "a GPU type runs the engine");
+    let path = data_dir.join("user-data.yaml");
+    std::fs::write(&path, &user_data).expect("write");
+    let validated = Command::new("cloud-init").args(["schema", "--config-file"]).arg(&path).output();
+    let validated = validated.expect("cloud-init is missing: `make services` installs it (Debian package cloud-init)");
+    let said = format!("{}{}", String::from_utf8_lossy(&validated.stdout), String::from_utf8_lossy(&validated.stderr));
+    assert!(validated.status.success() && said.contains("Valid cloud-config"), "{said}\n{user_data}");
+    let described = ec2.describe_instances().instance_ids(provider_id).send().await.expect("describe");
+    let metadata = described.reservations()[0].instances()[0].metadata_options().expect("metadata options").clone();
+    assert_eq!(metadata.http_tokens(), Some(&aws_sdk_ec2::types::HttpTokensState::Required));
+}
+
 /// `qm dev` with the `aws` provider on moto and the `scaleway` provider on the Instance API fake:
 /// a deployment on each goes from `POST /deployments` to `booting` (no agent can boot inside the
 /// stand-ins) and, deleted, to `terminated` at the provider; catalog sync runs against both; and
@@ -444,6 +474,13 @@ async fn aws_and_scaleway_deployments_run_end_to_end_without_logging_credentials
             .expect("ec2 id")
             .to_owned();
     assert_eq!(scaleway.servers().len(), 1);
+    check_aws_user_data(&ec2, &aws_id, &aws[0], &data_dir).await;
+    // No model that could reach user data other than as a quoted value is accepted at all.
+    for model in ["m\nruncmd: [reboot]", "m\"", "-m", "m; reboot", "m $(reboot)"] {
+        let deployment = serde_json::json!({ "model": model, "count": 1, "provider": "aws", "zone": "us-east-1a", "instance_type": "g6.xlarge" });
+        let (status, problem) = session.exchange(reqwest::Method::POST, "/deployments", Some(deployment)).await;
+        assert_eq!(status, 422, "{model:?}: {problem}");
+    }
     let (status, _) = session.exchange(reqwest::Method::POST, "/catalog/sync", Some(serde_json::json!({}))).await;
     assert_eq!(status, 202);
     for id in [&aws[0], &scw[0]] {

@@ -93,9 +93,15 @@ pub async fn build_with(
         "Commands carried out, by type and outcome",
         &["type", "outcome"],
     );
+    let boot_plan = qm_providers::agent::BootPlan::from_settings(
+        &dependencies.settings.boot,
+        dependencies.settings.api_url.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let saga = Arc::new(
         saga::Saga::new(dependencies.store.clone(), providers, retry)
             .with_api_url(dependencies.settings.api_url.clone())
+            .with_boot_plan(boot_plan)
             .with_exchange_rates(dependencies.settings.exchange_rates.clone())
             .with_metrics(&registry),
     );

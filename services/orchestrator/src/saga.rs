@@ -81,9 +81,28 @@ pub(crate) struct Step<'a> {
     pub then_terminate: bool,
 }
 
+/// What [`Saga::boot`] needs of the provisioning in progress.
+#[derive(Clone, Copy)]
+struct Booting<'a> {
+    command: &'a Envelope,
+    placement: &'a Offer,
+    model: &'a str,
+    started: Instant,
+}
+
+/// How [`Saga::boot`] ended.
+enum Booted {
+    /// Booting, compensated or failed: the command is done.
+    Done,
+    /// The placement had no capacity to start the instance; what was created is removed.
+    NoCapacity(Box<Instance>, String),
+}
+
 pub struct Saga {
     /// Where agents register (`QM_API_URL`); without it instances get no way to register.
     api_url: Option<String>,
+    /// How instances get their agent and engine.
+    boot_plan: qm_providers::agent::BootPlan,
     store: Arc<dyn Store>,
     /// Each wrapped in [`Resilient`](crate::resilient::Resilient).
     providers: BTreeMap<String, Arc<dyn CloudProvider>>,
@@ -100,6 +119,7 @@ impl Saga {
     pub fn new(store: Arc<dyn Store>, providers: BTreeMap<String, Arc<dyn CloudProvider>>, retry: Retry) -> Self {
         Self {
             api_url: None,
+            boot_plan: qm_providers::agent::BootPlan::default(),
             store,
             providers: crate::resilient::Resilient::wrap_all(providers, &retry),
             exhausted: Mutex::new(HashMap::new()),
@@ -137,29 +157,44 @@ impl Saga {
         self
     }
 
-    /// The user data for a new instance, with a fresh one-time bootstrap token (its hash
-    /// stored). Once a provider instance is recorded no token is issued again: the instance
-    /// already holds its own, and a create is then answered with the existing instance.
-    async fn user_data(&self, instance: &Instance, model: &str) -> Result<String, SagaError> {
+    /// Where instances get their agent and engine from (default: the pinned images).
+    pub fn with_boot_plan(mut self, plan: qm_providers::agent::BootPlan) -> Self {
+        self.boot_plan = plan;
+        self
+    }
+
+    /// The agent's boot configuration for a new instance, with a fresh one-time bootstrap token
+    /// (its hash stored); rendered per placement by [`Saga::user_data`]. Once a provider
+    /// instance is recorded no token is issued again: the instance already holds its own, and a
+    /// create is then answered with the existing instance.
+    async fn boot_config(
+        &self,
+        instance: &Instance,
+        model: &str,
+    ) -> Result<Option<qm_providers::agent::BootConfig>, SagaError> {
         let Some(api_url) = &self.api_url else {
             tracing::warn!(instance = %instance.id, "QM_API_URL is not set: the instance's agent cannot register");
-            return Ok(String::new());
+            return Ok(None);
         };
         if instance.provider_instance_id.is_some() {
-            return Ok(String::new());
+            return Ok(None);
         }
         let token = qm_runtime::tokens::generate(BOOTSTRAP_TOKEN_PREFIX);
         let mut tx = self.store.begin().await?;
         let expires_at = qm_store::now() + chrono::Duration::from_std(BOOTSTRAP_TOKEN_TTL).unwrap_or_default();
         tx.issue_bootstrap_token(instance.id, &qm_runtime::tokens::hash(&token), expires_at).await?;
         tx.commit().await?;
-        let config = qm_providers::agent::BootConfig {
+        Ok(Some(qm_providers::agent::BootConfig {
             api_url: api_url.clone(),
             instance_id: instance.id.to_string(),
             bootstrap_token: token,
             model: model.to_owned(),
-        };
-        Ok(config.render())
+        }))
+    }
+
+    /// The `#cloud-config` for `placement`: with the engine where it has GPUs.
+    fn user_data(&self, config: Option<&qm_providers::agent::BootConfig>, placement: &Offer) -> String {
+        config.map(|config| config.render(&self.boot_plan.for_gpus(placement.gpu_count > 0))).unwrap_or_default()
     }
 
     /// Announces `instance.billing_started` once the provider has created the instance (once per
@@ -344,7 +379,7 @@ impl Saga {
         if instance.state != InstanceState::Provisioning {
             return Ok(());
         }
-        let user_data = self.user_data(&instance, &request.model).await?;
+        let boot_config = self.boot_config(&instance, &request.model).await?;
         let mut failures = Vec::new();
         for placement in &request.placements {
             if self.is_exhausted(placement) {
@@ -368,13 +403,21 @@ impl Saga {
                 instance_id: instance.id,
                 zone: placement.zone.clone(),
                 instance_type: placement.instance_type.clone(),
-                user_data: user_data.clone(),
+                user_data: self.user_data(boot_config.as_ref(), placement),
                 tags: BTreeMap::from([("qm-organization-id".to_owned(), instance.organization_id.to_string())]),
             };
             match provider.create(&create).await {
                 Ok(created) => {
-                    self.start_billing(command, &instance, placement, &request.model).await?;
-                    return self.boot(command, instance, &*provider, created.provider_id, started).await;
+                    let booting = Booting { command, placement, model: &request.model, started };
+                    match self.boot(&booting, instance, &*provider, created.provider_id).await? {
+                        Booted::Done => return Ok(()),
+                        // It could not start for capacity: removed at the provider, next placement.
+                        Booted::NoCapacity(moved, reason) => {
+                            instance = *moved;
+                            self.exhaust(placement);
+                            failures.push(format!("{}/{}: {reason}", placement.zone, placement.instance_type));
+                        }
+                    }
                 }
                 Err(error) if error.calls_for_failover() => {
                     self.exhaust(placement);
@@ -391,16 +434,19 @@ impl Saga {
         self.fail(command, &instance, &reason, started).await
     }
 
-    /// After a successful create: start, record `booting` (with the address when the provider
-    /// already reports it), and return; compensate when the start fails.
+    /// After a successful create: start, start billing, record `booting` (with the address when
+    /// the provider already reports it), and return; compensate when the start fails. A start
+    /// refused for capacity (Scaleway may accept a server and then have no GPU to power it on)
+    /// removes what was created and answers [`Booted::NoCapacity`], so that the caller fails
+    /// over to the next placement.
     async fn boot(
         &self,
-        command: &Envelope,
+        booting: &Booting<'_>,
         instance: Instance,
         provider: &dyn CloudProvider,
         provider_id: String,
-        started: Instant,
-    ) -> Result<(), SagaError> {
+    ) -> Result<Booted, SagaError> {
+        let Booting { command, placement, model, started } = *booting;
         let annotation = InstanceAnnotation {
             provider_instance_id: Some(provider_id.clone()),
             progress_percent: Some(progress::CREATED),
@@ -410,15 +456,26 @@ impl Saga {
         let running = match provider.start(&provider_id).await {
             Ok(running) if running.status == ProviderStatus::Terminated => {
                 let reason = "the provider terminated the instance while it started";
-                return self.compensate(command, &instance, provider, &provider_id, reason, started).await;
+                self.compensate(command, &instance, provider, &provider_id, reason, started).await?;
+                return Ok(Booted::Done);
             }
             Ok(running) => running,
             Err(error) if error.is_retryable() => return Err(SagaError::Retry(error.to_string())),
+            Err(error) if error.calls_for_failover() => {
+                let reason = format!("start failed: {}", error.public_reason());
+                let action = ("instance.start_failed", ActionStatus::Failed);
+                self.remove_created(&instance, provider, &provider_id, action, &reason).await?;
+                return Ok(Booted::NoCapacity(Box::new(instance), reason));
+            }
             Err(error) => {
                 let reason = format!("start failed: {}", error.public_reason());
-                return self.compensate(command, &instance, provider, &provider_id, &reason, started).await;
+                self.compensate(command, &instance, provider, &provider_id, &reason, started).await?;
+                return Ok(Booted::Done);
             }
         };
+        // Billing starts once the instance runs (a server that never started bills nothing),
+        // once per instance however often the saga resumes.
+        self.start_billing(command, &instance, placement, model).await?;
         let progress = if running.address.is_some() { progress::ADDRESS } else { progress::STARTED };
         let step = Step {
             cause: Some(command),
@@ -438,7 +495,26 @@ impl Saga {
             // and finds the provider id recorded above.
             tracing::info!(instance = %instance.id, "instance changed state during provisioning");
         }
-        Ok(())
+        Ok(Booted::Done)
+    }
+
+    /// Terminates what was created at the provider and logs it as `action` (with `reason`):
+    /// `instance.start_failed` for a placement given up (the instance goes on to the next one),
+    /// `instance.compensate` before failing the instance.
+    async fn remove_created(
+        &self,
+        instance: &Instance,
+        provider: &dyn CloudProvider,
+        provider_id: &str,
+        action: (&str, ActionStatus),
+        reason: &str,
+    ) -> Result<(), SagaError> {
+        if let Err(error) = provider.terminate(provider_id).await {
+            // Not done yet: the command comes back and the removal is tried again.
+            return Err(SagaError::Retry(format!("removing {provider_id} ({}) failed: {error}", action.0)));
+        }
+        let metadata = serde_json::json!({ "provider_instance_id": provider_id, "zone": instance.zone, "instance_type": instance.instance_type });
+        self.log(instance, action.0, action.1, Some(reason.to_owned()), metadata).await
     }
 
     /// Terminates what was created, then fails the instance with `reason`.
@@ -451,18 +527,8 @@ impl Saga {
         reason: &str,
         started: Instant,
     ) -> Result<(), SagaError> {
-        if let Err(error) = provider.terminate(provider_id).await {
-            // Not failed yet: the command comes back and compensation is tried again.
-            return Err(SagaError::Retry(format!("compensation (terminate {provider_id}) failed: {error}")));
-        }
-        self.log(
-            instance,
-            "instance.compensate",
-            ActionStatus::Succeeded,
-            Some(reason.to_owned()),
-            serde_json::json!({ "provider_instance_id": provider_id }),
-        )
-        .await?;
+        let action = ("instance.compensate", ActionStatus::Succeeded);
+        self.remove_created(instance, provider, provider_id, action, reason).await?;
         self.fail(command, instance, reason, started).await
     }
 

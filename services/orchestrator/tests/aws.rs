@@ -2,9 +2,10 @@
 //! what moto cannot produce: provisioning through termination (instances in moto with the right
 //! type, zone and tags; `terminated` there), `InsufficientInstanceCapacity` in one zone failing
 //! over to the next, throttling retried, a lost `RunInstances` answer leaving one instance, an
-//! instance created directly in moto under `qm:managed=true` terminated as an orphan, one
-//! terminated directly in moto becoming `terminated` with `deleted_by_provider`, and catalog
-//! sync of the GPU types.
+//! instance created directly in moto under `qm:managed=true` and this installation terminated as
+//! an orphan, one terminated directly in moto becoming `terminated` with `deleted_by_provider`,
+//! two installations on one moto never touching each other's instances, IMDSv2 required, and
+//! catalog sync of the GPU types.
 
 #![allow(clippy::unwrap_used)]
 
@@ -40,9 +41,13 @@ fn offer(zone: &str) -> Offer {
     }
 }
 
+const INSTALLATION: &str = "staging";
+
 struct Cloud {
     _moto: Moto,
     proxy: FaultProxy,
+    config: aws_config::SdkConfig,
+    image_id: String,
     provider: Arc<AwsProvider>,
 }
 
@@ -59,22 +64,38 @@ impl Cloud {
             .await;
         let images = aws_sdk_ec2::Client::new(&config).describe_images().send().await.unwrap();
         let image_id = images.images()[0].image_id().unwrap().to_owned();
-        let provider = Arc::new(AwsProvider::new(&config, AwsSettings { image_id, subnet_id: None }));
-        Self { _moto: moto, proxy, provider }
+        let settings = AwsSettings { image_id: image_id.clone(), subnet_id: None, installation: INSTALLATION.into() };
+        let provider = Arc::new(AwsProvider::new(&config, settings));
+        Self { _moto: moto, proxy, config, image_id, provider }
+    }
+
+    /// Another installation's provider on the same moto.
+    fn installation(&self, installation: &str) -> Arc<AwsProvider> {
+        let settings =
+            AwsSettings { image_id: self.image_id.clone(), subnet_id: None, installation: installation.into() };
+        Arc::new(AwsProvider::new(&self.config, settings))
     }
 
     fn providers(&self) -> BTreeMap<String, Arc<dyn CloudProvider>> {
-        BTreeMap::from([("aws".to_owned(), self.provider.clone() as Arc<dyn CloudProvider>)])
+        providers_of(&self.provider)
     }
 
     fn saga(&self, world: &World) -> Saga {
-        Saga::new(world.store.clone(), self.providers(), fast()).with_api_url(Some("http://127.0.0.1:9".into()))
+        saga_of(world, &self.provider)
     }
 
     async fn state_in_moto(&self, provider_id: &str) -> InstanceStateName {
         let described = self.provider.client().describe_instances().instance_ids(provider_id).send().await.unwrap();
         described.reservations()[0].instances()[0].state().unwrap().name().unwrap().clone()
     }
+}
+
+fn providers_of(provider: &Arc<AwsProvider>) -> BTreeMap<String, Arc<dyn CloudProvider>> {
+    BTreeMap::from([("aws".to_owned(), provider.clone() as Arc<dyn CloudProvider>)])
+}
+
+fn saga_of(world: &World, provider: &Arc<AwsProvider>) -> Saga {
+    Saga::new(world.store.clone(), providers_of(provider), fast()).with_api_url(Some("http://127.0.0.1:9".into()))
 }
 
 #[tokio::test]
@@ -94,6 +115,9 @@ async fn an_instance_runs_in_moto_with_its_tags_and_is_terminated_there() {
     assert_eq!(tags.get("qm:managed"), Some(&"true"));
     assert_eq!(tags.get("qm:instance-id"), Some(&id.to_string().as_str()));
     assert_eq!(tags.get("qm:org"), Some(&world.organization.to_string().as_str()));
+    assert_eq!(tags.get("qm:installation"), Some(&INSTALLATION));
+    let metadata = ec2.metadata_options().unwrap();
+    assert_eq!(metadata.http_tokens(), Some(&aws_sdk_ec2::types::HttpTokensState::Required), "IMDSv2 only");
 
     let terminate = world.request_termination(id).await;
     cloud.saga(&world).terminate(&terminate).await.unwrap();
@@ -153,6 +177,7 @@ async fn reconciliation_terminates_an_orphan_made_in_moto_and_notices_an_instanc
     let tags = TagSpecification::builder()
         .resource_type(ResourceType::Instance)
         .tags(Tag::builder().key("qm:managed").value("true").build())
+        .tags(Tag::builder().key("qm:installation").value(INSTALLATION).build())
         .tags(Tag::builder().key("qm-instance-id").value(&stranger).build())
         .build();
     let orphan = client
@@ -194,4 +219,37 @@ async fn catalog_sync_lists_the_gpu_types_with_their_gpus_and_prices() {
     let zones = world.store.instance_type_zones(g6.id).await.unwrap();
     assert!(zones.iter().any(|zone| zone.code == "us-east-1a"), "{zones:?}");
     world.cleanup();
+}
+
+#[tokio::test]
+async fn two_installations_on_one_moto_never_touch_each_others_instances() {
+    let staging = World::new(offer).await;
+    let production = World::new(offer).await;
+    let cloud = Cloud::start().await;
+    let prod = cloud.installation("prod");
+    let (staging_id, command) = staging.requested(&["us-east-1a"]).await;
+    cloud.saga(&staging).provision(&command).await.unwrap();
+    let (prod_id, command) = production.requested(&["us-east-1a"]).await;
+    saga_of(&production, &prod).provision(&command).await.unwrap();
+    let prod_provider_id = production.state(prod_id).await.provider_instance_id.unwrap();
+
+    // Each lists only its own; each reconciliation finds nothing gone and no orphan.
+    let listed = cloud.provider.list().await.unwrap();
+    assert_eq!(listed.iter().map(|found| found.instance_id).collect::<Vec<_>>(), [Some(staging_id)]);
+    for (world, provider) in [(&staging, &cloud.provider), (&production, &prod)] {
+        let reconciler = qm_orchestrator::reconcile::Reconciler {
+            store: world.store.clone(),
+            saga: Arc::new(saga_of(world, provider)),
+            every: Duration::from_secs(60),
+        };
+        let report = reconciler.reconcile(None).await.unwrap();
+        assert_eq!((report.gone, report.orphans, report.failures), (0, 0, 0), "{report:?}");
+    }
+    // Staging's instance ends; production's is still running, and still production's.
+    let terminate = staging.request_termination(staging_id).await;
+    cloud.saga(&staging).terminate(&terminate).await.unwrap();
+    assert_eq!(cloud.state_in_moto(&prod_provider_id).await, InstanceStateName::Running);
+    assert_eq!(production.state(prod_id).await.state, InstanceState::Booting);
+    staging.cleanup();
+    production.cleanup();
 }

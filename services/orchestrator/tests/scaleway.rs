@@ -1,8 +1,9 @@
 //! The orchestrator driving the `scaleway` provider against the Instance API fake: provisioning
-//! through termination, `out_of_stock` in one zone failing over to the next, 429s retried with
-//! backoff, reconciliation of a server deleted behind our back (and its leftover volume) and of
-//! an orphan, and catalog
-//! sync of the GPU types with their prices.
+//! through termination, `out_of_stock` in one zone failing over to the next (at create, and at
+//! poweron with nothing left behind), 429s retried with backoff, reconciliation of a server
+//! deleted behind our back (and its leftover volume) and of an orphan, two installations on one
+//! fake never touching each other's servers or volumes, and catalog sync of the GPU types with
+//! their prices.
 
 #![allow(clippy::unwrap_used)]
 
@@ -22,6 +23,7 @@ mod common;
 use common::{World, fast};
 
 const SECRET: &str = "scw-orchestrator-secret";
+const PROJECT: &str = "11111111-2222-3333-4444-555555555555";
 
 fn offer(zone: &str) -> Offer {
     Offer {
@@ -40,18 +42,28 @@ fn offer(zone: &str) -> Offer {
 }
 
 fn providers(fake: &FakeScaleway) -> BTreeMap<String, Arc<dyn CloudProvider>> {
+    installation_providers(fake, "staging")
+}
+
+fn installation_providers(fake: &FakeScaleway, installation: &str) -> BTreeMap<String, Arc<dyn CloudProvider>> {
     let config = ScalewayConfig {
         api_url: fake.url(),
         secret_key: Secret::new(SECRET),
-        project_id: "11111111-2222-3333-4444-555555555555".into(),
+        project_id: PROJECT.into(),
         zones: vec!["fr-par-1".into(), "fr-par-2".into()],
         image: "ubuntu_jammy_gpu_os_12".into(),
+        installation: installation.into(),
     };
     BTreeMap::from([("scaleway".to_owned(), Arc::new(ScalewayProvider::new(config)) as Arc<dyn CloudProvider>)])
 }
 
 fn saga(world: &World, fake: &FakeScaleway) -> Saga {
-    Saga::new(world.store.clone(), providers(fake), fast()).with_api_url(Some("http://127.0.0.1:9".into()))
+    installation_saga(world, fake, "staging")
+}
+
+fn installation_saga(world: &World, fake: &FakeScaleway, installation: &str) -> Saga {
+    Saga::new(world.store.clone(), installation_providers(fake, installation), fast())
+        .with_api_url(Some("http://127.0.0.1:9".into()))
 }
 
 #[tokio::test]
@@ -96,6 +108,70 @@ async fn out_of_stock_in_one_zone_fails_over_to_the_next() {
 }
 
 #[tokio::test]
+async fn a_poweron_out_of_stock_fails_over_and_leaves_nothing_behind() {
+    use qm_testkit::scaleway::StartFailure;
+    for how in [StartFailure::Refused, StartFailure::FallsBack] {
+        let world = World::new(offer).await;
+        let fake = FakeScaleway::start(SECRET).await;
+        fake.fail_starts("fr-par-1", "L4-1-24G", how);
+        let (id, command) = world.requested(&["fr-par-1", "fr-par-2"]).await;
+        saga(&world, &fake).provision(&command).await.unwrap();
+        let instance = world.state(id).await;
+        assert_eq!((instance.state, instance.zone.as_str()), (InstanceState::Booting, "fr-par-2"), "{how:?}");
+        assert!(instance.provider_instance_id.as_deref().is_some_and(|id| id.starts_with("fr-par-2/")));
+        let zones = |items: Vec<serde_json::Value>| -> Vec<String> {
+            items.iter().map(|item| item["zone"].as_str().unwrap_or_default().to_owned()).collect()
+        };
+        assert_eq!(zones(fake.servers()), ["fr-par-2"], "{how:?}: no server left in zone 1");
+        assert_eq!(zones(fake.volumes()), ["fr-par-2"], "{how:?}: no volume left in zone 1");
+        let logs = world.store.action_logs(Some(world.organization), 50).await.unwrap();
+        let failed = logs.iter().find(|entry| entry.action_type == "instance.start_failed").unwrap();
+        assert_eq!(failed.metadata["zone"], "fr-par-1");
+        world.cleanup();
+    }
+}
+
+#[tokio::test]
+async fn two_installations_on_one_fake_never_touch_each_others_servers_or_volumes() {
+    let staging = World::new(offer).await;
+    let production = World::new(offer).await;
+    let fake = FakeScaleway::start(SECRET).await;
+    fake.detach_after(Duration::ZERO);
+    let (staging_id, command) = staging.requested(&["fr-par-1"]).await;
+    saga(&staging, &fake).provision(&command).await.unwrap();
+    let (prod_id, command) = production.requested(&["fr-par-1"]).await;
+    installation_saga(&production, &fake, "prod").provision(&command).await.unwrap();
+    let prod_server = production.state(prod_id).await.provider_instance_id.unwrap();
+    let staging_server = staging.state(staging_id).await.provider_instance_id.unwrap();
+    // Production's server vanishes behind its back: its volume is a leftover, production's only.
+    let (zone, server) = prod_server.split_once('/').unwrap();
+    fake.remove(zone, server);
+    let reconcile = |world: &World, installation: &str| {
+        let reconciler = qm_orchestrator::reconcile::Reconciler {
+            store: world.store.clone(),
+            saga: Arc::new(installation_saga(world, &fake, installation)),
+            every: Duration::from_secs(60),
+        };
+        async move { reconciler.reconcile(None).await.unwrap() }
+    };
+    let report = reconcile(&staging, "staging").await;
+    assert_eq!((report.gone, report.orphans, report.leftovers, report.failures), (0, 0, 0, 0), "{report:?}");
+    assert_eq!(fake.volumes().len(), 2, "staging left production's detached volume alone");
+    let report = reconcile(&production, "prod").await;
+    assert_eq!((report.gone, report.orphans, report.leftovers), (1, 0, 1), "{report:?}");
+    assert_eq!(staging.state(staging_id).await.state, InstanceState::Booting);
+    let servers: Vec<String> = fake
+        .servers()
+        .iter()
+        .map(|server| format!("{}/{}", server["zone"].as_str().unwrap(), server["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(servers, [staging_server], "staging's server untouched");
+    assert_eq!(fake.volumes().len(), 1, "staging's volume untouched");
+    staging.cleanup();
+    production.cleanup();
+}
+
+#[tokio::test]
 async fn rate_limited_calls_are_retried_with_backoff() {
     let world = World::new(offer).await;
     let fake = FakeScaleway::start(SECRET).await;
@@ -122,16 +198,21 @@ async fn reconciliation_sees_a_deleted_server_and_terminates_an_orphan() {
         "fr-par-2",
         &format!("qm-{stranger}"),
         "L4-1-24G",
-        &[format!("qm-instance-id={stranger}"), "qm-managed=true".into()],
+        PROJECT,
+        &[format!("qm-instance-id={stranger}"), "qm-managed=true".into(), "qm-installation=staging".into()],
     );
     let reconciler =
         qm_orchestrator::reconcile::Reconciler { store: world.store.clone(), saga, every: Duration::from_secs(60) };
     let report = reconciler.reconcile(None).await.unwrap();
-    assert_eq!((report.gone, report.orphans, report.leftovers), (1, 1, 1), "{report:?}");
+    // The deleted server's root volume is still detaching in the background: not yet a leftover.
+    assert_eq!((report.gone, report.orphans, report.leftovers), (1, 1, 0), "{report:?}");
     let instance = world.state(id).await;
     assert_eq!((instance.state, instance.deleted_by_provider), (InstanceState::Terminated, true));
     assert!(fake.servers().is_empty(), "the orphan was terminated");
-    // The deleted server's root volume stayed behind, detached and billing: removed in the same pass.
+    // Once detached it stays behind, billing: the next pass removes it.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let report = reconciler.reconcile(None).await.unwrap();
+    assert_eq!((report.gone, report.orphans, report.leftovers), (0, 0, 1), "{report:?}");
     assert!(fake.volumes().is_empty());
     let logs = world.store.action_logs(None, 50).await.unwrap();
     assert!(logs.iter().any(|entry| entry.action_type == "fleet.leftover_removed"));

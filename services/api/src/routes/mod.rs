@@ -5,6 +5,7 @@ pub mod action_logs;
 pub mod api_keys;
 pub mod catalog;
 pub mod deployments;
+pub mod downloads;
 pub mod events;
 pub mod finops;
 pub mod instances;

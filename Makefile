@@ -27,7 +27,7 @@ services: ## Make sure PostgreSQL, Redis and NATS (JetStream) run on loopback; i
 	@scripts/ensure-services.sh
 
 VENV := .venv
-PYTHON_TOOLS := openapi-spec-validator==0.7.2 "moto[server]==5.1.*" schemathesis==4.32.5
+PYTHON_TOOLS := openapi-spec-validator==0.7.2 "moto[server]==5.1.*" schemathesis==4.32.5 openai==1.109.1
 
 .PHONY: venv
 venv: $(VENV)/.installed ## Python tools the tests use (openapi-spec-validator, moto's EC2 server, schemathesis), in ./.venv

@@ -378,6 +378,9 @@ pub struct Usage {
     pub by_zone: Vec<UsageEntry>,
     pub by_provider: Vec<UsageEntry>,
     pub by_organization: Vec<UsageEntry>,
+    /// By the API key the router counted the tokens for (`direct` for tokens an agent reported
+    /// for traffic that did not come through the router).
+    pub by_api_key: Vec<UsageEntry>,
 }
 
 /// Token usage over `[from_s, to_s)`, broken down.
@@ -386,7 +389,7 @@ pub struct Usage {
 /// The store's.
 pub async fn usage(store: &dyn Store, from_s: i64, to_s: i64, filter: &CostFilter) -> Result<Usage, StoreError> {
     let groups = store.usage_groups(from_s, to_s, filter).await?;
-    let mut dimensions: [BTreeMap<String, (i64, i64)>; 6] = Default::default();
+    let mut dimensions: [BTreeMap<String, (i64, i64)>; 7] = Default::default();
     let (mut prompt, mut completion) = (0_i64, 0_i64);
     let unknown = || "unknown".to_owned();
     for group in &groups {
@@ -399,6 +402,7 @@ pub async fn usage(store: &dyn Store, from_s: i64, to_s: i64, filter: &CostFilte
             group.zone.clone().unwrap_or_else(unknown),
             group.provider.clone().unwrap_or_else(unknown),
             group.organization_id.to_string(),
+            group.api_key_id.map_or_else(|| "direct".to_owned(), |id| id.to_string()),
         ];
         for (dimension, key) in dimensions.iter_mut().zip(keys) {
             let entry = dimension.entry(key).or_default();
@@ -419,7 +423,8 @@ pub async fn usage(store: &dyn Store, from_s: i64, to_s: i64, filter: &CostFilte
         entries.sort_by(|a, b| b.total_tokens.cmp(&a.total_tokens).then_with(|| a.key.cmp(&b.key)));
         entries
     };
-    let [by_model, by_instance, by_instance_type, by_zone, by_provider, by_organization] = dimensions.map(list);
+    let [by_model, by_instance, by_instance_type, by_zone, by_provider, by_organization, by_api_key] =
+        dimensions.map(list);
     Ok(Usage {
         from: time(from_s),
         to: time(to_s),
@@ -432,6 +437,7 @@ pub async fn usage(store: &dyn Store, from_s: i64, to_s: i64, filter: &CostFilte
         by_zone,
         by_provider,
         by_organization,
+        by_api_key,
     })
 }
 

@@ -116,6 +116,8 @@ pub struct UsageGroup {
     pub organization_id: OrganizationId,
     pub model: String,
     pub instance_id: Option<InstanceId>,
+    /// The API key whose requests the router counted; `None` for tokens an agent reported.
+    pub api_key_id: Option<uuid::Uuid>,
     pub provider: Option<String>,
     pub region: Option<String>,
     pub zone: Option<String>,
@@ -443,10 +445,10 @@ macro_rules! impl_finops_sql {
                     filter: &CostFilter,
                 ) -> Result<Vec<UsageGroup>, StoreError> {
                     let sql = format!(
-                        "SELECT organization_id, model, instance_id, provider, region, zone, instance_type, \
+                        "SELECT organization_id, model, instance_id, api_key_id, provider, region, zone, instance_type, \
                          CAST(SUM(prompt_tokens) AS BIGINT) AS prompt, CAST(SUM(completion_tokens) AS BIGINT) AS completion \
                          FROM token_usage WHERE at_s >= $1 AND at_s < $2 AND {} \
-                         GROUP BY organization_id, model, instance_id, provider, region, zone, instance_type",
+                         GROUP BY organization_id, model, instance_id, api_key_id, provider, region, zone, instance_type",
                         filter_sql(3)
                     );
                     let rows =
@@ -458,6 +460,7 @@ macro_rules! impl_finops_sql {
                                 organization_id: OrganizationId::from_uuid(row.try_get("organization_id")?),
                                 model: row.try_get("model")?,
                                 instance_id: instance.map(InstanceId::from_uuid),
+                                api_key_id: row.try_get("api_key_id")?,
                                 provider: row.try_get("provider")?,
                                 region: row.try_get("region")?,
                                 zone: row.try_get("zone")?,

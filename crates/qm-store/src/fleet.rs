@@ -602,9 +602,7 @@ macro_rules! impl_fleet_sql {
 
                 async fn instances_by_ids(&self, ids: &[InstanceId]) -> Result<Vec<Instance>, StoreError> {
                     let mut found = Vec::with_capacity(ids.len());
-                    // Chunks keep the statement under every database's parameter limit.
-                    for chunk in ids.chunks(500) {
-                        let placeholders = (0..chunk.len()).map(|index| format!("${}", index + 1)).collect::<Vec<_>>().join(", ");
+                    for (placeholders, chunk) in crate::in_chunks(ids) {
                         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id IN ({placeholders})");
                         let mut query = sqlx::query(&sql);
                         for id in chunk {

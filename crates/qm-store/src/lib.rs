@@ -134,3 +134,12 @@ pub fn now() -> chrono::DateTime<chrono::Utc> {
 }
 
 pub use qm_config::redact_url as redact;
+
+/// `items` in chunks small enough for every database's parameter limit, each with its
+/// placeholder list (`$1, $2, ...`) for an `IN (...)`.
+pub(crate) fn in_chunks<T>(items: &[T]) -> impl Iterator<Item = (String, &[T])> {
+    items.chunks(500).map(|chunk| {
+        let placeholders = (0..chunk.len()).map(|index| format!("${}", index + 1)).collect::<Vec<_>>().join(", ");
+        (placeholders, chunk)
+    })
+}

@@ -58,6 +58,8 @@ pub trait WorkerStore {
     /// The unrevoked worker of an instance that is not finished, whose current token, or whose
     /// previous token still in its grace period at `at`, has this hash.
     async fn worker_by_token(&self, token_hash: &str, at: DateTime<Utc>) -> Result<Option<Worker>, StoreError>;
+    /// The workers of `instances` that have one (the router's discovery reads them in one go).
+    async fn workers_of(&self, instances: &[InstanceId]) -> Result<Vec<Worker>, StoreError>;
 }
 
 #[async_trait]
@@ -138,6 +140,21 @@ macro_rules! impl_workers_sql {
 
             #[async_trait]
             impl WorkerStore for $store {
+                async fn workers_of(&self, instances: &[InstanceId]) -> Result<Vec<Worker>, StoreError> {
+                    let mut found = Vec::with_capacity(instances.len());
+                    for (placeholders, chunk) in crate::in_chunks(instances) {
+                        let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE instance_id IN ({placeholders})");
+                        let mut query = sqlx::query(&sql);
+                        for id in chunk {
+                            query = query.bind(id.as_uuid());
+                        }
+                        for row in query.fetch_all(self.reader()).await? {
+                            found.push(worker_from_row(&row)?);
+                        }
+                    }
+                    Ok(found)
+                }
+
                 async fn worker(&self, instance: InstanceId) -> Result<Option<Worker>, StoreError> {
                     let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE instance_id = $1");
                     let row = sqlx::query(&sql).bind(instance.as_uuid()).fetch_optional(self.reader()).await?;

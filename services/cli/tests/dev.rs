@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Dev, Session, http, temporary_data_dir};
+use support::{Dev, Session, http, local_pid, temporary_data_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qm_dev_serves_every_probe_stops_on_sigterm_and_keeps_its_admin() {
@@ -158,12 +158,6 @@ fn process_alive(pid: u64) -> bool {
 }
 
 /// The `local` provider's record of an instance: its agent process id.
-fn local_pid(data_dir: &Path, instance_id: &str) -> u64 {
-    let file = data_dir.join("local").join(format!("local-{}.json", instance_id.replace('-', "")));
-    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).expect("state file")).expect("json");
-    record["pid"].as_u64().expect("pid")
-}
-
 /// On `qm dev` with the `local` provider: a deployment becomes real `qm-worker-agent` processes
 /// that register and reach `ready`; `DELETE` stops the process; `kill -9` of an agent is noticed
 /// and its instance leaves `ready`; a stray tagged agent is terminated by reconciliation.

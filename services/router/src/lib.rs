@@ -1,17 +1,98 @@
-//! The `router` service. The OpenAI-compatible data plane in front of ready workers. This foundation serves its probes and metrics on `QM_ROUTER_ADDR` (default 8080); routing lands with the router issue.
+//! The `router` service: the OpenAI-compatible data plane in front of ready workers
+//! (`docs/router.md`). It authenticates Quartermaster API keys, discovers the workers of each
+//! organization from the control plane, balances requests over them with prefix affinity and
+//! the power of two choices, retries what failed before its first byte on another worker behind
+//! per-worker breakers, relays streams event by event, and records the tokens of every answer as
+//! `usage.tokens` per API key.
+
+pub mod fleet;
+pub mod keys;
+pub mod openai;
+pub mod proxy;
+pub mod usage;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
 use qm_runtime::Shutdown;
 use qm_runtime::service::{Dependencies, Service};
 
 pub const NAME: &str = "router";
 
+/// The router's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    /// `qm_router_requests_total{model, code}`.
+    pub requests: IntCounterVec,
+    /// `qm_router_rejections_total{reason}`: requests answered with an error by the router.
+    pub rejections: IntCounterVec,
+    /// `qm_router_retries_total`: requests sent to another worker after a failure.
+    pub retries: IntCounter,
+    /// `qm_router_time_to_first_token_seconds`: until the first event of a stream, or the whole
+    /// answer otherwise.
+    pub time_to_first_token: Histogram,
+    /// `qm_router_request_duration_seconds`: until the answer is done.
+    pub duration: Histogram,
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Self {
+        let buckets = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+        let histogram = |name: &str, help: &str| {
+            qm_telemetry::metrics::histogram_vec(registry, name, help, &[], buckets.clone())
+                .with_label_values::<&str>(&[])
+        };
+        Self {
+            requests: qm_telemetry::metrics::counter_vec(
+                registry,
+                "qm_router_requests_total",
+                "Requests answered, by model and status code",
+                &["model", "code"],
+            ),
+            rejections: qm_telemetry::metrics::counter_vec(
+                registry,
+                "qm_router_rejections_total",
+                "Requests the router answered with an error, by reason",
+                &["reason"],
+            ),
+            retries: qm_telemetry::metrics::counter_vec(
+                registry,
+                "qm_router_retries_total",
+                "Requests sent to another worker after one failed before its first byte",
+                &[],
+            )
+            .with_label_values::<&str>(&[]),
+            time_to_first_token: histogram(
+                "qm_router_time_to_first_token_seconds",
+                "Time to the first event of a stream, or to the whole answer",
+            ),
+            duration: histogram("qm_router_request_duration_seconds", "Time until the answer is done"),
+        }
+    }
+}
+
 /// Builds the service on `address` (port 0 picks a free one).
 ///
 /// # Errors
 /// When the address cannot be bound.
-pub async fn build(dependencies: Dependencies, address: SocketAddr, _shutdown: Shutdown) -> anyhow::Result<Service> {
-    let (service, _registry) = Service::with_probes(NAME, &dependencies, address).await?;
-    Ok(service)
+pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Shutdown) -> anyhow::Result<Service> {
+    let registry = qm_telemetry::metrics::registry(NAME);
+    let fleet = Arc::new(fleet::Fleet::default());
+    let (usage, writer) = usage::UsageSink::new(dependencies.store.clone(), shutdown.clone());
+    let state = Arc::new(proxy::RouterState {
+        store: dependencies.store.clone(),
+        keys: keys::KeyCache::default(),
+        fleet: fleet.clone(),
+        client: proxy::RouterState::client(),
+        usage,
+        metrics: Metrics::new(&registry),
+    });
+    let routes = proxy::routes(state);
+    let (service, registry) = Service::with_routes(NAME, &dependencies, address, routes, registry).await?;
+    Ok(service.with_task(fleet.run(dependencies.store.clone(), shutdown.clone())).with_task(writer).with_relay(
+        &dependencies,
+        &registry,
+        shutdown,
+    ))
 }

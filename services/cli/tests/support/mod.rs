@@ -112,6 +112,13 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client")
 }
 
+/// The process id of a `local` instance's agent, from the provider's record in `data_dir`.
+pub fn local_pid(data_dir: &Path, instance_id: &str) -> u64 {
+    let file = data_dir.join("local").join(format!("local-{}.json", instance_id.replace('-', "")));
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).expect("state file")).expect("json");
+    record["pid"].as_u64().expect("pid")
+}
+
 pub fn temporary_data_dir() -> PathBuf {
     std::env::temp_dir().join(format!("qm-dev-test-{}", uuid::Uuid::new_v4().simple()))
 }

@@ -1,0 +1,200 @@
+//! The router through `qm dev`, as a client uses it: two `local` instances (real
+//! `qm-worker-agent` processes with their mock engines) behind `QM_ROUTER_ADDR`, an API key from
+//! the API, and OpenAI's own Python client, streaming and not. Errors come in OpenAI's shape; a
+//! stream's usage is read for accounting and removed when the client did not ask for it; the
+//! tokens of every answer appear in `/finops/usage/tokens` under the key, equal to the sum of the
+//! answers' `usage`; a worker killed during a burst loses no request; a revoked key is refused
+//! within 5 s.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Dev, Session, http, local_pid, temporary_data_dir};
+
+async fn post(router: &str, key: &str, path: &str, body: Value) -> (u16, reqwest::header::HeaderMap, String) {
+    let response = http().post(format!("{router}{path}")).bearer_auth(key).json(&body).send().await.expect("router");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.expect("body"))
+}
+
+/// The `usage` of a whole answer, or of the stream's events.
+fn usage_of(body: &str) -> (i64, i64) {
+    let mut found = (0, 0);
+    let chunks: Vec<Value> = if body.starts_with("data:") {
+        body.lines()
+            .filter_map(|line| line.strip_prefix("data: "))
+            .filter_map(|data| serde_json::from_str(data).ok())
+            .collect()
+    } else {
+        vec![serde_json::from_str(body).expect("json")]
+    };
+    for chunk in chunks {
+        if let Some(usage) = chunk.get("usage").filter(|usage| !usage.is_null()) {
+            found = (usage["prompt_tokens"].as_i64().unwrap_or(0), usage["completion_tokens"].as_i64().unwrap_or(0));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reach_the_fleet_through_the_router_with_keys_usage_and_failover() {
+    let data_dir = temporary_data_dir();
+    let (dev, urls, _) = Dev::start_with(&data_dir, &[], &[("QM_ADMIN_PASSWORD", "dev-test-password")]);
+    let session = Session::login(&urls["api"], "dev-test-password").await;
+    let router = urls["router"].clone();
+    let ids = session.deploy(["local", "local-1", "local.cpu"], 2).await;
+    for id in &ids {
+        session.state_within(id, |state| state == "ready", Duration::from_secs(60)).await;
+    }
+    let created = session.send(reqwest::Method::POST, "/api_keys", Some(json!({ "name": "router-test" }))).await;
+    let key = created["secret"].as_str().expect("secret").to_owned();
+    let key_id = created["id"].as_str().expect("id").to_owned();
+
+    // Discovery: within a refresh the two workers' model is listed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let models: Value = http()
+            .get(format!("{router}/v1/models"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("models")
+            .json()
+            .await
+            .expect("json");
+        if models["data"].as_array().is_some_and(|data| data.iter().any(|model| model["id"] == "m")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the model never showed: {models}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Errors in OpenAI's shape.
+    let chat = |model: &str, stream: bool| json!({ "model": model, "messages": [{ "role": "user", "content": "how much does the fleet cost" }], "max_tokens": 5, "stream": stream });
+    let (status, _, body) = post(&router, "qm_not-a-key", "/v1/chat/completions", chat("m", false)).await;
+    let error: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!((status, error["error"]["code"].as_str()), (401, Some("invalid_api_key")), "{body}");
+    let (status, _, body) = post(&router, &key, "/v1/chat/completions", chat("no-such-model", false)).await;
+    let error: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!((status, error["error"]["code"].as_str()), (404, Some("model_not_found")), "{body}");
+    let (status, _, body) = post(&router, &key, "/v1/chat/completions", json!({ "messages": [] })).await;
+    assert_eq!(status, 400, "{body}");
+
+    let mut sent = (0_i64, 0_i64);
+    let mut count = |(prompt, completion): (i64, i64)| {
+        sent.0 += prompt;
+        sent.1 += completion;
+    };
+    // Whole answers carry usage; a stream keeps it only when asked for.
+    let (status, _, body) = post(&router, &key, "/v1/chat/completions", chat("m", false)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(usage_of(&body), (6, 5), "six words in, five out");
+    count(usage_of(&body));
+    let (status, headers, body) = post(&router, &key, "/v1/chat/completions", chat("m", true)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(headers["content-type"].to_str().expect("ascii").starts_with("text/event-stream"));
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert_eq!(usage_of(&body), (0, 0), "not asked: removed: {body}");
+    assert_eq!(body.matches("\"content\":").count(), 5, "every token: {body}");
+    count((6, 5));
+    let mut asked = chat("m", true);
+    asked["stream_options"] = json!({ "include_usage": true });
+    let (_, _, body) = post(&router, &key, "/v1/chat/completions", asked).await;
+    assert_eq!(usage_of(&body), (6, 5), "asked: kept: {body}");
+    count(usage_of(&body));
+    let (status, _, body) =
+        post(&router, &key, "/v1/completions", json!({ "model": "m", "prompt": "one two three", "max_tokens": 4 }))
+            .await;
+    assert_eq!(status, 200, "{body}");
+    count(usage_of(&body));
+
+    // OpenAI's Python client, as users run it.
+    let script = r#"
+import os, sys
+from openai import OpenAI
+client = OpenAI(base_url=os.environ["ROUTER"] + "/v1", api_key=os.environ["KEY"])
+whole = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "a b c"}], max_tokens=3)
+assert whole.choices[0].message.content, whole
+assert whole.usage.prompt_tokens == 3 and whole.usage.completion_tokens == 3, whole.usage
+pieces = []
+for chunk in client.chat.completions.create(model="m", messages=[{"role": "user", "content": "a b c"}], max_tokens=3, stream=True):
+    if chunk.choices and chunk.choices[0].delta.content:
+        pieces.append(chunk.choices[0].delta.content)
+assert len(pieces) == 3, pieces
+assert [model.id for model in client.models.list()] == ["m"]
+try:
+    client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    sys.exit("an unknown model was accepted")
+except Exception as error:
+    assert "model_not_found" in str(error), error
+print("openai client ok")
+"#;
+    let output = Command::new(".venv/bin/python")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .args(["-c", script])
+        .env("ROUTER", &router)
+        .env("KEY", &key)
+        .output()
+        .expect("python (make venv installs openai)");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && said.contains("openai client ok"), "{said}");
+    count((3, 3));
+    count((3, 3));
+
+    // A burst while one worker is killed: nothing that had not started is lost.
+    let victim = local_pid(&data_dir, &ids[0]).to_string();
+    let burst: Vec<_> = (0..60)
+        .map(|index| {
+            let (router, key) = (router.clone(), key.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(index * 10)).await;
+                let body = json!({ "model": "m", "messages": [{ "role": "user", "content": format!("burst {index}") }], "max_tokens": 2 });
+                post(&router, &key, "/v1/chat/completions", body).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let killed = Command::new("kill").args(["-KILL", &victim]).status().expect("kill");
+    assert!(killed.success());
+    for request in burst {
+        let (status, _, body) = request.await.expect("task");
+        assert_eq!(status, 200, "a request was lost: {body}");
+        count(usage_of(&body));
+    }
+
+    // Every token sent through the router is in FinOps under the key, once.
+    let expected = sent;
+    session
+        .until(
+            "/finops/usage/tokens",
+            |usage| {
+                usage["by_api_key"].as_array().is_some_and(|keys| {
+                    keys.iter().any(|entry| {
+                        entry["key"] == key_id.as_str()
+                            && entry["prompt_tokens"] == expected.0
+                            && entry["completion_tokens"] == expected.1
+                    })
+                })
+            },
+            Duration::from_secs(20),
+        )
+        .await;
+
+    // Revoked: refused within 5 s.
+    session.send(reqwest::Method::DELETE, &format!("/api_keys/{key_id}"), None).await;
+    let revoked = Instant::now();
+    loop {
+        let (status, _, _) = post(&router, &key, "/v1/chat/completions", chat("m", false)).await;
+        if status == 401 {
+            break;
+        }
+        assert!(revoked.elapsed() < Duration::from_secs(5), "a revoked key still works after 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dev.terminate(Duration::from_secs(20)).success());
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}

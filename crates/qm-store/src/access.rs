@@ -44,6 +44,19 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
     /// After this the key no longer works; `null`: it works until revoked.
     pub expires_at: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    pub limits: KeyLimits,
+}
+
+/// What a key may do through the router.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct KeyLimits {
+    /// The models the key may use; `null`: every model of its organization.
+    pub models: Option<Vec<String>>,
+    /// Requests per minute the router admits for the key; `null`: no limit.
+    pub requests_per_minute: Option<i32>,
+    /// Tokens (prompt and completion) per minute; `null`: no limit.
+    pub tokens_per_minute: Option<i32>,
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +69,7 @@ pub struct NewApiKey {
     pub prefix: String,
     pub key_hash: String,
     pub expires_at: Option<DateTime<Utc>>,
+    pub limits: KeyLimits,
 }
 
 /// Reads about accounts and credentials.
@@ -147,7 +161,8 @@ macro_rules! impl_access_sql {
             type DbRow = <$db as sqlx::Database>::Row;
 
             const API_KEY_COLUMNS: &str =
-                "id, organization_id, created_by, name, role, prefix, created_at, last_used_at, revoked_at, expires_at";
+                "id, organization_id, created_by, name, role, prefix, created_at, last_used_at, revoked_at, expires_at, \
+                 models, requests_per_minute, tokens_per_minute";
             const SESSION_COLUMNS: &str = "id, user_id, created_at, expires_at";
 
             fn api_key_from_row(row: &DbRow) -> Result<ApiKey, StoreError> {
@@ -163,6 +178,15 @@ macro_rules! impl_access_sql {
                     last_used_at: row.try_get("last_used_at")?,
                     revoked_at: row.try_get("revoked_at")?,
                     expires_at: row.try_get("expires_at")?,
+                    limits: crate::access::KeyLimits {
+                        models: row
+                            .try_get::<Option<String>, _>("models")?
+                            .map(|models| serde_json::from_str(&models))
+                            .transpose()
+                            .map_err(|error| StoreError::Corrupt(format!("api_keys.models: {error}")))?,
+                        requests_per_minute: row.try_get("requests_per_minute")?,
+                        tokens_per_minute: row.try_get("tokens_per_minute")?,
+                    },
                 })
             }
 
@@ -431,8 +455,9 @@ macro_rules! impl_access_sql {
 
                 async fn insert_api_key(&mut self, key: &NewApiKey) -> Result<ApiKey, StoreError> {
                     let sql = format!(
-                        "INSERT INTO api_keys (id, organization_id, created_by, name, role, prefix, key_hash, created_at, expires_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {API_KEY_COLUMNS}"
+                        "INSERT INTO api_keys (id, organization_id, created_by, name, role, prefix, key_hash, created_at, expires_at, \
+                         models, requests_per_minute, tokens_per_minute) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {API_KEY_COLUMNS}"
                     );
                     let row = sqlx::query(&sql)
                         .bind(key.id.as_uuid())
@@ -444,6 +469,9 @@ macro_rules! impl_access_sql {
                         .bind(&key.key_hash)
                         .bind(now())
                         .bind(key.expires_at)
+                        .bind(key.limits.models.as_ref().map(|models| serde_json::Value::from(models.clone()).to_string()))
+                        .bind(key.limits.requests_per_minute)
+                        .bind(key.limits.tokens_per_minute)
                         .fetch_one(&mut *self.transaction)
                         .await?;
                     api_key_from_row(&row)

@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use qm_domain::{EventId, OrganizationId, UserId};
 use qm_events::Envelope;
 
-pub use access::{AccessStore, AccessTx, ApiKey, NewApiKey, NewSession, Session, UnbilledInstance};
+pub use access::{AccessStore, AccessTx, ApiKey, KeyLimits, NewApiKey, NewSession, Session, UnbilledInstance};
 pub use catalog::{
     CatalogStore, CatalogTx, InstanceType, InstanceTypeInput, Offer, Provider, Region, RegionInput, Zone, ZoneInput,
 };

@@ -184,6 +184,43 @@ print("openai client ok")
         )
         .await;
 
+    // Limits: a key of 3 requests a minute gets the 4th refused with `Retry-After`; a key for
+    // another model sees none of this one.
+    let limited = session
+        .send(
+            reqwest::Method::POST,
+            "/api_keys",
+            Some(json!({ "name": "limited", "models": ["m"], "requests_per_minute": 3 })),
+        )
+        .await;
+    assert_eq!(limited["requests_per_minute"], 3, "{limited}");
+    let limited = limited["secret"].as_str().expect("secret").to_owned();
+    for _ in 0..3 {
+        let (status, _, body) = post(&router, &limited, "/v1/chat/completions", chat("m", false)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, headers, body) = post(&router, &limited, "/v1/chat/completions", chat("m", false)).await;
+    let error: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!((status, error["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")), "{body}");
+    let retry: u64 = headers["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=20).contains(&retry), "{retry}");
+    let other = session
+        .send(reqwest::Method::POST, "/api_keys", Some(json!({ "name": "other", "models": ["other-model"] })))
+        .await;
+    let other = other["secret"].as_str().expect("secret").to_owned();
+    let (status, _, _) = post(&router, &other, "/v1/chat/completions", chat("m", false)).await;
+    assert_eq!(status, 404);
+    let models: Value = http()
+        .get(format!("{router}/v1/models"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(models["data"], json!([]), "{models}");
+
     // Revoked: refused within 5 s.
     session.send(reqwest::Method::DELETE, &format!("/api_keys/{key_id}"), None).await;
     let revoked = Instant::now();
@@ -194,6 +231,26 @@ print("openai client ok")
         }
         assert!(revoked.elapsed() < Duration::from_secs(5), "a revoked key still works after 5 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A hard cap reached stops the organization's traffic with `insufficient_quota`.
+    let me = session.send(reqwest::Method::GET, "/auth/me", None).await;
+    let budget_path = format!("/finops/budgets/{}", me["organization_id"].as_str().expect("organization"));
+    let capped = json!({ "amount_micros": 1, "thresholds": [100], "hard_cap": true });
+    let (status, _) = session.exchange(reqwest::Method::PUT, &budget_path, Some(capped)).await;
+    assert_eq!(status, 200);
+    let fresh = session.send(reqwest::Method::POST, "/api_keys", Some(json!({ "name": "after-cap" }))).await;
+    let fresh = fresh["secret"].as_str().expect("secret").to_owned();
+    let capped_at = Instant::now();
+    loop {
+        let (status, _, body) = post(&router, &fresh, "/v1/chat/completions", chat("m", false)).await;
+        if status == 429 {
+            let error: Value = serde_json::from_str(&body).expect("json");
+            assert_eq!(error["error"]["code"], "insufficient_quota", "{body}");
+            break;
+        }
+        assert!(capped_at.elapsed() < Duration::from_secs(10), "the cap never stopped traffic: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(dev.terminate(Duration::from_secs(20)).success());
     std::fs::remove_dir_all(&data_dir).expect("clean up");

@@ -5,8 +5,10 @@
 //! per-worker breakers, relays streams event by event, and records the tokens of every answer as
 //! `usage.tokens` per API key.
 
+pub mod budgets;
 pub mod fleet;
 pub mod keys;
+pub mod limits;
 pub mod openai;
 pub mod proxy;
 pub mod usage;
@@ -80,9 +82,15 @@ pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Sh
     let registry = qm_telemetry::metrics::registry(NAME);
     let fleet = Arc::new(fleet::Fleet::default());
     let (usage, writer) = usage::UsageSink::new(dependencies.store.clone(), shutdown.clone());
+    let limiter = match &dependencies.settings.router_redis_url {
+        Some(url) => limits::Limiter::redis(url.expose())?,
+        None => limits::Limiter::local(),
+    };
     let state = Arc::new(proxy::RouterState {
         store: dependencies.store.clone(),
         keys: keys::KeyCache::default(),
+        limiter: Arc::new(limiter),
+        budgets: budgets::BudgetGate::new(dependencies.settings.reporting_currency.as_str()),
         fleet: fleet.clone(),
         client: proxy::RouterState::client(),
         usage,

@@ -52,6 +52,29 @@ impl ApiError {
         )
     }
 
+    /// Over a key's limit (`what`); come back in `retry_after` seconds.
+    pub fn rate_limited(what: String, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "requests",
+                "rate_limit_exceeded",
+                format!("Rate limit reached for this API key: {what}. Retry after {retry_after} s."),
+            )
+        }
+    }
+
+    /// The organization's hard-capped budget is spent.
+    pub fn insufficient_quota() -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "insufficient_quota",
+            "Your organization's monthly budget is spent (hard cap). Raise the budget to continue.",
+        )
+    }
+
     /// No worker could take the request (all failing, or none ready).
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self {

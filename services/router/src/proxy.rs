@@ -45,6 +45,8 @@ const AFFINITY_PREFIX: usize = 1024;
 pub struct RouterState {
     pub store: Arc<dyn qm_store::Store>,
     pub keys: KeyCache,
+    pub limiter: Arc<crate::limits::Limiter>,
+    pub budgets: crate::budgets::BudgetGate,
     pub fleet: Arc<Fleet>,
     pub client: reqwest::Client,
     pub usage: UsageSink,
@@ -106,6 +108,7 @@ async fn models(State(state): State<Arc<RouterState>>, headers: HeaderMap) -> Re
                 .fleet
                 .models(key.organization_id)
                 .into_iter()
+                .filter(|model| allowed(&key, model))
                 .map(|model| json!({ "id": model, "object": "model", "created": 0, "owned_by": "quartermaster" }))
                 .collect();
             axum::Json(json!({ "object": "list", "data": data })).into_response()
@@ -126,6 +129,11 @@ async fn handle(State(state): State<Arc<RouterState>>, endpoint: Endpoint, heade
     let code = response.status().as_u16().to_string();
     state.metrics.requests.with_label_values(&[model.as_str(), code.as_str()]).inc();
     response
+}
+
+/// Whether `key` may use `model`.
+fn allowed(key: &qm_store::ApiKey, model: &str) -> bool {
+    key.limits.models.as_ref().is_none_or(|models| models.iter().any(|allowed| allowed == model))
 }
 
 /// What the request asks for, read once.
@@ -225,9 +233,13 @@ async fn route(
     let ask = read(endpoint, headers, body).await.map_err(|error| (String::new(), error))?;
     let fail = |error: ApiError| (ask.model.clone(), error);
     let candidates = state.fleet.serving(key.organization_id, &ask.model);
-    if candidates.is_empty() {
+    if candidates.is_empty() || !allowed(&key, &ask.model) {
         return Err(fail(ApiError::model_not_found(&ask.model)));
     }
+    if state.budgets.spent(&*state.store, key.organization_id).await.map_err(|error| fail(error.into()))? {
+        return Err(fail(ApiError::insufficient_quota()));
+    }
+    state.limiter.admit(key.id.as_uuid(), &key.limits).await.map_err(fail)?;
     let mut tried = Vec::new();
     while tried.len() < MAX_ATTEMPTS {
         let Some(worker) = Fleet::choose(&candidates, ask.affinity, &tried) else { break };
@@ -262,6 +274,8 @@ async fn route(
         };
         worker.succeeded();
         let accounting = Accounting {
+            limiter: state.limiter.clone(),
+            limits: key.limits.clone(),
             sink: state.usage.clone(),
             usage: Usage {
                 organization_id: key.organization_id,
@@ -299,6 +313,8 @@ async fn route(
 
 /// The usage of one answer, reported when the answer is done (or abandoned).
 struct Accounting {
+    limiter: Arc<crate::limits::Limiter>,
+    limits: qm_store::KeyLimits,
     sink: UsageSink,
     usage: Usage,
     metrics: crate::Metrics,
@@ -325,6 +341,11 @@ impl Drop for Accounting {
     fn drop(&mut self) {
         self.metrics.duration.observe(self.started.elapsed().as_secs_f64());
         self.sink.record(self.usage.clone());
+        let tokens = self.usage.prompt_tokens.saturating_add(self.usage.completion_tokens);
+        if self.limits.tokens_per_minute.is_some() && tokens > 0 {
+            let (limiter, limits, key) = (self.limiter.clone(), self.limits.clone(), self.usage.api_key_id);
+            tokio::spawn(async move { limiter.spend(key, &limits, tokens).await });
+        }
     }
 }
 

@@ -24,6 +24,45 @@ pub struct CreateApiKey {
     pub role: Option<Role>,
     /// When the key stops working (RFC 3339, in the future); never when left out.
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The models the key may use through the router (at most 50); every model of the
+    /// organization when left out.
+    #[schema(max_items = 50, min_items = 1)]
+    pub models: Option<Vec<String>>,
+    /// Requests per minute the router admits for the key; unlimited when left out.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub requests_per_minute: Option<i32>,
+    /// Tokens (prompt and completion) per minute; unlimited when left out.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    pub tokens_per_minute: Option<i32>,
+}
+
+/// The router limits of a new key, checked.
+fn limits(request: &CreateApiKey) -> Result<qm_store::KeyLimits, Problem> {
+    let models = match &request.models {
+        None => None,
+        Some(models) if models.is_empty() || models.len() > 50 => {
+            return Err(Problem::invalid("models", "1 to 50 models, or leave it out for every model"));
+        }
+        Some(models) => Some(
+            models
+                .iter()
+                .map(|model| {
+                    qm_domain::ModelId::parse(model)
+                        .map(|model| model.as_str().to_owned())
+                        .map_err(|error| Problem::invalid("models", error.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let rate = |field: &str, value: Option<i32>, max: i32| match value {
+        Some(rate) if !(1..=max).contains(&rate) => Err(Problem::invalid(field, format!("1 to {max}"))),
+        _ => Ok(value),
+    };
+    Ok(qm_store::KeyLimits {
+        models,
+        requests_per_minute: rate("requests_per_minute", request.requests_per_minute, 1_000_000)?,
+        tokens_per_minute: rate("tokens_per_minute", request.tokens_per_minute, 1_000_000_000)?,
+    })
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -74,6 +113,7 @@ pub async fn create(
         prefix: secret.chars().take(SHOWN_PREFIX).collect(),
         key_hash: token_hash(&secret),
         expires_at: request.expires_at,
+        limits: limits(&request)?,
     };
     let mut tx = state.dependencies.store.begin().await?;
     let key = tx.insert_api_key(&new_key).await?;

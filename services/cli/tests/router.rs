@@ -21,6 +21,11 @@ async fn post(router: &str, key: &str, path: &str, body: Value) -> (u16, reqwest
     (status, headers, response.text().await.expect("body"))
 }
 
+async fn models_of(router: &str, key: &str) -> Value {
+    let response = http().get(format!("{router}/v1/models")).bearer_auth(key).send().await.expect("models");
+    response.json().await.expect("json")
+}
+
 /// The `usage` of a whole answer, or of the stream's events.
 fn usage_of(body: &str) -> (i64, i64) {
     let mut found = (0, 0);
@@ -57,15 +62,7 @@ async fn clients_reach_the_fleet_through_the_router_with_keys_usage_and_failover
     // Discovery: within a refresh the two workers' model is listed.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let models: Value = http()
-            .get(format!("{router}/v1/models"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .expect("models")
-            .json()
-            .await
-            .expect("json");
+        let models = models_of(&router, &key).await;
         if models["data"].as_array().is_some_and(|data| data.iter().any(|model| model["id"] == "m")) {
             break;
         }
@@ -210,15 +207,7 @@ print("openai client ok")
     let other = other["secret"].as_str().expect("secret").to_owned();
     let (status, _, _) = post(&router, &other, "/v1/chat/completions", chat("m", false)).await;
     assert_eq!(status, 404);
-    let models: Value = http()
-        .get(format!("{router}/v1/models"))
-        .bearer_auth(&other)
-        .send()
-        .await
-        .expect("models")
-        .json()
-        .await
-        .expect("json");
+    let models = models_of(&router, &other).await;
     assert_eq!(models["data"], json!([]), "{models}");
 
     // Revoked: refused within 5 s.

@@ -59,9 +59,17 @@ test: services venv deny ## fmt check, clippy -D warnings, dependency policy, an
 prices-aws: venv ## Refresh the AWS on-demand prices in seeds/catalog.json from the Price List API (needs AWS credentials)
 	$(VENV)/bin/python scripts/aws_prices.py
 
+BENCH_TOOLS := vllm-router==0.1.17 smg==1.13.0
+
+.PHONY: bench-tools
+bench-tools: venv ## Peers the benches measure against: nginx (Debian), vllm-router and smg (PyPI, into ./.venv)
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "installing nginx ..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx) >/dev/null; }
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(BENCH_TOOLS)
+
 .PHONY: bench
-bench: services ## Benchmarks (one release build): API latency and login flood, command latency and provisioning throughput, reconciliation, FinOps queries; each vs a same-run baseline
-	$(CARGO) bench --benches -p qm-api -p qm-orchestrator -p qm-finops -p qm-cli
+bench: services bench-tools ## Benchmarks (one release build): API latency and login flood, command latency and provisioning throughput, reconciliation, FinOps queries, router overhead against nginx, vllm-router and smg; each vs a same-run baseline
+	$(CARGO) bench --benches -p qm-api -p qm-orchestrator -p qm-finops -p qm-cli -p qm-router
 
 .PHONY: lint
 lint: ## fmt check and clippy only

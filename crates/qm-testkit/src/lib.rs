@@ -4,6 +4,7 @@
 //! the EC2 errors moto cannot produce.
 
 pub mod fault_proxy;
+pub mod load;
 pub mod moto;
 pub mod scaleway;
 

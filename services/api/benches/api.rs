@@ -25,6 +25,7 @@ use qm_domain::{DeploymentId, InstanceId};
 use qm_runtime::Shutdown;
 use qm_store::testing::TestDatabase;
 use qm_store::{Deployment, NewInstance};
+use qm_testkit::load::{Measurement, Shape, Target, load};
 use serde_json::json;
 
 const INSTANCES: usize = 1_000;
@@ -40,110 +41,8 @@ const FLOOD_TARGET_RATIO: f64 = 2.0;
 const AUTH_TARGET_RATIO: f64 = 3.0;
 const PAGE_TARGET_RATIO: f64 = 10.0;
 
-struct Measurement {
-    name: &'static str,
-    latencies: Vec<Duration>,
-    elapsed: Duration,
-    errors: usize,
-}
-
-impl Measurement {
-    fn percentile(&self, fraction: f64) -> Duration {
-        let index = ((self.latencies.len() as f64 - 1.0) * fraction).round() as usize;
-        self.latencies[index]
-    }
-
-    fn throughput(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn report(&self) -> serde_json::Value {
-        let ms = |duration: Duration| (duration.as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
-        println!(
-            "{:<28} p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  {:>8.0} req/s  ({} requests, {} errors)",
-            self.name,
-            ms(self.percentile(0.50)),
-            ms(self.percentile(0.95)),
-            ms(self.percentile(0.99)),
-            self.throughput(),
-            self.latencies.len(),
-            self.errors
-        );
-        json!({
-            "name": self.name, "requests": self.latencies.len(), "errors": self.errors,
-            "p50_ms": ms(self.percentile(0.50)), "p95_ms": ms(self.percentile(0.95)), "p99_ms": ms(self.percentile(0.99)),
-            "requests_per_second": self.throughput().round(),
-        })
-    }
-}
-
-/// How a load is shaped: concurrent clients, the pause between one client's requests, and how
-/// long it is measured (after `WARM_UP`).
-#[derive(Clone, Copy)]
-struct Shape {
-    clients: usize,
-    pause: Duration,
-    measure: Duration,
-}
-
-const SATURATING: Shape = Shape { clients: CLIENTS, pause: Duration::ZERO, measure: MEASURE };
-const PROBING: Shape = Shape { clients: PROBES, pause: PROBE_PAUSE, measure: FLOOD_MEASURE };
-
-/// `shape.clients` loops requesting `url` for `shape.measure` after `WARM_UP`.
-async fn load(
-    name: &'static str,
-    client: &reqwest::Client,
-    url: String,
-    token: Option<String>,
-    shape: Shape,
-) -> Measurement {
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..shape.clients)
-        .map(|_| {
-            let (client, url, token) = (client.clone(), url.clone(), token.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut errors = 0;
-                let warm_until = started + WARM_UP;
-                let stop_at = warm_until + shape.measure;
-                loop {
-                    let sent = Instant::now();
-                    if sent >= stop_at {
-                        break;
-                    }
-                    let mut request = client.get(&url);
-                    if let Some(token) = &token {
-                        request = request.bearer_auth(token);
-                    }
-                    let ok = match request.send().await {
-                        Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if sent >= warm_until {
-                        if ok {
-                            latencies.push(sent.elapsed());
-                        } else {
-                            errors += 1;
-                        }
-                    }
-                    if !shape.pause.is_zero() {
-                        tokio::time::sleep(shape.pause).await;
-                    }
-                }
-                (latencies, errors)
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (mut some, failed) = task.await.unwrap();
-        latencies.append(&mut some);
-        errors += failed;
-    }
-    latencies.sort_unstable();
-    Measurement { name, latencies, elapsed: shape.measure, errors }
-}
+const SATURATING: Shape = Shape { clients: CLIENTS, pause: Duration::ZERO, warm_up: WARM_UP, measure: MEASURE };
+const PROBING: Shape = Shape { clients: PROBES, pause: PROBE_PAUSE, warm_up: WARM_UP, measure: FLOOD_MEASURE };
 
 /// `FLOOD_LOGINS` clients, each logging in as `flood-<n>` (with the right password, so every
 /// attempt runs Argon2 and none is refused by the failure limiter) from its own forwarded
@@ -256,15 +155,29 @@ async fn run() {
     assert_eq!(page["items"].as_array().unwrap().len(), 50, "the default page is full");
 
     println!("API benchmark: {INSTANCES} instances on PostgreSQL, {CLIENTS} concurrent clients, {MEASURE:?} each");
-    let baseline = load("baseline GET /healthz", &client, format!("{base}/healthz"), None, SATURATING).await;
-    let authenticated =
-        load("GET /auth/me (auth only)", &client, format!("{base}/auth/me"), Some(token.clone()), SATURATING).await;
-    let small_page =
-        load("GET /instances?limit=1", &client, format!("{base}/instances?limit=1"), Some(token.clone()), SATURATING)
-            .await;
-    let listing =
-        load("GET /instances (auth, 50/page)", &client, format!("{base}/instances"), Some(token.clone()), SATURATING)
-            .await;
+    let baseline =
+        load("baseline GET /healthz", &client, &Target::get(format!("{base}/healthz"), None), SATURATING).await;
+    let authenticated = load(
+        "GET /auth/me (auth only)",
+        &client,
+        &Target::get(format!("{base}/auth/me"), Some(token.clone())),
+        SATURATING,
+    )
+    .await;
+    let small_page = load(
+        "GET /instances?limit=1",
+        &client,
+        &Target::get(format!("{base}/instances?limit=1"), Some(token.clone())),
+        SATURATING,
+    )
+    .await;
+    let listing = load(
+        "GET /instances (auth, 50/page)",
+        &client,
+        &Target::get(format!("{base}/instances"), Some(token.clone())),
+        SATURATING,
+    )
+    .await;
     let baseline_report = baseline.report();
     let authenticated_report = authenticated.report();
     let small_page_report = small_page.report();
@@ -288,10 +201,11 @@ async fn run() {
     println!(
         "Login flood: {PROBES} clients probing /healthz every {PROBE_PAUSE:?}, idle then during {FLOOD_LOGINS} concurrent logins"
     );
-    let idle = load("GET /healthz idle", &client, format!("{base}/healthz"), None, PROBING).await;
+    let idle = load("GET /healthz idle", &client, &Target::get(format!("{base}/healthz"), None), PROBING).await;
     let flood_until = Instant::now() + WARM_UP + FLOOD_MEASURE;
+    let health = Target::get(format!("{base}/healthz"), None);
     let (flooded, logins) = tokio::join!(
-        load("GET /healthz during flood", &client, format!("{base}/healthz"), None, PROBING),
+        load("GET /healthz during flood", &client, &health, PROBING),
         flood_logins(&client, &base, password, flood_until),
     );
     let idle_report = idle.report();

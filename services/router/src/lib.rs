@@ -79,8 +79,23 @@ impl Metrics {
 /// # Errors
 /// When the address cannot be bound.
 pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Shutdown) -> anyhow::Result<Service> {
+    build_with(dependencies, address, shutdown, None).await
+}
+
+/// [`build`], routing to `fixed` workers instead of discovering them (benches against a static
+/// upstream).
+///
+/// # Errors
+/// As [`build`].
+pub async fn build_with(
+    dependencies: Dependencies,
+    address: SocketAddr,
+    shutdown: Shutdown,
+    fixed: Option<fleet::Fleet>,
+) -> anyhow::Result<Service> {
     let registry = qm_telemetry::metrics::registry(NAME);
-    let fleet = Arc::new(fleet::Fleet::default());
+    let discover = fixed.is_none();
+    let fleet = Arc::new(fixed.unwrap_or_default());
     let (usage, writer) = usage::UsageSink::new(dependencies.store.clone(), shutdown.clone());
     let limiter = match &dependencies.settings.router_redis_url {
         Some(url) => limits::Limiter::redis(url.expose())?,
@@ -98,9 +113,7 @@ pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Sh
     });
     let routes = proxy::routes(state);
     let (service, registry) = Service::with_routes(NAME, &dependencies, address, routes, registry).await?;
-    Ok(service.with_task(fleet.run(dependencies.store.clone(), shutdown.clone())).with_task(writer).with_relay(
-        &dependencies,
-        &registry,
-        shutdown,
-    ))
+    let service =
+        if discover { service.with_task(fleet.run(dependencies.store.clone(), shutdown.clone())) } else { service };
+    Ok(service.with_task(writer).with_relay(&dependencies, &registry, shutdown))
 }

@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use qm_config::{Environment, Settings};
-use qm_domain::{ApiKeyId, InstanceId, OrganizationId, Role};
+use qm_domain::{ApiKeyId, InstanceId, OrganizationId, Role, UserId};
 use qm_runtime::Shutdown;
 use qm_testkit::load::{Measurement, Shape, Target, load};
 use serde_json::{Value, json};
@@ -95,6 +95,8 @@ fn python_tool(name: &str) -> PathBuf {
 fn vllm_router(upstream: SocketAddr, port: u16, policy: &str) -> Peer {
     let child = Command::new(python_tool("vllm-router"))
         .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--policy", policy, "--log-level", "error"])
+        // Each peer its own metrics port (they all default to 29000).
+        .args(["--prometheus-port", &free_port().to_string()])
         .arg("--worker-urls")
         .arg(format!("http://{upstream}"))
         .stdout(Stdio::null())
@@ -107,6 +109,7 @@ fn vllm_router(upstream: SocketAddr, port: u16, policy: &str) -> Peer {
 fn smg(upstream: SocketAddr, port: u16) -> Peer {
     let child = Command::new(python_tool("smg"))
         .args(["launch", "--host", "127.0.0.1", "--port", &port.to_string(), "--policy", "round_robin"])
+        .args(["--prometheus-port", &free_port().to_string()])
         .arg("--worker-urls")
         .arg(format!("http://{upstream}"))
         .stdout(Stdio::null())
@@ -148,10 +151,23 @@ async fn qm_router(directory: &Path, upstream: SocketAddr, shutdown: &Shutdown) 
     let mut tx = dependencies.store.begin().await.unwrap();
     let new_organization = qm_store::NewOrganization { id: organization, name: "Bench".into(), slug: "bench".into() };
     tx.insert_organization(&new_organization).await.unwrap();
+    // A key works while its creator exists.
+    let user = qm_store::NewUser {
+        id: UserId::new(),
+        organization_id: organization,
+        username: "bench".into(),
+        email: "bench@bench.invalid".into(),
+        first_name: "Bench".into(),
+        last_name: "Bench".into(),
+        role: Role::Operator,
+        password_hash: "unused".into(),
+        is_platform_admin: false,
+    };
+    tx.insert_user(&user).await.unwrap();
     let key = qm_store::NewApiKey {
         id: ApiKeyId::new(),
         organization_id: organization,
-        created_by: None,
+        created_by: Some(user.id),
         name: "bench".into(),
         role: Role::Operator,
         prefix: secret.chars().take(8).collect(),

@@ -51,6 +51,43 @@ fn boot_config(environment: &Environment) -> anyhow::Result<Option<BootConfig>> 
     })
 }
 
+/// The mock engine's latency model from `QM_MOCK_PREFILL_US_PER_TOKEN`,
+/// `QM_MOCK_DECODE_MS_PER_TOKEN`, `QM_MOCK_CONCURRENCY_SLOWDOWN`, `QM_MOCK_COLD_START_MS` and
+/// `QM_MOCK_CACHE_BLOCKS` (all instant by default).
+fn mock_latency(environment: &Environment) -> anyhow::Result<qm_worker_agent::mock_engine::Latency> {
+    let number = |name: &str| -> anyhow::Result<Option<f64>> {
+        environment
+            .get(name)
+            .map(|text| {
+                text.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|value| value.is_finite() && *value >= 0.0 && *value <= 1e7)
+                    .ok_or_else(|| anyhow::anyhow!("{name} must be a number from 0 to 10000000, got `{text}`"))
+            })
+            .transpose()
+    };
+    let mut latency = qm_worker_agent::mock_engine::Latency::default();
+    if let Some(micros) = number("QM_MOCK_PREFILL_US_PER_TOKEN")? {
+        latency.prefill_per_token = Duration::from_secs_f64(micros / 1e6);
+    }
+    if let Some(millis) = number("QM_MOCK_DECODE_MS_PER_TOKEN")? {
+        latency.decode_per_token = Duration::from_secs_f64(millis / 1e3);
+    }
+    if let Some(slowdown) = number("QM_MOCK_CONCURRENCY_SLOWDOWN")? {
+        latency.concurrency_slowdown = slowdown;
+    }
+    if let Some(millis) = number("QM_MOCK_COLD_START_MS")? {
+        latency.cold_start = Duration::from_secs_f64(millis / 1e3);
+    }
+    if let Some(blocks) = number("QM_MOCK_CACHE_BLOCKS")? {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let blocks = blocks as usize;
+        latency.cache_blocks = blocks;
+    }
+    Ok(latency)
+}
+
 /// How long a stopping agent waits for in-flight requests before it exits.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -74,7 +111,7 @@ async fn run() -> anyhow::Result<()> {
             let engine_address = environment.socket_addr("QM_MOCK_ENGINE_ADDR", "127.0.0.1:8000")?;
             let listener = tokio::net::TcpListener::bind(engine_address).await?;
             let bound = listener.local_addr()?;
-            let engine = MockEngine::new(&model, Duration::ZERO);
+            let engine = MockEngine::with_latency(&model, mock_latency(&environment)?);
             let stopping = shutdown.clone();
             tokio::spawn(async move {
                 let serving =

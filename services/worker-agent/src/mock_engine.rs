@@ -3,6 +3,13 @@
 //! the same answer), reporting `usage` token counts, and exposing vLLM-style metrics
 //! (`vllm:num_requests_running`, `vllm:num_requests_waiting`, token counters) on `/metrics`.
 //! Tokens are whitespace-separated words, which is all a control plane needs to account for them.
+//!
+//! It can behave like an engine under load ([`Latency`]): a cold start before `/health` answers,
+//! prefill time per prompt token that is not in its prefix cache (an LRU of 16-token blocks,
+//! chained as vLLM's automatic prefix caching is), decode time per generated token, both slowed
+//! by the number of requests running, and streams that send each token when it is decoded. Its
+//! `/metrics` then also reports `vllm:prefix_cache_queries_total` and `vllm:prefix_cache_hits_total`
+//! (in tokens), so routing quality can be measured on it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,14 +37,94 @@ struct Counters {
     requests: AtomicU64,
     prompt_tokens: AtomicU64,
     generation_tokens: AtomicU64,
+    cache_queries: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+/// How long the mock takes, like an engine on a GPU. Zero everywhere by default (answers at once).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Latency {
+    /// Per prompt token not found in the prefix cache.
+    pub prefill_per_token: Duration,
+    /// Per generated token.
+    pub decode_per_token: Duration,
+    /// Each running request slows every step by this fraction (0.05: 10 running, 1.5x).
+    pub concurrency_slowdown: f64,
+    /// `/health` fails until this long after start (loading weights).
+    pub cold_start: Duration,
+    /// Prefix-cache capacity, in blocks of [`CACHE_BLOCK`] tokens.
+    pub cache_blocks: usize,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self {
+            prefill_per_token: Duration::ZERO,
+            decode_per_token: Duration::ZERO,
+            concurrency_slowdown: 0.0,
+            cold_start: Duration::ZERO,
+            cache_blocks: 4096,
+        }
+    }
+}
+
+/// Tokens per prefix-cache block.
+pub const CACHE_BLOCK: usize = 16;
+
+/// An LRU of prompt blocks, each named by the hash of every token up to its end.
+#[derive(Default)]
+struct PrefixCache {
+    stamps: std::collections::HashMap<u64, u64>,
+    order: std::collections::BTreeMap<u64, u64>,
+    clock: u64,
+}
+
+impl PrefixCache {
+    /// How many leading tokens of `words` were cached; then caches all of its blocks.
+    fn lookup_and_insert(&mut self, words: &[&str], capacity: usize) -> usize {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut chain = 0_u64;
+        let mut cached = 0;
+        let mut hit = true;
+        for block in words.chunks(CACHE_BLOCK).filter(|block| block.len() == CACHE_BLOCK) {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            chain.hash(&mut hasher);
+            block.hash(&mut hasher);
+            chain = hasher.finish();
+            hit = hit && self.stamps.contains_key(&chain);
+            if hit {
+                cached += CACHE_BLOCK;
+            }
+            self.clock += 1;
+            if let Some(old) = self.stamps.insert(chain, self.clock) {
+                self.order.remove(&old);
+            }
+            self.order.insert(self.clock, chain);
+            while self.stamps.len() > capacity.max(1) {
+                let Some((_, evicted)) = self.order.pop_first() else { break };
+                self.stamps.remove(&evicted);
+            }
+        }
+        cached
+    }
 }
 
 #[derive(Clone)]
 pub struct MockEngine {
     model: String,
-    /// Delay per generated token, to make queues visible under load.
-    token_delay: Duration,
+    latency: Latency,
+    started: std::time::Instant,
+    cache: Arc<std::sync::Mutex<PrefixCache>>,
     counters: Arc<Counters>,
+}
+
+/// A request running, until dropped.
+struct Running(Arc<Counters>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,13 +174,24 @@ fn error(status: StatusCode, message: &str, code: &str) -> Response {
 }
 
 impl MockEngine {
+    /// A mock that decodes a token every `token_delay` and is otherwise instant.
     pub fn new(model: &str, token_delay: Duration) -> Self {
-        Self { model: model.to_owned(), token_delay, counters: Arc::new(Counters::default()) }
+        Self::with_latency(model, Latency { decode_per_token: token_delay, ..Latency::default() })
+    }
+
+    pub fn with_latency(model: &str, latency: Latency) -> Self {
+        Self {
+            model: model.to_owned(),
+            latency,
+            started: std::time::Instant::now(),
+            cache: Arc::default(),
+            counters: Arc::new(Counters::default()),
+        }
     }
 
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/health", get(|| async { StatusCode::OK }))
+            .route("/health", get(health))
             .route("/v1/models", get(models))
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
@@ -112,17 +210,90 @@ impl MockEngine {
         (0..max_tokens).map(|index| VOCABULARY[(prompt_tokens + index) % VOCABULARY.len()]).collect()
     }
 
-    async fn generate(&self, prompt_tokens: usize, max_tokens: usize) -> Vec<&'static str> {
+    /// `base` stretched by the requests running now.
+    fn slowed(&self, base: Duration) -> Duration {
+        #[allow(clippy::cast_precision_loss)]
+        let running = self.counters.running.load(Ordering::Relaxed).max(1) as f64 - 1.0;
+        base.mul_f64(1.0 + self.latency.concurrency_slowdown * running)
+    }
+
+    /// Admits a request: counts it running and spends its prefill (uncached tokens only).
+    async fn prefill(&self, prompt: &str) -> (usize, Running) {
         self.counters.running.fetch_add(1, Ordering::Relaxed);
-        if !self.token_delay.is_zero() {
-            tokio::time::sleep(self.token_delay * u32::try_from(max_tokens).unwrap_or(u32::MAX)).await;
+        let running = Running(self.counters.clone());
+        let words: Vec<&str> = prompt.split_whitespace().collect();
+        let cached = {
+            let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            cache.lookup_and_insert(&words, self.latency.cache_blocks)
+        };
+        self.counters.cache_queries.fetch_add(words.len() as u64, Ordering::Relaxed);
+        self.counters.cache_hits.fetch_add(cached as u64, Ordering::Relaxed);
+        let uncached = u32::try_from(words.len() - cached).unwrap_or(u32::MAX);
+        if !self.latency.prefill_per_token.is_zero() {
+            tokio::time::sleep(self.slowed(self.latency.prefill_per_token * uncached)).await;
         }
-        let answer = self.answer(prompt_tokens, max_tokens);
-        self.counters.running.fetch_sub(1, Ordering::Relaxed);
+        (words.len(), running)
+    }
+
+    /// One decode step.
+    async fn decode(&self) {
+        if !self.latency.decode_per_token.is_zero() {
+            tokio::time::sleep(self.slowed(self.latency.decode_per_token)).await;
+        }
+    }
+
+    fn finish(&self, prompt_tokens: usize, completion_tokens: usize) {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         self.counters.prompt_tokens.fetch_add(prompt_tokens as u64, Ordering::Relaxed);
-        self.counters.generation_tokens.fetch_add(answer.len() as u64, Ordering::Relaxed);
-        answer
+        self.counters.generation_tokens.fetch_add(completion_tokens as u64, Ordering::Relaxed);
+    }
+
+    /// A whole answer: prefill, then every decode step.
+    async fn generate(&self, prompt: &str, max_tokens: usize) -> (usize, Vec<&'static str>) {
+        let (prompt_tokens, running) = self.prefill(prompt).await;
+        for _ in 0..max_tokens {
+            self.decode().await;
+        }
+        drop(running);
+        let answer = self.answer(prompt_tokens, max_tokens);
+        self.finish(prompt_tokens, answer.len());
+        (prompt_tokens, answer)
+    }
+
+    /// A streamed answer: prefill, then each chunk when its token is decoded, then the last
+    /// chunk (`last(prompt_tokens, completion_tokens)`) and `[DONE]`.
+    async fn stream(
+        &self,
+        prompt: &str,
+        max_tokens: usize,
+        chunk: impl Fn(&'static str) -> Value + Send + 'static,
+        last: impl Fn(usize, usize) -> Value + Send + 'static,
+    ) -> Response {
+        let (prompt_tokens, running) = self.prefill(prompt).await;
+        let answer = self.answer(prompt_tokens, max_tokens);
+        let engine = self.clone();
+        let steps = futures::stream::unfold((0_usize, Some(running)), move |(index, running)| {
+            let (engine, answer) = (engine.clone(), answer.clone());
+            let chunk = &chunk;
+            let event = match index.cmp(&answer.len()) {
+                std::cmp::Ordering::Less => Some(chunk(answer[index])),
+                std::cmp::Ordering::Equal => {
+                    engine.finish(prompt_tokens, answer.len());
+                    Some(last(prompt_tokens, answer.len()))
+                }
+                std::cmp::Ordering::Greater => None,
+            };
+            async move {
+                let event = event?;
+                if index < answer.len() {
+                    engine.decode().await;
+                }
+                let running = if index == answer.len() { None } else { running };
+                Some((Ok::<_, Infallible>(Event::default().data(event.to_string())), (index + 1, running)))
+            }
+        });
+        let done = futures::stream::once(async { Ok(Event::default().data("[DONE]")) });
+        Sse::new(futures::StreamExt::chain(steps, done)).into_response()
     }
 
     /// The OpenAI-style 404 for a model this engine does not serve.
@@ -142,15 +313,8 @@ fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
     json!({ "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens })
 }
 
-/// A stream of chunks (one per word) then a final chunk with `finish_reason` and `usage`, then
-/// `[DONE]`, as OpenAI-compatible servers send them.
-fn stream(chunks: Vec<Value>, last: Value) -> Response {
-    let events = chunks
-        .into_iter()
-        .chain(std::iter::once(last))
-        .map(|chunk| Ok::<_, Infallible>(Event::default().data(chunk.to_string())))
-        .chain(std::iter::once(Ok(Event::default().data("[DONE]"))));
-    Sse::new(futures::stream::iter(events)).into_response()
+async fn health(State(engine): State<MockEngine>) -> StatusCode {
+    if engine.started.elapsed() < engine.latency.cold_start { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK }
 }
 
 async fn chat(State(engine): State<MockEngine>, body: axum::body::Bytes) -> Response {
@@ -161,21 +325,23 @@ async fn chat(State(engine): State<MockEngine>, body: axum::body::Bytes) -> Resp
     if let Some(response) = engine.unknown_model(&request.model) {
         return response;
     }
-    let prompt_tokens: usize = request.messages.iter().map(|message| words(&text_of(&message.content))).sum();
-    let answer = engine.generate(prompt_tokens, request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)).await;
-    let id = format!("chatcmpl-mock-{prompt_tokens}-{}", answer.len());
+    let prompt = request.messages.iter().map(|message| text_of(&message.content)).collect::<Vec<_>>().join(" ");
+    let max_tokens = request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     if request.stream {
-        let chunks = answer
-            .iter()
-            .map(|word| {
-                json!({ "id": id, "object": "chat.completion.chunk", "model": engine.model,
+        let id = format!("chatcmpl-mock-{}-{max_tokens}", words(&prompt));
+        let (model, last_id, last_model) = (engine.model.clone(), id.clone(), engine.model.clone());
+        let chunk = move |word: &str| {
+            json!({ "id": id, "object": "chat.completion.chunk", "model": model,
                 "choices": [{ "index": 0, "delta": { "content": format!("{word} ") }, "finish_reason": null }] })
-            })
-            .collect();
-        let last = json!({ "id": id, "object": "chat.completion.chunk", "model": engine.model,
-            "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }], "usage": usage(prompt_tokens, answer.len()) });
-        return stream(chunks, last);
+        };
+        let last = move |prompt_tokens, completion_tokens| {
+            json!({ "id": last_id, "object": "chat.completion.chunk", "model": last_model,
+                "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }], "usage": usage(prompt_tokens, completion_tokens) })
+        };
+        return engine.stream(&prompt, max_tokens, chunk, last).await;
     }
+    let (prompt_tokens, answer) = engine.generate(&prompt, max_tokens).await;
+    let id = format!("chatcmpl-mock-{prompt_tokens}-{}", answer.len());
     axum::Json(json!({
         "id": id, "object": "chat.completion", "model": engine.model,
         "choices": [{ "index": 0, "message": { "role": "assistant", "content": answer.join(" ") }, "finish_reason": "stop" }],
@@ -192,21 +358,23 @@ async fn completions(State(engine): State<MockEngine>, body: axum::body::Bytes) 
     if let Some(response) = engine.unknown_model(&request.model) {
         return response;
     }
-    let prompt_tokens = words(&text_of(&request.prompt));
-    let answer = engine.generate(prompt_tokens, request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)).await;
-    let id = format!("cmpl-mock-{prompt_tokens}-{}", answer.len());
+    let prompt = text_of(&request.prompt);
+    let max_tokens = request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     if request.stream {
-        let chunks = answer
-            .iter()
-            .map(|word| {
-                json!({ "id": id, "object": "text_completion", "model": engine.model,
+        let id = format!("cmpl-mock-{}-{max_tokens}", words(&prompt));
+        let (model, last_id, last_model) = (engine.model.clone(), id.clone(), engine.model.clone());
+        let chunk = move |word: &str| {
+            json!({ "id": id, "object": "text_completion", "model": model,
                 "choices": [{ "index": 0, "text": format!("{word} "), "finish_reason": null }] })
-            })
-            .collect();
-        let last = json!({ "id": id, "object": "text_completion", "model": engine.model,
-            "choices": [{ "index": 0, "text": "", "finish_reason": "stop" }], "usage": usage(prompt_tokens, answer.len()) });
-        return stream(chunks, last);
+        };
+        let last = move |prompt_tokens, completion_tokens| {
+            json!({ "id": last_id, "object": "text_completion", "model": last_model,
+                "choices": [{ "index": 0, "text": "", "finish_reason": "stop" }], "usage": usage(prompt_tokens, completion_tokens) })
+        };
+        return engine.stream(&prompt, max_tokens, chunk, last).await;
     }
+    let (prompt_tokens, answer) = engine.generate(&prompt, max_tokens).await;
+    let id = format!("cmpl-mock-{prompt_tokens}-{}", answer.len());
     axum::Json(json!({
         "id": id, "object": "text_completion", "model": engine.model,
         "choices": [{ "index": 0, "text": answer.join(" "), "finish_reason": "stop" }],
@@ -223,12 +391,16 @@ async fn metrics(State(engine): State<MockEngine>) -> impl IntoResponse {
          # TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"{model}\"}} {}\n\
          # TYPE vllm:request_success_total counter\nvllm:request_success_total{{model_name=\"{model}\"}} {}\n\
          # TYPE vllm:prompt_tokens_total counter\nvllm:prompt_tokens_total{{model_name=\"{model}\"}} {}\n\
-         # TYPE vllm:generation_tokens_total counter\nvllm:generation_tokens_total{{model_name=\"{model}\"}} {}\n",
+         # TYPE vllm:generation_tokens_total counter\nvllm:generation_tokens_total{{model_name=\"{model}\"}} {}\n\
+         # TYPE vllm:prefix_cache_queries_total counter\nvllm:prefix_cache_queries_total{{model_name=\"{model}\"}} {}\n\
+         # TYPE vllm:prefix_cache_hits_total counter\nvllm:prefix_cache_hits_total{{model_name=\"{model}\"}} {}\n",
         counters.running.load(Ordering::Relaxed),
         counters.waiting.load(Ordering::Relaxed),
         counters.requests.load(Ordering::Relaxed),
         counters.prompt_tokens.load(Ordering::Relaxed),
         counters.generation_tokens.load(Ordering::Relaxed),
+        counters.cache_queries.load(Ordering::Relaxed),
+        counters.cache_hits.load(Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -91,3 +91,59 @@ async fn streams_send_one_chunk_per_token_then_usage_then_done() {
         "the stream says the same"
     );
 }
+
+/// The latency model: a repeated prefix is cached (its second prefill skips the cached blocks),
+/// streams send each token as it is decoded, and `/health` waits out the cold start.
+#[tokio::test]
+async fn the_latency_model_caches_prefixes_decodes_token_by_token_and_starts_cold() {
+    use qm_worker_agent::mock_engine::{CACHE_BLOCK, Latency};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let latency = Latency {
+        prefill_per_token: Duration::from_millis(2),
+        decode_per_token: Duration::from_millis(20),
+        cold_start: Duration::from_millis(300),
+        ..Latency::default()
+    };
+    let engine = MockEngine::with_latency("m", latency);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, engine.router()).await.unwrap() });
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(format!("{base}/health")).send().await.unwrap().status(), 503, "cold");
+
+    // 64 shared words (4 blocks) then a different question each time.
+    let system = (0..4 * CACHE_BLOCK).map(|index| format!("w{index}")).collect::<Vec<_>>().join(" ");
+    let ask = |question: &str| {
+        json!({ "model": "m", "max_tokens": 1,
+        "messages": [{ "role": "system", "content": system }, { "role": "user", "content": question }] })
+    };
+    let timed = |body: Value| {
+        let (client, url) = (client.clone(), format!("{base}/v1/chat/completions"));
+        async move {
+            let started = std::time::Instant::now();
+            client.post(url).json(&body).send().await.unwrap().bytes().await.unwrap();
+            started.elapsed()
+        }
+    };
+    let cold = timed(ask("first question")).await;
+    let warm = timed(ask("second question")).await;
+    // 66 uncached tokens (~132 ms) the first time, 2 (~4 ms) the second; decode 20 ms both.
+    assert!(cold >= Duration::from_millis(150), "{cold:?}");
+    assert!(warm < cold / 2, "the shared prefix was cached: {warm:?} vs {cold:?}");
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("vllm:prefix_cache_hits_total{model_name=\"m\"} 64"), "{metrics}");
+
+    // A stream's tokens arrive as they are decoded: the first long before the last.
+    let mut streamed = ask("third question");
+    streamed["stream"] = json!(true);
+    streamed["max_tokens"] = json!(10);
+    let started = std::time::Instant::now();
+    let mut response = client.post(format!("{base}/v1/chat/completions")).json(&streamed).send().await.unwrap();
+    let first = response.chunk().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    assert!(String::from_utf8_lossy(&first).contains("data:"));
+    while response.chunk().await.unwrap().is_some() {}
+    let done_at = started.elapsed();
+    assert!(done_at >= first_at + Duration::from_millis(150), "{first_at:?} then {done_at:?}");
+    assert_eq!(client.get(format!("{base}/health")).send().await.unwrap().status(), 200, "warm by now");
+}

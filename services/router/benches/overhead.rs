@@ -12,36 +12,23 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use qm_config::{Environment, Settings};
-use qm_domain::{ApiKeyId, InstanceId, OrganizationId, Role, UserId};
 use qm_runtime::Shutdown;
 use qm_testkit::load::{Measurement, Shape, Target, load};
 use serde_json::{Value, json};
+use support::{Peer, free_port, qm_router, ready, smg, vllm_router};
 
 const WARM_UP: Duration = Duration::from_millis(500);
 const MEASURE: Duration = Duration::from_secs(4);
-
-/// A process killed when the bench ends.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The static upstream: an OpenAI-shaped answer to every chat completion, and a model list.
 async fn upstream() -> SocketAddr {
@@ -86,115 +73,6 @@ fn nginx(directory: &Path, upstream: SocketAddr, port: u16) -> Peer {
     Peer(child)
 }
 
-fn python_tool(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin").join(name);
-    assert!(path.exists(), "{} is missing: run `make bench-tools` (PyPI vllm-router, smg)", path.display());
-    path
-}
-
-fn vllm_router(upstream: SocketAddr, port: u16, policy: &str) -> Peer {
-    let child = Command::new(python_tool("vllm-router"))
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--policy", policy, "--log-level", "error"])
-        // Each peer its own metrics port (they all default to 29000).
-        .args(["--prometheus-port", &free_port().to_string()])
-        .arg("--worker-urls")
-        .arg(format!("http://{upstream}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Peer(child)
-}
-
-fn smg(upstream: SocketAddr, port: u16) -> Peer {
-    let child = Command::new(python_tool("smg"))
-        .args(["launch", "--host", "127.0.0.1", "--port", &port.to_string(), "--policy", "round_robin"])
-        .args(["--prometheus-port", &free_port().to_string()])
-        .arg("--worker-urls")
-        .arg(format!("http://{upstream}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Peer(child)
-}
-
-/// Waits until `target` answers 200 (a proxy finished starting and found its upstream).
-async fn ready(client: &reqwest::Client, name: &str, target: &Target) {
-    let body = target.body.as_ref().map(|body| body.as_ref().clone()).unwrap_or_default();
-    for _ in 0..300 {
-        let mut request = client.post(&target.url).header("content-type", "application/json").body(body.clone());
-        if let Some(token) = &target.bearer {
-            request = request.bearer_auth(token);
-        }
-        if request.send().await.is_ok_and(|response| response.status().is_success()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{name} never answered 200");
-}
-
-/// qm-router on a temporary SQLite store with one organization, a key with limits, and the
-/// upstream as its only worker; returns its URL and the key.
-async fn qm_router(directory: &Path, upstream: SocketAddr, shutdown: &Shutdown) -> (String, String) {
-    let database = format!("sqlite://{}", directory.join("qm.db").display());
-    let settings = Settings::from_env(&Environment::from_pairs([
-        ("QM_DATABASE_URL", database.as_str()),
-        ("QM_BUS_URL", "memory://"),
-        ("RUST_LOG", "off"),
-    ]))
-    .unwrap();
-    let dependencies = qm_runtime::entrypoint::connect(settings).await.unwrap();
-    let organization = OrganizationId::new();
-    let secret = qm_runtime::tokens::generate("qm_");
-    let mut tx = dependencies.store.begin().await.unwrap();
-    let new_organization = qm_store::NewOrganization { id: organization, name: "Bench".into(), slug: "bench".into() };
-    tx.insert_organization(&new_organization).await.unwrap();
-    // A key works while its creator exists.
-    let user = qm_store::NewUser {
-        id: UserId::new(),
-        organization_id: organization,
-        username: "bench".into(),
-        email: "bench@bench.invalid".into(),
-        first_name: "Bench".into(),
-        last_name: "Bench".into(),
-        role: Role::Operator,
-        password_hash: "unused".into(),
-        is_platform_admin: false,
-    };
-    tx.insert_user(&user).await.unwrap();
-    let key = qm_store::NewApiKey {
-        id: ApiKeyId::new(),
-        organization_id: organization,
-        created_by: Some(user.id),
-        name: "bench".into(),
-        role: Role::Operator,
-        prefix: secret.chars().take(8).collect(),
-        key_hash: qm_runtime::tokens::hash(&secret),
-        expires_at: None,
-        limits: qm_store::KeyLimits {
-            models: Some(vec!["m".into()]),
-            requests_per_minute: Some(1_000_000_000),
-            tokens_per_minute: Some(1_000_000_000),
-        },
-    };
-    tx.insert_api_key(&key).await.unwrap();
-    tx.commit().await.unwrap();
-    let fleet = qm_router::fleet::Fleet::fixed(vec![(
-        InstanceId::new(),
-        organization,
-        "m".into(),
-        format!("http://{upstream}"),
-    )]);
-    let address = "127.0.0.1:0".parse().unwrap();
-    let service = qm_router::build_with(dependencies, address, shutdown.clone(), Some(fleet)).await.unwrap();
-    let url = format!("http://{}", service.address());
-    let stopping = shutdown.clone();
-    tokio::spawn(async move { service.run_until_stopped(stopping).await.unwrap() });
-    (url, secret)
-}
-
 struct Path3 {
     name: &'static str,
     target: Target,
@@ -215,10 +93,11 @@ async fn run() {
     let (nginx_port, round_robin_port, cache_aware_port, smg_port) =
         (free_port(), free_port(), free_port(), free_port());
     let _nginx = nginx(&directory, upstream, nginx_port);
-    let _round_robin = vllm_router(upstream, round_robin_port, "round_robin");
-    let _cache_aware = vllm_router(upstream, cache_aware_port, "cache_aware");
-    let _smg = smg(upstream, smg_port);
-    let (qm, key) = qm_router(&directory, upstream, &shutdown).await;
+    let workers = [format!("http://{upstream}")];
+    let _round_robin = vllm_router(&workers, round_robin_port, "round_robin");
+    let _cache_aware = vllm_router(&workers, cache_aware_port, "cache_aware");
+    let _smg = smg(&workers, smg_port, "round_robin");
+    let (qm, key) = qm_router(&directory, &workers, &shutdown).await;
     let chat =
         |base: String, bearer: Option<String>| Target::post(format!("{base}/v1/chat/completions"), bearer, &body);
     let paths = [

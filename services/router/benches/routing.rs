@@ -199,10 +199,14 @@ async fn quality(name: &str, client: &reqwest::Client, url: &str, key: Option<&s
                 let mut ttfts = Vec::new();
                 let mut errors = 0;
                 let mut round = index;
+                // Each request asks for a tenant drawn uniformly (a fixed-seed LCG per client, so
+                // every router sees the same sequence).
+                let mut seed = (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                 while Instant::now() < stop_at {
                     round += CLIENTS;
-                    // A fixed, spread sequence of tenants per client (no RNG needed).
-                    let tenant = (round * 7 + index * 3) % TENANTS;
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                    #[allow(clippy::cast_possible_truncation)]
+                    let tenant = ((seed >> 33) % TENANTS as u64) as usize;
                     let body = json!({ "model": "m", "max_tokens": 8, "stream": true, "messages": [
                         { "role": "system", "content": tenants[tenant] },
                         { "role": "user", "content": format!("question {round} about the fleet and its cost") }] });

@@ -3,13 +3,17 @@
 //! engine port its agent registered, never at a host the agent named. Each carries its
 //! in-flight count and a circuit breaker; [`Fleet::choose`] balances over them.
 //!
-//! Balancing: with an affinity key (a session, or the prompt's leading text) the workers are
-//! ranked by rendezvous hashing (each worker scores `hash(key, worker)`, the highest wins: the
-//! same key keeps reaching the same worker, and only the keys of a worker that goes move) and the
-//! first whose load is within [`LOAD_BOUND`] of the average takes it (bounded-load consistent
-//! hashing), so a hot prefix spills over instead of queueing. Without one, the power of two
-//! choices: two workers at random, the one with fewer requests in flight (then the shorter
-//! engine queue) wins.
+//! Balancing: an affinity key (a session, or the model and the prompt's leading text) is
+//! assigned a home worker, which keeps its requests, and so its KV cache, warm. A new key goes to
+//! the first worker, in rendezvous-hashing order (each worker scores `hash(key, worker)`: the
+//! same order on every replica, and only the keys of a worker that goes move), that holds no more
+//! than its share of the assigned keys (bounded-load consistent hashing over keys with no
+//! slack), so that keys, and with them load and cache footprint, spread evenly. A home worker
+//! more than [`OVERLOAD`] times the average in flight sends the request elsewhere for now,
+//! without moving the key. Once a second, when the busiest worker's keys get a quarter more
+//! requests than the idlest's (rates decaying over 10 s), the key that best closes the gap moves
+//! (its cache is cold once): unequal tenants still spread evenly. Without a key, the power of two choices: two workers at random, the
+//! one with fewer requests in flight (then the shorter engine queue) wins.
 
 use std::collections::HashMap;
 use std::hash::{Hash as _, Hasher as _};
@@ -25,8 +29,13 @@ use rand::Rng as _;
 
 /// How often discovery reads the fleet.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
-/// A worker may take an affine request while its load is at most this times the average (+1).
-pub const LOAD_BOUND: f64 = 1.25;
+/// A home worker keeps its keys' requests while its in-flight count is under this times the
+/// average (+2); past it, a request goes to the least loaded of two others.
+pub const OVERLOAD: f64 = 2.0;
+/// A key unused this long loses its home (its cache entries are long evicted).
+const AFFINITY_TTL: Duration = Duration::from_secs(600);
+/// Keys remembered at most; past it the assignments start over.
+const MAX_KEYS: usize = 100_000;
 /// Consecutive failures that open a worker's breaker, and how long it stays open.
 const BREAKER_FAILURES: u32 = 3;
 const BREAKER_OPEN_FOR: Duration = Duration::from_secs(5);
@@ -135,10 +144,120 @@ impl Breaker {
     }
 }
 
-/// The workers, swapped whole on each refresh (an upstream that stays keeps its counters).
+/// The workers, swapped whole on each refresh (an upstream that stays keeps its counters), and
+/// the affinity keys' homes.
 #[derive(Default)]
 pub struct Fleet {
     workers: RwLock<Arc<Vec<Arc<Upstream>>>>,
+    homes: Mutex<Homes>,
+}
+
+/// Affinity keys and their home workers, with how many keys each worker holds.
+#[derive(Default)]
+struct Homes {
+    by_key: HashMap<u64, Home>,
+    counts: HashMap<InstanceId, usize>,
+    rebalanced: Option<Instant>,
+}
+
+/// Where a key lives, how busy it is, and which pool (set of workers) it was placed among.
+struct Home {
+    worker: InstanceId,
+    used: Instant,
+    /// Requests, decaying with [`RATE_WINDOW`] as time constant.
+    rate: f64,
+    pool: u64,
+}
+
+impl Home {
+    fn rate_now(&self, now: Instant) -> f64 {
+        self.rate * (-now.duration_since(self.used).as_secs_f64() / RATE_WINDOW.as_secs_f64()).exp()
+    }
+}
+
+/// The time constant of a key's request rate.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// How often keys may move between workers to even the load.
+const REBALANCE_EVERY: Duration = Duration::from_secs(1);
+
+/// An order-free name for a set of workers.
+fn pool_of(workers: &[&Arc<Upstream>]) -> u64 {
+    workers.iter().fold(0, |pool, worker| pool ^ score(0x5eed, worker.instance_id))
+}
+
+impl Homes {
+    /// Records a request of `key` at its home.
+    fn touch(&mut self, key: u64) {
+        let now = Instant::now();
+        if let Some(home) = self.by_key.get_mut(&key) {
+            home.rate = home.rate_now(now) + 1.0;
+            home.used = now;
+        }
+    }
+
+    fn assign(&mut self, key: u64, worker: InstanceId, pool: u64) {
+        let home = Home { worker, used: Instant::now(), rate: 1.0, pool };
+        if let Some(previous) = self.by_key.insert(key, home)
+            && let Some(count) = self.counts.get_mut(&previous.worker)
+        {
+            *count = count.saturating_sub(1);
+        }
+        *self.counts.entry(worker).or_default() += 1;
+    }
+
+    /// Moves one key of `pool` from the busiest to the idlest of `open` when their request
+    /// rates differ by more than a quarter (and a request a second): the one whose rate best
+    /// closes the gap. Its cache is cold once at its new home; the load evens out.
+    fn rebalance(&mut self, open: &[&Arc<Upstream>], pool: u64) {
+        let now = Instant::now();
+        if self.rebalanced.is_some_and(|at| now.duration_since(at) < REBALANCE_EVERY) {
+            return;
+        }
+        self.rebalanced = Some(now);
+        let mut scores: HashMap<InstanceId, f64> = open.iter().map(|worker| (worker.instance_id, 0.0)).collect();
+        for home in self.by_key.values().filter(|home| home.pool == pool) {
+            if let Some(score) = scores.get_mut(&home.worker) {
+                *score += home.rate_now(now);
+            }
+        }
+        let by_score = |a: &(&InstanceId, &f64), b: &(&InstanceId, &f64)| a.1.total_cmp(b.1);
+        let (Some((&busiest, &most)), Some((&idlest, &least))) =
+            (scores.iter().max_by(by_score), scores.iter().min_by(by_score))
+        else {
+            return;
+        };
+        if most <= least * 1.25 + RATE_WINDOW.as_secs_f64() {
+            return;
+        }
+        let gap = (most - least) / 2.0;
+        let moved = self
+            .by_key
+            .iter()
+            .filter(|(_, home)| home.pool == pool && home.worker == busiest && home.rate_now(now) < most - least)
+            .min_by(|a, b| (a.1.rate_now(now) - gap).abs().total_cmp(&(b.1.rate_now(now) - gap).abs()))
+            .map(|(key, _)| *key);
+        if let Some(key) = moved
+            && let Some(home) = self.by_key.get_mut(&key)
+        {
+            home.worker = idlest;
+            if let Some(count) = self.counts.get_mut(&busiest) {
+                *count = count.saturating_sub(1);
+            }
+            *self.counts.entry(idlest).or_default() += 1;
+        }
+    }
+
+    /// Forgets keys unused for [`AFFINITY_TTL`] and those of workers no longer in `live`.
+    fn prune(&mut self, live: &std::collections::HashSet<InstanceId>) {
+        if self.by_key.len() > MAX_KEYS {
+            self.by_key.clear();
+        }
+        self.by_key.retain(|_, home| live.contains(&home.worker) && home.used.elapsed() < AFFINITY_TTL);
+        self.counts.clear();
+        for home in self.by_key.values() {
+            *self.counts.entry(home.worker).or_default() += 1;
+        }
+    }
 }
 
 /// The host of a provider-reported address (`10.0.0.5`, `10.0.0.5:8090`, `[::1]:8090`,
@@ -196,28 +315,59 @@ impl Fleet {
             .collect()
     }
 
-    /// Picks a worker among `candidates` not in `tried` whose breaker admits a request.
-    pub fn choose(candidates: &[Arc<Upstream>], affinity: Option<u64>, tried: &[InstanceId]) -> Option<Arc<Upstream>> {
+    /// Picks a worker among `candidates` not in `tried` whose breaker admits a request: the
+    /// affinity key's home, or a new home for it, or two random choices.
+    pub fn choose(
+        &self,
+        candidates: &[Arc<Upstream>],
+        affinity: Option<u64>,
+        tried: &[InstanceId],
+    ) -> Option<Arc<Upstream>> {
         let open: Vec<&Arc<Upstream>> =
             candidates.iter().filter(|worker| !tried.contains(&worker.instance_id)).collect();
         if open.is_empty() {
             return None;
         }
-        let load = |worker: &Upstream| (worker.in_flight(), worker.queue_depth.load(Ordering::Relaxed));
-        if let Some(key) = affinity {
-            let total: u32 = open.iter().map(|worker| worker.in_flight()).sum();
-            #[allow(clippy::cast_precision_loss)]
-            let bound = ((f64::from(total) + 1.0) / open.len() as f64 * LOAD_BOUND).ceil() + 1.0;
-            let mut ranked = open.clone();
-            ranked.sort_by_key(|worker| std::cmp::Reverse(score(key, worker.instance_id)));
-            if let Some(worker) =
-                ranked.into_iter().find(|worker| f64::from(worker.in_flight()) < bound && worker.breaker.admit())
-            {
-                return Some((*worker).clone());
-            }
+        if let Some(key) = affinity
+            && let Some(home) = self.home(&open, key)
+        {
+            return Some(home);
         }
+        Self::two_choices(open)
+    }
+
+    /// The home of `key` among `open` (assigning one when it has none there), unless it is
+    /// overloaded or its breaker refuses.
+    fn home(&self, open: &[&Arc<Upstream>], key: u64) -> Option<Arc<Upstream>> {
+        let total: u32 = open.iter().map(|worker| worker.in_flight()).sum();
+        #[allow(clippy::cast_precision_loss)]
+        let overload = ((f64::from(total) + 1.0) / open.len() as f64 * OVERLOAD).ceil() + 2.0;
+        let usable = |worker: &Upstream| f64::from(worker.in_flight()) < overload;
+        let pool = pool_of(open);
+        let mut homes = self.homes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        homes.rebalance(open, pool);
+        let current = homes.by_key.get(&key).map(|home| home.worker);
+        if let Some(worker) = current.and_then(|home| open.iter().find(|worker| worker.instance_id == home)) {
+            homes.touch(key);
+            return (usable(worker) && worker.breaker.admit()).then(|| (*worker).clone());
+        }
+        // A new home: the first in rendezvous order holding at most its share of the keys.
+        let held = |worker: &Upstream| homes.counts.get(&worker.instance_id).copied().unwrap_or(0);
+        let assigned: usize = open.iter().map(|worker| held(worker)).sum();
+        let share = (assigned + 1).div_ceil(open.len());
+        let mut ranked = open.to_vec();
+        ranked.sort_by_key(|worker| std::cmp::Reverse(score(key, worker.instance_id)));
+        let chosen =
+            ranked.into_iter().find(|worker| held(worker) < share && usable(worker) && worker.breaker.admit())?;
+        homes.assign(key, chosen.instance_id, pool);
+        Some(chosen.clone())
+    }
+
+    /// Two workers at random; the one with fewer requests in flight (then the shorter engine
+    /// queue) that its breaker admits.
+    fn two_choices(mut remaining: Vec<&Arc<Upstream>>) -> Option<Arc<Upstream>> {
+        let load = |worker: &Upstream| (worker.in_flight(), worker.queue_depth.load(Ordering::Relaxed));
         let mut rng = rand::rng();
-        let mut remaining = open;
         while !remaining.is_empty() {
             let first = rng.random_range(0..remaining.len());
             let pick = if remaining.len() == 1 {
@@ -281,6 +431,8 @@ impl Fleet {
             }
         }
         let count = next.len();
+        let live = next.iter().map(|worker| worker.instance_id).collect();
+        self.homes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).prune(&live);
         *self.workers.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
         Ok(count)
     }
@@ -317,7 +469,7 @@ impl Fleet {
                 })
             })
             .collect();
-        Self { workers: RwLock::new(Arc::new(upstreams)) }
+        Self { workers: RwLock::new(Arc::new(upstreams)), homes: Mutex::default() }
     }
 }
 
@@ -338,48 +490,81 @@ mod tests {
         }
     }
 
-    fn fleet(count: usize) -> Vec<Arc<Upstream>> {
+    fn fleet(count: usize) -> (Fleet, Vec<Arc<Upstream>>) {
         let organization = OrganizationId::new();
         let workers = (0..count)
             .map(|index| (InstanceId::new(), organization, "m".to_owned(), format!("http://w{index}")))
             .collect();
-        Fleet::fixed(workers).snapshot().as_ref().clone()
+        let fleet = Fleet::fixed(workers);
+        let snapshot = fleet.snapshot().as_ref().clone();
+        (fleet, snapshot)
     }
 
     #[test]
-    fn one_prefix_keeps_its_worker_until_it_is_overloaded() {
-        let workers = fleet(4);
-        let first = Fleet::choose(&workers, Some(42), &[]).unwrap();
-        let mut held = Vec::new();
-        for _ in 0..2 {
-            let again = Fleet::choose(&workers, Some(42), &[]).unwrap();
-            assert_eq!(again.instance_id, first.instance_id, "the same prefix, the same warm worker");
+    fn a_prefix_keeps_its_home_spills_when_it_is_overloaded_and_comes_back() {
+        let (fleet, workers) = fleet(4);
+        let home = fleet.choose(&workers, Some(42), &[]).unwrap();
+        let mut held = vec![home.start()];
+        let spilled = loop {
+            let again = fleet.choose(&workers, Some(42), &[]).unwrap();
+            if again.instance_id != home.instance_id {
+                break again;
+            }
             held.push(again.start());
-        }
-        // Two in flight on it, none elsewhere: at the bound (1.25 x the average of 3/4, + 1),
-        // the prefix spills to another worker.
-        let spilled = Fleet::choose(&workers, Some(42), &[]).unwrap();
-        assert_ne!(spilled.instance_id, first.instance_id);
+            assert!(held.len() <= 8, "never spilled");
+        };
+        assert!(held.len() >= 3, "the home took {} before spilling", held.len());
+        assert_ne!(spilled.instance_id, home.instance_id);
         drop(held);
-        // Different prefixes spread over the workers.
-        let distinct: std::collections::HashSet<_> =
-            (0..64).map(|key| Fleet::choose(&workers, Some(key), &[]).unwrap().instance_id).collect();
-        assert_eq!(distinct.len(), 4);
+        assert_eq!(fleet.choose(&workers, Some(42), &[]).unwrap().instance_id, home.instance_id, "still its home");
+    }
+
+    #[test]
+    fn keys_spread_evenly_over_the_workers() {
+        let (fleet, workers) = fleet(4);
+        let mut homes: HashMap<InstanceId, usize> = HashMap::new();
+        for key in 0..16 {
+            *homes.entry(fleet.choose(&workers, Some(key), &[]).unwrap().instance_id).or_default() += 1;
+        }
+        assert_eq!(homes.values().copied().collect::<Vec<_>>(), [4, 4, 4, 4], "{homes:?}");
+        // A key keeps its home once assigned.
+        let home = fleet.choose(&workers, Some(3), &[]).unwrap().instance_id;
+        assert_eq!(fleet.choose(&workers, Some(3), &[]).unwrap().instance_id, home);
+    }
+
+    #[test]
+    fn a_busy_worker_hands_a_key_to_an_idle_one() {
+        let (fleet, workers) = fleet(2);
+        // Key 1 is hot, keys 2 and 3 warm, all placed by the share rule.
+        for key in [1, 2, 3] {
+            fleet.choose(&workers, Some(key), &[]).unwrap();
+        }
+        for _ in 0..200 {
+            fleet.choose(&workers, Some(1), &[]).unwrap();
+        }
+        let home_of = |key: u64| fleet.homes.lock().unwrap().by_key[&key].worker;
+        let hot = home_of(1);
+        let before: Vec<u64> = [2, 3].into_iter().filter(|key| home_of(*key) == hot).collect();
+        fleet.homes.lock().unwrap().rebalanced = None;
+        fleet.choose(&workers, Some(1), &[]).unwrap();
+        let after: Vec<u64> = [2, 3].into_iter().filter(|key| home_of(*key) == hot).collect();
+        assert!(after.is_empty(), "the warm keys share no worker with the hot one: {before:?} -> {after:?}");
+        assert_eq!(home_of(1), hot, "the hot key stays (moving it would only move the imbalance)");
     }
 
     #[test]
     fn two_choices_avoid_the_busy_worker_and_an_open_breaker_is_skipped() {
-        let workers = fleet(2);
+        let (fleet, workers) = fleet(2);
         let _busy: Vec<_> = (0..5).map(|_| workers[0].start()).collect();
         for _ in 0..20 {
-            assert_eq!(Fleet::choose(&workers, None, &[]).unwrap().instance_id, workers[1].instance_id);
+            assert_eq!(fleet.choose(&workers, None, &[]).unwrap().instance_id, workers[1].instance_id);
         }
         for _ in 0..BREAKER_FAILURES {
             workers[1].failed();
         }
         assert!(workers[1].breaker_open());
-        assert_eq!(Fleet::choose(&workers, None, &[]).unwrap().instance_id, workers[0].instance_id);
-        assert!(Fleet::choose(&workers, None, &[workers[0].instance_id]).is_none(), "open and tried: none");
+        assert_eq!(fleet.choose(&workers, None, &[]).unwrap().instance_id, workers[0].instance_id);
+        assert!(fleet.choose(&workers, None, &[workers[0].instance_id]).is_none(), "open and tried: none");
     }
 
     #[test]

@@ -155,10 +155,10 @@ fn hash_of(text: &str) -> u64 {
 
 /// The text that picks the worker: a session (`x-session-id`, or the `user` field), else the
 /// prompt's first [`AFFINITY_PREFIX`] bytes; none for embeddings.
-fn affinity(endpoint: Endpoint, headers: &HeaderMap, request: &Map<String, Value>) -> Option<u64> {
+fn affinity(endpoint: Endpoint, headers: &HeaderMap, request: &Map<String, Value>) -> Option<String> {
     let session = headers.get("x-session-id").and_then(|value| value.to_str().ok()).filter(|value| !value.is_empty());
     if let Some(session) = session.or_else(|| request.get("user").and_then(Value::as_str)) {
-        return Some(hash_of(session));
+        return Some(format!("session:{session}"));
     }
     let mut prefix = String::new();
     match endpoint {
@@ -185,7 +185,8 @@ fn affinity(endpoint: Endpoint, headers: &HeaderMap, request: &Map<String, Value
     while !prefix.is_char_boundary(end) {
         end -= 1;
     }
-    (!prefix.is_empty()).then(|| hash_of(&prefix[..end]))
+    prefix.truncate(end);
+    (!prefix.is_empty()).then(|| format!("prompt:{prefix}"))
 }
 
 async fn read(endpoint: Endpoint, headers: &HeaderMap, body: Body) -> Result<Ask, ApiError> {
@@ -202,7 +203,7 @@ async fn read(endpoint: Endpoint, headers: &HeaderMap, body: Body) -> Result<Ask
     let stream = request.get("stream") == Some(&Value::Bool(true));
     let usage_asked =
         request.get("stream_options").and_then(|options| options.get("include_usage")) == Some(&Value::Bool(true));
-    let affinity = affinity(endpoint, headers, &request);
+    let affinity = affinity(endpoint, headers, &request).map(|text| hash_of(&format!("{model}\n{text}")));
     let body = if stream && !usage_asked && endpoint != Endpoint::Embeddings {
         let options = request.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
         if let Value::Object(options) = options {
@@ -242,7 +243,7 @@ async fn route(
     state.limiter.admit(key.id.as_uuid(), &key.limits).await.map_err(fail)?;
     let mut tried = Vec::new();
     while tried.len() < MAX_ATTEMPTS {
-        let Some(worker) = Fleet::choose(&candidates, ask.affinity, &tried) else { break };
+        let Some(worker) = state.fleet.choose(&candidates, ask.affinity, &tried) else { break };
         tried.push(worker.instance_id);
         if tried.len() > 1 {
             state.metrics.retries.inc();

@@ -80,6 +80,7 @@ pub async fn ready(client: &reqwest::Client, name: &str, target: &Target) {
 /// qm-router on a temporary SQLite store with one organization, a key with limits, and
 /// `workers` (base URLs) serving model `m`; returns its URL and the key.
 pub async fn qm_router(directory: &Path, workers: &[String], shutdown: &Shutdown) -> (String, String) {
+    std::fs::create_dir_all(directory).unwrap();
     let database = format!("sqlite://{}", directory.join("qm.db").display());
     let settings = Settings::from_env(&Environment::from_pairs([
         ("QM_DATABASE_URL", database.as_str()),

@@ -163,6 +163,19 @@ print("openai client ok")
         count(usage_of(&body));
     }
 
+    // The router's metrics saw it all: requests by code, streams' token gaps, the retries after
+    // the kill, and each worker's in-flight gauge.
+    let metrics = http().get(format!("{router}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    for metric in [
+        "qm_router_requests_total{code=\"200\",model=\"m\"}",
+        "qm_router_inter_token_seconds_count",
+        "qm_router_time_to_first_token_seconds_count",
+        "qm_router_in_flight{instance=",
+        "qm_router_rejections_total{reason=\"model_not_found\"}",
+    ] {
+        assert!(metrics.contains(metric), "{metric} missing:\n{metrics}");
+    }
+
     // Every token sent through the router is in FinOps under the key, once.
     let expected = sent;
     session

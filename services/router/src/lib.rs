@@ -16,7 +16,7 @@ pub mod usage;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGaugeVec, Registry};
 use qm_runtime::Shutdown;
 use qm_runtime::service::{Dependencies, Service};
 
@@ -36,6 +36,12 @@ pub struct Metrics {
     pub time_to_first_token: Histogram,
     /// `qm_router_request_duration_seconds`: until the answer is done.
     pub duration: Histogram,
+    /// `qm_router_inter_token_seconds`: between two events of a stream.
+    pub inter_token: Histogram,
+    /// `qm_router_in_flight{instance}`: requests in flight per worker.
+    pub in_flight: IntGaugeVec,
+    /// `qm_router_breaker_open{instance}`: 1 while a worker's breaker is open.
+    pub breaker_open: IntGaugeVec,
 }
 
 impl Metrics {
@@ -70,6 +76,44 @@ impl Metrics {
                 "Time to the first event of a stream, or to the whole answer",
             ),
             duration: histogram("qm_router_request_duration_seconds", "Time until the answer is done"),
+            inter_token: qm_telemetry::metrics::histogram_vec(
+                registry,
+                "qm_router_inter_token_seconds",
+                "Time between two events of a stream",
+                &[],
+                vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+            )
+            .with_label_values::<&str>(&[]),
+            in_flight: qm_telemetry::metrics::gauge_vec(
+                registry,
+                "qm_router_in_flight",
+                "Requests in flight per worker",
+                &["instance"],
+            ),
+            breaker_open: qm_telemetry::metrics::gauge_vec(
+                registry,
+                "qm_router_breaker_open",
+                "1 while a worker's circuit breaker is open",
+                &["instance"],
+            ),
+        }
+    }
+
+    /// Sets the per-worker gauges from `fleet` every second until shutdown.
+    async fn watch(self, fleet: Arc<fleet::Fleet>, shutdown: Shutdown) {
+        loop {
+            let workers = fleet.snapshot();
+            self.in_flight.reset();
+            self.breaker_open.reset();
+            for worker in workers.iter() {
+                let instance = worker.instance_id.to_string();
+                self.in_flight.with_label_values(&[instance.as_str()]).set(i64::from(worker.in_flight()));
+                self.breaker_open.with_label_values(&[instance.as_str()]).set(i64::from(worker.breaker_open()));
+            }
+            tokio::select! {
+                () = shutdown.wait() => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
         }
     }
 }
@@ -101,6 +145,7 @@ pub async fn build_with(
         Some(url) => limits::Limiter::redis(url.expose())?,
         None => limits::Limiter::local(),
     };
+    let metrics = Metrics::new(&registry);
     let state = Arc::new(proxy::RouterState {
         store: dependencies.store.clone(),
         keys: keys::KeyCache::default(),
@@ -109,11 +154,15 @@ pub async fn build_with(
         fleet: fleet.clone(),
         client: proxy::RouterState::client(),
         usage,
-        metrics: Metrics::new(&registry),
+        metrics: metrics.clone(),
     });
     let routes = proxy::routes(state);
     let (service, registry) = Service::with_routes(NAME, &dependencies, address, routes, registry).await?;
-    let service =
-        if discover { service.with_task(fleet.run(dependencies.store.clone(), shutdown.clone())) } else { service };
+    let service = if discover {
+        service.with_task(fleet.clone().run(dependencies.store.clone(), shutdown.clone()))
+    } else {
+        service
+    };
+    let service = service.with_task(metrics.watch(fleet, shutdown.clone()));
     Ok(service.with_task(writer).with_relay(&dependencies, &registry, shutdown))
 }

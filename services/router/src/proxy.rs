@@ -404,6 +404,7 @@ fn relay_stream(
         accounting: Accounting,
         strip_usage: bool,
         first: bool,
+        last_event: Instant,
         _in_flight: InFlight,
         done: bool,
     }
@@ -413,6 +414,7 @@ fn relay_stream(
         accounting,
         strip_usage,
         first: true,
+        last_event: Instant::now(),
         _in_flight: in_flight,
         done: false,
     };
@@ -424,7 +426,10 @@ fn relay_stream(
                     if relay.first {
                         relay.first = false;
                         relay.accounting.first_byte();
+                    } else {
+                        relay.accounting.metrics.inter_token.observe(relay.last_event.elapsed().as_secs_f64());
                     }
+                    relay.last_event = Instant::now();
                     return Some((Ok::<Bytes, std::io::Error>(out), relay));
                 }
                 continue;

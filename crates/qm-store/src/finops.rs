@@ -192,6 +192,9 @@ pub trait FinopsStore {
     async fn cost_interval(&self, instance: InstanceId) -> Result<Option<CostInterval>, StoreError>;
     /// Tokens over `[from_s, to_s)`; the filter's instance type, zone, region and provider apply
     /// to the instance that served them.
+    /// Tokens over `[from_s, to_s)` grouped by every dimension. For an instance the router
+    /// served in the range, the router's counts (per API key) are the instance's usage: what its
+    /// agent reported from the engine's counters covers the same tokens and is left out.
     async fn usage_groups(&self, from_s: i64, to_s: i64, filter: &CostFilter) -> Result<Vec<UsageGroup>, StoreError>;
     async fn budgets(&self) -> Result<Vec<Budget>, StoreError>;
     async fn budget(&self, organization: OrganizationId) -> Result<Option<Budget>, StoreError>;
@@ -448,6 +451,8 @@ macro_rules! impl_finops_sql {
                         "SELECT organization_id, model, instance_id, api_key_id, provider, region, zone, instance_type, \
                          CAST(SUM(prompt_tokens) AS BIGINT) AS prompt, CAST(SUM(completion_tokens) AS BIGINT) AS completion \
                          FROM token_usage WHERE at_s >= $1 AND at_s < $2 AND {} \
+                         AND NOT (api_key_id IS NULL AND instance_id IN (SELECT instance_id FROM token_usage \
+                             WHERE api_key_id IS NOT NULL AND instance_id IS NOT NULL AND at_s >= $1 AND at_s < $2)) \
                          GROUP BY organization_id, model, instance_id, api_key_id, provider, region, zone, instance_type",
                         filter_sql(3)
                     );

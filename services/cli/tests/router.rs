@@ -193,6 +193,17 @@ print("openai client ok")
             Duration::from_secs(20),
         )
         .await;
+    // The agents' own engine counters cover the same tokens: they are not counted again.
+    let usage = session.send(reqwest::Method::GET, "/finops/usage/tokens", None).await;
+    assert_eq!(
+        (usage["prompt_tokens"].as_i64(), usage["completion_tokens"].as_i64()),
+        (Some(expected.0), Some(expected.1)),
+        "{usage}"
+    );
+    assert!(
+        usage["by_api_key"].as_array().is_some_and(|keys| keys.iter().all(|entry| entry["key"] != "direct")),
+        "{usage}"
+    );
 
     // Limits: a key of 3 requests a minute gets the 4th refused with `Retry-After`; a key for
     // another model sees none of this one.

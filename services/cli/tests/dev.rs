@@ -553,29 +553,22 @@ fn a_listed_cloud_without_its_settings_stops_start_up_naming_them() {
 }
 
 /// The `qm_*` metric names the Grafana dashboards and the Prometheus alert rules query.
+/// Every `qm_` metric the alert rules and the dashboards query, but the router's (its dashboard
+/// is checked against live router traffic in `tests/router.rs`).
 fn referenced_metrics() -> std::collections::BTreeSet<String> {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
-    let mut texts = vec![std::fs::read_to_string(deploy.join("prometheus/alerts.yml")).expect("alert rules")];
-    let rules: serde_json::Value = serde_json::from_str(&texts[0]).expect("the alert rules are JSON (and so YAML)");
-    assert!(rules["groups"][0]["rules"].as_array().is_some_and(|rules| !rules.is_empty()));
+    let rules = std::fs::read_to_string(deploy.join("prometheus/alerts.yml")).expect("alert rules");
+    let parsed: serde_json::Value = serde_json::from_str(&rules).expect("the alert rules are JSON (and so YAML)");
+    assert!(parsed["groups"][0]["rules"].as_array().is_some_and(|rules| !rules.is_empty()));
+    let mut names = support::metric_names(&rules);
     for entry in std::fs::read_dir(deploy.join("grafana/dashboards")).expect("dashboards") {
-        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("dashboard");
-        let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
-        assert!(dashboard["panels"].as_array().is_some_and(|panels| !panels.is_empty()));
-        texts.push(text);
-    }
-    let mut names = std::collections::BTreeSet::new();
-    for text in texts {
-        let mut rest = text.as_str();
-        while let Some(start) = rest.find("qm_") {
-            let name: String = rest[start..]
-                .chars()
-                .take_while(|character| character.is_ascii_alphanumeric() || *character == '_')
-                .collect();
-            rest = &rest[start + name.len()..];
-            names.insert(name.trim_end_matches("_bucket").to_owned());
+        let path = entry.expect("entry").path();
+        if path.file_name().is_some_and(|name| name == "router.json") {
+            continue;
         }
+        names.extend(support::dashboard_metrics(&path));
     }
+    names.retain(|name| !name.starts_with("qm_router_"));
     assert!(names.len() > 8, "{names:?}");
     names
 }

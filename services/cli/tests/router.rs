@@ -175,6 +175,16 @@ print("openai client ok")
     ] {
         assert!(metrics.contains(metric), "{metric} missing:\n{metrics}");
     }
+    // Every metric the router dashboard queries is exported by this router with this traffic.
+    let dashboard =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/dashboards/router.json");
+    for metric in support::dashboard_metrics(&dashboard) {
+        let sampled = metrics.lines().any(|line| {
+            line.strip_prefix(metric.as_str())
+                .is_some_and(|rest| rest.starts_with(['{', ' ']) || rest.starts_with("_bucket"))
+        });
+        assert!(sampled, "{metric}, used by the router dashboard, is not exported");
+    }
 
     // Every token sent through the router is in FinOps under the key, once.
     let expected = sent;

@@ -212,3 +212,26 @@ impl Session {
         }
     }
 }
+
+/// The `qm_` metric names in `text` (histograms by their base name).
+pub fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("qm_") {
+        let name: String = rest[start..]
+            .chars()
+            .take_while(|character| character.is_ascii_alphanumeric() || *character == '_')
+            .collect();
+        rest = &rest[start + name.len()..];
+        names.insert(name.trim_end_matches("_bucket").to_owned());
+    }
+    names
+}
+
+/// The metrics a Grafana dashboard queries; it must have panels.
+pub fn dashboard_metrics(path: &Path) -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(path).expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    assert!(dashboard["panels"].as_array().is_some_and(|panels| !panels.is_empty()), "{}", path.display());
+    metric_names(&text)
+}

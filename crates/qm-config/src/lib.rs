@@ -235,6 +235,11 @@ pub struct BootSettings {
     /// `QM_ENGINE_IMAGE`: the inference engine's image on GPU instances (default
     /// [`defaults::ENGINE_IMAGE`], vLLM's OpenAI-compatible server).
     pub engine_image: String,
+    /// `QM_ENGINE_API_KEY` (or `_FILE`): the key engines on cloud instances require
+    /// (`VLLM_API_KEY`) and the router sends. With it the engine is published on every
+    /// interface of its instance (the router reaches it at the provider's address); without
+    /// it, on loopback only. 16 to 128 of `A-Za-z0-9._-`.
+    pub engine_api_key: Option<Secret>,
 }
 
 impl BootSettings {
@@ -251,8 +256,21 @@ impl BootSettings {
             agent_image: image("QM_AGENT_IMAGE", defaults::AGENT_IMAGE)?,
             agent_binary: environment.get("QM_AGENT_BINARY").map(PathBuf::from),
             engine_image: image("QM_ENGINE_IMAGE", defaults::ENGINE_IMAGE)?,
+            engine_api_key: match environment.secret("QM_ENGINE_API_KEY")? {
+                Some(key) if !engine_key_valid(key.expose()) => {
+                    return Err(ConfigError::Invalid {
+                        name: "QM_ENGINE_API_KEY".into(),
+                        reason: "must be 16 to 128 of A-Za-z0-9._-".into(),
+                    });
+                }
+                key => key,
+            },
         })
     }
+}
+
+fn engine_key_valid(key: &str) -> bool {
+    (16..=128).contains(&key.len()) && key.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte))
 }
 
 /// A container image reference as `docker run` takes it (`registry/name:tag` or `@sha256:…`):
@@ -570,6 +588,11 @@ mod tests {
         assert!(image_reference("registry.example.com:5000/qm/agent@sha256:abc").is_ok());
         for bad in ["", "-v /:/host", "a b", "img\nExecStart=x", "img;reboot", "img$x"] {
             assert!(image_reference(bad).is_err(), "{bad:?}");
+        }
+        let key_of = |key: &str| BootSettings::from_environment(&Environment::from_pairs([("QM_ENGINE_API_KEY", key)]));
+        assert!(key_of("engine-key-0123456789").is_ok_and(|boot| boot.engine_api_key.is_some()));
+        for bad in ["short", "engine key with spaces", "key\nVLLM=x-0123456789", &"k".repeat(129)] {
+            assert!(key_of(bad).is_err(), "{bad:?}");
         }
     }
 }

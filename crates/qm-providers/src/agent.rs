@@ -109,7 +109,7 @@ impl BootConfig {
         let mut units = Vec::new();
         if let Some(image) = &plan.engine_image {
             files.push((MODEL_PATH.to_owned(), "0644", format!("{}\n", self.model)));
-            files.push((ENGINE_ENV_PATH.to_owned(), "0644", format!("QM_ENGINE_IMAGE={image}\n")));
+            files.push((ENGINE_ENV_PATH.to_owned(), "0600", plan.engine_environment(image)));
             files.push((format!("{SCRIPT_DIR}/run-engine"), "0755", RUN_ENGINE.to_owned()));
             files.push(("/etc/systemd/system/qm-engine.service".to_owned(), "0644", ENGINE_UNIT.to_owned()));
             units.push("qm-engine.service");
@@ -183,14 +183,19 @@ exec docker run --rm --name qm-agent --network host --user 0 \
   "$QM_AGENT_IMAGE" qm-worker-agent
 "#;
 
-/// Starts the engine: the image's OpenAI-compatible server (`vllm serve <model>`) on the GPUs,
-/// published on loopback only (the agent reaches it there).
+/// Starts the engine: the image's OpenAI-compatible server (`vllm serve <model>`) on the GPUs.
+/// With `VLLM_API_KEY` it requires that key and is published on every interface (the router
+/// reaches it at the provider's address); without, on loopback only (the agent reaches it there).
 const RUN_ENGINE: &str = r#"#!/bin/sh
 # Quartermaster inference engine: QM_ENGINE_IMAGE serving the model in /etc/quartermaster/model.
 set -eu
 model=$(cat /etc/quartermaster/model)
 mkdir -p /var/lib/quartermaster/huggingface
 docker rm -f qm-engine >/dev/null 2>&1 || true
+if [ -n "${VLLM_API_KEY:-}" ]; then
+  exec docker run --rm --name qm-engine --gpus all --ipc=host -p 8000:8000 -e VLLM_API_KEY \
+    -v /var/lib/quartermaster/huggingface:/root/.cache/huggingface "$QM_ENGINE_IMAGE" "$model"
+fi
 exec docker run --rm --name qm-engine --gpus all --ipc=host -p 127.0.0.1:8000:8000 \
   -v /var/lib/quartermaster/huggingface:/root/.cache/huggingface "$QM_ENGINE_IMAGE" "$model"
 "#;
@@ -246,6 +251,9 @@ pub struct BootPlan {
     /// The engine's image on GPU instances; `None` on instances without GPUs, whose agent
     /// serves its built-in mock engine (development and CPU-only fleets).
     pub engine_image: Option<String>,
+    /// The key the engine requires (`VLLM_API_KEY`); with it the engine is published on every
+    /// interface, without it on loopback only.
+    pub engine_api_key: Option<qm_config::Secret>,
 }
 
 impl BootPlan {
@@ -264,12 +272,25 @@ impl BootPlan {
             (Some(_), None) => return Err("QM_AGENT_BINARY needs QM_API_URL, where instances download it".into()),
             (None, _) => AgentSource::Image(settings.agent_image.clone()),
         };
-        Ok(Self { agent, engine_image: Some(settings.engine_image.clone()) })
+        Ok(Self {
+            agent,
+            engine_image: Some(settings.engine_image.clone()),
+            engine_api_key: settings.engine_api_key.clone(),
+        })
     }
 
     /// This plan for an instance with or without GPUs.
     pub fn for_gpus(&self, gpus: bool) -> Self {
-        Self { agent: self.agent.clone(), engine_image: self.engine_image.clone().filter(|_| gpus) }
+        Self { engine_image: self.engine_image.clone().filter(|_| gpus), ..self.clone() }
+    }
+
+    /// `/etc/quartermaster/engine.env` (0600: it may hold the engine's key).
+    fn engine_environment(&self, image: &str) -> String {
+        let mut text = format!("QM_ENGINE_IMAGE={}\n", env_safe(image));
+        if let Some(key) = &self.engine_api_key {
+            text.push_str(&format!("VLLM_API_KEY={}\n", env_safe(key.expose())));
+        }
+        text
     }
 
     /// `/etc/quartermaster/agent.env`: static lines and operator settings checked to be safe in
@@ -299,6 +320,7 @@ impl Default for BootPlan {
         Self {
             agent: AgentSource::Image(qm_config::defaults::AGENT_IMAGE.to_owned()),
             engine_image: Some(qm_config::defaults::ENGINE_IMAGE.to_owned()),
+            engine_api_key: None,
         }
     }
 }
@@ -528,8 +550,14 @@ mod tests {
             agent_image: "unused:1".into(),
             agent_binary: Some(path.clone()),
             engine_image: "vllm/vllm-openai:v0.11.0".into(),
+            engine_api_key: Some(qm_config::Secret::new("engine-key-0123456789")),
         };
         let plan = BootPlan::from_settings(&settings, Some("https://qm.example.com/base/")).expect("plan");
+        let config =
+            BootConfig { api_url: "u".into(), instance_id: "i".into(), bootstrap_token: "t".into(), model: "m".into() };
+        let rendered = config.render(&plan);
+        assert!(rendered.contains("VLLM_API_KEY=engine-key-0123456789"), "the engine requires the key");
+        assert!(!config.render(&plan.for_gpus(false)).contains("VLLM_API_KEY"), "no engine, no key");
         // SHA-256("abc"), FIPS 180-2's first example.
         let sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".to_owned();
         let url = "https://qm.example.com/base/downloads/qm-worker-agent".to_owned();

@@ -33,7 +33,9 @@ fn plans() -> Vec<BootPlan> {
         },
         ..BootPlan::default()
     };
-    vec![BootPlan::default(), BootPlan::default().for_gpus(false), download.clone(), download.for_gpus(false)]
+    let keyed =
+        BootPlan { engine_api_key: Some(qm_config::Secret::new("engine-key-0123456789")), ..BootPlan::default() };
+    vec![BootPlan::default(), BootPlan::default().for_gpus(false), download.clone(), download.for_gpus(false), keyed]
 }
 
 /// The files the document writes, by path: (permissions, content).

@@ -155,6 +155,7 @@ pub async fn build_with(
         client: proxy::RouterState::client(),
         usage,
         metrics: metrics.clone(),
+        engine_key: dependencies.settings.boot.engine_api_key.clone(),
     });
     let routes = proxy::routes(state);
     let (service, registry) = Service::with_routes(NAME, &dependencies, address, routes, registry).await?;

@@ -51,6 +51,8 @@ pub struct RouterState {
     pub client: reqwest::Client,
     pub usage: UsageSink,
     pub metrics: crate::Metrics,
+    /// `QM_ENGINE_API_KEY`, sent to engines as `Authorization: Bearer`.
+    pub engine_key: Option<qm_config::Secret>,
 }
 
 impl RouterState {
@@ -249,12 +251,15 @@ async fn route(
             state.metrics.retries.inc();
         }
         let in_flight = worker.start();
-        let sent = state
+        let mut upstream = state
             .client
             .post(format!("{}{}", worker.base, endpoint.path()))
             .header(header::CONTENT_TYPE, "application/json")
-            .body(ask.body.clone())
-            .send();
+            .body(ask.body.clone());
+        if let Some(key) = &state.engine_key {
+            upstream = upstream.bearer_auth(key.expose());
+        }
+        let sent = upstream.send();
         let response = match tokio::time::timeout(FIRST_BYTE_TIMEOUT, sent).await {
             Ok(Ok(response)) if !retryable(response.status()) => response,
             Ok(Ok(response)) => {

@@ -1,7 +1,8 @@
 //! A worker that goes away and comes back, seen through the router: while it is gone every
 //! request is still answered (retried on the other worker before its first byte) and its breaker
 //! opens; once it is back, the breaker's single trial succeeds and the worker takes requests
-//! again. Two real HTTP upstreams on loopback, the router with an API key on SQLite.
+//! again. Two real HTTP upstreams on loopback that require the engine key, the router with an
+//! API key on SQLite.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse as _;
 use qm_runtime::Shutdown;
 use serde_json::json;
 
@@ -23,10 +25,21 @@ fn serve(listener: tokio::net::TcpListener, served: Arc<AtomicUsize>) -> tokio::
         "usage": { "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2 } });
     let router = axum::Router::new().route(
         "/v1/chat/completions",
-        axum::routing::post(move || {
-            served.fetch_add(1, Ordering::Relaxed);
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            // The engine key the router must send (`QM_ENGINE_API_KEY`), as vLLM checks it.
+            let authorized = headers.get("authorization").and_then(|value| value.to_str().ok())
+                == Some(format!("Bearer {}", support::ENGINE_KEY).as_str());
+            if authorized {
+                served.fetch_add(1, Ordering::Relaxed);
+            }
             let answer = answer.clone();
-            async move { axum::Json(answer) }
+            async move {
+                if authorized {
+                    axum::Json(answer).into_response()
+                } else {
+                    axum::http::StatusCode::UNAUTHORIZED.into_response()
+                }
+            }
         }),
     );
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() })

@@ -12,6 +12,9 @@ use qm_domain::{ApiKeyId, InstanceId, OrganizationId, Role, UserId};
 use qm_runtime::Shutdown;
 use qm_testkit::load::Target;
 
+/// The engine key qm-router sends its workers here.
+pub const ENGINE_KEY: &str = "bench-engine-key-0123456789";
+
 /// A process killed when the bench ends.
 pub struct Peer(pub Child);
 
@@ -85,6 +88,7 @@ pub async fn qm_router(directory: &Path, workers: &[String], shutdown: &Shutdown
     let settings = Settings::from_env(&Environment::from_pairs([
         ("QM_DATABASE_URL", database.as_str()),
         ("QM_BUS_URL", "memory://"),
+        ("QM_ENGINE_API_KEY", ENGINE_KEY),
         ("RUST_LOG", "off"),
     ]))
     .unwrap();

@@ -80,18 +80,45 @@ pub async fn ready(client: &reqwest::Client, name: &str, target: &Target) {
     panic!("{name} never answered 200");
 }
 
-/// qm-router on a temporary SQLite store with one organization, a key with limits, and
+/// qm-router on a temporary SQLite store with one organization, a key with (generous) limits, and
 /// `workers` (base URLs) serving model `m`; returns its URL and the key.
 pub async fn qm_router(directory: &Path, workers: &[String], shutdown: &Shutdown) -> (String, String) {
+    let limits = qm_store::KeyLimits {
+        models: Some(vec!["m".into()]),
+        requests_per_minute: Some(1_000_000_000),
+        tokens_per_minute: Some(1_000_000_000),
+    };
+    let (mut urls, key) = qm_routers(directory, workers, shutdown, &Replicas { count: 1, limits, redis: None }).await;
+    (urls.remove(0), key)
+}
+
+/// How many router replicas [`qm_routers`] starts, the key's limits, and where they share them.
+pub struct Replicas {
+    pub count: usize,
+    pub limits: qm_store::KeyLimits,
+    pub redis: Option<String>,
+}
+
+/// `replicas.count` qm-router replicas on one temporary SQLite store (each its own connection
+/// pool, as separate processes would have) with one key; their URLs and the key.
+pub async fn qm_routers(
+    directory: &Path,
+    workers: &[String],
+    shutdown: &Shutdown,
+    replicas: &Replicas,
+) -> (Vec<String>, String) {
     std::fs::create_dir_all(directory).unwrap();
     let database = format!("sqlite://{}", directory.join("qm.db").display());
-    let settings = Settings::from_env(&Environment::from_pairs([
-        ("QM_DATABASE_URL", database.as_str()),
-        ("QM_BUS_URL", "memory://"),
-        ("QM_ENGINE_API_KEY", ENGINE_KEY),
-        ("RUST_LOG", "off"),
-    ]))
-    .unwrap();
+    let mut pairs = vec![
+        ("QM_DATABASE_URL", database.clone()),
+        ("QM_BUS_URL", "memory://".to_owned()),
+        ("QM_ENGINE_API_KEY", ENGINE_KEY.to_owned()),
+        ("RUST_LOG", "off".to_owned()),
+    ];
+    if let Some(redis) = &replicas.redis {
+        pairs.push(("QM_ROUTER_REDIS_URL", redis.clone()));
+    }
+    let settings = Settings::from_env(&Environment::from_pairs(pairs.clone())).unwrap();
     let dependencies = qm_runtime::entrypoint::connect(settings).await.unwrap();
     let organization = OrganizationId::new();
     let secret = qm_runtime::tokens::generate("qm_");
@@ -120,23 +147,28 @@ pub async fn qm_router(directory: &Path, workers: &[String], shutdown: &Shutdown
         prefix: secret.chars().take(8).collect(),
         key_hash: qm_runtime::tokens::hash(&secret),
         expires_at: None,
-        limits: qm_store::KeyLimits {
-            models: Some(vec!["m".into()]),
-            requests_per_minute: Some(1_000_000_000),
-            tokens_per_minute: Some(1_000_000_000),
-        },
+        limits: replicas.limits.clone(),
     };
     tx.insert_api_key(&key).await.unwrap();
     tx.commit().await.unwrap();
-    let fleet = qm_router::fleet::Fleet::fixed(
-        workers.iter().map(|base| (InstanceId::new(), organization, "m".to_owned(), base.clone())).collect(),
-    );
-    let address = "127.0.0.1:0".parse().unwrap();
-    let service = qm_router::build_with(dependencies, address, shutdown.clone(), Some(fleet)).await.unwrap();
-    let url = format!("http://{}", service.address());
-    let stopping = shutdown.clone();
-    tokio::spawn(async move { service.run_until_stopped(stopping).await.unwrap() });
-    (url, secret)
+    let fleet =
+        workers.iter().map(|base| (InstanceId::new(), organization, "m".to_owned(), base.clone())).collect::<Vec<_>>();
+    let mut urls = Vec::new();
+    for replica in 0..replicas.count {
+        let dependencies = if replica == 0 {
+            dependencies.clone()
+        } else {
+            let settings = Settings::from_env(&Environment::from_pairs(pairs.clone())).unwrap();
+            qm_runtime::entrypoint::connect(settings).await.unwrap()
+        };
+        let fixed = qm_router::fleet::Fleet::fixed(fleet.clone());
+        let address = "127.0.0.1:0".parse().unwrap();
+        let service = qm_router::build_with(dependencies, address, shutdown.clone(), Some(fixed)).await.unwrap();
+        urls.push(format!("http://{}", service.address()));
+        let stopping = shutdown.clone();
+        tokio::spawn(async move { service.run_until_stopped(stopping).await.unwrap() });
+    }
+    (urls, secret)
 }
 
 /// A chat completion `body` posted to `url` with `key` (none when empty).

@@ -21,6 +21,10 @@ async fn post(router: &str, key: &str, path: &str, body: Value) -> (u16, reqwest
     (status, headers, response.text().await.expect("body"))
 }
 
+async fn metrics_of(router: &str) -> String {
+    http().get(format!("{router}/metrics")).send().await.expect("metrics").text().await.expect("text")
+}
+
 async fn models_of(router: &str, key: &str) -> Value {
     let response = http().get(format!("{router}/v1/models")).bearer_auth(key).send().await.expect("models");
     response.json().await.expect("json")
@@ -165,7 +169,7 @@ print("openai client ok")
 
     // The router's metrics saw it all: requests by code, streams' token gaps, the retries after
     // the kill, and each worker's in-flight gauge.
-    let metrics = http().get(format!("{router}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let metrics = metrics_of(&router).await;
     for metric in [
         "qm_router_requests_total{code=\"200\",model=\"m\"}",
         "qm_router_inter_token_seconds_count",
@@ -274,6 +278,16 @@ print("openai client ok")
         }
         assert!(capped_at.elapsed() < Duration::from_secs(10), "the cap never stopped traffic: {body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // An instance that leaves `ready` leaves the router at its state change's event, not at
+    // the next full refresh: its gauge is gone within the gauges' one-second update.
+    session.send(reqwest::Method::DELETE, &format!("/instances/{}", ids[1]), None).await;
+    let deleted = Instant::now();
+    let label = format!("instance=\"{}\"", ids[1]);
+    while metrics_of(&router).await.contains(&label) {
+        assert!(deleted.elapsed() < Duration::from_millis(1_800), "the router still routes to a terminating instance");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(dev.terminate(Duration::from_secs(20)).success());
     std::fs::remove_dir_all(&data_dir).expect("clean up");

@@ -27,8 +27,13 @@ use qm_runtime::Shutdown;
 use qm_store::{InstanceFilter, Store};
 use rand::Rng as _;
 
-/// How often discovery reads the fleet.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How often discovery reads the events written since its last look (the outbox, where every
+/// state change is written in its own transaction) for one that changes the fleet.
+pub const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// How often discovery reads the fleet whatever happened (engine queues, missed changes).
+pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// The events that change which workers are routable.
+const FLEET_EVENTS: [&str; 2] = ["instance.state_changed", "worker.registered"];
 /// A home worker keeps its keys' requests while its in-flight count is under this times the
 /// average (+2); past it, a request goes to the least loaded of two others.
 pub const OVERLOAD: f64 = 2.0;
@@ -437,15 +442,31 @@ impl Fleet {
         Ok(count)
     }
 
-    /// Refreshes every [`REFRESH_EVERY`] until shutdown.
+    /// Refreshes on every event that changes the fleet (looked for every [`WATCH_EVERY`]) and
+    /// every [`REFRESH_EVERY`] anyway, until shutdown.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, shutdown: Shutdown) {
+        let mut seen = store.feed_head().await.unwrap_or(0);
+        let mut refreshed: Option<Instant> = None;
         loop {
-            if let Err(error) = self.refresh(&*store).await {
-                tracing::warn!(%error, "could not read the fleet; routing to the last one known");
+            let mut due = refreshed.is_none_or(|at| at.elapsed() >= REFRESH_EVERY);
+            match store.feed(seen, None, None, 1_000).await {
+                Ok(entries) => {
+                    for entry in &entries {
+                        seen = seen.max(entry.seq);
+                        due |= FLEET_EVENTS.contains(&entry.envelope.message_type.as_str());
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "could not read the event feed"),
+            }
+            if due {
+                match self.refresh(&*store).await {
+                    Ok(_) => refreshed = Some(Instant::now()),
+                    Err(error) => tracing::warn!(%error, "could not read the fleet; routing to the last one known"),
+                }
             }
             tokio::select! {
                 () = shutdown.wait() => return,
-                () = tokio::time::sleep(REFRESH_EVERY) => {}
+                () = tokio::time::sleep(WATCH_EVERY) => {}
             }
         }
     }

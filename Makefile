@@ -60,12 +60,17 @@ prices-aws: venv ## Refresh the AWS on-demand prices in seeds/catalog.json from 
 	$(VENV)/bin/python scripts/aws_prices.py
 
 BENCH_TOOLS := vllm-router==0.1.17 smg==1.13.0
+# LiteLLM pins its own openai and web stack: it gets a venv of its own.
+BENCH_VENV := .venv-bench
+LITELLM := "litellm[proxy]==1.108.7"
 
 .PHONY: bench-tools
-bench-tools: venv ## Peers the benches measure against: nginx (Debian), vllm-router and smg (PyPI, into ./.venv)
+bench-tools: venv ## Peers the benches measure against: nginx (Debian), vllm-router and smg (PyPI, ./.venv), LiteLLM (./.venv-bench)
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "installing nginx ..."; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx) >/dev/null; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(BENCH_TOOLS)
+	@[ -x $(BENCH_VENV)/bin/litellm ] || { python3 -m venv $(BENCH_VENV) && \
+	  $(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check $(LITELLM); }
 
 .PHONY: bench
 bench: services bench-tools ## Benchmarks (one release build): API latency and login flood, command latency and provisioning throughput, reconciliation, FinOps queries, router overhead against nginx, vllm-router and smg; each vs a same-run baseline

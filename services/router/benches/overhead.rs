@@ -5,9 +5,10 @@
 //! its API-key check and per-key limits on. For each: p50 and p99 at one client (the added
 //! latency is the difference to direct) and requests per second at 32 and 256 clients.
 //! Targets: qm-router's added p50 at most vllm-router `round_robin`'s, and its throughput at 32
-//! clients at least half the nginx hop's. LiteLLM is left out (its proxy needs a database and
-//! a long install for a result two orders of magnitude slower; the table has it).
-//! `make bench-tools` installs nginx (Debian) and vllm-router and smg (PyPI, into `./.venv`).
+//! clients at least half the nginx hop's. LiteLLM's proxy (one worker, no database, the same
+//! upstream as an OpenAI-compatible model) is measured too.
+//! `make bench-tools` installs nginx (Debian), vllm-router and smg (PyPI, into `./.venv`) and
+//! LiteLLM (into `./.venv-bench`).
 //! Results also go to `$CARGO_TARGET_DIR/bench/router.json`.
 
 #![allow(clippy::unwrap_used)]
@@ -73,6 +74,30 @@ fn nginx(directory: &Path, upstream: SocketAddr, port: u16) -> Peer {
     Peer(child)
 }
 
+/// LiteLLM's proxy on `port` with the upstream as model `m`.
+fn litellm(directory: &Path, upstream: SocketAddr, port: u16) -> Peer {
+    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-bench/bin/litellm");
+    assert!(binary.exists(), "{} is missing: run `make bench-tools` (PyPI litellm[proxy])", binary.display());
+    let config = directory.join("litellm.yaml");
+    let text = format!(
+        "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/m\n      api_base: http://{upstream}/v1\n      api_key: unused\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    let child = Command::new(binary)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--config")
+        .arg(&config)
+        .current_dir(directory)
+        // No master key: a bench on loopback.
+        .env("LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY", "true")
+        .env("LITELLM_LOG", "ERROR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Peer(child)
+}
+
 struct Path3 {
     name: &'static str,
     target: Target,
@@ -93,6 +118,8 @@ async fn run() {
     let (nginx_port, round_robin_port, cache_aware_port, smg_port) =
         (free_port(), free_port(), free_port(), free_port());
     let _nginx = nginx(&directory, upstream, nginx_port);
+    let litellm_port = free_port();
+    let _litellm = litellm(&directory, upstream, litellm_port);
     let workers = [format!("http://{upstream}")];
     let _round_robin = vllm_router(&workers, round_robin_port, "round_robin");
     let _cache_aware = vllm_router(&workers, cache_aware_port, "cache_aware");
@@ -106,6 +133,7 @@ async fn run() {
         Path3 { name: "vllm-router round_robin", target: chat(format!("http://127.0.0.1:{round_robin_port}"), None) },
         Path3 { name: "vllm-router cache_aware", target: chat(format!("http://127.0.0.1:{cache_aware_port}"), None) },
         Path3 { name: "smg round_robin", target: chat(format!("http://127.0.0.1:{smg_port}"), None) },
+        Path3 { name: "LiteLLM proxy", target: chat(format!("http://127.0.0.1:{litellm_port}"), None) },
         Path3 { name: "qm-router (key, limits)", target: chat(qm, Some(key)) },
     ];
     let client = reqwest::Client::builder().pool_max_idle_per_host(512).tcp_nodelay(true).build().unwrap();

@@ -98,6 +98,13 @@ impl ScalewayConfig {
     }
 }
 
+/// How a list pages (see [`ScalewayProvider::page_bodies`]).
+#[derive(Clone, Copy)]
+enum Paging {
+    Instance,
+    Block,
+}
+
 /// What a call sends.
 enum Payload {
     None,
@@ -238,16 +245,27 @@ impl ScalewayProvider {
         }
     }
 
-    /// Every page of an Instance API list under `query` (filters), following `X-Total-Count`:
-    /// the bodies, whose `field` is an array or a map keyed by name.
-    async fn page_bodies(&self, url: &str, query: &[(&str, &str)], field: &str) -> Result<Vec<Value>, ProviderError> {
+    /// Every page of a list under `query` (filters): the bodies, whose `field` is an array or a
+    /// map keyed by name. The Instance API pages with `per_page` and counts in `X-Total-Count`;
+    /// Block Storage with `page_size` and `total_count` in the body.
+    async fn page_bodies(
+        &self,
+        url: &str,
+        query: &[(&str, &str)],
+        field: &str,
+        paging: Paging,
+    ) -> Result<Vec<Value>, ProviderError> {
         let mut bodies = Vec::new();
         let (mut page, mut seen) = (1, 0);
-        let per_page = PER_PAGE.to_string();
+        let size = PER_PAGE.to_string();
+        let size_parameter = match paging {
+            Paging::Instance => "per_page",
+            Paging::Block => "page_size",
+        };
         loop {
             let page_text = page.to_string();
             let mut paged = query.to_vec();
-            paged.extend([("page", page_text.as_str()), ("per_page", per_page.as_str())]);
+            paged.extend([("page", page_text.as_str()), (size_parameter, size.as_str())]);
             let (body, headers) = self.call(Method::GET, url, &paged, Payload::None).await?;
             let fetched = match &body[field] {
                 Value::Array(items) => items.len(),
@@ -255,17 +273,30 @@ impl ScalewayProvider {
                 _ => 0,
             };
             seen += fetched;
+            let total = match paging {
+                Paging::Instance => headers
+                    .get("x-total-count")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<usize>().ok()),
+                Paging::Block => body["total_count"].as_u64().and_then(|total| usize::try_from(total).ok()),
+            };
             bodies.push(body);
-            let total = headers
-                .get("x-total-count")
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.parse::<usize>().ok())
-                .unwrap_or(seen);
-            if fetched == 0 || seen >= total {
+            if fetched == 0 || seen >= total.unwrap_or(seen) {
                 return Ok(bodies);
             }
             page += 1;
         }
+    }
+
+    /// The items of `field` in every body.
+    fn items(bodies: Vec<Value>, field: &str) -> Vec<Value> {
+        bodies
+            .into_iter()
+            .flat_map(|mut body| match body[field].take() {
+                Value::Array(items) => items,
+                _ => Vec::new(),
+            })
+            .collect()
     }
 
     /// Every item of an Instance API list of `field` in `zone` under `query`.
@@ -276,19 +307,13 @@ impl ScalewayProvider {
         query: &[(&str, &str)],
         field: &str,
     ) -> Result<Vec<Value>, ProviderError> {
-        let bodies = self.page_bodies(&self.url(zone, path), query, field).await?;
-        Ok(bodies
-            .into_iter()
-            .flat_map(|mut body| match body[field].take() {
-                Value::Array(items) => items,
-                _ => Vec::new(),
-            })
-            .collect())
+        let bodies = self.page_bodies(&self.url(zone, path), query, field, Paging::Instance).await?;
+        Ok(Self::items(bodies, field))
     }
 
     /// Every entry of an Instance API map of `field` (`products/servers`) in `zone`.
     async fn map_pages(&self, zone: &str, path: &str, field: &str) -> Result<BTreeMap<String, Value>, ProviderError> {
-        let bodies = self.page_bodies(&self.url(zone, path), &[], field).await?;
+        let bodies = self.page_bodies(&self.url(zone, path), &[], field, Paging::Instance).await?;
         Ok(bodies
             .into_iter()
             .flat_map(|mut body| match body[field].take() {
@@ -306,30 +331,9 @@ impl ScalewayProvider {
     /// Block Storage volumes of the project whose name contains `name`, every page (`page` and
     /// `page_size`, `total_count` in the body).
     async fn volumes(&self, zone: &str, name: &str) -> Result<Vec<Value>, ProviderError> {
-        let url = self.volumes_url(zone, "");
-        let mut volumes = Vec::new();
-        let page_size = PER_PAGE.to_string();
-        for page in 1.. {
-            let page_text = page.to_string();
-            let query = [
-                ("project_id", self.config.project_id.as_str()),
-                ("name", name),
-                ("page", page_text.as_str()),
-                ("page_size", page_size.as_str()),
-            ];
-            let (mut body, _) = self.call(Method::GET, &url, &query, Payload::None).await?;
-            let batch = match body["volumes"].take() {
-                Value::Array(items) => items,
-                _ => Vec::new(),
-            };
-            let fetched = batch.len();
-            volumes.extend(batch);
-            let total = body["total_count"].as_u64().and_then(|total| usize::try_from(total).ok()).unwrap_or(0);
-            if fetched == 0 || volumes.len() >= total {
-                break;
-            }
-        }
-        Ok(volumes)
+        let query = [("project_id", self.config.project_id.as_str()), ("name", name)];
+        let bodies = self.page_bodies(&self.volumes_url(zone, ""), &query, "volumes", Paging::Block).await?;
+        Ok(Self::items(bodies, "volumes"))
     }
 
     /// The name of an instance's root volume, which says whose it is.

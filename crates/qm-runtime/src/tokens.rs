@@ -15,5 +15,10 @@ pub fn generate(prefix: &str) -> String {
 /// How tokens are stored: SHA-256, hex. Tokens carry 256 random bits, so no salt or slow hash is
 /// needed, and lookups stay one indexed query.
 pub fn hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect()
+    sha256_hex(token.as_bytes())
+}
+
+/// SHA-256 of `bytes`, lowercase hex (as `sha256sum` prints it).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
 }

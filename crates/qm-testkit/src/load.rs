@@ -139,3 +139,18 @@ pub async fn load(name: &str, client: &reqwest::Client, target: &Target, shape: 
     latencies.sort_unstable();
     Measurement { name: name.to_owned(), latencies, elapsed: shape.measure, errors }
 }
+
+/// Writes a bench's results to `$CARGO_TARGET_DIR/bench/<name>.json` (`target/` without it).
+///
+/// # Panics
+/// When the file cannot be written.
+pub fn save(name: &str, report: &serde_json::Value) {
+    let directory =
+        std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("bench");
+    let written = std::fs::create_dir_all(&directory).and_then(|()| {
+        std::fs::write(directory.join(format!("{name}.json")), serde_json::to_string_pretty(report).unwrap_or_default())
+    });
+    if let Err(error) = written {
+        panic!("cannot write the {name} bench's results in {}: {error}", directory.display());
+    }
+}

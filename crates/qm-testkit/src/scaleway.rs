@@ -165,11 +165,18 @@ async fn gate(State(world): State<Shared>, request: axum::extract::Request, next
     next.run(request).await
 }
 
+/// The page `query` asks for (`page` from 1, its size in `size_parameter`, 50 by default, at most
+/// `limit`) of `items`, and that size.
+fn slice<T>(items: Vec<T>, query: &BTreeMap<String, String>, size_parameter: &str, limit: usize) -> (Vec<T>, usize) {
+    let number = |name: &str| query.get(name).and_then(|value| value.parse::<usize>().ok());
+    let size = number(size_parameter).unwrap_or(50).clamp(1, limit);
+    let page = number("page").unwrap_or(1).max(1);
+    (items.into_iter().skip((page - 1).saturating_mul(size)).take(size).collect(), size)
+}
+
 fn page(items: Vec<Value>, query: &BTreeMap<String, String>, uri: &Uri, field: &str, limit: usize) -> Response {
-    let per_page = query.get("per_page").and_then(|value| value.parse::<usize>().ok()).unwrap_or(50).clamp(1, limit);
-    let page = query.get("page").and_then(|value| value.parse::<usize>().ok()).unwrap_or(1).max(1);
     let total = items.len();
-    let slice: Vec<Value> = items.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+    let (slice, per_page) = slice(items, query, "per_page", limit);
     let last = total.div_ceil(per_page).max(1);
     let mut headers = HeaderMap::new();
     headers.insert("x-total-count", axum::http::HeaderValue::from(total));
@@ -427,12 +434,9 @@ async fn list_volumes(
         .filter(|volume| query.get("project_id").is_none_or(|project| volume["project_id"] == project.as_str()))
         .collect();
     // Block Storage pages with `page` and `page_size` and counts in the body.
-    let page_size =
-        query.get("page_size").and_then(|value| value.parse::<usize>().ok()).unwrap_or(50).clamp(1, world.page_limit);
-    let page = query.get("page").and_then(|value| value.parse::<usize>().ok()).unwrap_or(1).max(1);
     let total = volumes.len();
-    let slice: Vec<Value> = volumes.into_iter().skip((page - 1) * page_size).take(page_size).collect();
-    axum::Json(json!({ "total_count": total, "volumes": slice })).into_response()
+    let (volumes, _) = slice(volumes, &query, "page_size", world.page_limit);
+    axum::Json(json!({ "total_count": total, "volumes": volumes })).into_response()
 }
 
 async fn delete_volume(State(world): State<Shared>, Path((zone, id)): Path<(String, String)>) -> Response {
@@ -477,11 +481,8 @@ async fn set_user_data(
 /// A page of a map keyed by type (`products/servers` and its availability), `X-Total-Count`
 /// counting every entry.
 fn map_page(entries: Vec<(String, Value)>, query: &BTreeMap<String, String>, limit: usize) -> Response {
-    let per_page = query.get("per_page").and_then(|value| value.parse::<usize>().ok()).unwrap_or(50).clamp(1, limit);
-    let page = query.get("page").and_then(|value| value.parse::<usize>().ok()).unwrap_or(1).max(1);
     let count = entries.len();
-    let servers: serde_json::Map<String, Value> =
-        entries.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+    let servers: serde_json::Map<String, Value> = slice(entries, query, "per_page", limit).0.into_iter().collect();
     let mut response = axum::Json(json!({ "servers": servers })).into_response();
     response.headers_mut().insert("x-total-count", axum::http::HeaderValue::from(count));
     response

@@ -216,9 +216,6 @@ async fn run() {
     println!("{logins} logins completed ({login_rate:.1}/s); /healthz p99 during the flood x{flood_ratio:.2} of idle");
     println!("target p99 within {FLOOD_TARGET_RATIO}x idle: {flood_verdict}");
 
-    let directory =
-        std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("bench");
-    std::fs::create_dir_all(&directory).unwrap();
     let report = json!({
         "instances": INSTANCES, "clients": CLIENTS, "seconds": MEASURE.as_secs(),
         "baseline": baseline_report, "list_instances": listing_report,
@@ -237,7 +234,7 @@ async fn run() {
             "target_ratio": FLOOD_TARGET_RATIO, "target": flood_verdict,
         },
     });
-    std::fs::write(directory.join("api.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    qm_testkit::load::save("api", &report);
 
     shutdown.trigger();
     let _ = server.await;

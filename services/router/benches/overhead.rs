@@ -181,9 +181,7 @@ async fn run() {
         qm_row.2.throughput() / round_robin_row.2.throughput(),
         judge(share >= 0.5)
     );
-    let out = Path::new(&std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("router.json"), serde_json::to_string_pretty(&Value::from(report)).unwrap()).unwrap();
+    qm_testkit::load::save("router", &Value::from(report));
     shutdown.trigger();
     let _ = std::fs::remove_dir_all(&directory);
 }

@@ -341,10 +341,7 @@ async fn run() {
     );
     let spread = ours["served_max_over_min"].as_f64().unwrap_or(f64::INFINITY);
     println!("qm-router max/min served per worker {spread:.2} (target: at most 1.5): {}", judge(spread <= 1.5));
-    let out = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("bench");
-    std::fs::create_dir_all(&out).unwrap();
-    let report = json!({ "streams": streamed, "routing_quality": results });
-    std::fs::write(out.join("routing.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    qm_testkit::load::save("routing", &json!({ "streams": streamed, "routing_quality": results }));
     shutdown.trigger();
     let _ = std::fs::remove_dir_all(&directory);
 }

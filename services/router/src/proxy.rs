@@ -31,6 +31,9 @@ use crate::usage::{Usage, UsageSink};
 pub const MAX_BODY: usize = 8 << 20;
 /// The largest non-streamed answer relayed.
 const MAX_ANSWER: usize = 64 << 20;
+/// The largest server-sent event read whole (for its usage); past it, what arrived is relayed
+/// as it is.
+const MAX_EVENT: usize = 1 << 20;
 /// Workers tried for one request.
 pub const MAX_ATTEMPTS: usize = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -119,6 +122,8 @@ async fn models(State(state): State<Arc<RouterState>>, headers: HeaderMap) -> Re
     }
 }
 
+/// Answers a request and counts it. The `model` label is the requested model only when the
+/// organization serves it (else empty), so that made-up model names cannot grow the metrics.
 async fn handle(State(state): State<Arc<RouterState>>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let (model, response) = match route(&state, endpoint, &headers, body, started).await {
@@ -234,11 +239,11 @@ async fn route(
 ) -> Result<(String, Response), (String, ApiError)> {
     let key = authenticate(state, headers).await.map_err(|error| (String::new(), error))?;
     let ask = read(endpoint, headers, body).await.map_err(|error| (String::new(), error))?;
-    let fail = |error: ApiError| (ask.model.clone(), error);
     let candidates = state.fleet.serving(key.organization_id, &ask.model);
     if candidates.is_empty() || !allowed(&key, &ask.model) {
-        return Err(fail(ApiError::model_not_found(&ask.model)));
+        return Err((String::new(), ApiError::model_not_found(&ask.model)));
     }
+    let fail = |error: ApiError| (ask.model.clone(), error);
     if state.budgets.spent(&*state.store, key.organization_id).await.map_err(|error| fail(error.into()))? {
         return Err(fail(ApiError::insufficient_quota()));
     }
@@ -371,14 +376,31 @@ async fn relay_whole(
 ) -> Result<Response, ApiError> {
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let kind = content_type(&response);
+    let too_large = || ApiError::upstream("The worker's answer is too large.");
     if response.content_length().is_some_and(|length| length > MAX_ANSWER as u64) {
-        return Err(ApiError::upstream("The worker's answer is too large."));
+        return Err(too_large());
     }
-    let bytes = response.bytes().await.map_err(|error| {
+    let broke_off = |error: reqwest::Error| {
         tracing::info!(worker = %worker.instance_id, error = %error.without_url(), "worker's answer broke off");
         worker.failed();
         ApiError::upstream("The worker's answer broke off.")
-    })?;
+    };
+    // With a length (checked above) the answer is read at once; a chunked one, chunk by chunk,
+    // up to the bound.
+    let bytes = if response.content_length().is_some() {
+        response.bytes().await.map_err(broke_off)?
+    } else {
+        let mut body = response.bytes_stream();
+        let mut read = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(broke_off)?;
+            if read.len() + chunk.len() > MAX_ANSWER {
+                return Err(too_large());
+            }
+            read.extend_from_slice(&chunk);
+        }
+        Bytes::from(read)
+    };
     drop(in_flight);
     accounting.first_byte();
     if status.is_success()
@@ -387,10 +409,7 @@ async fn relay_whole(
     {
         accounting.read_usage(usage);
     }
-    Ok(([(header::CONTENT_TYPE, kind)], bytes).into_response()).map(|mut response: Response| {
-        *response.status_mut() = status;
-        response
-    })
+    Ok((status, [(header::CONTENT_TYPE, kind)], bytes).into_response())
 }
 
 /// A stream relayed event by event: each complete server-sent event goes on as soon as it is in;
@@ -425,9 +444,12 @@ fn relay_stream(
     };
     let events = futures::stream::unfold(relay, |mut relay| async move {
         loop {
-            if let Some(end) = event_end(&relay.buffer) {
+            // An event too long to be one the router reads goes on as it is, unread.
+            let end =
+                event_end(&relay.buffer).or_else(|| (relay.buffer.len() > MAX_EVENT).then_some(relay.buffer.len()));
+            if let Some(end) = end {
                 let event: Vec<u8> = relay.buffer.drain(..end).collect();
-                if let Some(out) = rewrite(&event, &mut relay.accounting, relay.strip_usage) {
+                if let Some(out) = rewrite(event, &mut relay.accounting, relay.strip_usage) {
                     if relay.first {
                         relay.first = false;
                         relay.accounting.first_byte();
@@ -478,20 +500,22 @@ fn event_end(buffer: &[u8]) -> Option<usize> {
     }
 }
 
-/// The event to send on (`None`: drop it), its usage read.
-fn rewrite(event: &[u8], accounting: &mut Accounting, strip_usage: bool) -> Option<Bytes> {
-    let text = std::str::from_utf8(event).ok();
+/// The event to send on (`None`: drop it), its usage read. Only an event that mentions
+/// `"usage"` is parsed: the token events of a stream pass untouched.
+fn rewrite(event: Vec<u8>, accounting: &mut Accounting, strip_usage: bool) -> Option<Bytes> {
+    if !event.windows(7).any(|window| window == b"\"usage\"") {
+        return Some(Bytes::from(event));
+    }
+    let text = std::str::from_utf8(&event).ok();
     let data = text.and_then(|text| text.lines().find_map(|line| line.strip_prefix("data:")).map(str::trim));
-    let Some(data) = data.filter(|data| data.starts_with('{')) else { return Some(Bytes::copy_from_slice(event)) };
-    let Ok(Value::Object(mut chunk)) = serde_json::from_str::<Value>(data) else {
-        return Some(Bytes::copy_from_slice(event));
-    };
+    let chunk = data.filter(|data| data.starts_with('{')).and_then(|data| serde_json::from_str::<Value>(data).ok());
+    let Some(Value::Object(mut chunk)) = chunk else { return Some(Bytes::from(event)) };
     let Some(usage) = chunk.get("usage").filter(|usage| !usage.is_null()).cloned() else {
-        return Some(Bytes::copy_from_slice(event));
+        return Some(Bytes::from(event));
     };
     accounting.read_usage(&usage);
     if !strip_usage {
-        return Some(Bytes::copy_from_slice(event));
+        return Some(Bytes::from(event));
     }
     // The usage-only chunk the router asked for goes; a chunk with choices loses its usage.
     if chunk.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty) {

@@ -27,7 +27,7 @@ impl AgentDownload {
     pub fn load(path: &std::path::Path) -> anyhow::Result<Arc<Self>> {
         let bytes = std::fs::read(path)
             .map_err(|error| anyhow::anyhow!("QM_AGENT_BINARY {} cannot be read: {error}", path.display()))?;
-        let sha256 = sha256_hex(&bytes);
+        let sha256 = qm_runtime::tokens::sha256_hex(&bytes);
         Ok(Arc::new(Self { bytes: bytes.into(), sha256 }))
     }
 }
@@ -58,10 +58,4 @@ pub async fn agent_checksum(State(state): State<AppState>) -> Result<Response, P
     let download = configured(&state)?;
     let body = format!("{}  qm-worker-agent\n", download.sha256);
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
-}
-
-/// SHA-256 of `bytes`, lowercase hex (as the orchestrator computes it for user data).
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
 }

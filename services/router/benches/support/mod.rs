@@ -37,23 +37,20 @@ pub fn python_tool(name: &str) -> PathBuf {
 
 /// vllm-router on `port` in front of `workers` (base URLs) with `policy`.
 pub fn vllm_router(workers: &[String], port: u16, policy: &str) -> Peer {
-    let child = Command::new(python_tool("vllm-router"))
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--policy", policy, "--log-level", "error"])
-        // Each peer its own metrics port (they all default to 29000).
-        .args(["--prometheus-port", &free_port().to_string()])
-        .arg("--worker-urls")
-        .args(workers)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Peer(child)
+    python_router("vllm-router", &["--log-level", "error"], workers, port, policy)
 }
 
 /// smg on `port` in front of `workers` with `policy`.
 pub fn smg(workers: &[String], port: u16, policy: &str) -> Peer {
-    let child = Command::new(python_tool("smg"))
-        .args(["launch", "--host", "127.0.0.1", "--port", &port.to_string(), "--policy", policy])
+    python_router("smg", &["launch"], workers, port, policy)
+}
+
+/// A Rust router from PyPI (`tool`, its `leading` arguments) with the options both share.
+fn python_router(tool: &str, leading: &[&str], workers: &[String], port: u16, policy: &str) -> Peer {
+    let child = Command::new(python_tool(tool))
+        .args(leading)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--policy", policy])
+        // Each peer its own metrics port (they all default to 29000).
         .args(["--prometheus-port", &free_port().to_string()])
         .arg("--worker-urls")
         .args(workers)

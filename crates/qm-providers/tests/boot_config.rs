@@ -134,8 +134,6 @@ fn the_reported_attacks_add_no_key() {
 /// write parse as POSIX shell.
 #[test]
 fn cloud_init_accepts_every_rendered_document() {
-    let available = Command::new("cloud-init").arg("--version").output().is_ok_and(|output| output.status.success());
-    assert!(available, "cloud-init is missing: `make services` installs it (Debian package cloud-init)");
     let directory = std::env::temp_dir().join(format!("qm-cloud-init-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&directory).unwrap();
     let config = BootConfig {
@@ -145,11 +143,9 @@ fn cloud_init_accepts_every_rendered_document() {
         model: "meta-llama/Llama-3.1-8B-Instruct".into(),
     };
     for (index, plan) in plans().iter().enumerate() {
-        let path = directory.join(format!("user-data-{index}.yaml"));
-        std::fs::write(&path, config.render(plan)).unwrap();
-        let output = Command::new("cloud-init").args(["schema", "--config-file"]).arg(&path).output().unwrap();
-        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        assert!(output.status.success() && said.contains("Valid cloud-config"), "plan {index}: {said}");
+        if let Err(said) = qm_testkit::cloud_init::validate(&config.render(plan)) {
+            panic!("plan {index}: {said}");
+        }
         for (file, _, content) in files(&config.render(plan)) {
             if file.contains("/run-") {
                 let script = directory.join("script.sh");
@@ -160,10 +156,7 @@ fn cloud_init_accepts_every_rendered_document() {
         }
     }
     // The validator does refuse a broken document (so the check above can fail).
-    let broken = directory.join("broken.yaml");
-    std::fs::write(&broken, "#cloud-config\nwrite_files:\n  - path: 5\nruncmd: 7\n").unwrap();
-    let output = Command::new("cloud-init").args(["schema", "--config-file"]).arg(&broken).output().unwrap();
-    assert!(!output.status.success());
+    assert!(qm_testkit::cloud_init::validate("#cloud-config\nwrite_files:\n  - path: 5\nruncmd: 7\n").is_err());
     std::fs::remove_dir_all(&directory).unwrap();
 }
 

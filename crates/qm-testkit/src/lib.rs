@@ -3,6 +3,7 @@
 //! [`moto::Moto`], moto's EC2 server on a free port; [`fault_proxy::FaultProxy`], which injects
 //! the EC2 errors moto cannot produce.
 
+pub mod cloud_init;
 pub mod fault_proxy;
 pub mod load;
 pub mod moto;

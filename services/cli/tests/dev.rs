@@ -409,12 +409,9 @@ async fn check_aws_user_data(ec2: &aws_sdk_ec2::Client, provider_id: &str, insta
     let config = qm_providers::agent::BootConfig::parse(&user_data).expect("Quartermaster's #cloud-config");
     assert_eq!(config.instance_id, instance);
     assert!(user_data.contains("\"/etc/systemd/system/qm-engine.service\""), "a GPU type runs the engine");
-    let path = data_dir.join("user-data.yaml");
-    std::fs::write(&path, &user_data).expect("write");
-    let validated = Command::new("cloud-init").args(["schema", "--config-file"]).arg(&path).output();
-    let validated = validated.expect("cloud-init is missing: `make services` installs it (Debian package cloud-init)");
-    let said = format!("{}{}", String::from_utf8_lossy(&validated.stdout), String::from_utf8_lossy(&validated.stderr));
-    assert!(validated.status.success() && said.contains("Valid cloud-config"), "{said}\n{user_data}");
+    if let Err(said) = qm_testkit::cloud_init::validate(&user_data) {
+        panic!("{said}\n{user_data}");
+    }
     let described = ec2.describe_instances().instance_ids(provider_id).send().await.expect("describe");
     let metadata = described.reservations()[0].instances()[0].metadata_options().expect("metadata options").clone();
     assert_eq!(metadata.http_tokens(), Some(&aws_sdk_ec2::types::HttpTokensState::Required));

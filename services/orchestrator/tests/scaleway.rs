@@ -80,6 +80,10 @@ async fn an_instance_is_provisioned_with_user_data_and_terminated() {
     let user_data = fake.user_data(zone, server).unwrap();
     let config =
         qm_providers::agent::BootConfig::parse(&user_data).expect("a #cloud-config with the agent's configuration");
+    // As the server received it, cloud-init accepts it.
+    if let Err(said) = qm_testkit::cloud_init::validate(&user_data) {
+        panic!("{said}\n{user_data}");
+    }
     assert!(config.instance_id == id.to_string() && config.bootstrap_token.starts_with("qmb_"), "{user_data}");
 
     let terminate = world.request_termination(id).await;

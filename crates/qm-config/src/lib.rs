@@ -183,9 +183,9 @@ pub struct Settings {
     /// `QM_EVENTS_RECHECK_SECONDS` (default 30, at most 60): how often an open `/events`
     /// stream checks that its credential still works.
     pub events_recheck: Duration,
-    /// `QM_ROUTER_REDIS_URL` (or `_FILE`): where router replicas share their rate limits
+    /// `QM_ROUTER_LIMITS_URL` (or `_FILE`): where router replicas share their rate limits
     /// (`redis://…`); in-process when unset.
-    pub router_redis_url: Option<Secret>,
+    pub router_limits_url: Option<Secret>,
     /// `QM_INSTALLATION` (see [`installation`]): which Quartermaster owns a cloud resource.
     pub installation: String,
     /// How instances boot on the clouds (`QM_AGENT_IMAGE`, `QM_AGENT_BINARY`,
@@ -449,9 +449,9 @@ impl Settings {
             command_visibility_timeout,
             metrics_token: environment.secret("QM_METRICS_TOKEN")?,
             events_recheck,
-            router_redis_url: match environment.secret("QM_ROUTER_REDIS_URL")? {
+            router_limits_url: match environment.secret("QM_ROUTER_LIMITS_URL")? {
                 Some(url) => {
-                    check_scheme("QM_ROUTER_REDIS_URL", url.expose(), &["redis", "rediss"])?;
+                    check_scheme("QM_ROUTER_LIMITS_URL", url.expose(), &["redis", "rediss"])?;
                     Some(url)
                 }
                 None => None,

@@ -9,10 +9,11 @@
 //! buckets of a range add up to its total to the micro-unit and the cumulative series never
 //! decreases. (Breakdown entries, each rounded, may add up to a few micro-units under the total.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
-use qm_store::{Budget, BudgetAlert, CostFilter, Store, StoreError, TimeRange};
+use qm_domain::InstanceId;
+use qm_store::{Budget, BudgetAlert, CostFilter, InstanceCost, Store, StoreError, TimeRange, UsageGroup};
 use serde::Serialize;
 
 pub const HOUR: i64 = 3600;
@@ -389,10 +390,14 @@ pub struct Usage {
 /// The store's.
 pub async fn usage(store: &dyn Store, from_s: i64, to_s: i64, filter: &CostFilter) -> Result<Usage, StoreError> {
     let groups = store.usage_groups(from_s, to_s, filter).await?;
+    Ok(usage_of(&groups, from_s, to_s))
+}
+
+fn usage_of(groups: &[UsageGroup], from_s: i64, to_s: i64) -> Usage {
     let mut dimensions: [BTreeMap<String, (i64, i64)>; 7] = Default::default();
     let (mut prompt, mut completion) = (0_i64, 0_i64);
     let unknown = || "unknown".to_owned();
-    for group in &groups {
+    for group in groups {
         prompt = prompt.saturating_add(group.prompt_tokens);
         completion = completion.saturating_add(group.completion_tokens);
         let keys = [
@@ -425,7 +430,7 @@ pub async fn usage(store: &dyn Store, from_s: i64, to_s: i64, filter: &CostFilte
     };
     let [by_model, by_instance, by_instance_type, by_zone, by_provider, by_organization, by_api_key] =
         dimensions.map(list);
-    Ok(Usage {
+    Usage {
         from: time(from_s),
         to: time(to_s),
         prompt_tokens: prompt,
@@ -438,7 +443,7 @@ pub async fn usage(store: &dyn Store, from_s: i64, to_s: i64, filter: &CostFilte
         by_provider,
         by_organization,
         by_api_key,
-    })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -457,6 +462,11 @@ pub struct CostPerToken {
     pub to: DateTime<Utc>,
     pub by_model: Vec<TokenCost>,
     pub by_instance_type: Vec<TokenCost>,
+    /// Each instance's cost shared among the API keys by their tokens on it (`direct` for tokens
+    /// an agent reported without the router); the cost of instances that served no token in the
+    /// range is `idle`. The entries add up to the range's total, less each instance's rounding down
+    /// (under a micro-unit per instance).
+    pub by_api_key: Vec<TokenCost>,
 }
 
 fn token_costs(costs: &[Entry], tokens: &[UsageEntry]) -> Vec<TokenCost> {
@@ -485,15 +495,67 @@ pub async fn cost_per_token(
     range: TimeRange,
     filter: &CostFilter,
 ) -> Result<CostPerToken, StoreError> {
-    let costs = summary(store, currency, range, filter, 0).await?;
-    let tokens = usage(store, range.from_s, range.to_s, filter).await?;
+    let (costs, instances, groups) = futures::try_join!(
+        summary(store, currency, range, filter, 0),
+        store.instance_costs(range, filter, MAX_INSTANCES),
+        store.usage_groups(range.from_s, range.to_s, filter),
+    )?;
+    let tokens = usage_of(&groups, range.from_s, range.to_s);
     Ok(CostPerToken {
         currency: currency.to_owned(),
         from: time(range.from_s),
         to: time(range.to_s),
         by_model: token_costs(&costs.by_model, &tokens.by_model),
         by_instance_type: token_costs(&costs.by_instance_type, &tokens.by_instance_type),
+        by_api_key: key_costs(&instances, &groups),
     })
+}
+
+/// The most instances whose costs are shared among keys in one answer.
+const MAX_INSTANCES: u32 = 100_000;
+
+/// Shares each instance's cost among the keys whose tokens it served, in proportion to them
+/// (rounded down, the remainder to the key with the most tokens there, so the shares add up to
+/// the instance's cost); the cost of an instance without tokens goes to `idle`.
+fn key_costs(instances: &[InstanceCost], groups: &[UsageGroup]) -> Vec<TokenCost> {
+    let key_of = |group: &UsageGroup| group.api_key_id.map_or_else(|| "direct".to_owned(), |id| id.to_string());
+    let mut served: HashMap<InstanceId, BTreeMap<String, i64>> = HashMap::new();
+    let mut totals: BTreeMap<String, (i128, i64)> = BTreeMap::new();
+    for group in groups {
+        let tokens = group.prompt_tokens.saturating_add(group.completion_tokens);
+        totals.entry(key_of(group)).or_default().1 += tokens;
+        if let Some(instance) = group.instance_id {
+            *served.entry(instance).or_default().entry(key_of(group)).or_default() += tokens;
+        }
+    }
+    for cost in instances {
+        let shares = served.get(&cost.instance_id).filter(|keys| keys.values().any(|tokens| *tokens > 0));
+        let Some(keys) = shares else {
+            totals.entry("idle".to_owned()).or_default().0 += i128::from(cost.cost_micros);
+            continue;
+        };
+        let all: i128 = keys.values().map(|tokens| i128::from(*tokens)).sum();
+        let mut given = 0_i128;
+        for (key, tokens) in keys {
+            let share = i128::from(cost.cost_micros) * i128::from(*tokens) / all;
+            given += share;
+            totals.entry(key.clone()).or_default().0 += share;
+        }
+        if let Some((largest, _)) = keys.iter().max_by_key(|(key, tokens)| (**tokens, std::cmp::Reverse(*key))) {
+            totals.entry(largest.clone()).or_default().0 += i128::from(cost.cost_micros) - given;
+        }
+    }
+    let mut entries: Vec<TokenCost> = totals
+        .into_iter()
+        .map(|(key, (cost, tokens))| TokenCost {
+            key,
+            cost_micros: saturate(cost),
+            tokens,
+            cost_per_million_tokens_micros: (tokens > 0).then(|| saturate(cost * 1_000_000 / i128::from(tokens))),
+        })
+        .collect();
+    entries.sort_by(|a, b| b.cost_micros.cmp(&a.cost_micros).then_with(|| a.key.cmp(&b.key)));
+    entries
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -600,5 +662,36 @@ mod tests {
         assert_eq!(time(start), Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).single().expect("time"));
         assert_eq!(time(end), Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).single().expect("time"));
         assert_eq!(period(now), "2026-12");
+    }
+
+    #[test]
+    fn instance_costs_are_shared_among_keys_by_their_tokens_and_add_up() {
+        let (a, b) = (uuid::Uuid::from_u128(1), uuid::Uuid::from_u128(2));
+        let (served, idle) = (InstanceId::new(), InstanceId::new());
+        let group = |key: Option<uuid::Uuid>, prompt: i64, completion: i64| UsageGroup {
+            organization_id: qm_domain::OrganizationId::new(),
+            model: "m".into(),
+            instance_id: Some(served),
+            api_key_id: key,
+            provider: None,
+            region: None,
+            zone: None,
+            instance_type: None,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+        };
+        // 1,000 micros over 3 tokens: a gets 2/3 (666 + the remainder), b 1/3; 500 idle.
+        let groups = [group(Some(a), 1, 1), group(Some(b), 1, 0)];
+        let instances = [
+            InstanceCost { instance_id: served, cost_micros: 1_000 },
+            InstanceCost { instance_id: idle, cost_micros: 500 },
+        ];
+        let costs = key_costs(&instances, &groups);
+        let find = |key: &str| costs.iter().find(|cost| cost.key == key).map(|cost| (cost.cost_micros, cost.tokens));
+        assert_eq!(find(&a.to_string()), Some((667, 2)));
+        assert_eq!(find(&b.to_string()), Some((333, 1)));
+        assert_eq!(find("idle"), Some((500, 0)));
+        assert_eq!(costs.iter().map(|cost| cost.cost_micros).sum::<i64>(), 1_500, "the shares add up");
+        assert_eq!(costs[0].cost_per_million_tokens_micros, Some(333_500_000));
     }
 }

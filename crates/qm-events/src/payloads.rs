@@ -151,6 +151,9 @@ pub struct WorkerHeartbeat {
     pub status: WorkerStatus,
     pub queue_depth: u32,
     pub in_flight: u32,
+    /// 0 to 1, when the engine reports it.
+    #[serde(default)]
+    pub kv_cache_usage: Option<f64>,
     /// Empty without NVML.
     #[serde(default)]
     pub gpus: Vec<GpuMetrics>,

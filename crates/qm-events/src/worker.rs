@@ -68,6 +68,10 @@ pub struct HeartbeatRequest {
     pub status: WorkerStatus,
     pub queue_depth: u32,
     pub in_flight: u32,
+    /// The share of the engine's KV cache in use, 0 to 1, when the engine reports it.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
+    pub kv_cache_usage: Option<f64>,
     /// Present when NVML found GPUs.
     #[serde(default)]
     #[schema(max_items = 16)]

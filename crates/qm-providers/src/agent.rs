@@ -363,6 +363,8 @@ pub struct AgentStatus {
     pub gpus: Vec<GpuMetrics>,
     /// The engine's cumulative token counters, when it exposes them.
     pub tokens: Option<TokenCounters>,
+    /// The share of the engine's KV cache in use (0 to 1), when it reports it.
+    pub kv_cache_usage: Option<f64>,
 }
 
 /// Cumulative token counters (vLLM's `vllm:prompt_tokens_total` and
@@ -384,7 +386,14 @@ impl TokenCounters {
 
 impl AgentStatus {
     pub fn ready() -> Self {
-        Self { status: WorkerStatus::Ready, queue_depth: 0, in_flight: 0, gpus: Vec::new(), tokens: None }
+        Self {
+            status: WorkerStatus::Ready,
+            queue_depth: 0,
+            in_flight: 0,
+            gpus: Vec::new(),
+            tokens: None,
+            kv_cache_usage: None,
+        }
     }
 }
 
@@ -392,6 +401,12 @@ impl AgentStatus {
 #[async_trait::async_trait]
 pub trait StatusSource: Send + Sync {
     async fn status(&self) -> AgentStatus;
+
+    /// Whether the agent was asked to stop (it then reports `draining` at once rather than at
+    /// its next heartbeat, so that the router stops sending it requests).
+    fn draining(&self) -> bool {
+        false
+    }
 }
 
 struct AlwaysReady;
@@ -482,12 +497,14 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
     let mut reported = TokenCounters::default();
     while !gone.load(Ordering::Relaxed) {
         let status = source.status().await;
+        let drain_reported = status.status == WorkerStatus::Draining;
         let usage = status.tokens.map(|counters| counters.since(reported));
         let heartbeat = HeartbeatRequest {
             instance_id,
             status: status.status,
             queue_depth: status.queue_depth,
             in_flight: status.in_flight,
+            kv_cache_usage: status.kv_cache_usage,
             gpus: status.gpus,
             usage: usage.map(|usage| TokenUsage { prompt_tokens: usage.prompt, completion_tokens: usage.completion }),
         };
@@ -513,9 +530,9 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
                 interval = Duration::from_secs(answer.heartbeat_interval_seconds.max(1));
             }
         }
-        // Short naps, so that a stop is noticed promptly.
+        // Short naps, so that a stop, or a drain to report, is noticed promptly.
         let mut slept = Duration::ZERO;
-        while slept < interval && !gone.load(Ordering::Relaxed) {
+        while slept < interval && !gone.load(Ordering::Relaxed) && (drain_reported || !source.draining()) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             slept += Duration::from_millis(100);
         }

@@ -50,7 +50,18 @@ fn alive(pid: u32) -> bool {
 }
 
 /// The only variables of the orchestrator's environment an agent process sees.
-pub const INHERITED_VARIABLES: &[&str] = &["PATH", "RUST_LOG", "TZ", "LANG"];
+pub const INHERITED_VARIABLES: &[&str] = &[
+    "PATH",
+    "RUST_LOG",
+    "TZ",
+    "LANG",
+    // The mock engine's latency model (docs/router.md), so that `qm dev` can serve like a GPU.
+    "QM_MOCK_PREFILL_US_PER_TOKEN",
+    "QM_MOCK_DECODE_MS_PER_TOKEN",
+    "QM_MOCK_CONCURRENCY_SLOWDOWN",
+    "QM_MOCK_COLD_START_MS",
+    "QM_MOCK_CACHE_BLOCKS",
+];
 
 /// Writes a file only its owner can read (it holds a bootstrap token).
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -27,6 +27,8 @@ pub struct Worker {
     pub status: Option<String>,
     pub queue_depth: Option<i32>,
     pub in_flight: Option<i32>,
+    /// The share of the engine's KV cache in use (0 to 1) at the last heartbeat.
+    pub kv_cache_usage: Option<f64>,
     /// From the last heartbeat, per GPU.
     #[schema(value_type = Vec<Object>)]
     pub gpu_metrics: Value,
@@ -49,6 +51,7 @@ pub struct Heartbeat {
     pub status: String,
     pub queue_depth: i32,
     pub in_flight: i32,
+    pub kv_cache_usage: Option<f64>,
     pub gpu_metrics: Value,
 }
 
@@ -109,7 +112,7 @@ macro_rules! impl_workers_sql {
             type DbRow = <$db as sqlx::Database>::Row;
 
             const WORKER_COLUMNS: &str = "instance_id, bootstrap_used_at, revoked_at, agent_version, engine_url, engine_port, model, gpus, \
-                 status, queue_depth, in_flight, gpu_metrics, registered_at, last_heartbeat_at";
+                 status, queue_depth, in_flight, kv_cache_usage, gpu_metrics, registered_at, last_heartbeat_at";
 
             /// A JSON list column; empty until the agent first reports it.
             fn json(row: &DbRow, column: &str) -> Result<serde_json::Value, StoreError> {
@@ -131,6 +134,7 @@ macro_rules! impl_workers_sql {
                     gpus: json(row, "gpus")?,
                     status: row.try_get("status")?,
                     queue_depth: row.try_get("queue_depth")?,
+                    kv_cache_usage: row.try_get("kv_cache_usage")?,
                     in_flight: row.try_get("in_flight")?,
                     gpu_metrics: json(row, "gpu_metrics")?,
                     registered_at: row.try_get("registered_at")?,
@@ -225,8 +229,8 @@ macro_rules! impl_workers_sql {
 
                 async fn record_heartbeat(&mut self, instance: InstanceId, heartbeat: &Heartbeat) -> Result<(), StoreError> {
                     sqlx::query(
-                        "UPDATE workers SET status = $1, queue_depth = $2, in_flight = $3, gpu_metrics = $4, last_heartbeat_at = $5 \
-                         WHERE instance_id = $6",
+                        "UPDATE workers SET status = $1, queue_depth = $2, in_flight = $3, gpu_metrics = $4, last_heartbeat_at = $5, \
+                         kv_cache_usage = $7 WHERE instance_id = $6",
                     )
                     .bind(&heartbeat.status)
                     .bind(heartbeat.queue_depth)
@@ -234,6 +238,7 @@ macro_rules! impl_workers_sql {
                     .bind(sqlx::types::Json(&heartbeat.gpu_metrics))
                     .bind(now())
                     .bind(instance.as_uuid())
+                    .bind(heartbeat.kv_cache_usage)
                     .execute(&mut *self.transaction)
                     .await?;
                     Ok(())

@@ -52,10 +52,15 @@ fn usage_of(body: &str) -> (i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_reach_the_fleet_through_the_router_with_keys_usage_and_failover() {
     let data_dir = temporary_data_dir();
-    let (dev, urls, _) = Dev::start_with(&data_dir, &[], &[("QM_ADMIN_PASSWORD", "dev-test-password")]);
+    // Engines that take 20 ms a token, so that a stream lasts while its worker drains.
+    let (dev, urls, _) = Dev::start_with(
+        &data_dir,
+        &[],
+        &[("QM_ADMIN_PASSWORD", "dev-test-password"), ("QM_MOCK_DECODE_MS_PER_TOKEN", "20")],
+    );
     let session = Session::login(&urls["api"], "dev-test-password").await;
     let router = urls["router"].clone();
-    let ids = session.deploy(["local", "local-1", "local.cpu"], 2).await;
+    let ids = session.deploy(["local", "local-1", "local.cpu"], 3).await;
     for id in &ids {
         session.state_within(id, |state| state == "ready", Duration::from_secs(60)).await;
     }
@@ -220,6 +225,57 @@ print("openai client ok")
         usage["by_api_key"].as_array().is_some_and(|keys| keys.iter().all(|entry| entry["key"] != "direct")),
         "{usage}"
     );
+    // What the key's tokens cost: the instances' cost shared among keys by their tokens; the
+    // shares (with the idle instances') add up to the total, but for each instance's rounding down.
+    let per_token = session.send(reqwest::Method::GET, "/finops/cost/per_token", None).await;
+    let by_key = per_token["by_api_key"].as_array().expect("by_api_key").clone();
+    let mine = by_key.iter().find(|entry| entry["key"] == key_id.as_str()).expect("the key's cost");
+    assert_eq!(mine["tokens"].as_i64(), Some(expected.0 + expected.1), "{per_token}");
+    assert!(mine["cost_micros"].as_i64().is_some_and(|cost| cost > 0), "{per_token}");
+    let sum = |entries: &Value| {
+        entries.as_array().expect("list").iter().filter_map(|e| e["cost_micros"].as_i64()).sum::<i64>()
+    };
+    let shared = sum(&per_token["by_model"]) - sum(&per_token["by_api_key"]);
+    assert!((0..=3).contains(&shared), "{per_token}");
+
+    // A draining worker gets nothing new and its streams finish: a stream of 200 tokens (4 s) is
+    // started; the agent serving it is asked to stop (SIGTERM), reports `draining` at once, and
+    // the router drops the worker while the stream goes on to its end.
+    let long = json!({ "model": "m", "messages": [{ "role": "user", "content": "drain me" }], "max_tokens": 200, "stream": true });
+    let stream = tokio::spawn({
+        let (router, key) = (router.clone(), key.clone());
+        async move { post(&router, &key, "/v1/chat/completions", long).await }
+    });
+    let started = Instant::now();
+    let serving = loop {
+        let metrics = metrics_of(&router).await;
+        let busy = metrics.lines().find_map(|line| {
+            line.strip_prefix("qm_router_in_flight{instance=\"")?.strip_suffix("\"} 1").map(str::to_owned)
+        });
+        if let Some(instance) = busy {
+            break instance;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "the stream never showed in flight:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let remaining = ids[1..].iter().find(|id| **id != serving).expect("a third worker").clone();
+    let stopped = Command::new("kill").args(["-TERM", &local_pid(&data_dir, &serving).to_string()]).status();
+    assert!(stopped.expect("kill").success());
+    session.state_within(&serving, |state| state == "draining", Duration::from_secs(3)).await;
+    let label = format!("instance=\"{serving}\"");
+    while metrics_of(&router).await.contains(&label) {
+        assert!(!stream.is_finished(), "the stream ended before its worker left the router");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!stream.is_finished(), "the worker left the router only once its stream was done");
+    for _ in 0..5 {
+        let (status, _, body) = post(&router, &key, "/v1/chat/completions", chat("m", false)).await;
+        assert_eq!(status, 200, "the other worker serves: {body}");
+    }
+    let (status, _, body) = stream.await.expect("task");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "the drained stream was cut: {body}");
+    assert_eq!(body.matches("\"content\":").count(), 200, "every token of the drained stream");
 
     // Limits: a key of 3 requests a minute gets the 4th refused with `Retry-After`; a key for
     // another model sees none of this one.
@@ -284,9 +340,9 @@ print("openai client ok")
 
     // An instance that leaves `ready` leaves the router at its state change's event, not at
     // the next full refresh: its gauge is gone within the gauges' one-second update.
-    session.send(reqwest::Method::DELETE, &format!("/instances/{}", ids[1]), None).await;
+    session.send(reqwest::Method::DELETE, &format!("/instances/{remaining}"), None).await;
     let deleted = Instant::now();
-    let label = format!("instance=\"{}\"", ids[1]);
+    let label = format!("instance=\"{remaining}\"");
     while metrics_of(&router).await.contains(&label) {
         assert!(deleted.elapsed() < Duration::from_millis(1_800), "the router still routes to a terminating instance");
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -61,6 +61,8 @@ pub struct Upstream {
     in_flight: AtomicU32,
     /// The engine's queue as the agent last reported it.
     queue_depth: AtomicU32,
+    /// The engine's KV-cache use as the agent last reported it, in thousandths.
+    kv_cache_permille: AtomicU32,
     breaker: Breaker,
 }
 
@@ -149,12 +151,63 @@ impl Breaker {
     }
 }
 
+/// Retries allowed across all requests (Finagle's retry budget): each request deposits
+/// [`RETRY_RATIO`] of a retry, each retry withdraws one, and [`RETRY_FLOOR`] a second are always
+/// allowed. When most workers fail at once, retries stay a fraction of the traffic instead of
+/// multiplying it by the attempts.
+#[derive(Debug)]
+pub struct RetryBudget {
+    state: Mutex<(f64, Instant)>,
+}
+
+/// The share of requests that may be retried.
+pub const RETRY_RATIO: f64 = 0.2;
+/// Retries a second allowed whatever the traffic.
+pub const RETRY_FLOOR: f64 = 10.0;
+/// The most retries saved up.
+const RETRY_SAVED: f64 = 1_000.0;
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self { state: Mutex::new((RETRY_FLOOR, Instant::now())) }
+    }
+}
+
+impl RetryBudget {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (f64, Instant)> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A request arrives.
+    pub fn deposit(&self) {
+        let mut state = self.lock();
+        state.0 = (state.0 + RETRY_RATIO).min(RETRY_SAVED);
+    }
+
+    /// Whether one more retry may go now (and takes it).
+    pub fn withdraw(&self) -> bool {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let floor = now.duration_since(state.1).as_secs_f64() * RETRY_FLOOR;
+        state.1 = now;
+        state.0 = (state.0 + floor).min(RETRY_SAVED);
+        if state.0 >= 1.0 {
+            state.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The workers, swapped whole on each refresh (an upstream that stays keeps its counters), and
 /// the affinity keys' homes.
 #[derive(Default)]
 pub struct Fleet {
     workers: RwLock<Arc<Vec<Arc<Upstream>>>>,
     homes: Mutex<Homes>,
+    /// Shared by every request to every worker.
+    pub retries: RetryBudget,
 }
 
 /// Affinity keys and their home workers, with how many keys each worker holds.
@@ -371,9 +424,16 @@ impl Fleet {
     }
 
     /// Two workers at random; the one with fewer requests in flight (then the shorter engine
-    /// queue) that its breaker admits.
+    /// queue, then the emptier KV cache, as the agents last reported them) that its breaker
+    /// admits.
     fn two_choices(mut remaining: Vec<&Arc<Upstream>>) -> Option<Arc<Upstream>> {
-        let load = |worker: &Upstream| (worker.in_flight(), worker.queue_depth.load(Ordering::Relaxed));
+        let load = |worker: &Upstream| {
+            (
+                worker.in_flight(),
+                worker.queue_depth.load(Ordering::Relaxed),
+                worker.kv_cache_permille.load(Ordering::Relaxed),
+            )
+        };
         let mut rng = rand::rng();
         while !remaining.is_empty() {
             let first = rng.random_range(0..remaining.len());
@@ -418,9 +478,12 @@ impl Fleet {
             let Ok(port) = u16::try_from(port) else { continue };
             let base = format!("http://{host}:{port}");
             let queue = u32::try_from(worker.queue_depth.unwrap_or(0)).unwrap_or(0);
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let kv_cache = (worker.kv_cache_usage.unwrap_or(0.0).clamp(0.0, 1.0) * 1000.0) as u32;
             match previous.get(&instance.id) {
                 Some(kept) if kept.base == base && kept.model == model => {
                     kept.queue_depth.store(queue, Ordering::Relaxed);
+                    kept.kv_cache_permille.store(kv_cache, Ordering::Relaxed);
                     next.push(kept.clone());
                 }
                 _ => next.push(Arc::new(Upstream {
@@ -433,6 +496,7 @@ impl Fleet {
                     instance_type: instance.instance_type.clone(),
                     in_flight: AtomicU32::new(0),
                     queue_depth: AtomicU32::new(queue),
+                    kv_cache_permille: AtomicU32::new(kv_cache),
                     breaker: Breaker::default(),
                 })),
             }
@@ -488,11 +552,12 @@ impl Fleet {
                     instance_type: String::new(),
                     in_flight: AtomicU32::new(0),
                     queue_depth: AtomicU32::new(0),
+                    kv_cache_permille: AtomicU32::new(0),
                     breaker: Breaker::default(),
                 })
             })
             .collect();
-        Self { workers: RwLock::new(Arc::new(upstreams)), homes: Mutex::default() }
+        Self { workers: RwLock::new(Arc::new(upstreams)), ..Self::default() }
     }
 }
 
@@ -500,6 +565,28 @@ impl Fleet {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_are_a_fifth_of_the_requests_beyond_a_floor() {
+        let budget = RetryBudget::default();
+        // The floor saved up at the start, then nothing more within the same instant.
+        let mut allowed = 0;
+        while budget.withdraw() {
+            allowed += 1;
+            assert!(allowed <= 11, "the floor is ten a second");
+        }
+        assert!(allowed >= 10, "{allowed}");
+        // 100 requests pay for 20 retries.
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        let mut paid = 0;
+        while budget.withdraw() {
+            paid += 1;
+            assert!(paid <= 21, "more retries than a fifth of the requests");
+        }
+        assert!(paid >= 20, "{paid}");
+    }
 
     #[test]
     fn hosts_come_from_provider_addresses_only_in_url_form() {
@@ -586,6 +673,19 @@ mod tests {
         assert!(workers[1].breaker_open());
         assert_eq!(fleet.choose(&workers, None, &[]).unwrap().instance_id, workers[0].instance_id);
         assert!(fleet.choose(&workers, None, &[workers[0].instance_id]).is_none(), "open and tried: none");
+    }
+
+    #[test]
+    fn at_equal_load_the_shorter_queue_then_the_emptier_kv_cache_wins() {
+        let (fleet, workers) = fleet(2);
+        workers[0].kv_cache_permille.store(900, Ordering::Relaxed);
+        for _ in 0..20 {
+            assert_eq!(fleet.choose(&workers, None, &[]).unwrap().instance_id, workers[1].instance_id);
+        }
+        workers[1].queue_depth.store(3, Ordering::Relaxed);
+        for _ in 0..20 {
+            assert_eq!(fleet.choose(&workers, None, &[]).unwrap().instance_id, workers[0].instance_id);
+        }
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub async fn build_with(
     let discover = fixed.is_none();
     let fleet = Arc::new(fixed.unwrap_or_default());
     let (usage, writer) = usage::UsageSink::new(dependencies.store.clone(), shutdown.clone());
-    let limiter = match &dependencies.settings.router_redis_url {
+    let limiter = match &dependencies.settings.router_limits_url {
         Some(url) => limits::Limiter::redis(url.expose())?,
         None => limits::Limiter::local(),
     };

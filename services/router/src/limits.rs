@@ -4,7 +4,7 @@
 //! may go below zero, which holds the next requests back until it refills). Refused requests get
 //! 429 with `Retry-After`, in OpenAI's shape.
 //!
-//! The buckets live in this process, or in Redis (`QM_ROUTER_REDIS_URL`) so that every router
+//! The buckets live in this process, or in Redis (`QM_ROUTER_LIMITS_URL`) so that every router
 //! replica draws from the same ones: two replicas together admit what one limit allows. Redis
 //! does the arithmetic itself (one script call, its own clock), so replicas never race. When
 //! Redis cannot be reached the request is admitted and the failure logged and counted: a limiter
@@ -106,12 +106,12 @@ impl Limiter {
     /// # Errors
     /// When the URL is not a Redis URL.
     pub fn redis(url: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).map_err(|error| anyhow::anyhow!("QM_ROUTER_REDIS_URL: {error}"))?;
+        let client = redis::Client::open(url).map_err(|error| anyhow::anyhow!("QM_ROUTER_LIMITS_URL: {error}"))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_millis(500)));
         let connection = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|error| anyhow::anyhow!("QM_ROUTER_REDIS_URL: {error}"))?;
+            .map_err(|error| anyhow::anyhow!("QM_ROUTER_LIMITS_URL: {error}"))?;
         Ok(Self::Redis { connection, prefix: "qm:router:limits:".into() })
     }
 

@@ -5,8 +5,9 @@
 //! a `model`, and sent to a worker of the key's organization serving that model
 //! ([`Fleet::choose`]). A failure before the first byte of the answer (connection refused or
 //! reset, a timeout, a 5xx, 429 or 503 from the engine) counts against that worker's breaker and
-//! the request goes to another, up to [`MAX_ATTEMPTS`] workers; after the first byte nothing is
-//! retried. Streams pass through event by event as the engine sends them; the router asks the
+//! the request goes to another, up to [`MAX_ATTEMPTS`] workers and within the fleet's retry
+//! budget ([`crate::fleet::RetryBudget`]); after the first byte nothing is retried. Streams pass
+//! through event by event as the engine sends them; the router asks the
 //! engine for the usage of a stream (`stream_options.include_usage`) and removes it again when the
 //! client did not ask. A client that goes away drops the upstream request with it.
 
@@ -248,13 +249,19 @@ async fn route(
         return Err(fail(ApiError::insufficient_quota()));
     }
     state.limiter.admit(key.id.as_uuid(), &key.limits).await.map_err(fail)?;
+    state.fleet.retries.deposit();
     let mut tried = Vec::new();
     while tried.len() < MAX_ATTEMPTS {
+        // The budget before the choice: a chosen worker may hold its breaker's one trial.
+        if !tried.is_empty() && !state.fleet.retries.withdraw() {
+            tracing::info!(model = %ask.model, "retry budget spent; not retrying");
+            break;
+        }
         let Some(worker) = state.fleet.choose(&candidates, ask.affinity, &tried) else { break };
-        tried.push(worker.instance_id);
-        if tried.len() > 1 {
+        if !tried.is_empty() {
             state.metrics.retries.inc();
         }
+        tried.push(worker.instance_id);
         let in_flight = worker.start();
         let mut upstream = state
             .client

@@ -46,6 +46,15 @@ impl EngineStatus {
         Self::sum(metrics, name) as u32
     }
 
+    /// The share of the KV cache in use (`vllm:kv_cache_usage_perc`, before vLLM 0.10
+    /// `vllm:gpu_cache_usage_perc`: a fraction), when the engine exposes it.
+    fn kv_cache_usage(metrics: &str) -> Option<f64> {
+        ["kv_cache_usage_perc", "gpu_cache_usage_perc"]
+            .into_iter()
+            .find(|name| metrics.contains(&format!("vllm:{name}")))
+            .map(|name| Self::sum(metrics, name).clamp(0.0, 1.0))
+    }
+
     /// The engine's token counters, when it exposes them.
     fn tokens(metrics: &str) -> Option<TokenCounters> {
         if !metrics.contains("vllm:prompt_tokens_total") {
@@ -84,7 +93,12 @@ impl StatusSource for EngineStatus {
             in_flight: Self::gauge(&metrics, "num_requests_running"),
             gpus: self.gpus.metrics(),
             tokens: Self::tokens(&metrics),
+            kv_cache_usage: Self::kv_cache_usage(&metrics),
         }
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 }
 
@@ -105,5 +119,9 @@ mod tests {
             Some(qm_providers::agent::TokenCounters { prompt: 120, completion: 45 })
         );
         assert_eq!(EngineStatus::tokens(""), None);
+        assert_eq!(EngineStatus::kv_cache_usage("vllm:kv_cache_usage_perc{model_name=\"a\"} 0.25\n"), Some(0.25));
+        assert_eq!(EngineStatus::kv_cache_usage("vllm:gpu_cache_usage_perc{model_name=\"a\"} 0.5\n"), Some(0.5));
+        assert_eq!(EngineStatus::kv_cache_usage("vllm:kv_cache_usage_perc 7\n"), Some(1.0));
+        assert_eq!(EngineStatus::kv_cache_usage(""), None);
     }
 }

@@ -39,6 +39,8 @@ struct Counters {
     generation_tokens: AtomicU64,
     cache_queries: AtomicU64,
     cache_hits: AtomicU64,
+    /// KV-cache blocks held by the requests running now.
+    kv_blocks: AtomicU64,
 }
 
 /// How long the mock takes, like an engine on a GPU. Zero everywhere by default (answers at once).
@@ -118,12 +120,13 @@ pub struct MockEngine {
     counters: Arc<Counters>,
 }
 
-/// A request running, until dropped.
-struct Running(Arc<Counters>);
+/// A request running, and the KV-cache blocks its prompt holds, until dropped.
+struct Running(Arc<Counters>, u64);
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.running.fetch_sub(1, Ordering::Relaxed);
+        self.0.kv_blocks.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 
@@ -199,6 +202,14 @@ impl MockEngine {
             .with_state(self.clone())
     }
 
+    /// The share of the KV cache the running requests' prompts hold (vLLM's
+    /// `vllm:kv_cache_usage_perc`, a fraction).
+    pub fn kv_cache_usage(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let usage = self.counters.kv_blocks.load(Ordering::Relaxed) as f64 / self.latency.cache_blocks.max(1) as f64;
+        usage.min(1.0)
+    }
+
     /// Requests being answered now, and waiting (the mock answers all at once: none wait).
     pub fn queue(&self) -> (i64, i64) {
         (self.counters.running.load(Ordering::Relaxed), self.counters.waiting.load(Ordering::Relaxed))
@@ -220,8 +231,10 @@ impl MockEngine {
     /// Admits a request: counts it running and spends its prefill (uncached tokens only).
     async fn prefill(&self, prompt: &str) -> (usize, Running) {
         self.counters.running.fetch_add(1, Ordering::Relaxed);
-        let running = Running(self.counters.clone());
         let words: Vec<&str> = prompt.split_whitespace().collect();
+        let blocks = words.len().div_ceil(CACHE_BLOCK).max(1) as u64;
+        self.counters.kv_blocks.fetch_add(blocks, Ordering::Relaxed);
+        let running = Running(self.counters.clone(), blocks);
         let cached = {
             let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             cache.lookup_and_insert(&words, self.latency.cache_blocks)
@@ -393,7 +406,8 @@ async fn metrics(State(engine): State<MockEngine>) -> impl IntoResponse {
          # TYPE vllm:prompt_tokens_total counter\nvllm:prompt_tokens_total{{model_name=\"{model}\"}} {}\n\
          # TYPE vllm:generation_tokens_total counter\nvllm:generation_tokens_total{{model_name=\"{model}\"}} {}\n\
          # TYPE vllm:prefix_cache_queries_total counter\nvllm:prefix_cache_queries_total{{model_name=\"{model}\"}} {}\n\
-         # TYPE vllm:prefix_cache_hits_total counter\nvllm:prefix_cache_hits_total{{model_name=\"{model}\"}} {}\n",
+         # TYPE vllm:prefix_cache_hits_total counter\nvllm:prefix_cache_hits_total{{model_name=\"{model}\"}} {}\n\
+         # TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{model_name=\"{model}\"}} {}\n",
         counters.running.load(Ordering::Relaxed),
         counters.waiting.load(Ordering::Relaxed),
         counters.requests.load(Ordering::Relaxed),
@@ -401,6 +415,7 @@ async fn metrics(State(engine): State<MockEngine>) -> impl IntoResponse {
         counters.generation_tokens.load(Ordering::Relaxed),
         counters.cache_queries.load(Ordering::Relaxed),
         counters.cache_hits.load(Ordering::Relaxed),
+        engine.kv_cache_usage(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

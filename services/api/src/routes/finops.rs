@@ -249,8 +249,9 @@ pub async fn usage_window(
     Ok(Json(windows))
 }
 
-/// Cost per million tokens per model and per instance type over a range: what the instances
-/// cost divided by the tokens they served.
+/// Cost per million tokens per model, per instance type and per API key over a range: what the
+/// instances cost divided by the tokens they served (an instance's cost shared among the keys by
+/// their tokens on it).
 #[utoipa::path(get, path = "/finops/cost/per_token", tag = "finops", params(CostQuery),
     responses((status = 200, body = cost::CostPerToken)))]
 pub async fn per_token(

@@ -236,6 +236,7 @@ pub async fn heartbeat(
             .unwrap_or_default(),
         queue_depth: i32::try_from(request.queue_depth).unwrap_or(i32::MAX),
         in_flight: i32::try_from(request.in_flight).unwrap_or(i32::MAX),
+        kv_cache_usage: request.kv_cache_usage,
         gpu_metrics: serde_json::to_value(&request.gpus).unwrap_or_default(),
     };
     let mut tx = store.begin().await?;
@@ -260,6 +261,7 @@ pub async fn heartbeat(
         status: request.status,
         queue_depth: request.queue_depth,
         in_flight: request.in_flight,
+        kv_cache_usage: request.kv_cache_usage,
         gpus: request.gpus.clone(),
     };
     tx.enqueue(&Envelope::of(&reported, crate::NAME, Some(instance.organization_id))).await?;
@@ -299,6 +301,9 @@ fn validate_heartbeat(request: &HeartbeatRequest) -> Result<(), Problem> {
             "gpus",
             "utilisation is 0 to 100 %, temperature and power finite and not negative",
         ));
+    }
+    if request.kv_cache_usage.is_some_and(|usage| !(0.0..=1.0).contains(&usage)) {
+        return Err(Problem::invalid("kv_cache_usage", "a share from 0 to 1"));
     }
     let limit = u64::try_from(qm_events::MAX_TOKENS_PER_REPORT).unwrap_or(u64::MAX);
     if let Some(usage) = &request.usage

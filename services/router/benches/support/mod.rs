@@ -113,7 +113,7 @@ pub async fn qm_routers(
         ("RUST_LOG", "off".to_owned()),
     ];
     if let Some(redis) = &replicas.redis {
-        pairs.push(("QM_ROUTER_REDIS_URL", redis.clone()));
+        pairs.push(("QM_ROUTER_LIMITS_URL", redis.clone()));
     }
     let settings = Settings::from_env(&Environment::from_pairs(pairs.clone())).unwrap();
     let dependencies = qm_runtime::entrypoint::connect(settings).await.unwrap();

@@ -10,6 +10,7 @@
 //! - [`actions`]: the catalogue of action log types.
 //! - [`lifecycle`]: instance states and the pure transition function.
 //! - [`offer`]: an instance type in a zone at a price.
+//! - [`scaling`]: a pool's scaling policy and the pure autoscaler that applies it.
 
 pub mod actions;
 pub mod identity;
@@ -17,6 +18,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod money;
 pub mod offer;
+pub mod scaling;
 
 pub use identity::{Email, ModelId, Role, Username};
 pub use ids::{

@@ -46,10 +46,11 @@ pub enum MessageType {
     WorkerHeartbeat,
     UsageTokens,
     BudgetThresholdCrossed,
+    PoolScaled,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 12] = [
+    pub const ALL: [MessageType; 13] = [
         MessageType::InstanceProvision,
         MessageType::InstanceTerminate,
         MessageType::CatalogSync,
@@ -62,6 +63,7 @@ impl MessageType {
         MessageType::WorkerHeartbeat,
         MessageType::UsageTokens,
         MessageType::BudgetThresholdCrossed,
+        MessageType::PoolScaled,
     ];
 
     pub const fn as_str(&self) -> &'static str {
@@ -78,6 +80,7 @@ impl MessageType {
             MessageType::WorkerHeartbeat => "worker.heartbeat",
             MessageType::UsageTokens => "usage.tokens",
             MessageType::BudgetThresholdCrossed => "budget.threshold_crossed",
+            MessageType::PoolScaled => "pool.scaled",
         }
     }
 

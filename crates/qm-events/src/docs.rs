@@ -113,6 +113,7 @@ pub fn payload_tables() -> String {
         section::<payloads::WorkerHeartbeat>(),
         section::<payloads::UsageTokens>(),
         section::<payloads::BudgetThresholdCrossed>(),
+        section::<payloads::PoolScaled>(),
     ];
     let offer = schema_json::<qm_domain::Offer>();
     let gpu = schema_json::<GpuMetrics>();

@@ -198,6 +198,23 @@ pub struct BudgetThresholdCrossed {
 }
 payload!(BudgetThresholdCrossed, BudgetThresholdCrossed);
 
+/// A pool's controller changed its size (orchestrator), with the signals that decided it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PoolScaled {
+    pub pool_id: uuid::Uuid,
+    pub model: String,
+    pub from: u32,
+    pub to: u32,
+    /// `load`, `panic: …`, `idle`, `request for an empty pool`, `bounds`.
+    pub reason: String,
+    /// Requests in flight and queued over the ready replicas, averaged over the stable and the
+    /// panic window.
+    pub stable_load: f64,
+    pub panic_load: f64,
+    pub ready: u32,
+}
+payload!(PoolScaled, PoolScaled);
+
 /// Why a message could not be read as the payload asked for.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

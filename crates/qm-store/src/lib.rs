@@ -22,6 +22,7 @@ pub mod error;
 pub mod finops;
 pub mod fleet;
 pub mod model;
+pub mod pools;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -50,6 +51,7 @@ pub use fleet::{
     InstanceFilter, NewInstance, RecordedTransition, StateChange, Transition, record_transition,
 };
 pub use model::{ActionLog, ActionStatus, NewActionLog, NewOrganization, NewUser, Organization, OutboxMessage, User};
+pub use pools::{NewPool, Pool, PoolStore, PoolTx};
 pub use workers::{Heartbeat, Registration, Worker, WorkerStore, WorkerTx};
 
 /// Which database a store runs on.
@@ -61,7 +63,9 @@ pub enum Backend {
 
 /// Reads, and the door to writes ([`Store::begin`]).
 #[async_trait]
-pub trait Store: AccessStore + CatalogStore + FinopsStore + FleetStore + WorkerStore + Send + Sync + 'static {
+pub trait Store:
+    AccessStore + CatalogStore + FinopsStore + FleetStore + PoolStore + WorkerStore + Send + Sync + 'static
+{
     fn backend(&self) -> Backend;
 
     /// Checks that the database answers, for readiness probes.
@@ -99,7 +103,7 @@ pub trait Store: AccessStore + CatalogStore + FinopsStore + FleetStore + WorkerS
 
 /// One transaction. Dropping it without [`commit`](StoreTx::commit) rolls everything back.
 #[async_trait]
-pub trait StoreTx: AccessTx + CatalogTx + FinopsTx + FleetTx + WorkerTx + Send {
+pub trait StoreTx: AccessTx + CatalogTx + FinopsTx + FleetTx + PoolTx + WorkerTx + Send {
     async fn insert_organization(&mut self, organization: &NewOrganization) -> Result<Organization, StoreError>;
     async fn insert_user(&mut self, user: &NewUser) -> Result<User, StoreError>;
     async fn insert_action_log(&mut self, entry: &NewActionLog) -> Result<ActionLog, StoreError>;

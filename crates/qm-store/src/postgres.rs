@@ -78,5 +78,6 @@ mod implementation {
     crate::catalog::impl_catalog_sql!(store: PostgresStore, tx: PostgresTx, db: sqlx::Postgres);
     crate::fleet::impl_fleet_sql!(store: PostgresStore, tx: PostgresTx, db: sqlx::Postgres);
     crate::workers::impl_workers_sql!(store: PostgresStore, tx: PostgresTx, db: sqlx::Postgres);
+    crate::pools::impl_pools_sql!(store: PostgresStore, tx: PostgresTx, db: sqlx::Postgres);
     crate::finops::impl_finops_sql!(store: PostgresStore, tx: PostgresTx, db: sqlx::Postgres, least: "LEAST", greatest: "GREATEST");
 }

@@ -78,5 +78,6 @@ mod implementation {
     crate::catalog::impl_catalog_sql!(store: SqliteStore, tx: SqliteTx, db: sqlx::Sqlite);
     crate::fleet::impl_fleet_sql!(store: SqliteStore, tx: SqliteTx, db: sqlx::Sqlite);
     crate::workers::impl_workers_sql!(store: SqliteStore, tx: SqliteTx, db: sqlx::Sqlite);
+    crate::pools::impl_pools_sql!(store: SqliteStore, tx: SqliteTx, db: sqlx::Sqlite);
     crate::finops::impl_finops_sql!(store: SqliteStore, tx: SqliteTx, db: sqlx::Sqlite, least: "MIN", greatest: "MAX");
 }

@@ -12,8 +12,8 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::AppState;
 use crate::problem::Problem;
 use crate::routes::{
-    action_logs, api_keys, catalog, deployments, downloads, events, finops, instances, organizations, session, users,
-    workers,
+    action_logs, api_keys, catalog, deployments, downloads, events, finops, instances, organizations, pools, session,
+    users, workers,
 };
 
 pub const DOCUMENT_PATH: &str = "/api-docs/openapi.json";
@@ -202,6 +202,8 @@ pub fn routes() -> (Router<AppState>, OpenApiDocument) {
         .routes(routes!(catalog::sync))
         .routes(routes!(deployments::list, deployments::create))
         .routes(routes!(deployments::get))
+        .routes(routes!(pools::list, pools::create))
+        .routes(routes!(pools::get, pools::update, pools::delete))
         .routes(routes!(instances::list))
         .routes(routes!(instances::get, instances::terminate))
         .routes(routes!(instances::archive))

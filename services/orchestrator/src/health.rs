@@ -29,7 +29,7 @@ use qm_runtime::Shutdown;
 use qm_store::{ActionStatus, Instance, InstanceAnnotation, NewActionLog, Store};
 
 use crate::probe::{Evidence, Prober};
-use crate::saga::{Saga, SagaError, Step};
+use crate::saga::{Saga, SagaError};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Deadlines {
@@ -264,15 +264,7 @@ impl Health {
     }
 
     async fn terminate(&self, instance: &Instance, reason: &str, started: Instant) -> Result<bool, SagaError> {
-        let step = Step {
-            cause: None,
-            to: InstanceState::Terminating,
-            reason,
-            progress_percent: None,
-            started,
-            then_terminate: true,
-        };
-        Ok(self.saga.apply(instance, &step).await?.is_some())
+        Ok(self.saga.terminate_instance(instance, reason, started).await?.is_some())
     }
 
     /// Issues `instance.terminate` again for an instance stuck in `terminating` (at most once per

@@ -8,18 +8,20 @@
 //! - [`catalog`]: providers' offers written into the catalog (`catalog.sync`).
 //! - [`commands`]: the consumer group that feeds the saga.
 //! - [`health`]: startup and heartbeat deadlines, swept periodically.
+//! - [`pools`]: the pool controller: pools kept at size, healed, autoscaled and drained.
 //! - [`reconcile`]: drift between the database and the providers, repaired periodically and on
 //!   `fleet.reconcile`.
 //!
 //! Every service that writes to the outbox runs a relay; this one too, so its events and
 //! commands reach the bus while the api is down.
 //!
-//! Not yet here: the autoscaler; `pool.scale` commands are dead-lettered with that reason
-//! rather than dropped.
+//! `pool.scale` commands are dead-lettered (pools are sized through `PATCH /pools/{id}` and their
+//! policy) rather than dropped.
 
 pub mod catalog;
 pub mod commands;
 pub mod health;
+pub mod pools;
 pub mod probe;
 pub mod reconcile;
 pub mod resilient;
@@ -108,6 +110,8 @@ pub async fn build_with(
     let health =
         Arc::new(health::Health::new(dependencies.store.clone(), saga.clone(), deadlines).with_metrics(&registry));
     service = service.with_task(health.run(shutdown.clone()));
+    let pools = Arc::new(pools::PoolController::new(dependencies.store.clone(), saga.clone()));
+    service = service.with_task(pools.run(shutdown.clone()));
     let reconciler = Arc::new(reconcile::Reconciler {
         store: dependencies.store.clone(),
         saga: saga.clone(),

@@ -269,6 +269,25 @@ impl Saga {
     /// Applies a step in one transaction: the conditional transition, its history, action log
     /// and `instance.state_changed`, and, for a move to `terminating`, the `instance.terminate`
     /// command that carries it out.
+    /// Moves `instance` to `terminating` and issues its `instance.terminate` command, in one
+    /// transaction; `None` when it had moved on meanwhile.
+    pub(crate) async fn terminate_instance(
+        &self,
+        instance: &Instance,
+        reason: &str,
+        started: Instant,
+    ) -> Result<Option<Instance>, SagaError> {
+        let step = Step {
+            cause: None,
+            to: InstanceState::Terminating,
+            reason,
+            progress_percent: None,
+            started,
+            then_terminate: true,
+        };
+        self.apply(instance, &step).await
+    }
+
     pub(crate) async fn apply(&self, instance: &Instance, step: &Step<'_>) -> Result<Option<Instance>, SagaError> {
         Ok(self.apply_batch(&[instance], step, None).await?.into_iter().next())
     }

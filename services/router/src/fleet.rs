@@ -58,6 +58,8 @@ pub struct Upstream {
     pub provider: String,
     pub zone: String,
     pub instance_type: String,
+    /// The pool (or deployment) the instance belongs to.
+    pub pool: Option<qm_domain::DeploymentId>,
     in_flight: AtomicU32,
     /// The engine's queue as the agent last reported it.
     queue_depth: AtomicU32,
@@ -494,6 +496,7 @@ impl Fleet {
                     provider: instance.provider.clone(),
                     zone: instance.zone.clone(),
                     instance_type: instance.instance_type.clone(),
+                    pool: instance.deployment_id,
                     in_flight: AtomicU32::new(0),
                     queue_depth: AtomicU32::new(queue),
                     kv_cache_permille: AtomicU32::new(kv_cache),
@@ -550,6 +553,7 @@ impl Fleet {
                     provider: "local".into(),
                     zone: String::new(),
                     instance_type: String::new(),
+                    pool: None,
                     in_flight: AtomicU32::new(0),
                     queue_depth: AtomicU32::new(0),
                     kv_cache_permille: AtomicU32::new(0),

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod keys;
 pub mod limits;
 pub mod openai;
+pub mod pools;
 pub mod proxy;
 pub mod usage;
 
@@ -146,6 +147,7 @@ pub async fn build_with(
         None => limits::Limiter::local(),
     };
     let metrics = Metrics::new(&registry);
+    let pools = Arc::new(pools::PoolActivity::new(dependencies.store.clone()));
     let state = Arc::new(proxy::RouterState {
         store: dependencies.store.clone(),
         keys: keys::KeyCache::default(),
@@ -156,6 +158,7 @@ pub async fn build_with(
         usage,
         metrics: metrics.clone(),
         engine_key: dependencies.settings.boot.engine_api_key.clone(),
+        pools: pools.clone(),
     });
     let routes = proxy::routes(state);
     let (service, registry) = Service::with_routes(NAME, &dependencies, address, routes, registry).await?;
@@ -164,6 +167,6 @@ pub async fn build_with(
     } else {
         service
     };
-    let service = service.with_task(metrics.watch(fleet, shutdown.clone()));
+    let service = service.with_task(metrics.watch(fleet, shutdown.clone())).with_task(pools.run(shutdown.clone()));
     Ok(service.with_task(writer).with_relay(&dependencies, &registry, shutdown))
 }

@@ -83,6 +83,11 @@ impl ApiError {
         }
     }
 
+    /// No worker now, with when to try again.
+    pub fn unavailable_for(message: impl Into<String>, retry_after: u64) -> Self {
+        Self { retry_after: Some(retry_after), ..Self::unavailable(message) }
+    }
+
     /// Every attempt failed at the workers.
     pub fn upstream(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_GATEWAY, "server_error", "upstream_error", message)

@@ -57,6 +57,8 @@ pub struct RouterState {
     pub metrics: crate::Metrics,
     /// `QM_ENGINE_API_KEY`, sent to engines as `Authorization: Bearer`.
     pub engine_key: Option<qm_config::Secret>,
+    /// Pools' activity, and requests held for a pool with no worker yet.
+    pub pools: Arc<crate::pools::PoolActivity>,
 }
 
 impl RouterState {
@@ -240,9 +242,12 @@ async fn route(
 ) -> Result<(String, Response), (String, ApiError)> {
     let key = authenticate(state, headers).await.map_err(|error| (String::new(), error))?;
     let ask = read(endpoint, headers, body).await.map_err(|error| (String::new(), error))?;
-    let candidates = state.fleet.serving(key.organization_id, &ask.model);
-    if candidates.is_empty() || !allowed(&key, &ask.model) {
+    if !allowed(&key, &ask.model) {
         return Err((String::new(), ApiError::model_not_found(&ask.model)));
+    }
+    let mut candidates = state.fleet.serving(key.organization_id, &ask.model);
+    if candidates.is_empty() {
+        candidates = hold(state, key.organization_id, &ask.model).await?;
     }
     let fail = |error: ApiError| (ask.model.clone(), error);
     if state.budgets.spent(&*state.store, key.organization_id).await.map_err(|error| fail(error.into()))? {
@@ -262,6 +267,9 @@ async fn route(
             state.metrics.retries.inc();
         }
         tried.push(worker.instance_id);
+        if let Some(pool) = worker.pool {
+            state.pools.mark(pool);
+        }
         let in_flight = worker.start();
         let mut upstream = state
             .client
@@ -327,6 +335,37 @@ async fn route(
     } else {
         Err(fail(ApiError::upstream(format!("{} worker(s) serving `{}` failed this request.", tried.len(), ask.model))))
     }
+}
+
+/// Waits for a worker of `model` when a pool of the organization serves it (scaled to zero, or
+/// starting), waking the pool; `model_not_found` when none does.
+async fn hold(
+    state: &RouterState,
+    organization: qm_domain::OrganizationId,
+    model: &str,
+) -> Result<Vec<Arc<crate::fleet::Upstream>>, (String, ApiError)> {
+    let pool = state.pools.pool_for(organization, model).await.map_err(|error| (String::new(), error.into()))?;
+    let Some(pool) = pool else { return Err((String::new(), ApiError::model_not_found(model))) };
+    let fail = |message: String| (model.to_owned(), ApiError::unavailable_for(message, 10));
+    let Ok(_held) = state.pools.held.try_acquire() else {
+        return Err(fail(format!("Too many requests are waiting for `{model}` to start; try again.")));
+    };
+    state.pools.wake(pool);
+    let (started, mut woken) = (Instant::now(), Instant::now());
+    tracing::info!(%model, %pool, "no worker yet; request held while the pool starts one");
+    while started.elapsed() < crate::pools::HOLD_FOR {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let candidates = state.fleet.serving(organization, model);
+        if !candidates.is_empty() {
+            return Ok(candidates);
+        }
+        // Still asked for: the pool must not count as idle while requests wait.
+        if woken.elapsed() >= crate::pools::FLUSH_EVERY * 5 {
+            state.pools.wake(pool);
+            woken = Instant::now();
+        }
+    }
+    Err(fail(format!("No worker of `{model}` became ready within {} s; try again.", crate::pools::HOLD_FOR.as_secs())))
 }
 
 /// The usage of one answer, reported when the answer is done (or abandoned).

@@ -161,7 +161,12 @@ async fn resolve_placement(
 /// `placements`, since they fail over) and the organization's instances not yet billing
 /// (requested, provisioning). Callers hold the organization's lock, so concurrent deployments
 /// are decided one after the other.
-async fn enforce_budget(state: &AppState, principal: &Principal, placements: &[Offer], count: i32) -> ApiResult<()> {
+pub(super) async fn enforce_budget(
+    state: &AppState,
+    principal: &Principal,
+    placements: &[Offer],
+    count: i32,
+) -> ApiResult<()> {
     let store = &*state.dependencies.store;
     let settings = &state.dependencies.settings;
     let rates = qm_store::finops::effective_rates(store, &settings.exchange_rates).await?;
@@ -258,7 +263,7 @@ async fn matching_offers(state: &AppState, constraints: &Constraints, provider: 
 }
 
 /// Turns a request into the ordered list of places to try.
-async fn placements(state: &AppState, request: &DeploymentRequest) -> ApiResult<Vec<Offer>> {
+pub(super) async fn placements(state: &AppState, request: &DeploymentRequest) -> ApiResult<Vec<Offer>> {
     let store = &*state.dependencies.store;
     let mut placements = Vec::new();
     let mut errors = Vec::new();

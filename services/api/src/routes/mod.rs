@@ -10,6 +10,7 @@ pub mod events;
 pub mod finops;
 pub mod instances;
 pub mod organizations;
+pub mod pools;
 pub mod session;
 pub mod users;
 pub mod workers;

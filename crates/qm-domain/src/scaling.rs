@@ -1,0 +1,338 @@
+//! A pool's scaling policy and the pure function that applies it (no IO, no clock: the caller
+//! passes the time in seconds, which makes every decision reproducible in tests and in the
+//! trace harness).
+//!
+//! The load is the requests in flight plus those queued at the engines of the pool's ready
+//! replicas. Like Knative's autoscaler, the policy averages it over a **stable window** (60 s)
+//! and a **panic window** (6 s): the stable average sets the size; when the panic average asks
+//! for at least twice the ready replicas, the pool scales up at once and does not scale down
+//! until the panic has lasted out a stable window. Scale-up is immediate (after its cooldown,
+//! at most `max_step_up` at a time); scale-down waits until every recommendation of the last
+//! `scale_down_delay_s` was lower (stabilisation), one step of at most `max_step_down`. A pool
+//! with `min_replicas: 0` goes to zero after `idle_to_zero_s` without any request, and comes
+//! back to one when a request arrives for it (the router holds it meanwhile).
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+/// How a pool scales. Every field has a default; `0` windows or delays act at once.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScalingPolicy {
+    /// Requests in flight or queued per replica the pool is sized for.
+    #[schema(minimum = 0.1, maximum = 10000)]
+    pub target_per_replica: f64,
+    /// Seconds the load is averaged over to size the pool.
+    #[schema(minimum = 1, maximum = 3600)]
+    pub stable_window_s: u32,
+    /// Seconds of the short average that triggers a panic scale-up.
+    #[schema(minimum = 1, maximum = 600)]
+    pub panic_window_s: u32,
+    /// Seconds every recommendation must have been lower before the pool shrinks.
+    #[schema(maximum = 86400)]
+    pub scale_down_delay_s: u32,
+    /// Seconds between two scale-ups.
+    #[schema(maximum = 3600)]
+    pub scale_up_cooldown_s: u32,
+    /// Replicas added at most in one decision.
+    #[schema(minimum = 1, maximum = 100)]
+    pub max_step_up: u32,
+    /// Replicas removed at most in one decision.
+    #[schema(minimum = 1, maximum = 100)]
+    pub max_step_down: u32,
+    /// With `min_replicas: 0`: seconds without a request before the pool goes to zero.
+    #[schema(minimum = 1, maximum = 86400)]
+    pub idle_to_zero_s: u32,
+    /// Seconds a replica may stay `unhealthy` before it is replaced.
+    #[schema(maximum = 3600)]
+    pub unhealthy_grace_s: u32,
+    /// Seconds a draining replica may keep its requests before it is terminated anyway.
+    #[schema(minimum = 1, maximum = 3600)]
+    pub drain_deadline_s: u32,
+}
+
+impl Default for ScalingPolicy {
+    fn default() -> Self {
+        Self {
+            target_per_replica: 8.0,
+            stable_window_s: 60,
+            panic_window_s: 6,
+            scale_down_delay_s: 300,
+            scale_up_cooldown_s: 0,
+            max_step_up: 10,
+            max_step_down: 1,
+            idle_to_zero_s: 600,
+            unhealthy_grace_s: 10,
+            drain_deadline_s: 300,
+        }
+    }
+}
+
+/// Why a policy is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {message}")]
+pub struct PolicyError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// The panic threshold: the short window asks for this many times the ready replicas.
+pub const PANIC_FACTOR: f64 = 2.0;
+
+impl ScalingPolicy {
+    /// Checks the bounds the schema declares.
+    ///
+    /// # Errors
+    /// The first field out of bounds.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let range = |field: &'static str, value: u32, low: u32, high: u32| {
+            if (low..=high).contains(&value) {
+                Ok(())
+            } else {
+                Err(PolicyError { field, message: format!("must be between {low} and {high}") })
+            }
+        };
+        if !(self.target_per_replica.is_finite() && (0.1..=10_000.0).contains(&self.target_per_replica)) {
+            return Err(PolicyError { field: "target_per_replica", message: "must be between 0.1 and 10000".into() });
+        }
+        range("stable_window_s", self.stable_window_s, 1, 3600)?;
+        range("panic_window_s", self.panic_window_s, 1, 600)?;
+        range("scale_down_delay_s", self.scale_down_delay_s, 0, 86_400)?;
+        range("scale_up_cooldown_s", self.scale_up_cooldown_s, 0, 3600)?;
+        range("max_step_up", self.max_step_up, 1, 100)?;
+        range("max_step_down", self.max_step_down, 1, 100)?;
+        range("idle_to_zero_s", self.idle_to_zero_s, 1, 86_400)?;
+        range("unhealthy_grace_s", self.unhealthy_grace_s, 0, 3600)?;
+        range("drain_deadline_s", self.drain_deadline_s, 1, 3600)
+    }
+}
+
+/// What the autoscaler sees at one tick.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Signals {
+    /// Requests in flight plus queued over the ready replicas.
+    pub load: f64,
+    pub ready: u32,
+    /// The size the pool has now.
+    pub desired: u32,
+    /// Seconds since the last request for the pool's model (none yet: `None`).
+    pub idle_s: Option<f64>,
+}
+
+/// A change of size and why.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Decision {
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+    pub stable_load: f64,
+    pub panic_load: f64,
+    pub signals: Signals,
+}
+
+/// The windows of one pool. Kept in memory by the controller holding the lease; a new holder
+/// starts with empty windows (it then decides on fewer samples for a window's length).
+#[derive(Debug, Default)]
+pub struct Autoscaler {
+    samples: VecDeque<(f64, f64)>,
+    recommendations: VecDeque<(f64, u32)>,
+    last_up_s: Option<f64>,
+    panic_since_s: Option<f64>,
+}
+
+fn average(samples: &VecDeque<(f64, f64)>, since: f64) -> f64 {
+    let recent: Vec<f64> = samples.iter().filter(|(at, _)| *at >= since).map(|(_, load)| *load).collect();
+    if recent.is_empty() {
+        0.0
+    } else {
+        #[allow(clippy::cast_precision_loss)]
+        let count = recent.len() as f64;
+        recent.iter().sum::<f64>() / count
+    }
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn replicas_for(load: f64, target: f64) -> u32 {
+    (load / target).ceil().clamp(0.0, f64::from(u32::MAX)) as u32
+}
+
+impl Autoscaler {
+    /// Takes one sample at `now_s` and returns the new size when it changes, within
+    /// `[min, max]`.
+    pub fn decide(
+        &mut self,
+        policy: &ScalingPolicy,
+        min: u32,
+        max: u32,
+        now_s: f64,
+        signals: Signals,
+    ) -> Option<Decision> {
+        let stable_window = f64::from(policy.stable_window_s);
+        self.samples.push_back((now_s, signals.load.max(0.0)));
+        while self.samples.front().is_some_and(|(at, _)| *at < now_s - stable_window) {
+            self.samples.pop_front();
+        }
+        let stable_load = average(&self.samples, now_s - stable_window);
+        let panic_load = average(&self.samples, now_s - f64::from(policy.panic_window_s));
+        let stable = replicas_for(stable_load, policy.target_per_replica);
+        let panic = replicas_for(panic_load, policy.target_per_replica);
+        let current = signals.desired;
+        if f64::from(panic) >= PANIC_FACTOR * f64::from(signals.ready.max(1)) && panic > current {
+            self.panic_since_s = Some(now_s);
+        } else if self.panic_since_s.is_some_and(|since| now_s - since >= stable_window) {
+            self.panic_since_s = None;
+        }
+        let panicking = self.panic_since_s.is_some();
+        let idle = signals.idle_s.is_none_or(|idle| idle >= f64::from(policy.idle_to_zero_s));
+        let active = signals.idle_s.is_some_and(|idle| idle < f64::from(policy.idle_to_zero_s));
+        // What the load asks for; a pool that may be empty keeps one replica while it is asked.
+        let mut wanted = if panicking { stable.max(panic) } else { stable };
+        let (mut reason, zero) = ("load", min == 0 && idle && signals.load <= 0.0);
+        if zero {
+            wanted = 0;
+            reason = "idle";
+        } else if wanted == 0 && (active || min > 0 || current > 0) {
+            wanted = 1;
+        }
+        if active && current == 0 {
+            reason = "request for an empty pool";
+        }
+        let wanted = wanted.clamp(min, max.max(min));
+        self.recommendations.push_back((now_s, wanted));
+        let delay = f64::from(policy.scale_down_delay_s);
+        while self.recommendations.front().is_some_and(|(at, _)| *at < now_s - delay) {
+            self.recommendations.pop_front();
+        }
+        let to = if wanted > current {
+            let cooling = self.last_up_s.is_some_and(|at| now_s - at < f64::from(policy.scale_up_cooldown_s));
+            if cooling && current > 0 {
+                return None;
+            }
+            self.last_up_s = Some(now_s);
+            if panicking && panic > stable && current > 0 {
+                reason = "panic: the short window's load";
+            }
+            current.saturating_add(policy.max_step_up).min(wanted)
+        } else if wanted < current {
+            if panicking && !zero {
+                return None;
+            }
+            // Stabilised: the highest recommendation of the delay must be below the size.
+            let highest = self.recommendations.iter().map(|(_, wanted)| *wanted).max().unwrap_or(wanted);
+            if highest >= current && !zero {
+                return None;
+            }
+            let floor = if zero { 0 } else { highest };
+            current.saturating_sub(policy.max_step_down).max(floor).max(wanted)
+        } else {
+            return None;
+        };
+        (to != current).then(|| Decision {
+            from: current,
+            to,
+            reason: reason.to_owned(),
+            stable_load,
+            panic_load,
+            signals,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> ScalingPolicy {
+        ScalingPolicy {
+            target_per_replica: 4.0,
+            stable_window_s: 60,
+            panic_window_s: 6,
+            scale_down_delay_s: 30,
+            idle_to_zero_s: 120,
+            ..ScalingPolicy::default()
+        }
+    }
+
+    /// Runs `seconds` one-second ticks of `load`, applying each decision; returns the size.
+    fn run(
+        scaler: &mut Autoscaler,
+        policy: &ScalingPolicy,
+        (min, max): (u32, u32),
+        start: f64,
+        seconds: u32,
+        load: f64,
+        size: &mut u32,
+    ) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        for tick in 0..seconds {
+            let now = start + f64::from(tick);
+            let signals = Signals {
+                load,
+                ready: *size,
+                desired: *size,
+                idle_s: Some(if load > 0.0 { 0.0 } else { now - start }),
+            };
+            if let Some(decision) = scaler.decide(policy, min, max, now, signals) {
+                *size = decision.to;
+                decisions.push(decision);
+            }
+        }
+        decisions
+    }
+
+    #[test]
+    fn steady_load_is_sized_once_and_held() {
+        let (policy, mut scaler, mut size) = (policy(), Autoscaler::default(), 1);
+        let decisions = run(&mut scaler, &policy, (1, 20), 0.0, 600, 16.0, &mut size);
+        assert_eq!(size, 4, "16 in flight at 4 a replica");
+        assert!(decisions.len() <= 2, "steady load: few actions: {decisions:?}");
+    }
+
+    #[test]
+    fn a_burst_panics_up_at_once_and_shrinks_only_after_the_delay() {
+        let (policy, mut scaler, mut size) = (policy(), Autoscaler::default(), 2);
+        run(&mut scaler, &policy, (1, 50), 0.0, 60, 8.0, &mut size);
+        assert_eq!(size, 2);
+        let burst = run(&mut scaler, &policy, (1, 50), 60.0, 7, 80.0, &mut size);
+        assert_eq!(size, 20, "the panic window reaches the burst's size within its window: {burst:?}");
+        assert!(burst[0].reason.starts_with("panic"), "{burst:?}");
+        // Back to normal: no shrink while panicking (a stable window) and the delay.
+        run(&mut scaler, &policy, (1, 50), 67.0, 30, 8.0, &mut size);
+        assert_eq!(size, 20, "no scale-down during the panic");
+        run(&mut scaler, &policy, (1, 50), 97.0, 300, 8.0, &mut size);
+        assert_eq!(size, 2, "back to the stable size");
+    }
+
+    #[test]
+    fn an_idle_pool_with_min_zero_goes_to_zero_and_a_request_brings_one() {
+        let (policy, mut scaler, mut size) = (policy(), Autoscaler::default(), 1);
+        let decisions = run(&mut scaler, &policy, (0, 4), 0.0, 200, 0.0, &mut size);
+        assert_eq!(size, 0);
+        assert_eq!(decisions.last().map(|decision| decision.reason.as_str()), Some("idle"));
+        let signals = Signals { load: 0.0, ready: 0, desired: 0, idle_s: Some(0.5) };
+        let woken = scaler.decide(&policy, 0, 4, 201.0, signals).expect("a decision");
+        assert_eq!((woken.to, woken.reason.as_str()), (1, "request for an empty pool"));
+        // min 1 never goes to zero.
+        let (mut scaler, mut size) = (Autoscaler::default(), 1);
+        run(&mut scaler, &policy, (1, 4), 0.0, 400, 0.0, &mut size);
+        assert_eq!(size, 1);
+    }
+
+    #[test]
+    fn bounds_steps_and_cooldowns_hold() {
+        let mut policy = policy();
+        policy.max_step_up = 2;
+        policy.scale_up_cooldown_s = 10;
+        let (mut scaler, mut size) = (Autoscaler::default(), 1);
+        let decisions = run(&mut scaler, &policy, (1, 5), 0.0, 15, 400.0, &mut size);
+        assert_eq!(
+            decisions.iter().map(|decision| decision.to).collect::<Vec<_>>(),
+            [3, 5],
+            "two steps, 10 s apart, capped at max"
+        );
+        assert!(ScalingPolicy { max_step_up: 0, ..ScalingPolicy::default() }.validate().is_err());
+        assert!(ScalingPolicy { target_per_replica: f64::NAN, ..ScalingPolicy::default() }.validate().is_err());
+        assert!(ScalingPolicy::default().validate().is_ok());
+    }
+}

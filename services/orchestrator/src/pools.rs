@@ -1,0 +1,416 @@
+//! The pool controller (docs/pools.md): every second, on the replica holding the
+//! `orchestrator.pools` lease, each pool is brought towards what it should be. It is
+//! level-triggered and idempotent: it reads the pool's replicas and acts on the difference, so a
+//! missed tick, a crash or a second controller (refused by the lease, and by the store's
+//! conditional moves) changes nothing but timing.
+//!
+//! One tick of a pool:
+//! 1. **Size**: the autoscaler ([`qm_domain::scaling`]) takes the load (requests in flight and
+//!    queued at the ready replicas' engines, from their heartbeats) and the time since a router
+//!    last had a request for the pool, and may change `desired` within `[min, max]`; each change
+//!    is an action log entry and a `pool.scaled` event with its inputs. A deleted pool wants 0.
+//! 2. **Heal**: a replica `unhealthy` past the policy's grace is terminated (and so replaced).
+//! 3. **Grow**: fewer replicas starting, ready or briefly unhealthy than `desired` → new ones,
+//!    placed like any provisioning (cheapest placement first, failing over on capacity). After
+//!    failed provisioning the pool backs off (5 s doubling to 5 min) and says why in its
+//!    conditions.
+//! 4. **Shrink**: more than `desired` → replicas still starting are cancelled first, then ready
+//!    ones are drained: the one with the fewest requests in flight (then the most expensive)
+//!    moves to `draining`, the router sends it nothing new, and it is terminated once its worker
+//!    reports nothing in flight (or after the drain deadline). No stream is cut.
+//! 5. **Status**: counts, conditions and the last decisions are written when they change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use qm_domain::scaling::{Autoscaler, Decision, Signals};
+use qm_domain::{DeploymentId, InstanceId, InstanceState};
+use qm_events::Envelope;
+use qm_events::payloads::{InstanceProvision, PoolScaled};
+use qm_runtime::Shutdown;
+use qm_store::{ActionStatus, Instance, InstanceFilter, NewActionLog, NewInstance, Pool, Store};
+use serde_json::json;
+
+use crate::saga::{Saga, SagaError};
+
+/// How often each pool is looked at.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Deleted pools are looked after this long (their replicas drain and terminate meanwhile).
+const DELETED_FOR: chrono::Duration = chrono::Duration::hours(1);
+/// Decisions kept in a pool's status.
+const DECISIONS_KEPT: usize = 10;
+/// Replicas created for one pool in one tick at most.
+const CREATE_AT_ONCE: usize = 20;
+/// The first and the longest wait before provisioning again after a failure.
+const BACKOFF_FIRST: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Failed provisioning older than this no longer delays the pool.
+const FAILURES_REMEMBERED: chrono::Duration = chrono::Duration::minutes(10);
+
+pub struct PoolController {
+    store: Arc<dyn Store>,
+    saga: Arc<Saga>,
+    scalers: Mutex<HashMap<DeploymentId, Autoscaler>>,
+}
+
+/// A pool's replicas by what they are doing.
+#[derive(Default)]
+struct Replicas<'a> {
+    starting: Vec<&'a Instance>,
+    ready: Vec<&'a Instance>,
+    unhealthy: Vec<&'a Instance>,
+    draining: Vec<&'a Instance>,
+    terminating: usize,
+    /// Failed provisioning or start-up in the last [`FAILURES_REMEMBERED`], newest first.
+    failed: Vec<&'a Instance>,
+}
+
+impl<'a> Replicas<'a> {
+    fn of(instances: &'a [Instance], now: DateTime<Utc>) -> Self {
+        let mut replicas = Self::default();
+        for instance in instances {
+            match instance.state {
+                InstanceState::Requested | InstanceState::Provisioning | InstanceState::Booting => {
+                    replicas.starting.push(instance);
+                }
+                InstanceState::Ready => replicas.ready.push(instance),
+                InstanceState::Unhealthy => replicas.unhealthy.push(instance),
+                InstanceState::Draining => replicas.draining.push(instance),
+                InstanceState::Terminating => replicas.terminating += 1,
+                InstanceState::ProvisioningFailed | InstanceState::StartupFailed
+                    if now - instance.updated_at < FAILURES_REMEMBERED =>
+                {
+                    replicas.failed.push(instance);
+                }
+                _ => {}
+            }
+        }
+        replicas.failed.sort_by_key(|instance| std::cmp::Reverse(instance.updated_at));
+        replicas
+    }
+}
+
+fn seconds(at: DateTime<Utc>) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = at.timestamp_millis() as f64 / 1000.0;
+    seconds
+}
+
+fn count(value: usize) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+impl PoolController {
+    pub fn new(store: Arc<dyn Store>, saga: Arc<Saga>) -> Self {
+        Self { store, saga, scalers: Mutex::default() }
+    }
+
+    /// Looks after every pool once; returns how many it changed.
+    ///
+    /// # Errors
+    /// When the pools cannot be read (a pool that fails is logged and skipped).
+    pub async fn tick(&self) -> Result<usize, SagaError> {
+        let now = qm_store::now();
+        let pools = self.store.pools_to_control(now - DELETED_FOR).await?;
+        let live: std::collections::HashSet<DeploymentId> = pools.iter().map(|pool| pool.id).collect();
+        self.scalers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|id, _| live.contains(id));
+        let mut changed = 0;
+        for pool in &pools {
+            match self.control(pool).await {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                Err(error) => tracing::warn!(pool = %pool.id, %error, "pool not controlled this tick"),
+            }
+        }
+        Ok(changed)
+    }
+
+    /// One tick of one pool; `true` when something was done.
+    async fn control(&self, pool: &Pool) -> Result<bool, SagaError> {
+        let started = Instant::now();
+        let now = qm_store::now();
+        let filter = InstanceFilter { deployment: Some(pool.id), limit: 2_000, ..InstanceFilter::default() };
+        let instances = self.store.instances(&filter).await?;
+        let replicas = Replicas::of(&instances, now);
+        let watched: Vec<InstanceId> =
+            replicas.ready.iter().chain(&replicas.draining).map(|instance| instance.id).collect();
+        let workers: HashMap<InstanceId, qm_store::Worker> =
+            self.store.workers_of(&watched).await?.into_iter().map(|worker| (worker.instance_id, worker)).collect();
+        let in_flight = |instance: &Instance| {
+            workers.get(&instance.id).map_or(0, |worker| {
+                worker.in_flight.unwrap_or(0).max(0).saturating_add(worker.queue_depth.unwrap_or(0).max(0))
+            })
+        };
+        let policy = &pool.policy;
+        let (min, max) = (pool.min_replicas.max(0).unsigned_abs(), pool.max_replicas.max(0).unsigned_abs());
+        let current = pool.desired.max(0).unsigned_abs();
+        let decision = if pool.deleted_at.is_some() {
+            (current != 0).then(|| Decision {
+                from: current,
+                to: 0,
+                reason: "pool deleted".into(),
+                stable_load: 0.0,
+                panic_load: 0.0,
+                signals: Signals { load: 0.0, ready: count(replicas.ready.len()), desired: current, idle_s: None },
+            })
+        } else {
+            let load: i32 = replicas.ready.iter().map(|instance| in_flight(instance)).sum();
+            let signals = Signals {
+                load: f64::from(load),
+                ready: count(replicas.ready.len()),
+                desired: current,
+                // A new pool counts as asked for when it was created.
+                idle_s: Some(
+                    (seconds(now) - seconds(pool.requested_at.unwrap_or(pool.created_at).max(pool.created_at)))
+                        .max(0.0),
+                ),
+            };
+            let mut scalers = self.scalers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let scaler = scalers.entry(pool.id).or_default();
+            scaler.decide(policy, min, max, seconds(now), signals).or_else(|| {
+                let bounded = current.clamp(min, max.max(min));
+                (bounded != current).then(|| Decision {
+                    from: current,
+                    to: bounded,
+                    reason: "bounds".into(),
+                    stable_load: 0.0,
+                    panic_load: 0.0,
+                    signals,
+                })
+            })
+        };
+        let desired = decision.as_ref().map_or(current, |decision| decision.to);
+        let mut acted = decision.is_some();
+
+        // Heal: unhealthy past the grace period → terminated, and so replaced below.
+        let grace = chrono::Duration::seconds(i64::from(policy.unhealthy_grace_s));
+        let (expired, recovering): (Vec<&Instance>, Vec<&Instance>) =
+            replicas.unhealthy.iter().partition(|instance| now - instance.state_changed_at >= grace);
+        for instance in &expired {
+            let reason = format!("unhealthy for more than {} s; replaced", policy.unhealthy_grace_s);
+            acted |= self.terminate(instance, &reason, "pool.replaced", started).await?;
+        }
+
+        // Grow or shrink towards `desired`.
+        let desired_count = usize::try_from(desired).unwrap_or(usize::MAX);
+        let live = replicas.starting.len() + replicas.ready.len() + recovering.len();
+        let backoff = Self::backoff(&replicas, now);
+        if live < desired_count && backoff.is_none() {
+            let missing = (desired_count - live).min(CREATE_AT_ONCE);
+            self.create(pool, missing).await?;
+            acted = true;
+        } else if live > desired_count {
+            let mut excess = live - desired_count;
+            // Cancel replicas that serve nothing yet, newest first; then the recovering ones.
+            let mut cancel: Vec<&Instance> = replicas.starting.clone();
+            cancel.sort_by_key(|instance| std::cmp::Reverse(instance.created_at));
+            cancel.extend(recovering.iter().copied());
+            for instance in cancel.into_iter().take(excess) {
+                acted |= self.terminate(instance, "not needed: the pool scaled in", "pool.replaced", started).await?;
+                excess -= 1;
+            }
+            // Drain ready ones: the least busy, then the most expensive.
+            let mut ready = replicas.ready.clone();
+            ready.sort_by_key(|instance| (in_flight(instance), std::cmp::Reverse(instance.hourly_price_micros)));
+            for instance in ready.into_iter().take(excess) {
+                acted |= self.drain(instance, in_flight(instance), started).await?;
+            }
+        }
+
+        // Drained replicas go once their worker reports nothing in flight (a heartbeat after the
+        // drain began), or at the deadline.
+        let deadline = chrono::Duration::seconds(i64::from(policy.drain_deadline_s));
+        for instance in &replicas.draining {
+            let drained = workers.get(&instance.id).is_none_or(|worker| {
+                worker.last_heartbeat_at.is_some_and(|at| at > instance.state_changed_at)
+                    && worker.in_flight.unwrap_or(0) <= 0
+            });
+            let reason = if drained {
+                "drained: nothing in flight"
+            } else if now - instance.state_changed_at >= deadline {
+                "drain deadline passed"
+            } else {
+                continue;
+            };
+            acted |= self.terminate(instance, reason, "pool.replaced", started).await?;
+        }
+
+        let status = Self::status(pool, &replicas, desired, backoff, decision.as_ref(), now);
+        if status != pool.status || decision.is_some() {
+            let mut tx = self.store.begin().await?;
+            tx.set_pool_status(pool.id, i32::try_from(desired).unwrap_or(i32::MAX), &status).await?;
+            if let Some(decision) = &decision {
+                Self::record_decision(&mut *tx, pool, decision).await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(acted)
+    }
+
+    /// When provisioning failed lately: until when the pool waits, and why.
+    fn backoff(replicas: &Replicas<'_>, now: DateTime<Utc>) -> Option<(DateTime<Utc>, String)> {
+        let last = replicas.failed.first()?;
+        let failures = u32::try_from(replicas.failed.len()).unwrap_or(u32::MAX).min(16);
+        let wait = BACKOFF_FIRST.saturating_mul(1 << (failures - 1).min(10)).min(BACKOFF_MAX);
+        let until = last.updated_at + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+        let reason = last.failure_reason.clone().unwrap_or_else(|| last.state.as_str().to_owned());
+        (until > now).then_some((until, reason))
+    }
+
+    async fn create(&self, pool: &Pool, count: usize) -> Result<(), SagaError> {
+        let Some(primary) = pool.placements.first() else { return Ok(()) };
+        let mut tx = self.store.begin().await?;
+        for _ in 0..count {
+            let instance = tx
+                .insert_instance(&NewInstance {
+                    id: InstanceId::new(),
+                    organization_id: pool.organization_id,
+                    deployment_id: Some(pool.id),
+                    placement: primary.clone(),
+                    model: pool.model.clone(),
+                })
+                .await?;
+            let payload = InstanceProvision {
+                instance_id: instance.id,
+                deployment_id: Some(pool.id),
+                model: pool.model.clone(),
+                placements: pool.placements.clone(),
+            };
+            let command = Envelope::of(&payload, crate::NAME, Some(pool.organization_id));
+            tx.enqueue(&command).await?;
+            tx.enqueue(&command.caused_by(&instance.state_changed(None, Some("pool replica")), crate::NAME)).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(pool = %pool.id, count, "pool replicas requested");
+        Ok(())
+    }
+
+    async fn terminate(
+        &self,
+        instance: &Instance,
+        reason: &str,
+        action: &str,
+        started: Instant,
+    ) -> Result<bool, SagaError> {
+        let moved = self.saga.terminate_instance(instance, reason, started).await?.is_some();
+        if moved {
+            self.log(instance, action, json!({ "reason": reason, "from": instance.state })).await?;
+        }
+        Ok(moved)
+    }
+
+    async fn drain(&self, instance: &Instance, in_flight: i32, started: Instant) -> Result<bool, SagaError> {
+        let reason = "drained for scale-in";
+        let moved =
+            self.saga.transition(None, instance, InstanceState::Draining, reason, None, started).await?.is_some();
+        if moved {
+            self.log(
+                instance,
+                "pool.drained",
+                json!({ "in_flight": in_flight, "hourly_price_micros": instance.hourly_price_micros }),
+            )
+            .await?;
+        }
+        Ok(moved)
+    }
+
+    async fn log(&self, instance: &Instance, action: &str, metadata: serde_json::Value) -> Result<(), SagaError> {
+        let mut entry = NewActionLog::new(crate::NAME, action, ActionStatus::Succeeded);
+        entry.organization_id = Some(instance.organization_id);
+        entry.instance_id = Some(instance.id);
+        entry.metadata = metadata;
+        let mut tx = self.store.begin().await?;
+        tx.insert_action_log(&entry).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_decision(
+        tx: &mut dyn qm_store::StoreTx,
+        pool: &Pool,
+        decision: &Decision,
+    ) -> Result<(), SagaError> {
+        let mut entry = NewActionLog::new(crate::NAME, "pool.scaled", ActionStatus::Succeeded);
+        entry.organization_id = Some(pool.organization_id);
+        entry.metadata = json!({ "pool_id": pool.id, "decision": decision });
+        tx.insert_action_log(&entry).await?;
+        let event = PoolScaled {
+            pool_id: pool.id.as_uuid(),
+            model: pool.model.clone(),
+            from: decision.from,
+            to: decision.to,
+            reason: decision.reason.clone(),
+            stable_load: decision.stable_load,
+            panic_load: decision.panic_load,
+            ready: decision.signals.ready,
+        };
+        tx.enqueue(&Envelope::of(&event, crate::NAME, Some(pool.organization_id))).await?;
+        tracing::info!(pool = %pool.id, from = decision.from, to = decision.to, reason = %decision.reason, "pool scaled");
+        Ok(())
+    }
+
+    /// The status a pool shows: counts, conditions, the cost of its replicas per hour, and its
+    /// last decisions (newest first).
+    fn status(
+        pool: &Pool,
+        replicas: &Replicas<'_>,
+        desired: u32,
+        backoff: Option<(DateTime<Utc>, String)>,
+        decision: Option<&Decision>,
+        now: DateTime<Utc>,
+    ) -> serde_json::Value {
+        let mut decisions: Vec<serde_json::Value> =
+            pool.status.get("decisions").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+        if let Some(decision) = decision {
+            decisions.insert(0, json!({ "at": now, "from": decision.from, "to": decision.to, "reason": decision.reason,
+                "stable_load": decision.stable_load, "panic_load": decision.panic_load, "ready": decision.signals.ready }));
+            decisions.truncate(DECISIONS_KEPT);
+        }
+        let mut conditions = Vec::new();
+        if let Some((until, reason)) = &backoff {
+            let since = replicas.failed.last().map_or(now, |instance| instance.updated_at);
+            conditions.push(json!({ "type": "cannot_place",
+                "message": format!("cannot place: {reason} (failing since {since}; next try at {until})") }));
+        }
+        if pool.deleted_at.is_some() {
+            conditions.push(
+                json!({ "type": "deleting", "message": "the pool was deleted; its replicas drain and terminate" }),
+            );
+        }
+        let running = replicas.ready.iter().chain(&replicas.draining).chain(&replicas.unhealthy);
+        let hourly: i64 = running.map(|instance| instance.hourly_price_micros).sum();
+        json!({
+            "desired": desired,
+            "ready": replicas.ready.len(),
+            "starting": replicas.starting.len(),
+            "unhealthy": replicas.unhealthy.len(),
+            "draining": replicas.draining.len(),
+            "terminating": replicas.terminating,
+            "hourly_price_micros": hourly,
+            "conditions": conditions,
+            "decisions": decisions,
+        })
+    }
+
+    /// Ticks every [`TICK`] while this replica holds the `orchestrator.pools` lease.
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        let holder = uuid::Uuid::new_v4().to_string();
+        while !shutdown.is_triggered() {
+            match self.store.acquire_lease("orchestrator.pools", &holder, TICK * 5).await {
+                Ok(true) => {
+                    if let Err(error) = self.tick().await {
+                        tracing::warn!(%error, "pool controller tick failed; trying again");
+                    }
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "pool controller could not take its lease"),
+            }
+            tokio::select! {
+                () = shutdown.wait() => break,
+                () = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+}

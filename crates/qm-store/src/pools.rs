@@ -113,7 +113,7 @@ macro_rules! impl_pools_sql {
                     max_replicas: row.try_get::<Option<i32>, _>("max_replicas")?.unwrap_or(0),
                     desired: row.try_get::<Option<i32>, _>("desired")?.unwrap_or(0),
                     policy: policy.map(|policy| policy.0).unwrap_or_default(),
-                    status: status.map_or(serde_json::Value::Null, |status| status.0),
+                    status: status.map_or_else(|| serde_json::json!({}), |status| status.0),
                     requested_at: row.try_get("requested_at")?,
                     deleted_at: row.try_get("deleted_at")?,
                     created_at: row.try_get("created_at")?,

@@ -68,8 +68,13 @@ impl Modify for ErrorResponses {
             )
         };
         for (path, item) in &mut openapi.paths.paths {
-            let operations =
-                [(false, &mut item.get), (true, &mut item.put), (true, &mut item.post), (true, &mut item.delete)];
+            let operations = [
+                (false, &mut item.get),
+                (true, &mut item.put),
+                (true, &mut item.post),
+                (true, &mut item.delete),
+                (true, &mut item.patch),
+            ];
             for (changes, operation) in operations {
                 let Some(operation) = operation else { continue };
                 // Handler names repeat across resources (`list`, `get`); ids must be unique.

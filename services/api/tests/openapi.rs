@@ -212,6 +212,19 @@ async fn every_documented_operation_answers_as_documented() {
         let deployment_id = accepted["deployment_id"].as_str().unwrap();
         c.call("GET", "/deployments", "/deployments", a, None).await.expect(200);
         c.call("GET", "/deployments/{id}", &format!("/deployments/{deployment_id}"), a, None).await.expect(200);
+        // Pools.
+        let pool = c
+            .call("POST", "/pools", "/pools", a, Some(json!({ "model": "m", "provider": "sim", "zone": "sim-eu-1", "instance_type": "sim.l4", "min_replicas": 0, "max_replicas": 2 })))
+            .await
+            .expect(201);
+        let pool_id = pool["id"].as_str().unwrap();
+        c.call("POST", "/pools", "/pools", a, Some(json!({ "model": "m", "provider": "sim", "zone": "sim-eu-1", "instance_type": "sim.l4", "min_replicas": 3, "max_replicas": 2 }))).await.expect(422);
+        c.call("GET", "/pools", "/pools", a, None).await.expect(200);
+        c.call("GET", "/pools/{id}", &format!("/pools/{pool_id}"), a, None).await.expect(200);
+        c.call("PATCH", "/pools/{id}", &format!("/pools/{pool_id}"), a, Some(json!({ "max_replicas": 3 }))).await.expect(200);
+        c.call("PATCH", "/pools/{id}", &format!("/pools/{pool_id}"), a, Some(json!({ "policy": { "max_step_up": 0 } }))).await.expect(422);
+        c.call("DELETE", "/pools/{id}", &format!("/pools/{pool_id}"), a, None).await.expect(202);
+        c.call("GET", "/pools/{id}", &format!("/pools/{pool_id}"), a, None).await.expect(404);
         let instance = accepted["instance_ids"][0].as_str().unwrap();
         c.call("GET", "/instances", "/instances", a, None).await.expect(200);
         c.call("GET", "/instances/{id}", &format!("/instances/{instance}"), a, None).await.expect(200);

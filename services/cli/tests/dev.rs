@@ -238,8 +238,11 @@ async fn after_a_killed_qm_dev_restarts_instances_whose_agents_died_are_not_left
     let (dev, session) = Session::start(&data_dir).await;
     let mut costs = Vec::new();
     for id in &ids {
-        let detail = session.state_within(id, |state| state == "terminated", Duration::from_secs(60)).await;
-        assert!(detail["billing_stopped_at"].is_string(), "billing stopped: {detail}");
+        // Terminated, and (FinOps consumes the event) billing stopped.
+        let path = format!("/instances/{id}");
+        let stopped =
+            |detail: &serde_json::Value| detail["state"] == "terminated" && detail["billing_stopped_at"].is_string();
+        let detail = session.until(&path, stopped, Duration::from_secs(60)).await;
         costs.push(detail["cost_to_date_micros"].clone());
     }
     let running = session.send(reqwest::Method::GET, "/instances?state=ready", None).await;

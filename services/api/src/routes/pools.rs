@@ -87,7 +87,7 @@ async fn visible(state: &AppState, principal: &Principal, id: DeploymentId) -> A
 /// Create a pool: validated against the catalog like a deployment; the orchestrator's
 /// controller then brings it to its size.
 #[utoipa::path(post, path = "/pools", tag = "pools", request_body = PoolRequest,
-    responses((status = 201, body = Pool),
+    responses((status = 201, description = "Created; the controller brings it to its size", body = Pool),
                (status = 402, description = "A hard-capped budget would be exceeded", body = Problem)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -155,7 +155,8 @@ pub async fn create(
 }
 
 /// The organization's pools, newest first.
-#[utoipa::path(get, path = "/pools", tag = "pools", params(PageParams), responses((status = 200, body = Page<Pool>)))]
+#[utoipa::path(get, path = "/pools", tag = "pools", params(PageParams),
+    responses((status = 200, description = "The pools", body = Page<Pool>)))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -168,7 +169,7 @@ pub async fn list(
 
 /// A pool, its status (counts, conditions, recent decisions) and its replicas.
 #[utoipa::path(get, path = "/pools/{id}", tag = "pools", params(("id" = DeploymentId, Path)),
-    responses((status = 200, body = PoolView)))]
+    responses((status = 200, description = "The pool and its replicas", body = PoolView)))]
 pub async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -195,7 +196,7 @@ pub async fn get(
 
 /// Change a pool's bounds or scaling policy; the controller applies them at its next tick.
 #[utoipa::path(patch, path = "/pools/{id}", tag = "pools", params(("id" = DeploymentId, Path)), request_body = PoolUpdate,
-    responses((status = 200, body = Pool)))]
+    responses((status = 200, description = "The pool as changed", body = Pool)))]
 pub async fn update(
     State(state): State<AppState>,
     principal: Principal,

@@ -218,7 +218,7 @@ async fn every_documented_operation_answers_as_documented() {
             .await
             .expect(201);
         let pool_id = pool["id"].as_str().unwrap();
-        c.call("POST", "/pools", "/pools", a, Some(json!({ "model": "m", "provider": "sim", "zone": "sim-eu-1", "instance_type": "sim.l4", "min_replicas": 3, "max_replicas": 2 }))).await.expect(422);
+        c.call("POST", "/pools", "/pools", a, Some(json!({ "model": "m", "provider": "sim", "zone": "sim-eu-1", "instance_type": "sim.l4", "min_replicas": 3, "max_replicas": 2 }))).await.expect(409);
         c.call("GET", "/pools", "/pools", a, None).await.expect(200);
         c.call("GET", "/pools/{id}", &format!("/pools/{pool_id}"), a, None).await.expect(200);
         c.call("PATCH", "/pools/{id}", &format!("/pools/{pool_id}"), a, Some(json!({ "max_replicas": 3 }))).await.expect(200);

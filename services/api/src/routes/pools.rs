@@ -73,7 +73,8 @@ fn check_bounds(min: i32, max: i32, policy: &ScalingPolicy) -> ApiResult<()> {
         return Err(Problem::invalid("max_replicas", format!("must be between 1 and {MAX_REPLICAS}")));
     }
     if min > max {
-        return Err(Problem::invalid("max_replicas", "must not be below min_replicas"));
+        // Each bound may be valid alone: the pair conflicts (409), as with the pool's other bound.
+        return Err(Problem::conflict("max_replicas must not be below min_replicas"));
     }
     policy.validate().map_err(|error| Problem::invalid(&format!("policy.{}", error.field), error.message))
 }

@@ -185,20 +185,16 @@ impl Autoscaler {
         }
         let panicking = self.panic_since_s.is_some();
         let idle = signals.idle_s.is_none_or(|idle| idle >= f64::from(policy.idle_to_zero_s));
-        let active = signals.idle_s.is_some_and(|idle| idle < f64::from(policy.idle_to_zero_s));
-        // What the load asks for; a pool that may be empty keeps one replica while it is asked.
-        let mut wanted = if panicking { stable.max(panic) } else { stable };
-        let (mut reason, zero) = ("load", min == 0 && idle && signals.load <= 0.0);
-        if zero {
-            wanted = 0;
-            reason = "idle";
-        } else if wanted == 0 && (active || min > 0 || current > 0) {
-            wanted = 1;
-        }
-        if active && current == 0 {
-            reason = "request for an empty pool";
-        }
-        let wanted = wanted.clamp(min, max.max(min));
+        // Empty only when it may be, nobody asked for a while and nothing runs; else what the
+        // load asks for, at least one.
+        let zero = min == 0 && idle && signals.load <= 0.0;
+        let mut reason = match (zero, idle, current) {
+            (true, _, _) => "idle",
+            (false, false, 0) => "request for an empty pool",
+            _ => "load",
+        };
+        let asked = if panicking { stable.max(panic) } else { stable };
+        let wanted = if zero { 0 } else { asked.max(1) }.clamp(min, max.max(min));
         self.recommendations.push_back((now_s, wanted));
         let delay = f64::from(policy.scale_down_delay_s);
         while self.recommendations.front().is_some_and(|(at, _)| *at < now_s - delay) {

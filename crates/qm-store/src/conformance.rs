@@ -282,6 +282,70 @@ pub async fn instances_are_counted_by_provider_and_state(store: Arc<dyn Store>) 
     );
 }
 
+pub async fn a_pool_and_its_replicas_round_trip(store: Arc<dyn Store>) {
+    use qm_domain::InstanceState::{Provisioning, ProvisioningFailed, Requested};
+    let organization = create_organization(&*store, "pooled").await.id;
+    let id = qm_domain::DeploymentId::new();
+    let placement = crate::testing::offer("sim", "sim-eu-1", "sim.l4");
+    let deployment = crate::Deployment {
+        id,
+        organization_id: organization,
+        created_by: None,
+        model: "m".into(),
+        count: 1,
+        request: json!({}),
+        placements: vec![placement.clone()],
+        created_at: crate::now(),
+    };
+    let policy = qm_domain::scaling::ScalingPolicy::default();
+    let pool = crate::NewPool { deployment, name: "p".into(), min_replicas: 0, max_replicas: 3, desired: 1, policy };
+    let mut tx = store.begin().await.expect("begin");
+    tx.insert_pool(&pool).await.expect("pool");
+    // Three replicas: one live, one failed, one of no pool.
+    let mut ids = Vec::new();
+    for deployment_id in [Some(id), Some(id), None] {
+        let instance = crate::NewInstance {
+            id: InstanceId::new(),
+            organization_id: organization,
+            deployment_id,
+            placement: placement.clone(),
+            model: "m".into(),
+        };
+        ids.push(tx.insert_instance(&instance).await.expect("instance").id);
+    }
+    for (from, to) in [(Requested, Provisioning), (Provisioning, ProvisioningFailed)] {
+        let moved = crate::Transition { instance: ids[1], from, to, reason: None, progress_percent: None };
+        tx.transition_instance(&moved).await.expect("transition").expect("moved");
+    }
+    tx.commit().await.expect("commit");
+
+    let found = store.pool(id).await.expect("read").expect("the pool");
+    assert_eq!((found.min_replicas, found.max_replicas, found.desired, found.status.clone()), (0, 3, 1, json!({})));
+    assert_eq!(store.pool_for_model(organization, "m").await.expect("read").map(|pool| pool.id), Some(id));
+    let recent = store.deployment_instances(id, crate::now() - chrono::Duration::minutes(1), 10).await.expect("read");
+    assert_eq!(recent.iter().map(|instance| instance.id).collect::<Vec<_>>(), vec![ids[1], ids[0]], "newest first");
+    let live = store.deployment_instances(id, crate::now() + chrono::Duration::minutes(1), 10).await.expect("read");
+    assert_eq!(live.iter().map(|instance| instance.id).collect::<Vec<_>>(), vec![ids[0]], "finished ones left out");
+
+    let mut tx = store.begin().await.expect("begin");
+    assert!(tx.update_pool(id, 1, 2, &qm_domain::scaling::ScalingPolicy::default()).await.expect("update"));
+    tx.set_pool_status(id, 2, &json!({ "ready": 1 })).await.expect("status");
+    tx.note_pool_requests(&[id], crate::now()).await.expect("requests");
+    tx.commit().await.expect("commit");
+    let found = store.pool(id).await.expect("read").expect("the pool");
+    assert_eq!((found.min_replicas, found.max_replicas, found.desired), (1, 2, 2));
+    assert!(found.requested_at.is_some());
+
+    let mut tx = store.begin().await.expect("begin");
+    assert!(tx.delete_pool(id).await.expect("delete"));
+    assert!(!tx.delete_pool(id).await.expect("delete again"), "once");
+    tx.commit().await.expect("commit");
+    assert!(store.pool_for_model(organization, "m").await.expect("read").is_none(), "deleted");
+    assert!(store.pools(Some(organization), None, 10).await.expect("read").is_empty());
+    let controlled = store.pools_to_control(crate::now() - chrono::Duration::hours(1)).await.expect("read");
+    assert!(controlled.iter().any(|pool| pool.id == id && pool.desired == 0), "its replicas still to stop");
+}
+
 fn billing_start(
     organization: OrganizationId,
     instance: InstanceId,
@@ -417,6 +481,7 @@ macro_rules! store_conformance_suite {
             cost_intervals_keep_the_first_start_and_the_earliest_stop_in_any_order,
             usage_budgets_alerts_and_rates_round_trip,
             instances_are_counted_by_provider_and_state,
+            a_pool_and_its_replicas_round_trip,
         );
     };
     (@cases $fixture:path, $($case:ident),+ $(,)?) => {

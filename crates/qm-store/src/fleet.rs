@@ -248,6 +248,14 @@ pub trait FleetStore {
     async fn instance(&self, id: InstanceId) -> Result<Option<Instance>, StoreError>;
     /// Newest first.
     async fn instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>, StoreError>;
+    /// The instances of a deployment (or pool) that are not finished, and the finished ones
+    /// updated since `finished_since`; newest first, at most `limit`.
+    async fn deployment_instances(
+        &self,
+        deployment: DeploymentId,
+        finished_since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Instance>, StoreError>;
     /// Oldest first.
     async fn instance_history(&self, id: InstanceId) -> Result<Vec<StateChange>, StoreError>;
     /// Instances (of every organization) in `state` since before `changed_before`, longest
@@ -557,6 +565,26 @@ macro_rules! impl_fleet_sql {
                             })
                         })
                         .collect()
+                }
+
+                async fn deployment_instances(
+                    &self,
+                    deployment: DeploymentId,
+                    finished_since: chrono::DateTime<chrono::Utc>,
+                    limit: u32,
+                ) -> Result<Vec<Instance>, StoreError> {
+                    let sql = format!(
+                        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE deployment_id = $1 \
+                         AND (state NOT IN ({}) OR updated_at >= $2) ORDER BY id DESC LIMIT $3",
+                        crate::fleet::terminal_states_sql()
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(deployment.as_uuid())
+                        .bind(finished_since)
+                        .bind(i64::from(limit))
+                        .fetch_all(self.reader())
+                        .await?;
+                    rows.iter().map(instance_from_row).collect()
                 }
 
                 async fn instances_in_state_since(

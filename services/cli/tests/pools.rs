@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Dev, Session, http, local_pid, temporary_data_dir};
+use support::{Session, http, local_pid, temporary_data_dir};
 
 async fn post(router: &str, key: &str, body: Value) -> (u16, String) {
     let response =
@@ -32,13 +32,7 @@ fn replicas_in(pool: &Value, state: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_heal_drain_without_cutting_streams_and_come_back_from_zero() {
     let data_dir = temporary_data_dir();
-    let (dev, urls, _) = Dev::start_with(
-        &data_dir,
-        &[],
-        &[("QM_ADMIN_PASSWORD", "dev-test-password"), ("QM_MOCK_DECODE_MS_PER_TOKEN", "20")],
-    );
-    let session = Session::login(&urls["api"], "dev-test-password").await;
-    let router = urls["router"].clone();
+    let (dev, session, router) = Session::start_serving(&data_dir).await;
     let created = session
         .send(
             reqwest::Method::POST,
@@ -68,14 +62,13 @@ async fn pools_heal_drain_without_cutting_streams_and_come_back_from_zero() {
         )
         .await;
     let healed_in = since.elapsed();
-    let detail = session
+    session
         .until(
             &format!("/instances/{dead}"),
             |instance| instance["state"] == "terminated" && !instance["billing_stopped_at"].is_null(),
             Duration::from_secs(20),
         )
         .await;
-    assert!(detail["history"].as_array().is_some_and(|history| !history.is_empty()), "{detail}");
     eprintln!("healed in {healed_in:?}");
 
     // Scale-in during 50 streams: none is cut.

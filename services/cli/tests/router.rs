@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Dev, Session, http, local_pid, temporary_data_dir};
+use support::{Session, http, local_pid, temporary_data_dir};
 
 async fn post(router: &str, key: &str, path: &str, body: Value) -> (u16, reqwest::header::HeaderMap, String) {
     let response = http().post(format!("{router}{path}")).bearer_auth(key).json(&body).send().await.expect("router");
@@ -52,14 +52,7 @@ fn usage_of(body: &str) -> (i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_reach_the_fleet_through_the_router_with_keys_usage_and_failover() {
     let data_dir = temporary_data_dir();
-    // Engines that take 20 ms a token, so that a stream lasts while its worker drains.
-    let (dev, urls, _) = Dev::start_with(
-        &data_dir,
-        &[],
-        &[("QM_ADMIN_PASSWORD", "dev-test-password"), ("QM_MOCK_DECODE_MS_PER_TOKEN", "20")],
-    );
-    let session = Session::login(&urls["api"], "dev-test-password").await;
-    let router = urls["router"].clone();
+    let (dev, session, router) = Session::start_serving(&data_dir).await;
     let ids = session.deploy(["local", "local-1", "local.cpu"], 3).await;
     for id in &ids {
         session.state_within(id, |state| state == "ready", Duration::from_secs(60)).await;

@@ -30,7 +30,7 @@ use qm_domain::{DeploymentId, InstanceId, InstanceState};
 use qm_events::Envelope;
 use qm_events::payloads::{InstanceProvision, PoolScaled};
 use qm_runtime::Shutdown;
-use qm_store::{ActionStatus, Instance, InstanceFilter, NewActionLog, NewInstance, Pool, Store};
+use qm_store::{ActionStatus, Instance, NewActionLog, NewInstance, Pool, Store};
 use serde_json::json;
 
 use crate::saga::{Saga, SagaError};
@@ -46,6 +46,8 @@ const CREATE_AT_ONCE: usize = 20;
 /// The first and the longest wait before provisioning again after a failure.
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A pool's replicas read at most per tick (unfinished ones, and those finished lately).
+const MAX_REPLICAS_READ: u32 = 2_000;
 /// Failed provisioning older than this no longer delays the pool.
 const FAILURES_REMEMBERED: chrono::Duration = chrono::Duration::minutes(10);
 
@@ -68,7 +70,8 @@ struct Replicas<'a> {
 }
 
 impl<'a> Replicas<'a> {
-    fn of(instances: &'a [Instance], now: DateTime<Utc>) -> Self {
+    /// From the pool's unfinished replicas and those that finished lately.
+    fn of(instances: &'a [Instance]) -> Self {
         let mut replicas = Self::default();
         for instance in instances {
             match instance.state {
@@ -79,11 +82,7 @@ impl<'a> Replicas<'a> {
                 InstanceState::Unhealthy => replicas.unhealthy.push(instance),
                 InstanceState::Draining => replicas.draining.push(instance),
                 InstanceState::Terminating => replicas.terminating += 1,
-                InstanceState::ProvisioningFailed | InstanceState::StartupFailed
-                    if now - instance.updated_at < FAILURES_REMEMBERED =>
-                {
-                    replicas.failed.push(instance);
-                }
+                InstanceState::ProvisioningFailed | InstanceState::StartupFailed => replicas.failed.push(instance),
                 _ => {}
             }
         }
@@ -131,9 +130,8 @@ impl PoolController {
     async fn control(&self, pool: &Pool) -> Result<bool, SagaError> {
         let started = Instant::now();
         let now = qm_store::now();
-        let filter = InstanceFilter { deployment: Some(pool.id), limit: 2_000, ..InstanceFilter::default() };
-        let instances = self.store.instances(&filter).await?;
-        let replicas = Replicas::of(&instances, now);
+        let instances = self.store.deployment_instances(pool.id, now - FAILURES_REMEMBERED, MAX_REPLICAS_READ).await?;
+        let replicas = Replicas::of(&instances);
         let watched: Vec<InstanceId> =
             replicas.ready.iter().chain(&replicas.draining).map(|instance| instance.id).collect();
         let workers: HashMap<InstanceId, qm_store::Worker> =

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash as _, Hasher as _};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,8 @@ pub struct Upstream {
     pub instance_type: String,
     /// The pool (or deployment) the instance belongs to.
     pub pool: Option<qm_domain::DeploymentId>,
+    /// A request went to it since the pools' activity was last written.
+    asked: AtomicBool,
     in_flight: AtomicU32,
     /// The engine's queue as the agent last reported it.
     queue_depth: AtomicU32,
@@ -73,9 +75,10 @@ impl Upstream {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Counts a request in flight until the guard drops.
+    /// Counts a request in flight until the guard drops (and marks the worker asked).
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.asked.store(true, Ordering::Relaxed);
         InFlight(self.clone())
     }
 
@@ -89,6 +92,11 @@ impl Upstream {
 
     pub fn breaker_open(&self) -> bool {
         self.breaker.is_open()
+    }
+
+    /// Whether a request went to it since the last call.
+    pub fn take_asked(&self) -> bool {
+        self.asked.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -159,46 +167,49 @@ impl Breaker {
 /// multiplying it by the attempts.
 #[derive(Debug)]
 pub struct RetryBudget {
-    state: Mutex<(f64, Instant)>,
+    /// Retries saved up, in thousandths: deposits are one atomic add, no lock on the hot path.
+    saved: AtomicI64,
+    /// When the floor was last added (only retries, which are rare, take this lock).
+    floored: Mutex<Instant>,
 }
 
-/// The share of requests that may be retried.
-pub const RETRY_RATIO: f64 = 0.2;
+/// The share of requests that may be retried, in thousandths of a retry.
+pub const RETRY_RATIO_MILLI: i64 = 200;
 /// Retries a second allowed whatever the traffic.
 pub const RETRY_FLOOR: f64 = 10.0;
-/// The most retries saved up.
-const RETRY_SAVED: f64 = 1_000.0;
+/// The most retries saved up, in thousandths.
+const RETRY_SAVED_MILLI: i64 = 1_000_000;
+const ONE_RETRY: i64 = 1_000;
 
 impl Default for RetryBudget {
     fn default() -> Self {
-        Self { state: Mutex::new((RETRY_FLOOR, Instant::now())) }
+        #[allow(clippy::cast_possible_truncation)]
+        let floor = (RETRY_FLOOR * 1000.0) as i64;
+        Self { saved: AtomicI64::new(floor), floored: Mutex::new(Instant::now()) }
     }
 }
 
 impl RetryBudget {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (f64, Instant)> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// A request arrives.
     pub fn deposit(&self) {
-        let mut state = self.lock();
-        state.0 = (state.0 + RETRY_RATIO).min(RETRY_SAVED);
+        self.saved.fetch_add(RETRY_RATIO_MILLI, Ordering::Relaxed);
     }
 
-    /// Whether one more retry may go now (and takes it).
+    /// Whether one more retry may go now (and takes it). The balance is capped here, where
+    /// it is spent, rather than on every deposit.
     pub fn withdraw(&self) -> bool {
-        let mut state = self.lock();
+        let mut floored = self.floored.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        let floor = now.duration_since(state.1).as_secs_f64() * RETRY_FLOOR;
-        state.1 = now;
-        state.0 = (state.0 + floor).min(RETRY_SAVED);
-        if state.0 >= 1.0 {
-            state.0 -= 1.0;
-            true
-        } else {
-            false
-        }
+        #[allow(clippy::cast_possible_truncation)]
+        let floor = (now.duration_since(*floored).as_secs_f64() * RETRY_FLOOR * 1000.0) as i64;
+        *floored = now;
+        let mut granted = false;
+        let _ = self.saved.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |saved| {
+            let saved = saved.min(RETRY_SAVED_MILLI).saturating_add(floor).min(RETRY_SAVED_MILLI);
+            granted = saved >= ONE_RETRY;
+            Some(if granted { saved - ONE_RETRY } else { saved })
+        });
+        granted
     }
 }
 
@@ -497,6 +508,7 @@ impl Fleet {
                     zone: instance.zone.clone(),
                     instance_type: instance.instance_type.clone(),
                     pool: instance.deployment_id,
+                    asked: AtomicBool::new(false),
                     in_flight: AtomicU32::new(0),
                     queue_depth: AtomicU32::new(queue),
                     kv_cache_permille: AtomicU32::new(kv_cache),
@@ -554,6 +566,7 @@ impl Fleet {
                     zone: String::new(),
                     instance_type: String::new(),
                     pool: None,
+                    asked: AtomicBool::new(false),
                     in_flight: AtomicU32::new(0),
                     queue_depth: AtomicU32::new(0),
                     kv_cache_permille: AtomicU32::new(0),

@@ -167,6 +167,7 @@ pub async fn build_with(
     } else {
         service
     };
-    let service = service.with_task(metrics.watch(fleet, shutdown.clone())).with_task(pools.run(shutdown.clone()));
+    let service =
+        service.with_task(metrics.watch(fleet.clone(), shutdown.clone())).with_task(pools.run(fleet, shutdown.clone()));
     Ok(service.with_task(writer).with_relay(&dependencies, &registry, shutdown))
 }

@@ -1,6 +1,7 @@
-//! What the router tells pools, and how it waits for one: every request for a pool's worker marks
-//! the pool active, and the marks are written once a second ([`FLUSH_EVERY`]) as the pool's
-//! `requested_at` (the autoscaler's idle clock). A request for a model that no worker serves now
+//! What the router tells pools, and how it waits for one: every request marks the worker it goes
+//! to (one relaxed atomic store, [`crate::fleet::Upstream::start`]), and once a second
+//! ([`FLUSH_EVERY`]) the pools of the marked workers get `requested_at` (the autoscaler's idle
+//! clock) in one transaction. A request for a model that no worker serves now
 //! but that a pool of the organization serves (scaled to zero, or still starting) is **held**:
 //! its pool is marked at once, which wakes it, and the request waits for a worker for up to
 //! [`HOLD_FOR`]; past that, or when [`MAX_HELD`] requests already wait, it gets 503
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 use qm_domain::{DeploymentId, OrganizationId};
 use qm_runtime::Shutdown;
 use qm_store::Store;
+
+use crate::fleet::Fleet;
 use tokio::sync::{Notify, Semaphore};
 
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -29,7 +32,8 @@ type Lookups = HashMap<(OrganizationId, String), (Instant, Option<DeploymentId>)
 
 pub struct PoolActivity {
     store: Arc<dyn Store>,
-    active: Mutex<HashSet<DeploymentId>>,
+    /// Pools with a held request, written at once.
+    woken: Mutex<HashSet<DeploymentId>>,
     wake: Notify,
     lookups: Mutex<Lookups>,
     pub held: Semaphore,
@@ -39,22 +43,16 @@ impl PoolActivity {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
             store,
-            active: Mutex::default(),
+            woken: Mutex::default(),
             wake: Notify::new(),
             lookups: Mutex::default(),
             held: Semaphore::new(MAX_HELD),
         }
     }
 
-    /// A request went to a worker of `pool`.
-    pub fn mark(&self, pool: DeploymentId) {
-        let mut active = self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        active.insert(pool);
-    }
-
     /// A request is held for `pool`: written at once.
     pub fn wake(&self, pool: DeploymentId) {
-        self.mark(pool);
+        self.woken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(pool);
         self.wake.notify_one();
     }
 
@@ -86,19 +84,20 @@ impl PoolActivity {
         Ok(pool)
     }
 
-    /// Writes the marks every [`FLUSH_EVERY`], or at once when a request is held, until
-    /// shutdown. Marks whose write fails are kept for the next.
-    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+    /// Writes the marks of `fleet`'s workers every [`FLUSH_EVERY`], or at once when a request
+    /// is held, until shutdown. Marks whose write fails are kept for the next.
+    pub async fn run(self: Arc<Self>, fleet: Arc<Fleet>, shutdown: Shutdown) {
         loop {
             tokio::select! {
                 () = shutdown.wait() => return,
                 () = tokio::time::sleep(FLUSH_EVERY) => {}
                 () = self.wake.notified() => {}
             }
-            let marked: Vec<DeploymentId> = {
-                let mut active = self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                active.drain().collect()
-            };
+            let mut marked: HashSet<DeploymentId> =
+                self.woken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().collect();
+            marked
+                .extend(fleet.snapshot().iter().filter(|worker| worker.take_asked()).filter_map(|worker| worker.pool));
+            let marked: Vec<DeploymentId> = marked.into_iter().collect();
             if marked.is_empty() {
                 continue;
             }
@@ -109,8 +108,7 @@ impl PoolActivity {
             };
             if let Err(error) = written.await {
                 tracing::warn!(%error, "could not record pool activity; kept for the next write");
-                let mut active = self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                active.extend(marked);
+                self.woken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(marked);
             }
         }
     }

@@ -267,9 +267,6 @@ async fn route(
             state.metrics.retries.inc();
         }
         tried.push(worker.instance_id);
-        if let Some(pool) = worker.pool {
-            state.pools.mark(pool);
-        }
         let in_flight = worker.start();
         let mut upstream = state
             .client

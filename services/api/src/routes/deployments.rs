@@ -262,6 +262,13 @@ async fn matching_offers(state: &AppState, constraints: &Constraints, provider: 
     Ok(offers.into_iter().map(|(_, offer)| offer).collect())
 }
 
+/// The model a deployment or pool serves, trimmed and checked.
+pub(super) fn model_name(model: &str) -> ApiResult<String> {
+    let model =
+        qm_domain::ModelId::parse(model.trim()).map_err(|error| Problem::invalid("model", error.to_string()))?;
+    Ok(model.as_str().to_owned())
+}
+
 /// Turns a request into the ordered list of places to try.
 pub(super) async fn placements(state: &AppState, request: &DeploymentRequest) -> ApiResult<Vec<Offer>> {
     let store = &*state.dependencies.store;
@@ -327,10 +334,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<DeploymentAccepted>)> {
     let audit = Audit::start("deployment.create");
     principal.require(Role::Operator)?;
-    let model = qm_domain::ModelId::parse(request.model.trim())
-        .map_err(|error| Problem::invalid("model", error.to_string()))?
-        .as_str()
-        .to_owned();
+    let model = model_name(&request.model)?;
     if !(1..=MAX_COUNT).contains(&request.count) {
         return Err(Problem::invalid("count", format!("must be between 1 and {MAX_COUNT}")));
     }

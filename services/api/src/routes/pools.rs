@@ -8,10 +8,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use qm_domain::scaling::ScalingPolicy;
 use qm_domain::{DeploymentId, Role};
-use qm_store::{Deployment, Instance, InstanceFilter, NewPool, Pool};
+use qm_store::{Deployment, Instance, NewPool, Pool};
 use serde::{Deserialize, Serialize};
 
-use super::deployments::{Constraints, DeploymentRequest, PlacementRequest, enforce_budget, placements};
+use super::deployments::{Constraints, DeploymentRequest, PlacementRequest, enforce_budget, model_name, placements};
 use super::{Audit, Page, PageParams, bounded_text};
 use crate::AppState;
 use crate::auth::Principal;
@@ -97,10 +97,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<Pool>)> {
     let audit = Audit::start("pool.create");
     principal.require(Role::Operator)?;
-    let model = qm_domain::ModelId::parse(request.model.trim())
-        .map_err(|error| Problem::invalid("model", error.to_string()))?
-        .as_str()
-        .to_owned();
+    let model = model_name(&request.model)?;
     check_bounds(request.min_replicas, request.max_replicas, &request.policy)?;
     let desired = request.replicas.unwrap_or(request.min_replicas.max(1));
     if !(request.min_replicas..=request.max_replicas).contains(&desired) {
@@ -177,21 +174,8 @@ pub async fn get(
     Path(id): Path<DeploymentId>,
 ) -> ApiResult<Json<PoolView>> {
     let pool = visible(&state, &principal, id).await?;
-    let filter = InstanceFilter {
-        organization: Some(pool.organization_id),
-        deployment: Some(id),
-        limit: 500,
-        ..InstanceFilter::default()
-    };
     let hour_ago = qm_store::now() - chrono::Duration::hours(1);
-    let instances = state
-        .dependencies
-        .store
-        .instances(&filter)
-        .await?
-        .into_iter()
-        .filter(|instance| !instance.state.is_terminal() || instance.updated_at >= hour_ago)
-        .collect();
+    let instances = state.dependencies.store.deployment_instances(id, hour_ago, 500).await?;
     Ok(Json(PoolView { pool, instances }))
 }
 

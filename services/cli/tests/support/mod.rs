@@ -136,6 +136,14 @@ impl Session {
         (dev, Self::login(&urls["api"], "dev-test-password").await)
     }
 
+    /// `qm dev` whose mock engines take 20 ms a token (so that a stream lasts while its worker
+    /// drains or its pool shrinks), logged in; with the router's URL.
+    pub async fn start_serving(data_dir: &Path) -> (Dev, Self, String) {
+        let variables = [("QM_ADMIN_PASSWORD", "dev-test-password"), ("QM_MOCK_DECODE_MS_PER_TOKEN", "20")];
+        let (dev, urls, _) = Dev::start_with(data_dir, &[], &variables);
+        (dev, Self::login(&urls["api"], "dev-test-password").await, urls["router"].clone())
+    }
+
     pub async fn login(api: &str, password: &str) -> Self {
         let client = http();
         let login: serde_json::Value = client

@@ -22,6 +22,24 @@ use crate::Shutdown;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// What the standard layers bound. A service that bounds bodies and time itself, in its own
+/// error shape and per phase (the router: OpenAI's errors, a first-byte timeout, streams that
+/// run for minutes), turns them off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// `None`: the service reads bodies with its own bound.
+    pub max_body_bytes: Option<usize>,
+    /// `None`: no overall timeout until the answer starts.
+    pub request_timeout: Option<Duration>,
+}
+
+impl Limits {
+    /// [`MAX_BODY_BYTES`] and [`REQUEST_TIMEOUT`].
+    pub const STANDARD: Self = Self { max_body_bytes: Some(MAX_BODY_BYTES), request_timeout: Some(REQUEST_TIMEOUT) };
+    /// Neither: the service bounds both itself.
+    pub const OWN: Self = Self { max_body_bytes: None, request_timeout: None };
+}
+
 /// How long in-flight requests may run on after shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -114,7 +132,7 @@ async fn normalize_errors(response: Response) -> Response {
     let detail = match status {
         StatusCode::NOT_FOUND => "no such route".to_owned(),
         StatusCode::METHOD_NOT_ALLOWED => "this route does not take that method".to_owned(),
-        StatusCode::PAYLOAD_TOO_LARGE => format!("the body exceeds {MAX_BODY_BYTES} bytes"),
+        StatusCode::PAYLOAD_TOO_LARGE => "the body is too large".to_owned(),
         StatusCode::REQUEST_TIMEOUT => format!("the request took longer than {} s", REQUEST_TIMEOUT.as_secs()),
         other => other.canonical_reason().unwrap_or("error").to_lowercase(),
     };
@@ -131,37 +149,61 @@ async fn normalize_errors(response: Response) -> Response {
 /// the connection reset instead of the answer).
 pub const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
 
-/// Refuses a body whose declared length is over [`MAX_BODY_BYTES`] before any handler runs. A
-/// moderately oversized body is read and discarded first: closing the connection while the
-/// client still uploads would reset it before the client reads the 413.
-async fn refuse_oversized(request: Request, next: Next) -> Response {
+/// When `request` declares a body over `limit`: the body is read and discarded (up to
+/// [`DRAIN_LIMIT`]; closing the connection while the client still uploads would reset it before
+/// the client reads the 413) and `Err` holds the request's parts; otherwise `Ok(request)`.
+///
+/// # Errors
+/// The declared length is over `limit`.
+pub async fn drain_oversized(request: Request, limit: usize) -> Result<Request, axum::http::request::Parts> {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok());
-    let Some(length) = declared.filter(|length| *length > MAX_BODY_BYTES as u64) else {
-        return next.run(request).await;
+    let Some(length) = declared.filter(|length| *length > limit as u64) else {
+        return Ok(request);
     };
+    let (parts, body) = request.into_parts();
     if length <= DRAIN_LIMIT {
         use futures::StreamExt as _;
-        let mut body = request.into_body().into_data_stream();
+        let mut body = body.into_data_stream();
         while let Some(Ok(_)) = body.next().await {}
     }
-    problem(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body exceeds {MAX_BODY_BYTES} bytes"))
+    Err(parts)
+}
+
+/// Refuses a body whose declared length is over `limit` before any handler runs.
+async fn refuse_oversized(State(limit): State<usize>, request: Request, next: Next) -> Response {
+    match drain_oversized(request, limit).await {
+        Ok(request) => next.run(request).await,
+        Err(_) => problem(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body exceeds {limit} bytes")),
+    }
 }
 
 /// Adds the standard layers to a service's router.
 pub fn with_standard_layers(router: Router, registry: &Registry) -> Router {
+    with_layers(router, registry, Limits::STANDARD)
+}
+
+/// Adds the standard layers with `limits`.
+pub fn with_layers(router: Router, registry: &Registry, limits: Limits) -> Router {
     // Innermost first: the metrics see what the limits and the panic guard answered, and every
     // stray error, a timeout included, leaves as problem+json.
-    router
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(refuse_oversized))
+    let router = match limits.max_body_bytes {
+        Some(limit) => router
+            .layer(RequestBodyLimitLayer::new(limit))
+            .layer(middleware::from_fn_with_state(limit, refuse_oversized)),
+        None => router,
+    };
+    let router = router
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(middleware::from_fn_with_state(HttpMetrics::new(registry), observe))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
-        .layer(middleware::map_response(normalize_errors))
+        .layer(middleware::from_fn_with_state(HttpMetrics::new(registry), observe));
+    let router = match limits.request_timeout {
+        Some(timeout) => router.layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout)),
+        None => router,
+    };
+    router.layer(middleware::map_response(normalize_errors))
 }
 
 /// A bound listener, so that callers (and tests on port 0) know the address before serving.

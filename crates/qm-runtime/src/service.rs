@@ -43,10 +43,24 @@ impl Service {
         router: Router,
         registry: &Registry,
     ) -> Result<Self, std::io::Error> {
+        Self::bind_with(name, address, router, registry, crate::http::Limits::STANDARD).await
+    }
+
+    /// [`Service::bind`] with the standard layers' `limits`.
+    ///
+    /// # Errors
+    /// The bind error, with the address.
+    pub async fn bind_with(
+        name: &'static str,
+        address: SocketAddr,
+        router: Router,
+        registry: &Registry,
+        limits: crate::http::Limits,
+    ) -> Result<Self, std::io::Error> {
         let server = Server::bind(address).await.map_err(|error| {
             std::io::Error::new(error.kind(), format!("{name} cannot listen on {address}: {error}"))
         })?;
-        Ok(Self { name, server, router: crate::http::with_standard_layers(router, registry), tasks: Vec::new() })
+        Ok(Self { name, server, router: crate::http::with_layers(router, registry, limits), tasks: Vec::new() })
     }
 
     /// Adds a background task; it must return soon after the shutdown it was given fires.
@@ -125,6 +139,21 @@ impl Service {
         routes: Router,
         registry: Registry,
     ) -> Result<(Self, Registry), std::io::Error> {
+        Self::with_routes_limited(name, dependencies, address, routes, registry, crate::http::Limits::STANDARD).await
+    }
+
+    /// [`Service::with_routes`] with the standard layers' `limits`.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn with_routes_limited(
+        name: &'static str,
+        dependencies: &Dependencies,
+        address: SocketAddr,
+        routes: Router,
+        registry: Registry,
+        limits: crate::http::Limits,
+    ) -> Result<(Self, Registry), std::io::Error> {
         let router = crate::probes::router(
             registry.clone(),
             vec![
@@ -133,7 +162,7 @@ impl Service {
             ],
             dependencies.settings.metrics_token.as_ref().map(|token| token.expose()),
         );
-        let service = Self::bind(name, address, routes.merge(router), &registry).await?;
+        let service = Self::bind_with(name, address, routes.merge(router), &registry, limits).await?;
         Ok((service, registry))
     }
 }

@@ -161,7 +161,11 @@ pub async fn build_with(
         pools: pools.clone(),
     });
     let routes = proxy::routes(state);
-    let (service, registry) = Service::with_routes(NAME, &dependencies, address, routes, registry).await?;
+    // Bodies, and time per phase (connect, first byte, between events), are bounded by the
+    // proxy itself, in OpenAI's error shape: a stream or a long generation may run for minutes.
+    let limits = qm_runtime::http::Limits::OWN;
+    let (service, registry) =
+        Service::with_routes_limited(NAME, &dependencies, address, routes, registry, limits).await?;
     let service = if discover {
         service.with_task(fleet.clone().run(dependencies.store.clone(), shutdown.clone()))
     } else {

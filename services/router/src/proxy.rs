@@ -92,9 +92,9 @@ impl Endpoint {
 
 pub fn routes(state: Arc<RouterState>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(|state, headers, body| handle(state, Endpoint::Chat, headers, body)))
-        .route("/v1/completions", post(|state, headers, body| handle(state, Endpoint::Completions, headers, body)))
-        .route("/v1/embeddings", post(|state, headers, body| handle(state, Endpoint::Embeddings, headers, body)))
+        .route("/v1/chat/completions", post(|state, request| handle(state, Endpoint::Chat, request)))
+        .route("/v1/completions", post(|state, request| handle(state, Endpoint::Completions, request)))
+        .route("/v1/embeddings", post(|state, request| handle(state, Endpoint::Embeddings, request)))
         .route("/v1/models", get(models))
         .with_state(state)
 }
@@ -127,9 +127,22 @@ async fn models(State(state): State<Arc<RouterState>>, headers: HeaderMap) -> Re
 
 /// Answers a request and counts it. The `model` label is the requested model only when the
 /// organization serves it (else empty), so that made-up model names cannot grow the metrics.
-async fn handle(State(state): State<Arc<RouterState>>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+async fn handle(
+    State(state): State<Arc<RouterState>>,
+    endpoint: Endpoint,
+    request: axum::extract::Request,
+) -> Response {
     let started = Instant::now();
-    let (model, response) = match route(&state, endpoint, &headers, body, started).await {
+    // A body declared too large is refused before it is read (after draining it, so that the
+    // client reads the answer); one that only turns out too large is refused by `read`.
+    let routed = match qm_runtime::http::drain_oversized(request, MAX_BODY).await {
+        Ok(request) => {
+            let (parts, body) = request.into_parts();
+            route(&state, endpoint, &parts.headers, body, started).await
+        }
+        Err(_) => Err((String::new(), ApiError::too_large(MAX_BODY))),
+    };
+    let (model, response) = match routed {
         Ok((model, response)) => (model, response),
         Err((model, error)) => {
             state.metrics.rejections.with_label_values(&[error.code]).inc();

@@ -186,6 +186,12 @@ pub struct Settings {
     /// `QM_ROUTER_LIMITS_URL` (or `_FILE`): where router replicas share their rate limits
     /// (`redis://…`); in-process when unset.
     pub router_limits_url: Option<Secret>,
+    /// `QM_ROUTER_FIRST_BYTE_TIMEOUT_SECONDS` (default 120): how long the router waits for a
+    /// worker's answer to start (a whole answer, when not streamed) before trying another.
+    pub router_first_byte_timeout: Duration,
+    /// `QM_ROUTER_STREAM_IDLE_TIMEOUT_SECONDS` (default 120): a stream with no event for this
+    /// long is closed.
+    pub router_stream_idle_timeout: Duration,
     /// `QM_INSTALLATION` (see [`installation`]): which Quartermaster owns a cloud resource.
     pub installation: String,
     /// How instances boot on the clouds (`QM_AGENT_IMAGE`, `QM_AGENT_BINARY`,
@@ -405,6 +411,8 @@ impl Settings {
         let command_visibility_timeout =
             seconds("QM_COMMAND_VISIBILITY_TIMEOUT_SECONDS", Duration::from_secs(15 * 60))?;
         let events_recheck = seconds("QM_EVENTS_RECHECK_SECONDS", Duration::from_secs(30))?;
+        let router_first_byte_timeout = seconds("QM_ROUTER_FIRST_BYTE_TIMEOUT_SECONDS", Duration::from_secs(120))?;
+        let router_stream_idle_timeout = seconds("QM_ROUTER_STREAM_IDLE_TIMEOUT_SECONDS", Duration::from_secs(120))?;
         if events_recheck > Duration::from_secs(60) {
             return Err(invalid("QM_EVENTS_RECHECK_SECONDS")("must be at most 60".into()));
         }
@@ -456,6 +464,8 @@ impl Settings {
                 }
                 None => None,
             },
+            router_first_byte_timeout,
+            router_stream_idle_timeout,
             installation: installation(environment)?,
             boot: BootSettings::from_environment(environment)?,
         })

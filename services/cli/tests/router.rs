@@ -111,6 +111,15 @@ async fn clients_reach_the_fleet_through_the_router_with_keys_usage_and_failover
     assert_eq!(status, 200, "{body}");
     count(usage_of(&body));
 
+    // Embeddings: one vector per input, prompt tokens counted.
+    let (status, _, body) =
+        post(&router, &key, "/v1/embeddings", json!({ "model": "m", "input": ["one two", "three four five"] })).await;
+    assert_eq!(status, 200, "{body}");
+    let embedded: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(embedded["data"].as_array().map(Vec::len), Some(2), "{body}");
+    assert_eq!(embedded["usage"]["prompt_tokens"], 5, "{body}");
+    count((5, 0));
+
     // OpenAI's Python client, as users run it.
     let script = r#"
 import os, sys
@@ -119,6 +128,8 @@ client = OpenAI(base_url=os.environ["ROUTER"] + "/v1", api_key=os.environ["KEY"]
 whole = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "a b c"}], max_tokens=3)
 assert whole.choices[0].message.content, whole
 assert whole.usage.prompt_tokens == 3 and whole.usage.completion_tokens == 3, whole.usage
+vectors = client.embeddings.create(model="m", input="a b c")
+assert len(vectors.data) == 1 and len(vectors.data[0].embedding) == 8 and vectors.usage.prompt_tokens == 3, vectors
 pieces = []
 for chunk in client.chat.completions.create(model="m", messages=[{"role": "user", "content": "a b c"}], max_tokens=3, stream=True):
     if chunk.choices and chunk.choices[0].delta.content:
@@ -142,6 +153,7 @@ print("openai client ok")
     let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success() && said.contains("openai client ok"), "{said}");
     count((3, 3));
+    count((3, 0));
     count((3, 3));
 
     // A burst while one worker is killed: nothing that had not started is lost.

@@ -159,6 +159,8 @@ pub async fn build_with(
         metrics: metrics.clone(),
         engine_key: dependencies.settings.boot.engine_api_key.clone(),
         pools: pools.clone(),
+        first_byte_timeout: dependencies.settings.router_first_byte_timeout,
+        stream_idle_timeout: dependencies.settings.router_stream_idle_timeout,
     });
     let routes = proxy::routes(state);
     // Bodies, and time per phase (connect, first byte, between events), are bounded by the

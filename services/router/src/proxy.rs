@@ -38,10 +38,6 @@ const MAX_EVENT: usize = 1 << 20;
 /// Workers tried for one request.
 pub const MAX_ATTEMPTS: usize = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Until the engine's answer starts (its headers): prefill of a long prompt under load.
-const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Between two events of a stream.
-const IDLE_STREAM_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bytes of a prompt's beginning that choose its worker (shared system prompts and few-shot
 /// examples live there).
 const AFFINITY_PREFIX: usize = 1024;
@@ -59,6 +55,11 @@ pub struct RouterState {
     pub engine_key: Option<qm_config::Secret>,
     /// Pools' activity, and requests held for a pool with no worker yet.
     pub pools: Arc<crate::pools::PoolActivity>,
+    /// Until the engine's answer starts (`QM_ROUTER_FIRST_BYTE_TIMEOUT_SECONDS`): prefill of a
+    /// long prompt under load, or a whole answer when not streamed.
+    pub first_byte_timeout: Duration,
+    /// Between two events of a stream (`QM_ROUTER_STREAM_IDLE_TIMEOUT_SECONDS`).
+    pub stream_idle_timeout: Duration,
 }
 
 impl RouterState {
@@ -290,7 +291,7 @@ async fn route(
             upstream = upstream.bearer_auth(key.expose());
         }
         let sent = upstream.send();
-        let response = match tokio::time::timeout(FIRST_BYTE_TIMEOUT, sent).await {
+        let response = match tokio::time::timeout(state.first_byte_timeout, sent).await {
             Ok(Ok(response)) if !retryable(response.status()) => response,
             Ok(Ok(response)) => {
                 tracing::info!(worker = %worker.instance_id, status = %response.status(), "worker refused; trying another");
@@ -334,7 +335,7 @@ async fn route(
                 .and_then(|value| value.to_str().ok())
                 .is_some_and(|value| value.starts_with("text/event-stream"));
         let relayed = if streamed {
-            relay_stream(response, accounting, in_flight, !ask.usage_asked)
+            relay_stream(response, accounting, in_flight, !ask.usage_asked, state.stream_idle_timeout)
         } else {
             relay_whole(response, accounting, &worker, in_flight).await.map_err(fail)?
         };
@@ -475,6 +476,7 @@ fn relay_stream(
     accounting: Accounting,
     in_flight: InFlight,
     strip_usage: bool,
+    idle_timeout: Duration,
 ) -> Response {
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::OK);
     let kind = content_type(&response);
@@ -498,7 +500,7 @@ fn relay_stream(
         _in_flight: in_flight,
         done: false,
     };
-    let events = futures::stream::unfold(relay, |mut relay| async move {
+    let events = futures::stream::unfold(relay, move |mut relay| async move {
         loop {
             // An event too long to be one the router reads goes on as it is, unread.
             let end =
@@ -524,7 +526,7 @@ fn relay_stream(
                 let rest = Bytes::from(std::mem::take(&mut relay.buffer));
                 return Some((Ok(rest), relay));
             }
-            match tokio::time::timeout(IDLE_STREAM_TIMEOUT, relay.upstream.next()).await {
+            match tokio::time::timeout(idle_timeout, relay.upstream.next()).await {
                 Ok(Some(Ok(chunk))) => relay.buffer.extend_from_slice(&chunk),
                 Ok(Some(Err(error))) => {
                     tracing::info!(error = %error.without_url(), "a worker's stream broke off");

@@ -82,6 +82,7 @@ async fn two_router_replicas_together_admit_one_limit() {
         count: 2,
         limits: KeyLimits { requests_per_minute: Some(10), ..KeyLimits::default() },
         redis: Some(redis_url()),
+        variables: Vec::new(),
     };
     let (routers, key) = support::qm_routers(&directory, &[worker], &shutdown, &replicas).await;
     let client = reqwest::Client::new();

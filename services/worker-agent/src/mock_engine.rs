@@ -198,6 +198,7 @@ impl MockEngine {
             .route("/v1/models", get(models))
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
+            .route("/v1/embeddings", post(embeddings))
             .route("/metrics", get(metrics))
             .with_state(self.clone())
     }
@@ -360,6 +361,62 @@ async fn chat(State(engine): State<MockEngine>, body: axum::body::Bytes) -> Resp
         "choices": [{ "index": 0, "message": { "role": "assistant", "content": answer.join(" ") }, "finish_reason": "stop" }],
         "usage": usage(prompt_tokens, answer.len()),
     }))
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbeddingRequest {
+    model: String,
+    /// A string or a list of strings.
+    input: Value,
+}
+
+/// Dimensions of the mock's embeddings.
+const EMBEDDING_DIMENSIONS: usize = 8;
+
+/// A deterministic unit vector for `text`.
+fn embedding_of(text: &str) -> Vec<f64> {
+    use std::hash::{Hash as _, Hasher as _};
+    let raw: Vec<f64> = (0..EMBEDDING_DIMENSIONS)
+        .map(|dimension| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (dimension, text).hash(&mut hasher);
+            #[allow(clippy::cast_precision_loss)]
+            let value = (hasher.finish() % 2_001) as f64 / 1_000.0 - 1.0;
+            value
+        })
+        .collect();
+    let norm = raw.iter().map(|value| value * value).sum::<f64>().sqrt().max(f64::EPSILON);
+    raw.into_iter().map(|value| value / norm).collect()
+}
+
+/// `POST /v1/embeddings`: one vector per input, prefill only (no decode), usage in prompt tokens.
+async fn embeddings(State(engine): State<MockEngine>, body: axum::body::Bytes) -> Response {
+    let request: EmbeddingRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(parse) => return error(StatusCode::BAD_REQUEST, &parse.to_string(), "invalid_request"),
+    };
+    if let Some(response) = engine.unknown_model(&request.model) {
+        return response;
+    }
+    let inputs: Vec<String> = match &request.input {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_string) => {
+            items.iter().filter_map(Value::as_str).map(str::to_owned).collect()
+        }
+        _ => return error(StatusCode::BAD_REQUEST, "`input` must be a string or a list of strings", "invalid_request"),
+    };
+    let mut prompt_tokens = 0;
+    let mut data = Vec::with_capacity(inputs.len());
+    for (index, input) in inputs.iter().enumerate() {
+        let (tokens, running) = engine.prefill(input).await;
+        drop(running);
+        prompt_tokens += tokens;
+        data.push(json!({ "object": "embedding", "index": index, "embedding": embedding_of(input) }));
+    }
+    engine.finish(prompt_tokens, 0);
+    axum::Json(json!({ "object": "list", "data": data, "model": engine.model,
+        "usage": { "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens } }))
     .into_response()
 }
 

@@ -85,7 +85,8 @@ pub async fn qm_router(directory: &Path, workers: &[String], shutdown: &Shutdown
         requests_per_minute: Some(1_000_000_000),
         tokens_per_minute: Some(1_000_000_000),
     };
-    let (mut urls, key) = qm_routers(directory, workers, shutdown, &Replicas { count: 1, limits, redis: None }).await;
+    let replicas = Replicas { count: 1, limits, redis: None, variables: Vec::new() };
+    let (mut urls, key) = qm_routers(directory, workers, shutdown, &replicas).await;
     (urls.remove(0), key)
 }
 
@@ -94,6 +95,8 @@ pub struct Replicas {
     pub count: usize,
     pub limits: qm_store::KeyLimits,
     pub redis: Option<String>,
+    /// More of the router's settings (`QM_ROUTER_…`).
+    pub variables: Vec<(&'static str, String)>,
 }
 
 /// `replicas.count` qm-router replicas on one temporary SQLite store (each its own connection
@@ -115,6 +118,7 @@ pub async fn qm_routers(
     if let Some(redis) = &replicas.redis {
         pairs.push(("QM_ROUTER_LIMITS_URL", redis.clone()));
     }
+    pairs.extend(replicas.variables.iter().cloned());
     let settings = Settings::from_env(&Environment::from_pairs(pairs.clone())).unwrap();
     let dependencies = qm_runtime::entrypoint::connect(settings).await.unwrap();
     let organization = OrganizationId::new();

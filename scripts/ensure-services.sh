@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests talk to run on loopback: PostgreSQL (5432), Redis (6379) and
-# NATS with JetStream (4222), and that the tools the tests run (cloud-init, cargo-nextest) exist. Installs a missing server from Debian's packages, starts a stopped
+# NATS with JetStream (4222), and that the tools the tests run (cloud-init, prometheus, cargo-nextest) exist. Installs a missing server from Debian's packages, starts a stopped
 # one, and fails naming the piece it could not bring up.
 set -euo pipefail
 
@@ -51,6 +51,8 @@ fi
 
 # The boot-configuration tests validate rendered user data with cloud-init's own schema checker.
 command -v cloud-init >/dev/null || apt_install --no-install-recommends cloud-init
+# Dashboard queries are evaluated by a real Prometheus.
+command -v prometheus >/dev/null || apt_install --no-install-recommends prometheus
 
 if ! command -v cargo-nextest >/dev/null; then
   echo "installing cargo-nextest ..."

@@ -7,6 +7,7 @@ pub mod cloud_init;
 pub mod fault_proxy;
 pub mod load;
 pub mod moto;
+pub mod prometheus;
 pub mod scaleway;
 
 /// An HTTP client (reqwest is built without a default TLS crypto provider).

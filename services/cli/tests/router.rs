@@ -191,16 +191,27 @@ print("openai client ok")
     }
     // A model nobody serves is not a label: made-up names cannot grow the metrics.
     assert!(!metrics.contains("no-such-model"), "{metrics}");
-    // Every metric the router dashboard queries is exported by this router with this traffic.
+    // Every query of the router dashboard returns data from a real Prometheus scraping this
+    // router every second, with traffic (whole answers and streams) while it scrapes.
     let dashboard =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/dashboards/router.json");
-    for metric in support::dashboard_metrics(&dashboard) {
-        let sampled = metrics.lines().any(|line| {
-            line.strip_prefix(metric.as_str())
-                .is_some_and(|rest| rest.starts_with(['{', ' ']) || rest.starts_with("_bucket"))
-        });
-        assert!(sampled, "{metric}, used by the router dashboard, is not exported");
+    let target = router.trim_start_matches("http://").to_owned();
+    let prometheus = qm_testkit::prometheus::Prometheus::start(&[target.as_str()]).await;
+    for index in 0..12 {
+        let mut body = chat("m", index % 2 == 0);
+        if index % 2 == 0 {
+            body["stream_options"] = json!({ "include_usage": true });
+        }
+        let (status, _, answer) = post(&router, &key, "/v1/chat/completions", body).await;
+        assert_eq!(status, 200, "{answer}");
+        count(usage_of(&answer));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    for query in qm_testkit::prometheus::dashboard_queries(&dashboard) {
+        let result = prometheus.data(&query, Duration::from_secs(15)).await;
+        assert!(result.is_ok(), "the router dashboard's `{query}` returns no data: {result:?}");
+    }
+    drop(prometheus);
 
     // Every token sent through the router is in FinOps under the key, once.
     let expected = sent;

@@ -612,6 +612,38 @@ pub struct CapExceeded {
     pub period: String,
 }
 
+/// What `count` more instances would add per hour in the reporting currency of `configured`
+/// rates: each at the most expensive of `placements` (failover may land it there), plus the
+/// organization's instances that are not billing yet, each at its most expensive placement.
+///
+/// # Errors
+/// The store's.
+pub async fn added_hourly(
+    store: &dyn Store,
+    configured: &qm_domain::ExchangeRates,
+    organization: qm_domain::OrganizationId,
+    placements: &[qm_store::Offer],
+    count: i32,
+) -> Result<i64, StoreError> {
+    let rates = qm_store::finops::effective_rates(store, configured).await?;
+    let hourly = |price: i64, currency: &str| {
+        qm_domain::Currency::parse(currency)
+            .ok()
+            .and_then(|currency| rates.convert(qm_domain::MicroUnits::new(price), currency))
+            .map_or(price, |price| price.get())
+    };
+    let most_expensive = |offers: &[qm_store::Offer], fallback: i64| {
+        offers.iter().map(|offer| hourly(offer.hourly_price_micros, &offer.currency)).fold(fallback, i64::max)
+    };
+    let pending: i64 = store
+        .unbilled_instances(organization)
+        .await?
+        .iter()
+        .map(|instance| most_expensive(&instance.placements, hourly(instance.hourly_price_micros, &instance.currency)))
+        .fold(0, i64::saturating_add);
+    Ok(most_expensive(placements, 0).saturating_mul(i64::from(count)).saturating_add(pending))
+}
+
 /// Refuses spending `added_hourly` more (reporting currency, per hour, until the month ends)
 /// when the organization's budget has a hard cap that the projected month would exceed.
 ///

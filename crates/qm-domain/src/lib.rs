@@ -13,6 +13,7 @@
 //! - [`scaling`]: a pool's scaling policy and the pure autoscaler that applies it.
 
 pub mod actions;
+pub mod engine;
 pub mod identity;
 pub mod ids;
 pub mod lifecycle;

@@ -7,6 +7,7 @@
 //! Ids are UUIDs, times RFC 3339, money integer micro-units with its currency.
 
 use chrono::{DateTime, Utc};
+use qm_domain::engine::EngineSettings;
 use qm_domain::{DeploymentId, InstanceId, InstanceState, Offer, OrganizationId, UserId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,9 @@ pub struct InstanceProvision {
     /// The offers to try, in order: the first is where the instance was recorded; the
     /// orchestrator fails over down the list.
     pub placements: Vec<Offer>,
+    /// A pool replica: the arguments its engine starts with (none when left out).
+    #[serde(default, skip_serializing_if = "EngineSettings::is_default")]
+    pub engine: EngineSettings,
 }
 payload!(InstanceProvision, InstanceProvision);
 

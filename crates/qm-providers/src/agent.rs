@@ -24,6 +24,9 @@ pub struct BootConfig {
     pub instance_id: String,
     pub bootstrap_token: String,
     pub model: String,
+    /// The engine's arguments after the model (a pool's engine settings), validated by the api.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engine_args: Vec<String>,
 }
 
 /// A YAML double-quoted scalar holding exactly `value`: printable ASCII as is, everything else
@@ -109,6 +112,8 @@ impl BootConfig {
         let mut units = Vec::new();
         if let Some(image) = &plan.engine_image {
             files.push((MODEL_PATH.to_owned(), "0644", format!("{}\n", self.model)));
+            let args: String = self.engine_args.iter().map(|arg| format!("{arg}\n")).collect();
+            files.push((ENGINE_ARGS_PATH.to_owned(), "0644", args));
             files.push((ENGINE_ENV_PATH.to_owned(), "0600", plan.engine_environment(image)));
             files.push((format!("{SCRIPT_DIR}/run-engine"), "0755", RUN_ENGINE.to_owned()));
             files.push(("/etc/systemd/system/qm-engine.service".to_owned(), "0644", ENGINE_UNIT.to_owned()));
@@ -149,6 +154,7 @@ impl BootConfig {
 const AGENT_ENV_PATH: &str = "/etc/quartermaster/agent.env";
 const ENGINE_ENV_PATH: &str = "/etc/quartermaster/engine.env";
 const MODEL_PATH: &str = "/etc/quartermaster/model";
+const ENGINE_ARGS_PATH: &str = "/etc/quartermaster/engine.args";
 const SCRIPT_DIR: &str = "/usr/local/lib/quartermaster";
 
 /// Starts the agent: the download the api serves, checked against its SHA-256 before it runs
@@ -183,21 +189,30 @@ exec docker run --rm --name qm-agent --network host --user 0 \
   "$QM_AGENT_IMAGE" qm-worker-agent
 "#;
 
-/// Starts the engine: the image's OpenAI-compatible server (`vllm serve <model>`) on the GPUs.
-/// With `VLLM_API_KEY` it requires that key and is published on every interface (the router
-/// reaches it at the provider's address); without, on loopback only (the agent reaches it there).
+/// Starts the engine: the image's OpenAI-compatible server (`vllm serve <model> <args>`) on the
+/// GPUs, the arguments read one per line from /etc/quartermaster/engine.args (each stays one
+/// argument: no word splitting, no globbing). With `VLLM_API_KEY` it requires that key and is
+/// published on every interface (the router reaches it at the provider's address); without, on
+/// loopback only (the agent reaches it there).
 const RUN_ENGINE: &str = r#"#!/bin/sh
-# Quartermaster inference engine: QM_ENGINE_IMAGE serving the model in /etc/quartermaster/model.
+# Quartermaster inference engine: QM_ENGINE_IMAGE serving the model in /etc/quartermaster/model
+# with the arguments of /etc/quartermaster/engine.args, one per line.
 set -eu
 model=$(cat /etc/quartermaster/model)
+set -- "$model"
+if [ -f /etc/quartermaster/engine.args ]; then
+  while IFS= read -r arg || [ -n "$arg" ]; do
+    set -- "$@" "$arg"
+  done < /etc/quartermaster/engine.args
+fi
 mkdir -p /var/lib/quartermaster/huggingface
 docker rm -f qm-engine >/dev/null 2>&1 || true
 if [ -n "${VLLM_API_KEY:-}" ]; then
   exec docker run --rm --name qm-engine --gpus all --ipc=host -p 8000:8000 -e VLLM_API_KEY \
-    -v /var/lib/quartermaster/huggingface:/root/.cache/huggingface "$QM_ENGINE_IMAGE" "$model"
+    -v /var/lib/quartermaster/huggingface:/root/.cache/huggingface "$QM_ENGINE_IMAGE" "$@"
 fi
 exec docker run --rm --name qm-engine --gpus all --ipc=host -p 127.0.0.1:8000:8000 \
-  -v /var/lib/quartermaster/huggingface:/root/.cache/huggingface "$QM_ENGINE_IMAGE" "$model"
+  -v /var/lib/quartermaster/huggingface:/root/.cache/huggingface "$QM_ENGINE_IMAGE" "$@"
 "#;
 
 const AGENT_UNIT: &str = "[Unit]
@@ -550,6 +565,7 @@ mod tests {
             instance_id: "01a2-x".into(),
             bootstrap_token: "qmb_abc".into(),
             model: "m".into(),
+            engine_args: vec!["--max-model-len".into(), "8192".into()],
         };
         assert_eq!(BootConfig::parse(&config.render(&BootPlan::default())), Some(config));
         assert_eq!(BootConfig::parse("QM_API_URL=x\n"), None);
@@ -570,8 +586,13 @@ mod tests {
             engine_api_key: Some(qm_config::Secret::new("engine-key-0123456789")),
         };
         let plan = BootPlan::from_settings(&settings, Some("https://qm.example.com/base/")).expect("plan");
-        let config =
-            BootConfig { api_url: "u".into(), instance_id: "i".into(), bootstrap_token: "t".into(), model: "m".into() };
+        let config = BootConfig {
+            api_url: "u".into(),
+            instance_id: "i".into(),
+            bootstrap_token: "t".into(),
+            model: "m".into(),
+            engine_args: Vec::new(),
+        };
         let rendered = config.render(&plan);
         assert!(rendered.contains("VLLM_API_KEY=engine-key-0123456789"), "the engine requires the key");
         assert!(!config.render(&plan.for_gpus(false)).contains("VLLM_API_KEY"), "no engine, no key");

@@ -18,8 +18,9 @@ const AGENT_FILES: [&str; 4] = [
     "/usr/local/lib/quartermaster/run-agent",
     "/etc/systemd/system/qm-agent.service",
 ];
-const ENGINE_FILES: [&str; 4] = [
+const ENGINE_FILES: [&str; 5] = [
     "/etc/quartermaster/model",
+    "/etc/quartermaster/engine.args",
     "/etc/quartermaster/engine.env",
     "/usr/local/lib/quartermaster/run-engine",
     "/etc/systemd/system/qm-engine.service",
@@ -75,7 +76,7 @@ fn check(config: &BootConfig, plan: &BootPlan) {
     assert_eq!(permissions, "0600", "the agent's configuration (its token) is root's alone");
     let json: serde_json::Value = serde_json::from_str(content).unwrap();
     let object = json.as_object().unwrap();
-    assert_eq!(object.len(), 4, "{content}");
+    assert_eq!(object.len(), 4 + usize::from(!config.engine_args.is_empty()), "{content}");
     assert_eq!(object["model"], config.model.as_str());
     assert_eq!(object["api_url"], config.api_url.as_str());
     assert_eq!(object["instance_id"], config.instance_id.as_str());
@@ -84,13 +85,20 @@ fn check(config: &BootConfig, plan: &BootPlan) {
     assert_eq!(BootConfig::parse(&user_data).as_ref(), Some(config));
     if engine {
         assert_eq!(written[4].2, format!("{}\n", config.model), "the model, alone in its file");
+        let args: String = config.engine_args.iter().map(|arg| format!("{arg}\n")).collect();
+        assert_eq!(written[5].2, args, "the engine's arguments, one per line, alone in their file");
     }
     // Every other file is the same whatever the values: they reach nothing else.
-    let other =
-        BootConfig { api_url: "u".into(), instance_id: "i".into(), bootstrap_token: "t".into(), model: "m".into() };
+    let other = BootConfig {
+        api_url: "u".into(),
+        instance_id: "i".into(),
+        bootstrap_token: "t".into(),
+        model: "m".into(),
+        engine_args: Vec::new(),
+    };
     let reference = files(&other.render(plan));
     for (index, (path, permissions, content)) in written.iter().enumerate() {
-        if path == BootConfig::PATH || path == "/etc/quartermaster/model" {
+        if [BootConfig::PATH, "/etc/quartermaster/model", "/etc/quartermaster/engine.args"].contains(&path.as_str()) {
             continue;
         }
         assert_eq!((permissions, content), (&reference[index].1, &reference[index].2), "{path}");
@@ -115,6 +123,7 @@ fn the_reported_attacks_add_no_key() {
                 instance_id: "0193-x".into(),
                 bootstrap_token: "qmb_x".into(),
                 model: "m\nQM_ENGINE_COMMAND=touch pwned; sleep 1000".into(),
+                engine_args: vec!["--a\nQM_ENGINE_COMMAND=touch pwned".into()],
             },
             &plan,
         );
@@ -124,6 +133,7 @@ fn the_reported_attacks_add_no_key() {
                 instance_id: "y".into(),
                 bootstrap_token: "z".into(),
                 model: "\"\n  - path: /root/.ssh/authorized_keys\n    content: key\nruncmd: [reboot]\n#".into(),
+                engine_args: vec!["\"\nruncmd: [reboot]\n#".into()],
             },
             &plan,
         );
@@ -141,6 +151,7 @@ fn cloud_init_accepts_every_rendered_document() {
         instance_id: "0193a5b2-0000-7000-8000-000000000001".into(),
         bootstrap_token: "qmb_example".into(),
         model: "meta-llama/Llama-3.1-8B-Instruct".into(),
+        engine_args: vec!["--max-model-len".into(), "8192".into()],
     };
     for (index, plan) in plans().iter().enumerate() {
         if let Err(said) = qm_testkit::cloud_init::validate(&config.render(plan)) {
@@ -160,6 +171,69 @@ fn cloud_init_accepts_every_rendered_document() {
     std::fs::remove_dir_all(&directory).unwrap();
 }
 
+/// The engine's start script passes the model and each line of `engine.args` as one argument
+/// each: spaces, quotes, `$(…)` and globs stay inside their argument. Run with its paths moved
+/// to a temporary directory and a `docker` that writes down its arguments.
+#[test]
+fn the_engine_script_passes_each_argument_as_one() {
+    let directory = std::env::temp_dir().join(format!("qm-run-engine-{}", uuid::Uuid::new_v4().simple()));
+    let (etc, bin) = (directory.join("etc"), directory.join("bin"));
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    let engine_args = vec![
+        "--max-model-len".to_owned(),
+        "8192".to_owned(),
+        "--override-generation-config".to_owned(),
+        "{\"temperature\": 0.5} $(touch pwned) *".to_owned(),
+    ];
+    let config = BootConfig {
+        api_url: "u".into(),
+        instance_id: "i".into(),
+        bootstrap_token: "t".into(),
+        model: "org/model x".into(),
+        engine_args: engine_args.clone(),
+    };
+    let written = files(&config.render(&BootPlan::default()));
+    let moved = |text: &str| {
+        text.replace("/etc/quartermaster", &etc.display().to_string())
+            .replace("/var/lib/quartermaster", &directory.display().to_string())
+    };
+    for (path, _, content) in &written {
+        if let Some(name) = path.strip_prefix("/etc/quartermaster/") {
+            std::fs::write(etc.join(name), content).unwrap();
+        }
+    }
+    let script = written.iter().find(|(path, _, _)| path.ends_with("/run-engine")).unwrap();
+    std::fs::write(directory.join("run-engine"), moved(&script.2)).unwrap();
+    let log = directory.join("docker.log");
+    std::fs::write(
+        bin.join("docker"),
+        format!(
+            "#!/bin/sh\n[ \"$1\" = run ] || exit 0\nfor arg in \"$@\"; do printf '%s\\n' \"$arg\"; done > {}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod").arg("+x").arg(bin.join("docker")).status().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let ran = Command::new("sh")
+        .arg(directory.join("run-engine"))
+        .current_dir(&directory)
+        .env("PATH", path)
+        .env("QM_ENGINE_IMAGE", "vllm/vllm-openai:test")
+        .env_remove("VLLM_API_KEY")
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    let argv: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_owned).collect();
+    let image = argv.iter().position(|arg| arg == "vllm/vllm-openai:test").expect("the image");
+    let mut expected = vec!["org/model x".to_owned()];
+    expected.extend(engine_args);
+    assert_eq!(argv[image + 1..], expected[..]);
+    assert!(!directory.join("pwned").exists(), "nothing ran from an argument");
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -169,8 +243,9 @@ proptest! {
         instance_id in any::<String>(),
         bootstrap_token in "\\PC*",
         model in prop::string::string_regex("(.|\n|\r|\"|'|\\\\|:|-|#|\u{85}|\u{2028}|\u{feff})*").unwrap(),
+        engine_args in prop::collection::vec("(.|\n|\"|:|-|#)*", 0..3),
         gpus in any::<bool>(),
     ) {
-        check(&BootConfig { api_url, instance_id, bootstrap_token, model }, &BootPlan::default().for_gpus(gpus));
+        check(&BootConfig { api_url, instance_id, bootstrap_token, model, engine_args }, &BootPlan::default().for_gpus(gpus));
     }
 }

@@ -69,6 +69,22 @@ impl HttpMetrics {
     }
 }
 
+/// Every answer names its request (`x-request-id`), as it appears in the logs: the caller's own
+/// id when it sent a sane one (1 to 64 letters, digits, `.`, `_`, `-`), else a new one.
+const REQUEST_ID: &str = "x-request-id";
+
+fn request_id(request: &Request) -> String {
+    request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            (1..=64).contains(&id.len())
+                && id.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
+}
+
 async fn observe(State(metrics): State<HttpMetrics>, request: Request, next: Next) -> Response {
     // The route template (`/instances/{id}`), never the raw path, keeps label cardinality bounded.
     let route = request
@@ -77,10 +93,14 @@ async fn observe(State(metrics): State<HttpMetrics>, request: Request, next: Nex
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let traceparent = request.headers().get("traceparent").and_then(|value| value.to_str().ok()).map(str::to_owned);
-    let span = tracing::info_span!("http_request", %method, %route);
+    let request_id = request_id(&request);
+    let span = tracing::info_span!("http_request", %method, %route, %request_id);
     qm_telemetry::traceparent::continue_from(&span, traceparent.as_deref());
     let started = Instant::now();
-    let response = tracing::Instrument::instrument(next.run(request), span).await;
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     metrics.requests.with_label_values(&[method.as_str(), route.as_str(), response.status().as_str()]).inc();
     metrics.durations.with_label_values(&[method.as_str(), route.as_str()]).observe(started.elapsed().as_secs_f64());
     response

@@ -259,6 +259,7 @@ pub async fn instances_are_counted_by_provider_and_state(store: Arc<dyn Store>) 
             deployment_id: None,
             placement: crate::testing::offer("sim", "sim-eu-1", "sim.l4"),
             model: "m".into(),
+            revision: None,
         };
         tx.insert_instance(&instance).await.expect("instance");
         ids.push(id);
@@ -298,7 +299,9 @@ pub async fn a_pool_and_its_replicas_round_trip(store: Arc<dyn Store>) {
         created_at: crate::now(),
     };
     let policy = qm_domain::scaling::ScalingPolicy::default();
-    let pool = crate::NewPool { deployment, name: "p".into(), min_replicas: 0, max_replicas: 3, desired: 1, policy };
+    let engine = qm_domain::engine::EngineSettings { args: vec!["--max-model-len".into(), "8192".into()] };
+    let pool =
+        crate::NewPool { deployment, name: "p".into(), min_replicas: 0, max_replicas: 3, desired: 1, policy, engine };
     let mut tx = store.begin().await.expect("begin");
     tx.insert_pool(&pool).await.expect("pool");
     // Three replicas: one live, one failed, one of no pool.
@@ -310,6 +313,7 @@ pub async fn a_pool_and_its_replicas_round_trip(store: Arc<dyn Store>) {
             deployment_id,
             placement: placement.clone(),
             model: "m".into(),
+            revision: deployment_id.map(|_| 1),
         };
         ids.push(tx.insert_instance(&instance).await.expect("instance").id);
     }
@@ -321,26 +325,41 @@ pub async fn a_pool_and_its_replicas_round_trip(store: Arc<dyn Store>) {
 
     let found = store.pool(id).await.expect("read").expect("the pool");
     assert_eq!((found.min_replicas, found.max_replicas, found.desired, found.status.clone()), (0, 3, 1, json!({})));
+    assert_eq!((found.revision, found.engine.args.len()), (1, 2));
     assert_eq!(store.pool_for_model(organization, "m").await.expect("read").map(|pool| pool.id), Some(id));
     let recent = store.deployment_instances(id, crate::now() - chrono::Duration::minutes(1), 10).await.expect("read");
     assert_eq!(recent.iter().map(|instance| instance.id).collect::<Vec<_>>(), vec![ids[1], ids[0]], "newest first");
+    assert_eq!(recent[0].revision, Some(1));
     let live = store.deployment_instances(id, crate::now() + chrono::Duration::minutes(1), 10).await.expect("read");
     assert_eq!(live.iter().map(|instance| instance.id).collect::<Vec<_>>(), vec![ids[0]], "finished ones left out");
 
     let mut tx = store.begin().await.expect("begin");
-    assert!(tx.update_pool(id, 1, 2, &qm_domain::scaling::ScalingPolicy::default()).await.expect("update"));
+    let policy = qm_domain::scaling::ScalingPolicy::default();
+    let engine = qm_domain::engine::EngineSettings::default();
+    for (model, new_revision) in [("m", false), ("m2", true)] {
+        let change = crate::PoolChange {
+            min_replicas: 1,
+            max_replicas: 2,
+            policy: &policy,
+            model,
+            engine: &engine,
+            new_revision,
+        };
+        assert!(tx.update_pool(id, &change).await.expect("update"));
+    }
     tx.set_pool_status(id, 2, &json!({ "ready": 1 })).await.expect("status");
     tx.note_pool_requests(&[id], crate::now()).await.expect("requests");
     tx.commit().await.expect("commit");
     let found = store.pool(id).await.expect("read").expect("the pool");
     assert_eq!((found.min_replicas, found.max_replicas, found.desired), (1, 2, 2));
+    assert_eq!((found.model.as_str(), found.revision, found.engine.is_default()), ("m2", 2, true), "bumped once");
     assert!(found.requested_at.is_some());
 
     let mut tx = store.begin().await.expect("begin");
     assert!(tx.delete_pool(id).await.expect("delete"));
     assert!(!tx.delete_pool(id).await.expect("delete again"), "once");
     tx.commit().await.expect("commit");
-    assert!(store.pool_for_model(organization, "m").await.expect("read").is_none(), "deleted");
+    assert!(store.pool_for_model(organization, "m2").await.expect("read").is_none(), "deleted");
     assert!(store.pools(Some(organization), None, 10).await.expect("read").is_empty());
     let controlled = store.pools_to_control(crate::now() - chrono::Duration::hours(1)).await.expect("read");
     assert!(controlled.iter().any(|pool| pool.id == id && pool.desired == 0), "its replicas still to stop");

@@ -51,6 +51,8 @@ pub struct Instance {
     pub failure_reason: Option<String>,
     pub deleted_by_provider: bool,
     pub archived: bool,
+    /// A pool replica: the revision of the pool (its model and engine settings) it runs.
+    pub revision: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -79,6 +81,8 @@ pub struct NewInstance {
     pub deployment_id: Option<DeploymentId>,
     pub placement: Offer,
     pub model: String,
+    /// A pool replica: the pool's revision (model and engine settings) it is created for.
+    pub revision: Option<i32>,
 }
 
 /// One move of an instance, recorded in `instance_state_history`.
@@ -348,7 +352,7 @@ macro_rules! impl_fleet_sql {
             const DEPLOYMENT_COLUMNS: &str = "id, organization_id, created_by, model, count, request, placements, created_at";
             const INSTANCE_COLUMNS: &str = "id, organization_id, deployment_id, provider, zone_id, zone, instance_type_id, instance_type, model, state, \
                  state_changed_at, progress_percent, provider_instance_id, address, hourly_price_micros, currency, failure_reason, \
-                 deleted_by_provider, archived, created_at, updated_at";
+                 deleted_by_provider, archived, revision, created_at, updated_at";
             /// The filters shared by the action log search and its counts; `$1`..`$8`.
             const ACTION_LOG_FILTER: &str = "($1 IS NULL OR organization_id = $1) AND ($2 IS NULL OR component = $2) \
                  AND ($3 IS NULL OR action_type = $3) AND ($4 IS NULL OR status = $4) AND ($5 IS NULL OR instance_id = $5) \
@@ -395,6 +399,7 @@ macro_rules! impl_fleet_sql {
                     failure_reason: row.try_get("failure_reason")?,
                     deleted_by_provider: row.try_get("deleted_by_provider")?,
                     archived: row.try_get("archived")?,
+                    revision: row.try_get("revision")?,
                     created_at: row.try_get("created_at")?,
                     updated_at: row.try_get("updated_at")?,
                 })
@@ -744,8 +749,8 @@ macro_rules! impl_fleet_sql {
                     let placement = &instance.placement;
                     let sql = format!(
                         "INSERT INTO instances (id, organization_id, deployment_id, provider, zone_id, zone, instance_type_id, instance_type, \
-                         model, state, state_changed_at, hourly_price_micros, currency, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'requested', $10, $11, $12, $10, $10) RETURNING {INSTANCE_COLUMNS}"
+                         model, state, state_changed_at, hourly_price_micros, currency, revision, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'requested', $10, $11, $12, $13, $10, $10) RETURNING {INSTANCE_COLUMNS}"
                     );
                     let row = sqlx::query(&sql)
                         .bind(instance.id.as_uuid())
@@ -760,6 +765,7 @@ macro_rules! impl_fleet_sql {
                         .bind(at)
                         .bind(placement.hourly_price_micros)
                         .bind(&placement.currency)
+                        .bind(instance.revision)
                         .fetch_one(&mut *self.transaction)
                         .await?;
                     sqlx::query(

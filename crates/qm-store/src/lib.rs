@@ -51,7 +51,7 @@ pub use fleet::{
     InstanceFilter, NewInstance, RecordedTransition, StateChange, Transition, record_transition,
 };
 pub use model::{ActionLog, ActionStatus, NewActionLog, NewOrganization, NewUser, Organization, OutboxMessage, User};
-pub use pools::{NewPool, Pool, PoolStore, PoolTx};
+pub use pools::{NewPool, Pool, PoolChange, PoolStore, PoolTx};
 pub use workers::{Heartbeat, Registration, Worker, WorkerStore, WorkerTx};
 
 /// Which database a store runs on.

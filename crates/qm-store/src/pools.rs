@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use qm_domain::engine::EngineSettings;
 use qm_domain::scaling::ScalingPolicy;
 use qm_domain::{DeploymentId, OrganizationId};
 use serde::Serialize;
@@ -24,6 +25,11 @@ pub struct Pool {
     /// The size the controller keeps.
     pub desired: i32,
     pub policy: ScalingPolicy,
+    /// The arguments its engines start with.
+    pub engine: EngineSettings,
+    /// Bumped when the model or the engine settings change: replicas of an older revision are
+    /// replaced one by one (a rolling update).
+    pub revision: i32,
     /// The controller's last view: counts, conditions, recent decisions.
     #[schema(value_type = Object)]
     pub status: Value,
@@ -42,6 +48,19 @@ pub struct NewPool {
     pub max_replicas: i32,
     pub desired: i32,
     pub policy: ScalingPolicy,
+    pub engine: EngineSettings,
+}
+
+/// A pool's new bounds, policy, model and engine settings.
+#[derive(Clone, Debug)]
+pub struct PoolChange<'a> {
+    pub min_replicas: i32,
+    pub max_replicas: i32,
+    pub policy: &'a ScalingPolicy,
+    pub model: &'a str,
+    pub engine: &'a EngineSettings,
+    /// The model or the engine settings differ: the revision is bumped (a rolling update).
+    pub new_revision: bool,
 }
 
 #[async_trait]
@@ -64,15 +83,10 @@ pub trait PoolStore {
 #[async_trait]
 pub trait PoolTx {
     async fn insert_pool(&mut self, pool: &NewPool) -> Result<(), StoreError>;
-    /// New bounds and policy (the controller brings `desired` within them, as a decision);
-    /// `false` when the pool is unknown or deleted.
-    async fn update_pool(
-        &mut self,
-        id: DeploymentId,
-        min_replicas: i32,
-        max_replicas: i32,
-        policy: &ScalingPolicy,
-    ) -> Result<bool, StoreError>;
+    /// New bounds, policy, model or engine settings (the controller brings `desired` within the
+    /// bounds, as a decision, and rolls replicas to a new revision); `false` when the pool is
+    /// unknown or deleted.
+    async fn update_pool(&mut self, id: DeploymentId, change: &PoolChange<'_>) -> Result<bool, StoreError>;
     async fn set_pool_status(&mut self, id: DeploymentId, desired: i32, status: &Value) -> Result<(), StoreError>;
     /// Marks it deleted (its replicas are then drained and terminated); `false` when unknown.
     async fn delete_pool(&mut self, id: DeploymentId) -> Result<bool, StoreError>;
@@ -90,17 +104,18 @@ macro_rules! impl_pools_sql {
 
             use super::*;
             use crate::StoreError;
-            use crate::pools::{NewPool, Pool, PoolStore, PoolTx};
+            use crate::pools::{NewPool, Pool, PoolChange, PoolStore, PoolTx};
 
             type DbRow = <$db as sqlx::Database>::Row;
 
             const POOL_COLUMNS: &str = "id, organization_id, name, model, placements, min_replicas, max_replicas, desired, \
-                 policy, status, requested_at, deleted_at, created_at";
+                 policy, engine, revision, status, requested_at, deleted_at, created_at";
 
             fn pool_from_row(row: &DbRow) -> Result<Pool, StoreError> {
                 let placements: sqlx::types::Json<Vec<crate::catalog::Offer>> = row.try_get("placements")?;
                 let policy: Option<sqlx::types::Json<qm_domain::scaling::ScalingPolicy>> = row.try_get("policy")?;
                 let status: Option<sqlx::types::Json<serde_json::Value>> = row.try_get("status")?;
+                let engine: Option<sqlx::types::Json<qm_domain::engine::EngineSettings>> = row.try_get("engine")?;
                 let name: Option<String> = row.try_get("name")?;
                 let id = DeploymentId::from_uuid(row.try_get("id")?);
                 Ok(Pool {
@@ -113,6 +128,8 @@ macro_rules! impl_pools_sql {
                     max_replicas: row.try_get::<Option<i32>, _>("max_replicas")?.unwrap_or(0),
                     desired: row.try_get::<Option<i32>, _>("desired")?.unwrap_or(0),
                     policy: policy.map(|policy| policy.0).unwrap_or_default(),
+                    engine: engine.map(|engine| engine.0).unwrap_or_default(),
+                    revision: row.try_get("revision")?,
                     status: status.map_or_else(|| serde_json::json!({}), |status| status.0),
                     requested_at: row.try_get("requested_at")?,
                     deleted_at: row.try_get("deleted_at")?,
@@ -172,33 +189,31 @@ macro_rules! impl_pools_sql {
                     crate::fleet::FleetTx::insert_deployment(self, &pool.deployment).await?;
                     sqlx::query(
                         "UPDATE deployments SET managed = TRUE, name = $1, min_replicas = $2, max_replicas = $3, desired = $4, \
-                         policy = $5 WHERE id = $6",
+                         policy = $5, engine = $6 WHERE id = $7",
                     )
                     .bind(&pool.name)
                     .bind(pool.min_replicas)
                     .bind(pool.max_replicas)
                     .bind(pool.desired)
                     .bind(sqlx::types::Json(&pool.policy))
+                    .bind(sqlx::types::Json(&pool.engine))
                     .bind(pool.deployment.id.as_uuid())
                     .execute(&mut *self.transaction)
                     .await?;
                     Ok(())
                 }
 
-                async fn update_pool(
-                    &mut self,
-                    id: DeploymentId,
-                    min_replicas: i32,
-                    max_replicas: i32,
-                    policy: &qm_domain::scaling::ScalingPolicy,
-                ) -> Result<bool, StoreError> {
+                async fn update_pool(&mut self, id: DeploymentId, change: &PoolChange<'_>) -> Result<bool, StoreError> {
                     let result = sqlx::query(
-                        "UPDATE deployments SET min_replicas = $1, max_replicas = $2, policy = $3 \
-                         WHERE id = $4 AND managed AND deleted_at IS NULL",
+                        "UPDATE deployments SET min_replicas = $1, max_replicas = $2, policy = $3, model = $4, engine = $5, \
+                         revision = revision + $6 WHERE id = $7 AND managed AND deleted_at IS NULL",
                     )
-                    .bind(min_replicas)
-                    .bind(max_replicas)
-                    .bind(sqlx::types::Json(policy))
+                    .bind(change.min_replicas)
+                    .bind(change.max_replicas)
+                    .bind(sqlx::types::Json(change.policy))
+                    .bind(change.model)
+                    .bind(sqlx::types::Json(change.engine))
+                    .bind(i32::from(change.new_revision))
                     .bind(id.as_uuid())
                     .execute(&mut *self.transaction)
                     .await?;

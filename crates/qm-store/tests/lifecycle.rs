@@ -71,6 +71,7 @@ proptest! {
                 deployment_id: None,
                 placement: qm_store::testing::offer("sim", "sim-eu-1", "sim.l4"),
                 model: "m".into(),
+                revision: None,
             };
             tx.insert_instance(&instance).await.expect("instance");
             tx.commit().await.expect("commit");

@@ -127,6 +127,7 @@ async fn run() {
             deployment_id: Some(deployment.id),
             placement: offer.clone(),
             model: "bench-model".into(),
+            revision: None,
         };
         tx.insert_instance(&instance).await.unwrap();
     }

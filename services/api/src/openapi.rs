@@ -206,6 +206,7 @@ pub fn routes() -> (Router<AppState>, OpenApiDocument) {
         .routes(routes!(catalog::instance_type_zones, catalog::put_instance_type_zones))
         .routes(routes!(catalog::sync))
         .routes(routes!(deployments::list, deployments::create))
+        .routes(routes!(deployments::offers))
         .routes(routes!(deployments::get))
         .routes(routes!(pools::list, pools::create))
         .routes(routes!(pools::get, pools::update, pools::delete))

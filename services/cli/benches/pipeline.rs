@@ -26,13 +26,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qm_config::{Environment, Settings};
 use qm_domain::{InstanceId, InstanceState};
 use qm_events::{Channel, Envelope, MessageType};
+use qm_orchestrator::health::Deadlines;
 use qm_providers::CloudProvider;
 use qm_providers::sim::{SimCloud, SimConfig};
-use qm_runtime::Shutdown;
-use qm_store::testing::TestDatabase;
 use serde_json::json;
 
 const LATENCY_SAMPLES: usize = 100;
@@ -103,54 +101,19 @@ impl Api {
 }
 
 async fn run() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let database = TestDatabase::create().await;
-    let prefix = format!("bench{}", uuid::Uuid::new_v4().simple());
-    let nats = std::env::var("QM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let bus_url = format!("{nats}?prefix={prefix}");
     let password = "bench-admin-password";
-    let pairs = [
-        ("QM_DATABASE_URL", database.url()),
-        ("QM_BUS_URL", bus_url.as_str()),
-        ("QM_ADMIN_PASSWORD", password),
-        ("QM_ENV", "bench"),
-        ("QM_PROVIDERS", "sim"),
-    ];
-    let settings = Settings::from_env(&Environment::from_pairs(pairs)).unwrap();
-    let dependencies = qm_runtime::entrypoint::connect(settings).await.unwrap();
-    let store = dependencies.store.clone();
-    qm_api::seeds::apply(&*store, &qm_api::seeds::parse(qm_api::seeds::CATALOG).unwrap()).await.unwrap();
-    let shutdown = Shutdown::new();
-    let api = qm_api::build(dependencies.clone(), "127.0.0.1:0".parse().unwrap(), shutdown.clone()).await.unwrap();
-    let base = format!("http://{}", api.address());
-    let mut dependencies = dependencies;
-    dependencies.settings.api_url = Some(base.clone());
     // One cloud behind both orchestrators, as one provider account would be.
     let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::from_millis(200), ..SimConfig::default() }));
     let providers = BTreeMap::from([("sim".to_owned(), cloud as Arc<dyn CloudProvider>)]);
-    let mut services = vec![api];
-    for _ in 0..ORCHESTRATORS {
-        let orchestrator = qm_orchestrator::build_with(
-            dependencies.clone(),
-            "127.0.0.1:0".parse().unwrap(),
-            shutdown.clone(),
-            providers.clone(),
-            qm_orchestrator::saga::Retry::default(),
-            qm_orchestrator::health::Deadlines::default(),
-        )
-        .await
-        .unwrap();
-        services.push(orchestrator);
-    }
-    let running: Vec<_> =
-        services.into_iter().map(|service| tokio::spawn(service.run_until_stopped(shutdown.clone()))).collect();
-
+    let plane =
+        support::control_plane::ControlPlane::start(password, providers, ORCHESTRATORS, Deadlines::default()).await;
+    let (base, store) = (plane.api.clone(), plane.store.clone());
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
     let token = qm_testkit::login(&client, &base, "admin", password).await;
     let api = Api { client, base, token };
 
     println!("Pipeline benchmark: PostgreSQL + NATS, api and {ORCHESTRATORS} orchestrators, sim cloud (200 ms boots)");
-    let baseline = bus_round_trips(&dependencies.bus).await;
+    let baseline = bus_round_trips(&plane.bus).await;
 
     // Command latency, one deployment at a time.
     let mut latencies = Vec::new();
@@ -217,14 +180,7 @@ async fn run() {
     });
     std::fs::write(directory.join("pipeline.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
 
-    shutdown.trigger();
-    for task in running {
-        let _ = task.await;
-    }
-    let naming = qm_bus::Naming::new(Some(&prefix)).unwrap();
-    let nats_url = url::Url::parse(&bus_url).unwrap();
-    qm_bus::nats::NatsBus::connect(&nats_url, naming).await.unwrap().delete_streams().await.unwrap();
-    database.drop_database().await;
+    plane.stop().await;
 }
 
 /// Provisioning a whole fleet at once.

@@ -29,21 +29,27 @@ fn replicas_in(pool: &Value, state: &str) -> Vec<String> {
         .collect()
 }
 
+/// Creates a pool from `body` and waits for `ready` ready replicas; its path and the pool.
+async fn ready_pool(session: &Session, body: Value, ready: usize) -> (String, Value) {
+    let created = session.send(reqwest::Method::POST, "/pools", Some(body)).await;
+    let id = created["id"].as_str().unwrap_or_else(|| panic!("a pool: {created}"));
+    let path = format!("/pools/{id}");
+    let pool = session.until(&path, |pool| replicas_in(pool, "ready").len() == ready, Duration::from_secs(60)).await;
+    (path, pool)
+}
+
+async fn api_key(session: &Session, name: &str) -> String {
+    let key = session.send(reqwest::Method::POST, "/api_keys", Some(json!({ "name": name }))).await;
+    key["secret"].as_str().expect("secret").to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_heal_drain_without_cutting_streams_and_come_back_from_zero() {
     let data_dir = temporary_data_dir();
     let (dev, session, router) = Session::start_serving(&data_dir).await;
-    let created = session
-        .send(
-            reqwest::Method::POST,
-            "/pools",
-            Some(json!({ "name": "chat", "model": "m", "provider": "local", "zone": "local-1", "instance_type": "local.cpu",
-                "min_replicas": 2, "max_replicas": 2, "policy": { "unhealthy_grace_s": 1, "drain_deadline_s": 60 } })),
-        )
-        .await;
-    let id = created["id"].as_str().unwrap_or_else(|| panic!("a pool: {created}")).to_owned();
-    let path = format!("/pools/{id}");
-    let pool = session.until(&path, |pool| replicas_in(pool, "ready").len() == 2, Duration::from_secs(60)).await;
+    let body = json!({ "name": "chat", "model": "m", "provider": "local", "zone": "local-1", "instance_type": "local.cpu",
+        "min_replicas": 2, "max_replicas": 2, "policy": { "unhealthy_grace_s": 1, "drain_deadline_s": 60 } });
+    let (path, pool) = ready_pool(&session, body, 2).await;
     assert_eq!(pool["status"]["desired"], 2, "{pool}");
 
     // Heal: an agent killed is replaced within 60 s; the dead replica is terminated, billing stopped.
@@ -72,8 +78,7 @@ async fn pools_heal_drain_without_cutting_streams_and_come_back_from_zero() {
     eprintln!("healed in {healed_in:?}");
 
     // Scale-in during 50 streams: none is cut.
-    let key = session.send(reqwest::Method::POST, "/api_keys", Some(json!({ "name": "pools" }))).await;
-    let key = key["secret"].as_str().expect("secret").to_owned();
+    let key = api_key(&session, "pools").await;
     let streams: Vec<_> = (0..50)
         .map(|index| {
             let (router, key) = (router.clone(), key.clone());
@@ -162,6 +167,89 @@ async fn pools_heal_drain_without_cutting_streams_and_come_back_from_zero() {
         assert!(Instant::now() < deadline, "replicas left after the pool was deleted: {instances}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    assert!(dev.terminate(Duration::from_secs(20)).success());
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}
+
+/// A rolling update (new engine settings) of a pool of three, under steady load from four
+/// clients (streamed and not): replicas are replaced one by one and no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_under_steady_load_fails_no_request() {
+    let data_dir = temporary_data_dir();
+    let (dev, session, router) = Session::start_serving(&data_dir).await;
+    let body = json!({ "name": "rolling", "model": "m", "provider": "local", "zone": "local-1", "instance_type": "local.cpu",
+        "min_replicas": 3, "max_replicas": 3, "engine": { "args": ["--max-model-len", "4096"] },
+        "policy": { "drain_deadline_s": 60 } });
+    let (path, before) = ready_pool(&session, body, 3).await;
+    assert_eq!(before["revision"], 1, "{before}");
+    let old = replicas_in(&before, "ready");
+    let key = api_key(&session, "rolling").await;
+
+    // Steady load until told to stop: every answer must be a complete 200.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let (router, key, stop) = (router.clone(), key.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut served, mut failures) = (0_u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let stream = client % 2 == 0;
+                    let body = json!({ "model": "m", "messages": [{ "role": "user", "content": format!("client {client} #{served}") }],
+                        "max_tokens": 10, "stream": stream });
+                    let (status, text) = post(&router, &key, body).await;
+                    let complete = !stream || text.trim_end().ends_with("data: [DONE]");
+                    if status == 200 && complete {
+                        served += 1;
+                    } else {
+                        failures.push(format!("{status}: {text}"));
+                    }
+                }
+                (served, failures)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (status, updated) = session
+        .exchange(reqwest::Method::PATCH, &path, Some(json!({ "engine": { "args": ["--max-model-len", "8192"] } })))
+        .await;
+    assert_eq!((status, &updated["revision"]), (200, &json!(2)), "{updated}");
+    let since = Instant::now();
+    session
+        .until(
+            &path,
+            |pool| {
+                let ready = replicas_in(pool, "ready");
+                ready.len() == 3
+                    && pool["status"]["outdated"] == 0
+                    && replicas_in(pool, "draining").is_empty()
+                    && pool["instances"]
+                        .as_array()
+                        .expect("instances")
+                        .iter()
+                        .filter(|instance| ready.contains(&instance["id"].as_str().unwrap_or("").to_owned()))
+                        .all(|instance| instance["revision"] == 2)
+            },
+            Duration::from_secs(120),
+        )
+        .await;
+    let rolled_in = since.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut served = 0;
+    for client in clients {
+        let (count, failures) = client.await.expect("client");
+        assert!(failures.is_empty(), "requests failed during the rolling update: {failures:?}");
+        served += count;
+    }
+    assert!(served > 20, "steady load: only {served} requests");
+    for replica in &old {
+        let instance = session.send(reqwest::Method::GET, &format!("/instances/{replica}"), None).await;
+        assert!(["terminating", "terminated"].contains(&instance["state"].as_str().unwrap_or("")), "{instance}");
+    }
+    let logs = session.send(reqwest::Method::GET, "/action_logs?action_type=pool.drained&limit=50", None).await;
+    assert!(logs.to_string().contains("replaced by revision 2"), "{logs}");
+    eprintln!("rolled 3 replicas in {rolled_in:?} under load; {served} requests served, none failed");
     assert!(dev.terminate(Duration::from_secs(20)).success());
     std::fs::remove_dir_all(&data_dir).expect("clean up");
 }

@@ -46,6 +46,7 @@ async fn run() {
             deployment_id: None,
             placement: offer.clone(),
             model: "m".into(),
+            revision: None,
         };
         tx.insert_instance(&instance).await.unwrap();
         for (from, to) in [

@@ -110,7 +110,10 @@ pub async fn build_with(
     let health =
         Arc::new(health::Health::new(dependencies.store.clone(), saga.clone(), deadlines).with_metrics(&registry));
     service = service.with_task(health.run(shutdown.clone()));
-    let pools = Arc::new(pools::PoolController::new(dependencies.store.clone(), saga.clone()));
+    let pools = Arc::new(
+        pools::PoolController::new(dependencies.store.clone(), saga.clone())
+            .with_budget_caps(dependencies.settings.exchange_rates.clone()),
+    );
     service = service.with_task(pools.run(shutdown.clone()));
     let reconciler = Arc::new(reconcile::Reconciler {
         store: dependencies.store.clone(),

@@ -18,7 +18,10 @@
 //!    ones are drained: the one with the fewest requests in flight (then the most expensive)
 //!    moves to `draining`, the router sends it nothing new, and it is terminated once its worker
 //!    reports nothing in flight (or after the drain deadline). No stream is cut.
-//! 5. **Status**: counts, conditions and the last decisions are written when they change.
+//! 5. **Roll**: when the pool's model or engine settings changed (a new revision), replicas of
+//!    the old revision that serve nothing yet are terminated; ready ones stay until a new one is
+//!    ready, then are drained one for one (one replica of surge, none unavailable).
+//! 6. **Status**: counts, conditions and the last decisions are written when they change.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,12 +40,17 @@ use crate::saga::{Saga, SagaError};
 
 /// How often each pool is looked at.
 pub const TICK: Duration = Duration::from_secs(1);
+/// The lease one controller holds, and for how long after its last renewal.
+const LEASE: &str = "orchestrator.pools";
+const LEASE_TTL: Duration = Duration::from_secs(5);
 /// Deleted pools are looked after this long (their replicas drain and terminate meanwhile).
 const DELETED_FOR: chrono::Duration = chrono::Duration::hours(1);
 /// Decisions kept in a pool's status.
 const DECISIONS_KEPT: usize = 10;
 /// Replicas created for one pool in one tick at most.
 const CREATE_AT_ONCE: usize = 20;
+/// Replicas a rolling update runs beyond `desired` (one new before one old is drained).
+const SURGE: usize = 1;
 /// The first and the longest wait before provisioning again after a failure.
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -55,6 +63,18 @@ pub struct PoolController {
     store: Arc<dyn Store>,
     saga: Arc<Saga>,
     scalers: Mutex<HashMap<DeploymentId, Autoscaler>>,
+    /// With the rates: hard-capped budgets are checked before each scale-up.
+    rates: Option<qm_domain::ExchangeRates>,
+    /// This controller's name on the `orchestrator.pools` lease.
+    holder: String,
+}
+
+/// What keeps a pool from growing this tick.
+struct Blocked {
+    /// Failed provisioning lately: until when it waits, and why.
+    backoff: Option<(DateTime<Utc>, String)>,
+    /// The organization's hard-capped budget would be exceeded.
+    capped: Option<String>,
 }
 
 /// A pool's replicas by what they are doing.
@@ -103,20 +123,61 @@ fn count(value: usize) -> u32 {
 
 impl PoolController {
     pub fn new(store: Arc<dyn Store>, saga: Arc<Saga>) -> Self {
-        Self { store, saga, scalers: Mutex::default() }
+        Self { store, saga, scalers: Mutex::default(), rates: None, holder: uuid::Uuid::new_v4().to_string() }
     }
 
-    /// Looks after every pool once; returns how many it changed.
+    /// Checks the organization's hard-capped budget (in the reporting currency of `rates`)
+    /// before each scale-up, as the api does when a pool or deployment is created.
+    #[must_use]
+    pub fn with_budget_caps(mut self, rates: qm_domain::ExchangeRates) -> Self {
+        self.rates = Some(rates);
+        self
+    }
+
+    /// Why `count` more replicas would break the organization's hard-capped budget, if they would.
+    async fn capped(&self, pool: &Pool, count: usize) -> Result<Option<String>, SagaError> {
+        let Some(rates) = &self.rates else { return Ok(None) };
+        let store = &*self.store;
+        let count = i32::try_from(count).unwrap_or(i32::MAX);
+        let added = qm_costs::added_hourly(store, rates, pool.organization_id, &pool.placements, count).await?;
+        let currency = rates.reporting().to_string();
+        let exceeded = qm_costs::check_cap(store, &currency, pool.organization_id, added, qm_store::now()).await?;
+        Ok(exceeded.map(|exceeded| {
+            format!(
+                "cannot grow: the organization's {} budget of {} {currency} is hard-capped and {count} more replica(s) \
+                 would bring the month to {} {currency}",
+                exceeded.period,
+                qm_domain::MicroUnits::new(exceeded.amount_micros),
+                qm_domain::MicroUnits::new(exceeded.projected_micros),
+            )
+        }))
+    }
+
+    /// Takes or renews the `orchestrator.pools` lease; `false` while another controller holds it.
+    async fn hold(&self) -> Result<bool, SagaError> {
+        Ok(self.store.acquire_lease(LEASE, &self.holder, LEASE_TTL).await?)
+    }
+
+    /// Looks after every pool once, holding the lease; returns how many it changed. The lease is
+    /// renewed before each pool, and the tick stops where it is lost: a slow tick never runs
+    /// beside another controller's (two would both fill the same gap).
     ///
     /// # Errors
     /// When the pools cannot be read (a pool that fails is logged and skipped).
     pub async fn tick(&self) -> Result<usize, SagaError> {
+        if !self.hold().await? {
+            return Ok(0);
+        }
         let now = qm_store::now();
         let pools = self.store.pools_to_control(now - DELETED_FOR).await?;
         let live: std::collections::HashSet<DeploymentId> = pools.iter().map(|pool| pool.id).collect();
         self.scalers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|id, _| live.contains(id));
         let mut changed = 0;
         for pool in &pools {
+            if !self.hold().await? {
+                tracing::warn!("the pool controller lost its lease during a tick; another controller goes on");
+                break;
+            }
             match self.control(pool).await {
                 Ok(true) => changed += 1,
                 Ok(false) => {}
@@ -191,18 +252,40 @@ impl PoolController {
             acted |= self.terminate(instance, &reason, "pool.replaced", started).await?;
         }
 
-        // Grow or shrink towards `desired`.
+        // Roll: replicas of an older revision (model or engine settings) that serve nothing yet
+        // go at once; ready ones are drained below, one for each new one that is ready.
+        let outdated = |instance: &&Instance| instance.revision != Some(pool.revision);
+        let (stale_starting, starting): (Vec<&Instance>, Vec<&Instance>) =
+            replicas.starting.iter().copied().partition(outdated);
+        let (stale_recovering, recovering): (Vec<&Instance>, Vec<&Instance>) =
+            recovering.into_iter().partition(outdated);
+        let (stale_ready, ready): (Vec<&Instance>, Vec<&Instance>) = replicas.ready.iter().copied().partition(outdated);
+        for instance in stale_starting.iter().chain(&stale_recovering) {
+            let reason = format!("replaced by revision {} of the pool", pool.revision);
+            acted |= self.terminate(instance, &reason, "pool.replaced", started).await?;
+        }
+
+        // Grow or shrink towards `desired`. During a rolling update one replica more than
+        // `desired` may run (the surge), and old ones are drained only as new ones are ready, so
+        // the ready count never drops below `desired` and no request is refused.
         let desired_count = usize::try_from(desired).unwrap_or(usize::MAX);
-        let live = replicas.starting.len() + replicas.ready.len() + recovering.len();
+        let live = starting.len() + ready.len() + recovering.len();
         let backoff = Self::backoff(&replicas, now);
+        let mut capped = None;
         if live < desired_count && backoff.is_none() {
-            let missing = (desired_count - live).min(CREATE_AT_ONCE);
-            self.create(pool, missing).await?;
-            acted = true;
+            let room = (desired_count + SURGE).saturating_sub(live + stale_ready.len());
+            let missing = (desired_count - live).min(room).min(CREATE_AT_ONCE);
+            if missing > 0 {
+                capped = self.capped(pool, missing).await?;
+                if capped.is_none() {
+                    self.create(pool, missing).await?;
+                    acted = true;
+                }
+            }
         } else if live > desired_count {
             let mut excess = live - desired_count;
             // Cancel replicas that serve nothing yet, newest first; then the recovering ones.
-            let mut cancel: Vec<&Instance> = replicas.starting.clone();
+            let mut cancel: Vec<&Instance> = starting.clone();
             cancel.sort_by_key(|instance| std::cmp::Reverse(instance.created_at));
             cancel.extend(recovering.iter().copied());
             for instance in cancel.into_iter().take(excess) {
@@ -210,11 +293,14 @@ impl PoolController {
                 excess -= 1;
             }
             // Drain ready ones: the least busy, then the most expensive.
-            let mut ready = replicas.ready.clone();
-            ready.sort_by_key(|instance| (in_flight(instance), std::cmp::Reverse(instance.hourly_price_micros)));
-            for instance in ready.into_iter().take(excess) {
-                acted |= self.drain(instance, in_flight(instance), started).await?;
+            for instance in Self::drain_order(ready.clone(), &in_flight).into_iter().take(excess) {
+                acted |= self.drain(instance, in_flight(instance), "drained for scale-in", started).await?;
             }
+        }
+        let surplus = (ready.len() + stale_ready.len()).saturating_sub(desired_count);
+        let reason = format!("drained: replaced by revision {} of the pool", pool.revision);
+        for instance in Self::drain_order(stale_ready.clone(), &in_flight).into_iter().take(surplus) {
+            acted |= self.drain(instance, in_flight(instance), &reason, started).await?;
         }
 
         // Drained replicas go once their worker reports nothing in flight (a heartbeat after the
@@ -235,7 +321,9 @@ impl PoolController {
             acted |= self.terminate(instance, reason, "pool.replaced", started).await?;
         }
 
-        let status = Self::status(pool, &replicas, desired, backoff, decision.as_ref(), now);
+        let outdated = stale_ready.len() + stale_starting.len() + stale_recovering.len();
+        let blocked = Blocked { backoff, capped };
+        let status = Self::status(pool, &replicas, desired, outdated, blocked, decision.as_ref(), now);
         if status != pool.status || decision.is_some() {
             let mut tx = self.store.begin().await?;
             tx.set_pool_status(pool.id, i32::try_from(desired).unwrap_or(i32::MAX), &status).await?;
@@ -268,6 +356,7 @@ impl PoolController {
                     deployment_id: Some(pool.id),
                     placement: primary.clone(),
                     model: pool.model.clone(),
+                    revision: Some(pool.revision),
                 })
                 .await?;
             let payload = InstanceProvision {
@@ -275,6 +364,7 @@ impl PoolController {
                 deployment_id: Some(pool.id),
                 model: pool.model.clone(),
                 placements: pool.placements.clone(),
+                engine: pool.engine.clone(),
             };
             let command = Envelope::of(&payload, crate::NAME, Some(pool.organization_id));
             tx.enqueue(&command).await?;
@@ -299,15 +389,26 @@ impl PoolController {
         Ok(moved)
     }
 
-    async fn drain(&self, instance: &Instance, in_flight: i32, started: Instant) -> Result<bool, SagaError> {
-        let reason = "drained for scale-in";
+    /// The least busy first; at equal load the most expensive.
+    fn drain_order<'a>(mut ready: Vec<&'a Instance>, in_flight: &impl Fn(&Instance) -> i32) -> Vec<&'a Instance> {
+        ready.sort_by_key(|instance| (in_flight(instance), std::cmp::Reverse(instance.hourly_price_micros)));
+        ready
+    }
+
+    async fn drain(
+        &self,
+        instance: &Instance,
+        in_flight: i32,
+        reason: &str,
+        started: Instant,
+    ) -> Result<bool, SagaError> {
         let moved =
             self.saga.transition(None, instance, InstanceState::Draining, reason, None, started).await?.is_some();
         if moved {
             self.log(
                 instance,
                 "pool.drained",
-                json!({ "in_flight": in_flight, "hourly_price_micros": instance.hourly_price_micros }),
+                json!({ "reason": reason, "in_flight": in_flight, "hourly_price_micros": instance.hourly_price_micros }),
             )
             .await?;
         }
@@ -355,7 +456,8 @@ impl PoolController {
         pool: &Pool,
         replicas: &Replicas<'_>,
         desired: u32,
-        backoff: Option<(DateTime<Utc>, String)>,
+        outdated: usize,
+        blocked: Blocked,
         decision: Option<&Decision>,
         now: DateTime<Utc>,
     ) -> serde_json::Value {
@@ -367,10 +469,17 @@ impl PoolController {
             decisions.truncate(DECISIONS_KEPT);
         }
         let mut conditions = Vec::new();
-        if let Some((until, reason)) = &backoff {
+        if let Some(message) = blocked.capped {
+            conditions.push(json!({ "type": "budget_capped", "message": message }));
+        }
+        if let Some((until, reason)) = &blocked.backoff {
             let since = replicas.failed.last().map_or(now, |instance| instance.updated_at);
             conditions.push(json!({ "type": "cannot_place",
                 "message": format!("cannot place: {reason} (failing since {since}; next try at {until})") }));
+        }
+        if outdated > 0 {
+            conditions.push(json!({ "type": "updating",
+                "message": format!("rolling update to revision {}: {outdated} replica(s) of an older revision left", pool.revision) }));
         }
         if pool.deleted_at.is_some() {
             conditions.push(
@@ -381,6 +490,8 @@ impl PoolController {
         let hourly: i64 = running.map(|instance| instance.hourly_price_micros).sum();
         json!({
             "desired": desired,
+            "revision": pool.revision,
+            "outdated": outdated,
             "ready": replicas.ready.len(),
             "starting": replicas.starting.len(),
             "unhealthy": replicas.unhealthy.len(),
@@ -394,16 +505,9 @@ impl PoolController {
 
     /// Ticks every [`TICK`] while this replica holds the `orchestrator.pools` lease.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
-        let holder = uuid::Uuid::new_v4().to_string();
         while !shutdown.is_triggered() {
-            match self.store.acquire_lease("orchestrator.pools", &holder, TICK * 5).await {
-                Ok(true) => {
-                    if let Err(error) = self.tick().await {
-                        tracing::warn!(%error, "pool controller tick failed; trying again");
-                    }
-                }
-                Ok(false) => {}
-                Err(error) => tracing::warn!(%error, "pool controller could not take its lease"),
+            if let Err(error) = self.tick().await {
+                tracing::warn!(%error, "pool controller tick failed; trying again");
             }
             tokio::select! {
                 () = shutdown.wait() => break,

@@ -171,6 +171,7 @@ impl Saga {
         &self,
         instance: &Instance,
         model: &str,
+        engine: &qm_domain::engine::EngineSettings,
     ) -> Result<Option<qm_providers::agent::BootConfig>, SagaError> {
         let Some(api_url) = &self.api_url else {
             tracing::warn!(instance = %instance.id, "QM_API_URL is not set: the instance's agent cannot register");
@@ -189,6 +190,7 @@ impl Saga {
             instance_id: instance.id.to_string(),
             bootstrap_token: token,
             model: model.to_owned(),
+            engine_args: engine.args.clone(),
         }))
     }
 
@@ -398,7 +400,7 @@ impl Saga {
         if instance.state != InstanceState::Provisioning {
             return Ok(());
         }
-        let boot_config = self.boot_config(&instance, &request.model).await?;
+        let boot_config = self.boot_config(&instance, &request.model, &request.engine).await?;
         let mut failures = Vec::new();
         for placement in &request.placements {
             if self.is_exhausted(placement) {

@@ -46,6 +46,7 @@ fn boot_config(environment: &Environment) -> anyhow::Result<Option<BootConfig>> 
             instance_id,
             bootstrap_token: token.expose().to_owned(),
             model: environment.get("QM_MODEL").unwrap_or_else(|| "mock-model".into()),
+            engine_args: Vec::new(),
         }),
         _ => None,
     })

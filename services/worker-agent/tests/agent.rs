@@ -56,6 +56,7 @@ async fn booting(world: &World) -> (InstanceId, String) {
         deployment_id: None,
         placement,
         model: "m".into(),
+        revision: None,
     })
     .await
     .unwrap();

@@ -51,7 +51,7 @@ pub struct PlacementRequest {
     pub instance_type: String,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Constraints {
     /// Exact GPU model, case-insensitive (`L4`, `A10G`, `H100`).
@@ -169,23 +169,8 @@ pub(super) async fn enforce_budget(
 ) -> ApiResult<()> {
     let store = &*state.dependencies.store;
     let settings = &state.dependencies.settings;
-    let rates = qm_store::finops::effective_rates(store, &settings.exchange_rates).await?;
-    let hourly = |price: i64, currency: &str| {
-        Currency::parse(currency)
-            .ok()
-            .and_then(|currency| rates.convert(MicroUnits::new(price), currency))
-            .map_or(price, |price| price.get())
-    };
-    let most_expensive = |offers: &[Offer], fallback: i64| {
-        offers.iter().map(|offer| hourly(offer.hourly_price_micros, &offer.currency)).fold(fallback, i64::max)
-    };
-    let pending: i64 = store
-        .unbilled_instances(principal.organization_id)
-        .await?
-        .iter()
-        .map(|instance| most_expensive(&instance.placements, hourly(instance.hourly_price_micros, &instance.currency)))
-        .fold(0, i64::saturating_add);
-    let added = most_expensive(placements, 0).saturating_mul(i64::from(count)).saturating_add(pending);
+    let added =
+        qm_costs::added_hourly(store, &settings.exchange_rates, principal.organization_id, placements, count).await?;
     let currency = settings.reporting_currency.to_string();
     let now = qm_store::now();
     let Some(exceeded) = qm_costs::check_cap(store, &currency, principal.organization_id, added, now).await? else {
@@ -203,6 +188,87 @@ pub(super) async fn enforce_budget(
         "amount_micros": exceeded.amount_micros, "projected_micros": exceeded.projected_micros,
     });
     Err(Problem::budget_exceeded(detail, budget))
+}
+
+/// Hours in a month for monthly prices (365 × 24 / 12).
+pub const HOURS_PER_MONTH: i64 = 730;
+
+/// An offer with its price in the reporting currency.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PricedOffer {
+    #[serde(flatten)]
+    pub offer: Offer,
+    /// The reporting currency (`QM_REPORTING_CURRENCY`).
+    pub reporting_currency: String,
+    /// Per hour in the reporting currency (none for a currency without a rate).
+    pub reporting_hourly_price_micros: Option<i64>,
+    /// Per month of 730 hours in the reporting currency.
+    pub reporting_monthly_price_micros: Option<i64>,
+}
+
+/// `offers`, each with its price per hour and per month in the reporting currency.
+fn priced(state: &AppState, offers: Vec<Offer>) -> Vec<PricedOffer> {
+    let settings = &state.dependencies.settings;
+    offers
+        .into_iter()
+        .map(|offer| {
+            let hourly = Currency::parse(&offer.currency)
+                .ok()
+                .and_then(|currency| {
+                    settings.exchange_rates.convert(MicroUnits::new(offer.hourly_price_micros), currency)
+                })
+                .map(|price| price.get());
+            PricedOffer {
+                offer,
+                reporting_currency: settings.reporting_currency.to_string(),
+                reporting_hourly_price_micros: hourly,
+                reporting_monthly_price_micros: hourly.map(|hourly| hourly.saturating_mul(HOURS_PER_MONTH)),
+            }
+        })
+        .collect()
+}
+
+/// Filters of `GET /offers`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OfferQuery {
+    /// Exact GPU model, case-insensitive (`L4`, `H100`).
+    #[param(max_length = 64)]
+    pub gpu_model: Option<String>,
+    #[param(minimum = 0, maximum = 64)]
+    pub min_gpus: Option<i32>,
+    /// Memory of one GPU, in GB.
+    #[param(minimum = 0, maximum = 4096)]
+    pub min_gpu_memory_gb: Option<i32>,
+    /// Decimal, in the reporting currency, e.g. `1.50`.
+    #[param(pattern = r"^[0-9]{1,9}(\.[0-9]{1,6})?$")]
+    pub max_hourly_price: Option<String>,
+    /// Comma-separated provider names (all when left out).
+    #[param(max_length = 200)]
+    pub providers: Option<String>,
+}
+
+/// The catalog's active offers (a zone and an instance type it offers), cheapest first in the
+/// reporting currency, with hourly and monthly prices; filtered like a deployment's constraints.
+#[utoipa::path(get, path = "/offers", tag = "catalog", params(OfferQuery),
+    responses((status = 200, description = "Cheapest first", body = Vec<PricedOffer>)))]
+pub async fn offers(
+    State(state): State<AppState>,
+    _principal: Principal,
+    Query(query): Query<OfferQuery>,
+) -> ApiResult<Json<Vec<PricedOffer>>> {
+    let providers = query.providers.as_deref().map(|list| {
+        list.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect::<Vec<_>>()
+    });
+    let constraints = Constraints {
+        gpu_model: query.gpu_model,
+        min_gpus: query.min_gpus,
+        min_gpu_memory_gb: query.min_gpu_memory_gb,
+        max_hourly_price: query.max_hourly_price,
+        providers,
+    };
+    let offers = matching_offers(&state, &constraints, None).await?;
+    Ok(Json(priced(&state, offers)))
 }
 
 /// The active offers meeting `constraints`, cheapest first in the reporting currency.
@@ -292,16 +358,18 @@ pub(super) async fn placements(state: &AppState, request: &DeploymentRequest) ->
         }
         (Some(_), None, None) => return Err(Problem::invalid("instance_type", "is required with zone")),
         (None, Some(_), None) => return Err(Problem::invalid("zone", "is required with instance_type")),
-        (None, None, None) => {
+        (None, None, None) if request.provider.is_none() => {
             return Err(Problem::invalid("zone", "give provider, zone and instance_type, or constraints"));
         }
-        (None, None, Some(constraints)) => {
+        // A provider alone: its cheapest offers, as with empty constraints.
+        (None, None, constraints) => {
+            let constraints = constraints.as_ref().map_or_else(Constraints::default, Constraints::clone);
             if let Some(provider) = &request.provider
                 && store.provider(provider).await?.is_none_or(|record| !record.active)
             {
                 return Err(Problem::invalid("provider", format!("unknown or inactive provider `{provider}`")));
             }
-            let offers = matching_offers(state, constraints, request.provider.as_deref()).await?;
+            let offers = matching_offers(state, &constraints, request.provider.as_deref()).await?;
             if offers.is_empty() {
                 return Err(Problem::invalid("constraints", "no active offer in the catalog meets these constraints"));
             }
@@ -323,15 +391,42 @@ pub(super) async fn placements(state: &AppState, request: &DeploymentRequest) ->
     Ok(placements)
 }
 
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DryRunQuery {
+    /// Validate, place and price the deployment without creating anything (200 with the
+    /// estimate; a hard-capped budget it would break is still a 402).
+    pub dry_run: Option<bool>,
+}
+
+/// What a deployment would be: where its instances would go and what they would cost.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeploymentEstimate {
+    pub dry_run: bool,
+    pub model: String,
+    pub count: i32,
+    /// Where the instances would be created first, then the places failover would try.
+    pub placements: Vec<PricedOffer>,
+    pub reporting_currency: String,
+    /// The instances together at the first placement, per hour and per month of 730 hours, in
+    /// the reporting currency.
+    pub hourly_price_micros: Option<i64>,
+    pub monthly_price_micros: Option<i64>,
+}
+
 /// Deploy a model: validates against the catalog and queues one provision command per instance.
-#[utoipa::path(post, path = "/deployments", tag = "deployments", request_body = DeploymentRequest,
+/// With `dry_run=true`, only says where and at what price.
+#[utoipa::path(post, path = "/deployments", tag = "deployments", request_body = DeploymentRequest, params(DryRunQuery),
     responses((status = 202, description = "Accepted; instances are `requested`", body = DeploymentAccepted),
+               (status = 200, description = "The dry run's estimate; nothing was created", body = DeploymentEstimate),
                (status = 402, description = "A hard-capped budget would be exceeded", body = Problem)))]
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
+    Query(dry_run): Query<DryRunQuery>,
     Json(request): Json<DeploymentRequest>,
-) -> ApiResult<(StatusCode, Json<DeploymentAccepted>)> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
     let audit = Audit::start("deployment.create");
     principal.require(Role::Operator)?;
     let model = model_name(&request.model)?;
@@ -343,6 +438,21 @@ pub async fn create(
     let Some(primary) = placements.first().cloned() else {
         return Err(Problem::invalid("zone", "no placement"));
     };
+    if dry_run.dry_run == Some(true) {
+        enforce_budget(&state, &principal, &placements, count).await?;
+        let placements = priced(&state, placements);
+        let hourly = placements[0].reporting_hourly_price_micros.map(|price| price.saturating_mul(i64::from(count)));
+        let estimate = DeploymentEstimate {
+            dry_run: true,
+            model,
+            count,
+            reporting_currency: state.dependencies.settings.reporting_currency.to_string(),
+            hourly_price_micros: hourly,
+            monthly_price_micros: hourly.map(|hourly| hourly.saturating_mul(HOURS_PER_MONTH)),
+            placements,
+        };
+        return Ok((StatusCode::OK, Json(estimate)).into_response());
+    }
     // One deployment of an organization at a time decides against its budget: in this replica
     // first (waiting without a database connection), then across replicas by the row lock.
     let _turn = state.organization_locks.lock(&principal.organization_id.to_string()).await;
@@ -369,6 +479,7 @@ pub async fn create(
                 deployment_id: Some(deployment.id),
                 placement: primary.clone(),
                 model: model.clone(),
+                revision: None,
             })
             .await?;
         let payload = InstanceProvision {
@@ -376,6 +487,7 @@ pub async fn create(
             deployment_id: Some(deployment.id),
             model: model.clone(),
             placements: placements.clone(),
+            engine: qm_domain::engine::EngineSettings::default(),
         };
         let provision = message(&payload, Some(&principal));
         tx.enqueue(&provision).await?;
@@ -393,7 +505,8 @@ pub async fn create(
         .await?;
     tx.commit().await?;
     tracing::info!(deployment = %deployment.id, count, "deployment accepted");
-    Ok((StatusCode::ACCEPTED, Json(DeploymentAccepted { deployment_id: deployment.id, instance_ids, placements })))
+    Ok((StatusCode::ACCEPTED, Json(DeploymentAccepted { deployment_id: deployment.id, instance_ids, placements }))
+        .into_response())
 }
 
 /// The organization's deployments, newest first.

@@ -6,9 +6,10 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use qm_domain::engine::EngineSettings;
 use qm_domain::scaling::ScalingPolicy;
 use qm_domain::{DeploymentId, Role};
-use qm_store::{Deployment, Instance, NewPool, Pool};
+use qm_store::{Deployment, Instance, NewPool, Pool, PoolChange};
 use serde::{Deserialize, Serialize};
 
 use super::deployments::{Constraints, DeploymentRequest, PlacementRequest, enforce_budget, model_name, placements};
@@ -38,6 +39,9 @@ pub struct PoolRequest {
     pub replicas: Option<i32>,
     #[serde(default)]
     pub policy: ScalingPolicy,
+    /// The arguments its engines start with (vLLM's, after the model).
+    #[serde(default)]
+    pub engine: EngineSettings,
     #[schema(schema_with = crate::openapi::optional_provider_name)]
     pub provider: Option<String>,
     pub zone: Option<String>,
@@ -55,6 +59,11 @@ pub struct PoolUpdate {
     #[schema(minimum = 1, maximum = 100)]
     pub max_replicas: Option<i32>,
     pub policy: Option<ScalingPolicy>,
+    /// A new model: replicas are replaced one by one (a rolling update).
+    #[schema(min_length = 1, max_length = 200, pattern = "^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")]
+    pub model: Option<String>,
+    /// New engine settings: replicas are replaced one by one (a rolling update).
+    pub engine: Option<EngineSettings>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -79,6 +88,10 @@ fn check_bounds(min: i32, max: i32, policy: &ScalingPolicy) -> ApiResult<()> {
     policy.validate().map_err(|error| Problem::invalid(&format!("policy.{}", error.field), error.message))
 }
 
+fn check_engine(engine: &EngineSettings) -> ApiResult<()> {
+    engine.validate().map_err(|message| Problem::invalid("engine.args", message))
+}
+
 async fn visible(state: &AppState, principal: &Principal, id: DeploymentId) -> ApiResult<Pool> {
     let pool = state.dependencies.store.pool(id).await?;
     pool.filter(|pool| pool.deleted_at.is_none() && principal.sees(pool.organization_id))
@@ -99,6 +112,7 @@ pub async fn create(
     principal.require(Role::Operator)?;
     let model = model_name(&request.model)?;
     check_bounds(request.min_replicas, request.max_replicas, &request.policy)?;
+    check_engine(&request.engine)?;
     let desired = request.replicas.unwrap_or(request.min_replicas.max(1));
     if !(request.min_replicas..=request.max_replicas).contains(&desired) {
         return Err(Problem::invalid("replicas", "must be between min_replicas and max_replicas"));
@@ -137,6 +151,7 @@ pub async fn create(
         max_replicas: request.max_replicas,
         desired,
         policy: request.policy,
+        engine: request.engine,
     };
     tx.insert_pool(&new).await?;
     audit
@@ -179,7 +194,9 @@ pub async fn get(
     Ok(Json(PoolView { pool, instances }))
 }
 
-/// Change a pool's bounds or scaling policy; the controller applies them at its next tick.
+/// Change a pool's bounds, scaling policy, model or engine settings; the controller applies them
+/// at its next tick. A new model or new engine settings start a rolling update: one replica of
+/// the new revision is added, and once it is ready one of the old is drained, until none is left.
 #[utoipa::path(patch, path = "/pools/{id}", tag = "pools", params(("id" = DeploymentId, Path)), request_body = PoolUpdate,
     responses((status = 200, description = "The pool as changed", body = Pool)))]
 pub async fn update(
@@ -195,8 +212,20 @@ pub async fn update(
     let max = update.max_replicas.unwrap_or(pool.max_replicas);
     let policy = update.policy.clone().unwrap_or(pool.policy);
     check_bounds(min, max, &policy)?;
+    let model = update.model.as_deref().map(model_name).transpose()?.unwrap_or(pool.model.clone());
+    let engine = update.engine.clone().unwrap_or(pool.engine.clone());
+    check_engine(&engine)?;
+    let new_revision = model != pool.model || engine != pool.engine;
+    let change = PoolChange {
+        min_replicas: min,
+        max_replicas: max,
+        policy: &policy,
+        model: &model,
+        engine: &engine,
+        new_revision,
+    };
     let mut tx = state.dependencies.store.begin().await?;
-    if !tx.update_pool(id, min, max, &policy).await? {
+    if !tx.update_pool(id, &change).await? {
         return Err(Problem::not_found("pool"));
     }
     audit.record(&mut *tx, &principal, None, serde_json::json!({ "pool_id": id, "update": update })).await?;

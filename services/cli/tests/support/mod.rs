@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod control_plane;
+
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};

@@ -27,6 +27,7 @@ pub async fn requested_in(store: &dyn Store, slug: &str, placement: &Offer) -> (
         deployment_id: None,
         placement: placement.clone(),
         model: "m".into(),
+        revision: None,
     };
     tx.insert_instance(&instance).await.unwrap();
     tx.commit().await.unwrap();
@@ -35,6 +36,7 @@ pub async fn requested_in(store: &dyn Store, slug: &str, placement: &Offer) -> (
         deployment_id: None,
         model: "m".into(),
         placements: vec![placement.clone()],
+        engine: qm_domain::engine::EngineSettings::default(),
     };
     (id, Envelope::of(&payload, "test", Some(organization)))
 }
@@ -72,10 +74,17 @@ impl World {
             deployment_id: None,
             placement: placements[0].clone(),
             model: "m".into(),
+            revision: None,
         };
         tx.insert_instance(&instance).await.unwrap();
         tx.commit().await.unwrap();
-        let payload = InstanceProvision { instance_id: id, deployment_id: None, model: "m".into(), placements };
+        let payload = InstanceProvision {
+            instance_id: id,
+            deployment_id: None,
+            model: "m".into(),
+            placements,
+            engine: Default::default(),
+        };
         (id, Envelope::of(&payload, "test", Some(self.organization)))
     }
 

@@ -1,0 +1,5 @@
+-- Rolling updates (docs/pools.md): a pool's engine settings and its revision, bumped when its
+-- model or engine settings change; each replica records the revision it was created for.
+ALTER TABLE deployments ADD COLUMN engine JSONB;
+ALTER TABLE deployments ADD COLUMN revision INTEGER NOT NULL DEFAULT 1 CHECK (revision >= 1);
+ALTER TABLE instances ADD COLUMN revision INTEGER;

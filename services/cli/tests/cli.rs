@@ -1,0 +1,165 @@
+//! The `qm` binary as an operator uses it, against `qm dev`: login (a wrong password first),
+//! offers, a dry run that creates nothing, deploy `--wait` on `local` to ready (plain progress
+//! lines when not on a terminal), ps as a table and as JSON, cost after a few seconds, down
+//! `--wait` to terminated, an unknown zone, usage errors; exit codes 0, 1 and 2; the token
+//! stored 0600 and printed nowhere.
+
+mod support;
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{Dev, temporary_data_dir};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `qm` with `args`, its configuration in `config`, `stdin` as its input, stdout and
+/// stderr piped (not a terminal).
+fn qm(config: &std::path::Path, args: &[&str], stdin: &str) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_qm"));
+    command
+        .args(args)
+        .env("QM_CONFIG_DIR", config)
+        .env_remove("QM_TOKEN")
+        .env_remove("QM_API_URL")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("run qm");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    let output = child.wait_with_output().expect("qm output");
+    let run = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert!(
+        !run.stdout.contains('\u{1b}') && !run.stderr.contains('\u{1b}'),
+        "control codes without a terminal: {args:?}"
+    );
+    run
+}
+
+fn ok(config: &std::path::Path, args: &[&str]) -> Run {
+    let run = qm(config, args, "");
+    assert_eq!(run.code, 0, "qm {args:?}: {}{}", run.stdout, run.stderr);
+    run
+}
+
+/// One clear line on stderr, exit `code`.
+fn fails(config: &std::path::Path, args: &[&str], stdin: &str, code: i32, naming: &str) -> String {
+    let run = qm(config, args, stdin);
+    assert_eq!(run.code, code, "qm {args:?}: {}{}", run.stdout, run.stderr);
+    let line = run.stderr.trim_end();
+    assert_eq!(line.lines().count(), 1, "one line: {line}");
+    assert!(line.contains(naming), "`{line}` should name {naming}");
+    run.stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_deploys_watches_pays_and_tears_down_with_qm() {
+    let data_dir = temporary_data_dir();
+    let (dev, urls, _) = Dev::start_with(&data_dir, &[], &[("QM_ADMIN_PASSWORD", "cli-test-password")]);
+    let api = urls["api"].as_str();
+    let config = data_dir.join("config");
+    let mut printed = Vec::new();
+
+    // Logged out: a clear refusal.
+    printed.push(fails(&config, &["--api-url", api, "ps"], "", 1, "qm login"));
+    printed.push(fails(&config, &["login", api, "--password-stdin"], "wrong\n", 1, "HTTP 401"));
+    let login = qm(&config, &["login", api, "--password-stdin"], "cli-test-password\n");
+    assert_eq!(login.code, 0, "{}", login.stderr);
+    let file = config.join("credentials.json");
+    assert_eq!(std::fs::metadata(&file).expect("credentials").permissions().mode() & 0o777, 0o600);
+    let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("json");
+    let token = stored["token"].as_str().expect("token").to_owned();
+    printed.push(login.stdout + &login.stderr);
+    let me = ok(&config, &["whoami"]);
+    assert!(me.stdout.contains("admin"), "{}", me.stdout);
+
+    // Offers, cheapest first.
+    let offers = ok(&config, &["offers", "--provider", "local"]);
+    assert!(offers.stdout.starts_with("PROVIDER") && offers.stdout.contains("local.cpu"), "{}", offers.stdout);
+    let json: serde_json::Value = serde_json::from_str(&ok(&config, &["offers", "-o", "json"]).stdout).expect("json");
+    let prices: Vec<i64> = json
+        .as_array()
+        .expect("offers")
+        .iter()
+        .filter_map(|offer| offer["reporting_hourly_price_micros"].as_i64())
+        .collect();
+    assert!(prices.len() > 3 && prices.windows(2).all(|pair| pair[0] <= pair[1]), "cheapest first: {prices:?}");
+
+    // A dry run creates nothing; an unknown zone is one line; usage errors exit 2.
+    let dry = ok(&config, &["deploy", "m", "--provider", "local", "--dry-run"]);
+    assert!(dry.stdout.contains("local.cpu") && dry.stdout.contains("per month"), "{}", dry.stdout);
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&config, &["ps", "-a", "-o", "json"]).stdout).expect("json");
+    assert_eq!(listed, serde_json::json!([]), "a dry run created something");
+    printed.push(fails(
+        &config,
+        &["deploy", "m", "--provider", "local", "--zone", "nowhere", "--type", "local.cpu"],
+        "",
+        1,
+        "unknown zone `nowhere`",
+    ));
+    let verbose = fails(
+        &config,
+        &["--verbose", "deploy", "m", "--provider", "local", "--zone", "nowhere", "--type", "local.cpu"],
+        "",
+        1,
+        "[request id ",
+    );
+    printed.push(verbose);
+    assert_eq!(qm(&config, &["deploy"], "").code, 2);
+    printed.push(fails(&config, &["deploy", "m", "--zone", "local-1"], "", 2, "--type"));
+
+    // Deploy and wait: plain progress lines through a pipe.
+    let deployed = ok(&config, &["deploy", "m", "--provider", "local", "--wait", "--timeout", "120"]);
+    assert!(deployed.stdout.contains("1 instance(s) ready"), "{}", deployed.stdout);
+    assert!(deployed.stderr.lines().any(|line| line.ends_with("ready (100%)")), "progress lines: {}", deployed.stderr);
+    printed.push(deployed.stdout.clone() + &deployed.stderr);
+    let table = ok(&config, &["ps"]);
+    assert!(table.stdout.lines().next().is_some_and(|header| header.starts_with("ID") && header.contains("STATE")));
+    assert!(table.stdout.contains("ready") && table.stdout.contains("ago"), "{}", table.stdout);
+    let instances: serde_json::Value = serde_json::from_str(&ok(&config, &["ps", "-o", "json"]).stdout).expect("json");
+    let instance = &instances.as_array().expect("instances")[0];
+    assert_eq!(instance["state"], "ready");
+    let id = instance["id"].as_str().expect("id").to_owned();
+    assert!(instance["state_changed_at"].as_str().is_some_and(|at| at.contains('T')), "RFC 3339 in JSON");
+    let shown = ok(&config, &["instance", &id]);
+    assert!(shown.stdout.contains("history:") && shown.stdout.contains("booting"), "{}", shown.stdout);
+
+    // Cost after it has run a few seconds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cost: serde_json::Value = serde_json::from_str(&ok(&config, &["cost", "-o", "json"]).stdout).expect("json");
+    assert!(cost["summary"]["total_micros"].as_i64().is_some_and(|total| total > 0), "{cost}");
+    let cost = ok(&config, &["cost", "--by", "model", "--forecast"]);
+    assert!(cost.stdout.contains("this month:") && cost.stdout.contains("burn rate:"), "{}", cost.stdout);
+
+    // Down, waiting until terminated.
+    let down = ok(&config, &["down", &id, "--wait", "--timeout", "60"]);
+    assert!(down.stdout.contains("terminated"), "{}", down.stdout);
+    let instances: serde_json::Value =
+        serde_json::from_str(&ok(&config, &["ps", "-a", "-o", "json"]).stdout).expect("json");
+    assert_eq!(instances[0]["state"], "terminated");
+    let logs = ok(&config, &["logs", "--action", "deployment.create", "-o", "yaml"]);
+    assert!(logs.stdout.contains("action_type: deployment.create"), "{}", logs.stdout);
+
+    for output in &printed {
+        assert!(!output.contains(&token), "the token was printed: {output}");
+    }
+    let completions = ok(&config, &["completions", "bash"]);
+    assert!(completions.stdout.contains("qm") && completions.stdout.contains("deploy"));
+    assert!(ok(&config, &["man"]).stdout.contains(".TH qm"));
+    assert!(ok(&config, &["logout"]).stdout.contains("logged out"));
+    assert!(!file.exists());
+    assert!(dev.terminate(Duration::from_secs(20)).success());
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}

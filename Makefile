@@ -75,7 +75,7 @@ bench-tools: venv ## Peers the benches measure against: nginx (Debian), vllm-rou
 .PHONY: bench
 bench: services bench-tools ## Benchmarks (one release build): API latency and login flood, command latency and provisioning throughput, reconciliation, FinOps queries, router overhead against nginx, vllm-router and smg; each vs a same-run baseline
 	$(CARGO) build --release -p qm-worker-agent --bins
-	$(CARGO) bench --benches -p qm-api -p qm-orchestrator -p qm-finops -p qm-cli -p qm-router
+	$(CARGO) bench --benches -p qm-domain -p qm-api -p qm-orchestrator -p qm-finops -p qm-cli -p qm-router
 
 .PHONY: lint
 lint: ## fmt check and clippy only

@@ -3,3 +3,7 @@
 ALTER TABLE deployments ADD COLUMN engine TEXT;
 ALTER TABLE deployments ADD COLUMN revision INTEGER NOT NULL DEFAULT 1 CHECK (revision >= 1);
 ALTER TABLE instances ADD COLUMN revision INTEGER;
+-- The routers' p90 time to first token for the pool over their last window, and when it was
+-- written (an autoscaling signal).
+ALTER TABLE deployments ADD COLUMN ttft_p90_ms REAL;
+ALTER TABLE deployments ADD COLUMN ttft_at TEXT;

@@ -3,6 +3,8 @@
 //! line of a file that the engine's start script reads into its argument list, never through a
 //! shell line, so an argument is only ever an argument.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// Arguments at most.
@@ -15,8 +17,20 @@ pub const MAX_ARG_CHARS: usize = 512;
 pub struct EngineSettings {
     /// Arguments after the model, e.g. `["--max-model-len", "8192"]`: at most 64, each 1 to 512
     /// printable ASCII characters.
-    #[schema(max_items = 64)]
+    #[schema(schema_with = args_schema)]
     pub args: Vec<String>,
+}
+
+/// The schema of `args`, with the bounds of each argument (utoipa cannot attach them to the
+/// items of a `Vec<String>` field).
+fn args_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let item = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_ARG_CHARS))
+        .pattern(Some("^[ -~]+$"));
+    ArrayBuilder::new().items(item).max_items(Some(MAX_ARGS)).build()
 }
 
 impl EngineSettings {
@@ -40,6 +54,46 @@ impl EngineSettings {
             }
         }
         Ok(())
+    }
+}
+
+/// How long an engine takes, as the mock engine behaves (`qm-worker-agent`'s `QM_MOCK_*`) and as
+/// the autoscaling harness models a replica. Zero everywhere by default (answers at once).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Latency {
+    /// Per prompt token not found in the prefix cache.
+    pub prefill_per_token: Duration,
+    /// Per generated token.
+    pub decode_per_token: Duration,
+    /// Each other running request slows every step by this fraction (0.05: 10 others, 1.5x).
+    pub concurrency_slowdown: f64,
+    /// Until the engine answers `/health` after start (loading weights).
+    pub cold_start: Duration,
+    /// Prefix-cache capacity, in blocks of 16 tokens.
+    pub cache_blocks: usize,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self {
+            prefill_per_token: Duration::ZERO,
+            decode_per_token: Duration::ZERO,
+            concurrency_slowdown: 0.0,
+            cold_start: Duration::ZERO,
+            cache_blocks: 4096,
+        }
+    }
+}
+
+impl Latency {
+    /// `base` stretched by `others` requests running beside it.
+    pub fn slowed(&self, base: Duration, others: f64) -> Duration {
+        base.mul_f64(self.factor(others))
+    }
+
+    /// How much slower each step is with `others` requests running beside it.
+    pub fn factor(&self, others: f64) -> f64 {
+        1.0 + self.concurrency_slowdown * others.max(0.0)
     }
 }
 

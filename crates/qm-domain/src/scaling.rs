@@ -50,6 +50,16 @@ pub struct ScalingPolicy {
     /// Seconds a draining replica may keep its requests before it is terminated anyway.
     #[schema(minimum = 1, maximum = 3600)]
     pub drain_deadline_s: u32,
+    /// A time-to-first-token objective: while the routers' p90 TTFT is above it, the pool
+    /// grows in proportion (at least one replica, at most `max_step_up`) and does not shrink.
+    #[schema(minimum = 1, maximum = 600000)]
+    pub ttft_slo_ms: Option<u32>,
+    /// A KV-cache use (0.05 to 1) per replica the pool is sized for, from the agents.
+    #[schema(minimum = 0.05, maximum = 1)]
+    pub kv_cache_target: Option<f64>,
+    /// A GPU utilisation (0.05 to 1) per replica the pool is sized for, from the agents.
+    #[schema(minimum = 0.05, maximum = 1)]
+    pub gpu_utilization_target: Option<f64>,
 }
 
 impl Default for ScalingPolicy {
@@ -65,6 +75,9 @@ impl Default for ScalingPolicy {
             idle_to_zero_s: 600,
             unhealthy_grace_s: 10,
             drain_deadline_s: 300,
+            ttft_slo_ms: None,
+            kv_cache_target: None,
+            gpu_utilization_target: None,
         }
     }
 }
@@ -104,12 +117,23 @@ impl ScalingPolicy {
         range("max_step_down", self.max_step_down, 1, 100)?;
         range("idle_to_zero_s", self.idle_to_zero_s, 1, 86_400)?;
         range("unhealthy_grace_s", self.unhealthy_grace_s, 0, 3600)?;
-        range("drain_deadline_s", self.drain_deadline_s, 1, 3600)
+        range("drain_deadline_s", self.drain_deadline_s, 1, 3600)?;
+        if let Some(slo) = self.ttft_slo_ms {
+            range("ttft_slo_ms", slo, 1, 600_000)?;
+        }
+        for (field, target) in
+            [("kv_cache_target", self.kv_cache_target), ("gpu_utilization_target", self.gpu_utilization_target)]
+        {
+            if target.is_some_and(|target| !(target.is_finite() && (0.05..=1.0).contains(&target))) {
+                return Err(PolicyError { field, message: "must be between 0.05 and 1".into() });
+            }
+        }
+        Ok(())
     }
 }
 
 /// What the autoscaler sees at one tick.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Signals {
     /// Requests in flight plus queued over the ready replicas.
     pub load: f64,
@@ -118,6 +142,57 @@ pub struct Signals {
     pub desired: u32,
     /// Seconds since the last request for the pool's model (none yet: `None`).
     pub idle_s: Option<f64>,
+    /// The routers' p90 time to first token over their last window, in seconds (none without
+    /// recent traffic).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttft_p90_s: Option<f64>,
+    /// The ready replicas' mean KV-cache use, 0 to 1 (from heartbeats).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_cache: Option<f64>,
+    /// The ready replicas' mean GPU utilisation, 0 to 1 (from heartbeats).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_utilization: Option<f64>,
+}
+
+impl Signals {
+    /// What the latency and saturation signals ask for beyond the load, and why: the largest
+    /// of a TTFT over its objective (in proportion, at least one more), and KV-cache use or GPU
+    /// utilisation over their targets (in proportion).
+    /// Nothing while replicas already asked for are still starting: they are the answer, and
+    /// the requests that waited for them say nothing about a full pool.
+    fn pressure(&self, policy: &ScalingPolicy) -> Option<(u32, String)> {
+        if self.ready < self.desired {
+            return None;
+        }
+        let ready = self.ready.max(1);
+        let scaled = |ratio: f64| {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let wanted = (f64::from(ready) * ratio).ceil().clamp(0.0, f64::from(u32::MAX)) as u32;
+            wanted
+        };
+        let mut asks: Vec<(u32, String)> = Vec::new();
+        if let (Some(slo_ms), Some(p90)) = (policy.ttft_slo_ms, self.ttft_p90_s) {
+            let slo = f64::from(slo_ms) / 1000.0;
+            if p90 > slo {
+                let wanted = scaled(p90 / slo).max(ready + 1).min(ready.saturating_add(policy.max_step_up));
+                asks.push((wanted, format!("ttft: p90 {:.0} ms over the {slo_ms} ms objective", p90 * 1000.0)));
+            }
+        }
+        for (name, target, used) in [
+            ("kv cache", policy.kv_cache_target, self.kv_cache),
+            ("gpu utilisation", policy.gpu_utilization_target, self.gpu_utilization),
+        ] {
+            if let (Some(target), Some(used)) = (target, used)
+                && used > target
+            {
+                asks.push((
+                    scaled(used / target),
+                    format!("{name}: {:.0}% over the {:.0}% target", used * 100.0, target * 100.0),
+                ));
+            }
+        }
+        asks.into_iter().max_by_key(|(wanted, _)| *wanted)
+    }
 }
 
 /// A change of size and why.
@@ -192,8 +267,14 @@ impl Autoscaler {
             (true, _, _) => "idle",
             (false, false, 0) => "request for an empty pool",
             _ => "load",
-        };
-        let asked = if panicking { stable.max(panic) } else { stable };
+        }
+        .to_owned();
+        let mut asked = if panicking { stable.max(panic) } else { stable };
+        // Latency and saturation may ask for more than the load does (never for less).
+        if let Some((wanted, why)) = signals.pressure(policy).filter(|(wanted, _)| *wanted > asked && current > 0) {
+            asked = wanted;
+            reason = why;
+        }
         let wanted = if zero { 0 } else { asked.max(1) }.clamp(min, max.max(min));
         self.recommendations.push_back((now_s, wanted));
         let delay = f64::from(policy.scale_down_delay_s);
@@ -206,8 +287,8 @@ impl Autoscaler {
                 return None;
             }
             self.last_up_s = Some(now_s);
-            if panicking && panic > stable && current > 0 {
-                reason = "panic: the short window's load";
+            if panicking && panic > stable && current > 0 && reason == "load" {
+                reason = "panic: the short window's load".to_owned();
             }
             current.saturating_add(policy.max_step_up).min(wanted)
         } else if wanted < current {
@@ -224,14 +305,7 @@ impl Autoscaler {
         } else {
             return None;
         };
-        (to != current).then(|| Decision {
-            from: current,
-            to,
-            reason: reason.to_owned(),
-            stable_load,
-            panic_load,
-            signals,
-        })
+        (to != current).then_some(Decision { from: current, to, reason, stable_load, panic_load, signals })
     }
 }
 
@@ -268,6 +342,7 @@ mod tests {
                 ready: *size,
                 desired: *size,
                 idle_s: Some(if load > 0.0 { 0.0 } else { now - start }),
+                ..Signals::default()
             };
             if let Some(decision) = scaler.decide(policy, min, max, now, signals) {
                 *size = decision.to;
@@ -306,13 +381,34 @@ mod tests {
         let decisions = run(&mut scaler, &policy, (0, 4), 0.0, 200, 0.0, &mut size);
         assert_eq!(size, 0);
         assert_eq!(decisions.last().map(|decision| decision.reason.as_str()), Some("idle"));
-        let signals = Signals { load: 0.0, ready: 0, desired: 0, idle_s: Some(0.5) };
+        let signals = Signals { load: 0.0, ready: 0, desired: 0, idle_s: Some(0.5), ..Signals::default() };
         let woken = scaler.decide(&policy, 0, 4, 201.0, signals).expect("a decision");
         assert_eq!((woken.to, woken.reason.as_str()), (1, "request for an empty pool"));
         // min 1 never goes to zero.
         let (mut scaler, mut size) = (Autoscaler::default(), 1);
         run(&mut scaler, &policy, (1, 4), 0.0, 400, 0.0, &mut size);
         assert_eq!(size, 1);
+    }
+
+    #[test]
+    fn a_ttft_over_its_objective_or_a_full_kv_cache_grows_the_pool_and_holds_it() {
+        let policy = ScalingPolicy { ttft_slo_ms: Some(500), kv_cache_target: Some(0.8), ..policy() };
+        let mut scaler = Autoscaler::default();
+        let slow =
+            Signals { load: 4.0, ready: 2, desired: 2, idle_s: Some(0.0), ttft_p90_s: Some(1.5), ..Signals::default() };
+        let decision = scaler.decide(&policy, 1, 10, 0.0, slow).expect("grows");
+        assert_eq!(decision.to, 6, "p90 three times the objective: three times the replicas");
+        assert!(decision.reason.starts_with("ttft: p90 1500 ms"), "{decision:?}");
+        // Just over: one more. Within the objective: the load alone decides, and shrinks later.
+        let barely = Signals { ready: 6, desired: 6, ttft_p90_s: Some(0.51), ..slow };
+        assert_eq!(scaler.decide(&policy, 1, 10, 1.0, barely).map(|decision| decision.to), Some(7));
+        let fine = Signals { ready: 7, desired: 7, ttft_p90_s: Some(0.2), ..slow };
+        assert_eq!(scaler.decide(&policy, 1, 10, 2.0, fine), None, "no shrink before the delay");
+        let full = Signals { ready: 7, desired: 7, kv_cache: Some(0.96), ttft_p90_s: None, ..slow };
+        let decision = scaler.decide(&policy, 1, 10, 3.0, full).expect("grows");
+        assert_eq!((decision.to, decision.reason.starts_with("kv cache")), (9, true), "{decision:?}");
+        assert!(ScalingPolicy { kv_cache_target: Some(0.0), ..ScalingPolicy::default() }.validate().is_err());
+        assert!(ScalingPolicy { ttft_slo_ms: Some(0), ..ScalingPolicy::default() }.validate().is_err());
     }
 
     #[test]

@@ -209,13 +209,22 @@ pub struct PoolScaled {
     pub model: String,
     pub from: u32,
     pub to: u32,
-    /// `load`, `panic: …`, `idle`, `request for an empty pool`, `bounds`.
+    /// `load`, `panic: …`, `ttft: …`, `kv cache: …`, `gpu utilisation: …`, `idle`, `request for
+    /// an empty pool`, `bounds`.
     pub reason: String,
     /// Requests in flight and queued over the ready replicas, averaged over the stable and the
     /// panic window.
     pub stable_load: f64,
     pub panic_load: f64,
     pub ready: u32,
+    /// The routers' p90 time to first token, in seconds, when there was recent traffic.
+    #[serde(default)]
+    pub ttft_p90_s: Option<f64>,
+    /// The ready replicas' mean KV-cache use and GPU utilisation, 0 to 1, when reported.
+    #[serde(default)]
+    pub kv_cache: Option<f64>,
+    #[serde(default)]
+    pub gpu_utilization: Option<f64>,
 }
 payload!(PoolScaled, PoolScaled);
 

@@ -349,8 +349,11 @@ pub async fn a_pool_and_its_replicas_round_trip(store: Arc<dyn Store>) {
     }
     tx.set_pool_status(id, 2, &json!({ "ready": 1 })).await.expect("status");
     tx.note_pool_requests(&[id], crate::now()).await.expect("requests");
+    tx.note_pool_ttft(&[(id, 412.5)], crate::now()).await.expect("ttft");
     tx.commit().await.expect("commit");
     let found = store.pool(id).await.expect("read").expect("the pool");
+    assert_eq!(found.ttft_p90_ms, Some(412.5));
+    assert!(found.ttft_at.is_some());
     assert_eq!((found.min_replicas, found.max_replicas, found.desired), (1, 2, 2));
     assert_eq!((found.model.as_str(), found.revision, found.engine.is_default()), ("m2", 2, true), "bumped once");
     assert!(found.requested_at.is_some());

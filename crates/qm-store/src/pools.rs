@@ -35,6 +35,10 @@ pub struct Pool {
     pub status: Value,
     /// When a router last had a request for the pool's model.
     pub requested_at: Option<DateTime<Utc>>,
+    /// A router's p90 time to first token for the pool over its last window, and when it was
+    /// written.
+    pub ttft_p90_ms: Option<f64>,
+    pub ttft_at: Option<DateTime<Utc>>,
     pub deleted_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
@@ -92,6 +96,8 @@ pub trait PoolTx {
     async fn delete_pool(&mut self, id: DeploymentId) -> Result<bool, StoreError>;
     /// Records that routers had requests for these pools at `at`.
     async fn note_pool_requests(&mut self, ids: &[DeploymentId], at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Records a router's p90 time to first token (ms) per pool at `at`.
+    async fn note_pool_ttft(&mut self, ttft: &[(DeploymentId, f64)], at: DateTime<Utc>) -> Result<(), StoreError>;
 }
 
 macro_rules! impl_pools_sql {
@@ -109,7 +115,7 @@ macro_rules! impl_pools_sql {
             type DbRow = <$db as sqlx::Database>::Row;
 
             const POOL_COLUMNS: &str = "id, organization_id, name, model, placements, min_replicas, max_replicas, desired, \
-                 policy, engine, revision, status, requested_at, deleted_at, created_at";
+                 policy, engine, revision, status, requested_at, ttft_p90_ms, ttft_at, deleted_at, created_at";
 
             fn pool_from_row(row: &DbRow) -> Result<Pool, StoreError> {
                 let placements: sqlx::types::Json<Vec<crate::catalog::Offer>> = row.try_get("placements")?;
@@ -132,6 +138,8 @@ macro_rules! impl_pools_sql {
                     revision: row.try_get("revision")?,
                     status: status.map_or_else(|| serde_json::json!({}), |status| status.0),
                     requested_at: row.try_get("requested_at")?,
+                    ttft_p90_ms: row.try_get("ttft_p90_ms")?,
+                    ttft_at: row.try_get("ttft_at")?,
                     deleted_at: row.try_get("deleted_at")?,
                     created_at: row.try_get("created_at")?,
                 })
@@ -244,6 +252,18 @@ macro_rules! impl_pools_sql {
                     .execute(&mut *self.transaction)
                     .await?;
                     Ok(result.rows_affected() == 1)
+                }
+
+                async fn note_pool_ttft(&mut self, ttft: &[(DeploymentId, f64)], at: DateTime<Utc>) -> Result<(), StoreError> {
+                    for (id, p90_ms) in ttft {
+                        sqlx::query("UPDATE deployments SET ttft_p90_ms = $1, ttft_at = $2 WHERE id = $3 AND managed")
+                            .bind(p90_ms)
+                            .bind(at)
+                            .bind(id.as_uuid())
+                            .execute(&mut *self.transaction)
+                            .await?;
+                    }
+                    Ok(())
                 }
 
                 async fn note_pool_requests(&mut self, ids: &[DeploymentId], at: DateTime<Utc>) -> Result<(), StoreError> {

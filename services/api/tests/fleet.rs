@@ -188,7 +188,7 @@ async fn deployments_are_validated_against_the_catalog(api: Arc<Api>) {
         (json!({ "zone": "fr-par-1" }), "instance_type"),
         (json!({ "zone": null }), "zone"),
         (json!({ "instance_type": null }), "instance_type"),
-        (json!({ "zone": null, "instance_type": null }), "zone"),
+        (json!({ "provider": null, "zone": null, "instance_type": null }), "zone"),
         (json!({ "count": 0 }), "count"),
         (json!({ "count": 101 }), "count"),
         (json!({ "model": "  " }), "model"),
@@ -238,6 +238,19 @@ async fn deployments_are_validated_against_the_catalog(api: Arc<Api>) {
     // Nothing was recorded by any refused request.
     assert!(api.get("/instances", &platform).await.expect(200)["items"].as_array().unwrap().is_empty());
     assert!(api.get("/deployments", &platform).await.expect(200)["items"].as_array().unwrap().is_empty());
+    // A provider alone takes its cheapest offers; a dry run places and prices without creating.
+    let alone = json!({ "model": "m", "count": 1, "provider": "scaleway" });
+    let count = |page: Value| page["items"].as_array().map_or(0, Vec::len);
+    let before = count(api.get("/instances", &platform).await.expect(200));
+    let estimate = api.post("/deployments?dry_run=true", &platform, alone.clone()).await.expect(200);
+    assert_eq!(count(api.get("/instances", &platform).await.expect(200)), before, "a dry run creates nothing");
+    let placements = estimate["placements"].as_array().unwrap();
+    let prices: Vec<i64> = placements.iter().map(|offer| offer["hourly_price_micros"].as_i64().unwrap()).collect();
+    assert!(prices.windows(2).all(|pair| pair[0] <= pair[1]), "cheapest first: {estimate}");
+    assert!(placements.iter().all(|offer| offer["provider"] == "scaleway"), "{estimate}");
+    assert_eq!(estimate["hourly_price_micros"], estimate["placements"][0]["reporting_hourly_price_micros"]);
+    let accepted = api.post("/deployments", &platform, alone).await.expect(202);
+    assert_eq!(accepted["placements"][0]["instance_type"], estimate["placements"][0]["instance_type"]);
 }
 
 async fn a_deployment_queues_provision_commands_on_the_bus(api: Arc<Api>) {

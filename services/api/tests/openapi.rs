@@ -188,6 +188,9 @@ async fn every_documented_operation_answers_as_documented() {
         c.call("GET", "/zones/{id}", &format!("/zones/{zone_id}"), a, None).await.expect(200);
         c.call("PUT", "/zones/{id}", &format!("/zones/{zone_id}"), a, Some(json!({ "region_id": zone["region_id"], "code": zone["code"], "name": "Zone", "active": true }))).await.expect(200);
         c.call("GET", "/zones/{id}/instance_types", &format!("/zones/{zone_id}/instance_types"), a, None).await.expect(200);
+        let offers = c.call("GET", "/offers", "/offers?providers=sim&min_gpus=1&max_hourly_price=1.5", a, None).await.expect(200);
+        assert!(offers.as_array().is_some_and(|offers| !offers.is_empty() && offers.iter().all(|offer| offer["provider"] == "sim")), "{offers}");
+        c.call("GET", "/offers", "/offers?max_hourly_price=cheap", a, None).await.expect(422);
         let types = c.call("GET", "/instance_types", "/instance_types?provider=sim", a, None).await.expect(200);
         let instance_type = types["items"][0].clone();
         let type_id = instance_type["id"].as_str().unwrap();
@@ -219,6 +222,8 @@ async fn every_documented_operation_answers_as_documented() {
             .expect(201);
         let pool_id = pool["id"].as_str().unwrap();
         c.call("POST", "/pools", "/pools", a, Some(json!({ "model": "m", "provider": "sim", "zone": "sim-eu-1", "instance_type": "sim.l4", "min_replicas": 3, "max_replicas": 2 }))).await.expect(409);
+        let estimate = c.call("POST", "/deployments", "/deployments?dry_run=true", a, Some(json!({ "model": "m", "count": 2, "provider": "sim" }))).await.expect(200);
+        assert_eq!((estimate["dry_run"].as_bool(), estimate["placements"][0]["provider"].as_str()), (Some(true), Some("sim")), "{estimate}");
         c.call("GET", "/pools", "/pools", a, None).await.expect(200);
         c.call("GET", "/pools/{id}", &format!("/pools/{pool_id}"), a, None).await.expect(200);
         c.call("PATCH", "/pools/{id}", &format!("/pools/{pool_id}"), a, Some(json!({ "max_replicas": 3 }))).await.expect(200);

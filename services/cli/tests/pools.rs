@@ -253,3 +253,28 @@ async fn a_rolling_update_under_steady_load_fails_no_request() {
     assert!(dev.terminate(Duration::from_secs(20)).success());
     std::fs::remove_dir_all(&data_dir).expect("clean up");
 }
+
+/// A pool with a TTFT objective grows when the routers' p90 time to first token is above it,
+/// though its load alone would not ask for it; the decision says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttft_over_its_objective_grows_the_pool() {
+    let data_dir = temporary_data_dir();
+    let (dev, session, router) = Session::start_serving(&data_dir).await;
+    // Each answer takes about 200 ms (10 tokens at 20 ms); the objective is 50 ms.
+    let body = json!({ "name": "slo", "model": "m", "provider": "local", "zone": "local-1", "instance_type": "local.cpu",
+        "min_replicas": 1, "max_replicas": 2,
+        "policy": { "target_per_replica": 1000, "ttft_slo_ms": 50, "scale_down_delay_s": 600 } });
+    let (path, _) = ready_pool(&session, body, 1).await;
+    let key = api_key(&session, "slo").await;
+    for index in 0..12 {
+        let body = json!({ "model": "m", "messages": [{ "role": "user", "content": format!("slow {index}") }], "max_tokens": 10 });
+        let (status, text) = post(&router, &key, body).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let grown = session.until(&path, |pool| pool["status"]["desired"] == 2, Duration::from_secs(30)).await;
+    let decision = &grown["status"]["decisions"][0];
+    assert!(decision["reason"].as_str().is_some_and(|reason| reason.starts_with("ttft: p90")), "{grown}");
+    assert!(decision["signals"]["ttft_p90_s"].as_f64().is_some_and(|p90| p90 > 0.05), "{decision}");
+    assert!(dev.terminate(Duration::from_secs(20)).success());
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}

@@ -56,6 +56,8 @@ const BACKOFF_FIRST: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A pool's replicas read at most per tick (unfinished ones, and those finished lately).
 const MAX_REPLICAS_READ: u32 = 2_000;
+/// A router's TTFT older than this is not a signal (no recent traffic).
+const TTFT_FRESH: chrono::Duration = chrono::Duration::seconds(30);
 /// Failed provisioning older than this no longer delays the pool.
 const FAILURES_REMEMBERED: chrono::Duration = chrono::Duration::minutes(10);
 
@@ -115,6 +117,23 @@ fn seconds(at: DateTime<Utc>) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let seconds = at.timestamp_millis() as f64 / 1000.0;
     seconds
+}
+
+/// The mean of `values`; `None` without any.
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, count) =
+        values.filter(|value| value.is_finite()).fold((0.0, 0_u32), |(sum, count), value| (sum + value, count + 1));
+    (count > 0).then(|| sum / f64::from(count))
+}
+
+/// A worker's mean GPU utilisation from its last heartbeat, 0 to 1.
+fn gpu_utilization(worker: &qm_store::Worker) -> Option<f64> {
+    let gpus = worker.gpu_metrics.as_array()?;
+    mean(
+        gpus.iter()
+            .filter_map(|gpu| gpu["utilization_percent"].as_f64())
+            .map(|percent| (percent / 100.0).clamp(0.0, 1.0)),
+    )
 }
 
 fn count(value: usize) -> u32 {
@@ -212,10 +231,12 @@ impl PoolController {
                 reason: "pool deleted".into(),
                 stable_load: 0.0,
                 panic_load: 0.0,
-                signals: Signals { load: 0.0, ready: count(replicas.ready.len()), desired: current, idle_s: None },
+                signals: Signals { ready: count(replicas.ready.len()), desired: current, ..Signals::default() },
             })
         } else {
             let load: i32 = replicas.ready.iter().map(|instance| in_flight(instance)).sum();
+            let ready_workers: Vec<&qm_store::Worker> =
+                replicas.ready.iter().filter_map(|instance| workers.get(&instance.id)).collect();
             let signals = Signals {
                 load: f64::from(load),
                 ready: count(replicas.ready.len()),
@@ -225,6 +246,12 @@ impl PoolController {
                     (seconds(now) - seconds(pool.requested_at.unwrap_or(pool.created_at).max(pool.created_at)))
                         .max(0.0),
                 ),
+                ttft_p90_s: pool
+                    .ttft_p90_ms
+                    .filter(|_| pool.ttft_at.is_some_and(|at| now - at < TTFT_FRESH))
+                    .map(|ms| ms / 1000.0),
+                kv_cache: mean(ready_workers.iter().filter_map(|worker| worker.kv_cache_usage)),
+                gpu_utilization: mean(ready_workers.iter().filter_map(|worker| gpu_utilization(worker))),
             };
             let mut scalers = self.scalers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let scaler = scalers.entry(pool.id).or_default();
@@ -444,6 +471,9 @@ impl PoolController {
             stable_load: decision.stable_load,
             panic_load: decision.panic_load,
             ready: decision.signals.ready,
+            ttft_p90_s: decision.signals.ttft_p90_s,
+            kv_cache: decision.signals.kv_cache,
+            gpu_utilization: decision.signals.gpu_utilization,
         };
         tx.enqueue(&Envelope::of(&event, crate::NAME, Some(pool.organization_id))).await?;
         tracing::info!(pool = %pool.id, from = decision.from, to = decision.to, reason = %decision.reason, "pool scaled");
@@ -464,8 +494,12 @@ impl PoolController {
         let mut decisions: Vec<serde_json::Value> =
             pool.status.get("decisions").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
         if let Some(decision) = decision {
-            decisions.insert(0, json!({ "at": now, "from": decision.from, "to": decision.to, "reason": decision.reason,
-                "stable_load": decision.stable_load, "panic_load": decision.panic_load, "ready": decision.signals.ready }));
+            decisions.insert(
+                0,
+                json!({ "at": now, "from": decision.from, "to": decision.to, "reason": decision.reason,
+                "stable_load": decision.stable_load, "panic_load": decision.panic_load, "ready": decision.signals.ready,
+                "signals": decision.signals }),
+            );
             decisions.truncate(DECISIONS_KEPT);
         }
         let mut conditions = Vec::new();

@@ -62,6 +62,8 @@ pub struct Upstream {
     pub pool: Option<qm_domain::DeploymentId>,
     /// A request went to it since the pools' activity was last written.
     asked: AtomicBool,
+    /// Its times to first token since they were last collected (for its pool's autoscaler).
+    pub ttft: crate::pools::TtftHistogram,
     in_flight: AtomicU32,
     /// The engine's queue as the agent last reported it.
     queue_depth: AtomicU32,
@@ -509,6 +511,7 @@ impl Fleet {
                     instance_type: instance.instance_type.clone(),
                     pool: instance.deployment_id,
                     asked: AtomicBool::new(false),
+                    ttft: crate::pools::TtftHistogram::default(),
                     in_flight: AtomicU32::new(0),
                     queue_depth: AtomicU32::new(queue),
                     kv_cache_permille: AtomicU32::new(kv_cache),
@@ -567,6 +570,7 @@ impl Fleet {
                     instance_type: String::new(),
                     pool: None,
                     asked: AtomicBool::new(false),
+                    ttft: crate::pools::TtftHistogram::default(),
                     in_flight: AtomicU32::new(0),
                     queue_depth: AtomicU32::new(0),
                     kv_cache_permille: AtomicU32::new(0),

@@ -327,6 +327,7 @@ async fn route(
             },
             metrics: state.metrics.clone(),
             started,
+            worker: worker.clone(),
         };
         let streamed = ask.stream
             && response
@@ -387,6 +388,8 @@ struct Accounting {
     usage: Usage,
     metrics: crate::Metrics,
     started: Instant,
+    /// The worker answering (its time to first token feeds its pool's autoscaler).
+    worker: Arc<crate::fleet::Upstream>,
 }
 
 impl Accounting {
@@ -401,7 +404,11 @@ impl Accounting {
     }
 
     fn first_byte(&self) {
-        self.metrics.time_to_first_token.observe(self.started.elapsed().as_secs_f64());
+        let elapsed = self.started.elapsed();
+        self.metrics.time_to_first_token.observe(elapsed.as_secs_f64());
+        if self.worker.pool.is_some() {
+            self.worker.ttft.record(elapsed);
+        }
     }
 }
 

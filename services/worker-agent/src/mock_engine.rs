@@ -43,32 +43,7 @@ struct Counters {
     kv_blocks: AtomicU64,
 }
 
-/// How long the mock takes, like an engine on a GPU. Zero everywhere by default (answers at once).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Latency {
-    /// Per prompt token not found in the prefix cache.
-    pub prefill_per_token: Duration,
-    /// Per generated token.
-    pub decode_per_token: Duration,
-    /// Each running request slows every step by this fraction (0.05: 10 running, 1.5x).
-    pub concurrency_slowdown: f64,
-    /// `/health` fails until this long after start (loading weights).
-    pub cold_start: Duration,
-    /// Prefix-cache capacity, in blocks of [`CACHE_BLOCK`] tokens.
-    pub cache_blocks: usize,
-}
-
-impl Default for Latency {
-    fn default() -> Self {
-        Self {
-            prefill_per_token: Duration::ZERO,
-            decode_per_token: Duration::ZERO,
-            concurrency_slowdown: 0.0,
-            cold_start: Duration::ZERO,
-            cache_blocks: 4096,
-        }
-    }
-}
+pub use qm_domain::engine::Latency;
 
 /// Tokens per prefix-cache block.
 pub const CACHE_BLOCK: usize = 16;
@@ -225,8 +200,8 @@ impl MockEngine {
     /// `base` stretched by the requests running now.
     fn slowed(&self, base: Duration) -> Duration {
         #[allow(clippy::cast_precision_loss)]
-        let running = self.counters.running.load(Ordering::Relaxed).max(1) as f64 - 1.0;
-        base.mul_f64(1.0 + self.latency.concurrency_slowdown * running)
+        let others = self.counters.running.load(Ordering::Relaxed).max(1) as f64 - 1.0;
+        self.latency.slowed(base, others)
     }
 
     /// Admits a request: counts it running and spends its prefill (uncached tokens only).

@@ -248,6 +248,36 @@ pub struct OfferQuery {
     pub providers: Option<String>,
 }
 
+/// The bounds `GET /offers` declares.
+fn check_offer_query(query: &OfferQuery) -> ApiResult<()> {
+    let mut errors = Vec::new();
+    let mut refuse =
+        |field: &str, message: &str| errors.push(FieldError { field: field.into(), message: message.into() });
+    if query.gpu_model.as_ref().is_some_and(|model| model.chars().count() > 64) {
+        refuse("gpu_model", "at most 64 characters");
+    }
+    if query.providers.as_ref().is_some_and(|providers| providers.chars().count() > 200) {
+        refuse("providers", "at most 200 characters");
+    }
+    if query.min_gpus.is_some_and(|gpus| !(0..=64).contains(&gpus)) {
+        refuse("min_gpus", "must be between 0 and 64");
+    }
+    if query.min_gpu_memory_gb.is_some_and(|memory| !(0..=4096).contains(&memory)) {
+        refuse("min_gpu_memory_gb", "must be between 0 and 4096");
+    }
+    let decimal = |text: &str| {
+        let (whole, fraction) = text.split_once('.').map_or((text, None), |(whole, fraction)| (whole, Some(fraction)));
+        let digits = |part: &str, most: usize| {
+            (1..=most).contains(&part.len()) && part.bytes().all(|byte| byte.is_ascii_digit())
+        };
+        digits(whole, 9) && fraction.is_none_or(|fraction| digits(fraction, 6))
+    };
+    if query.max_hourly_price.as_deref().is_some_and(|price| !decimal(price)) {
+        refuse("max_hourly_price", "a decimal such as 1.50 (up to 9 digits, then up to 6 after the point)");
+    }
+    if errors.is_empty() { Ok(()) } else { Err(Problem::invalid_fields(errors)) }
+}
+
 /// The catalog's active offers (a zone and an instance type it offers), cheapest first in the
 /// reporting currency, with hourly and monthly prices; filtered like a deployment's constraints.
 #[utoipa::path(get, path = "/offers", tag = "catalog", params(OfferQuery),
@@ -257,6 +287,7 @@ pub async fn offers(
     _principal: Principal,
     Query(query): Query<OfferQuery>,
 ) -> ApiResult<Json<Vec<PricedOffer>>> {
+    check_offer_query(&query)?;
     let providers = query.providers.as_deref().map(|list| {
         list.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect::<Vec<_>>()
     });

@@ -261,17 +261,17 @@ pub async fn instance(context: &Context, id: &str) -> Outcome {
     if context.output.structured(&json!({ "instance": instance, "worker": worker })) {
         return Ok(());
     }
-    let gpu = worker["gpus"]
+    let gpu = worker["gpu_metrics"]
         .as_array()
         .map(|gpus| {
             gpus.iter()
                 .map(|gpu| {
                     format!(
-                        "{} {}% util {}/{} MiB",
-                        text(&gpu["name"]),
+                        "#{} {}% util, {}/{} MB",
+                        text(&gpu["index"]),
                         text(&gpu["utilization_percent"]),
-                        text(&gpu["memory_used_mib"]),
-                        text(&gpu["memory_total_mib"])
+                        text(&gpu["memory_used_mb"]),
+                        text(&gpu["memory_total_mb"])
                     )
                 })
                 .collect::<Vec<_>>()

@@ -27,7 +27,7 @@ services: ## Make sure PostgreSQL, Redis and NATS (JetStream) run on loopback; i
 	@scripts/ensure-services.sh
 
 VENV := .venv
-PYTHON_TOOLS := openapi-spec-validator==0.7.2 "moto[server]==5.1.*" schemathesis==4.32.5 openai==1.109.1
+PYTHON_TOOLS := openapi-spec-validator==0.7.2 "moto[server]==5.1.*" schemathesis==4.32.5 openai==1.109.1 kubernetes-validate==1.37.0 "PyYAML==6.0.*"
 
 .PHONY: venv
 venv: $(VENV)/.installed ## Python tools the tests use (openapi-spec-validator, moto's EC2 server, schemathesis), in ./.venv
@@ -76,6 +76,11 @@ bench-tools: venv ## Peers the benches measure against: nginx (Debian), vllm-rou
 bench: services bench-tools ## Benchmarks (one release build): API latency and login flood, command latency and provisioning throughput, reconciliation, FinOps queries, router overhead against nginx, vllm-router and smg; each vs a same-run baseline
 	$(CARGO) build --release -p qm-worker-agent --bins
 	$(CARGO) bench --benches -p qm-domain -p qm-api -p qm-orchestrator -p qm-finops -p qm-cli -p qm-router
+
+.PHONY: k8s-render
+k8s-render: ## Print the Kubernetes manifests of ENV's overlay (deploy/kubernetes/overlays/ENV), rendered by kubectl kustomize
+	@[ -d deploy/kubernetes/overlays/$(ENV) ] || { echo "error: no overlay deploy/kubernetes/overlays/$(ENV) (staging, prod)" >&2; exit 2; }
+	kubectl kustomize deploy/kubernetes/overlays/$(ENV)
 
 .PHONY: lint
 lint: ## fmt check and clippy only

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests talk to run on loopback: PostgreSQL (5432), Redis (6379) and
-# NATS with JetStream (4222), and that the tools the tests run (cloud-init, prometheus, cargo-nextest) exist. Installs a missing server from Debian's packages, starts a stopped
+# NATS with JetStream (4222), and that the tools the tests run (cloud-init, prometheus, alertmanager's amtool, cargo-nextest) exist. Installs a missing server from Debian's packages, starts a stopped
 # one, and fails naming the piece it could not bring up.
 set -euo pipefail
 
@@ -53,6 +53,9 @@ fi
 command -v cloud-init >/dev/null || apt_install --no-install-recommends cloud-init
 # Dashboard queries are evaluated by a real Prometheus.
 command -v prometheus >/dev/null || apt_install --no-install-recommends prometheus
+# Alert rules are unit-tested with promtool (in prometheus); the Alertmanager example is checked
+# with amtool.
+command -v amtool >/dev/null || apt_install --no-install-recommends prometheus-alertmanager
 
 if ! command -v cargo-nextest >/dev/null; then
   echo "installing cargo-nextest ..."

@@ -159,6 +159,12 @@ pub trait CloudProvider: Send + Sync + 'static {
     /// `local`, `sim`, `aws` or `scaleway`.
     fn name(&self) -> &str;
 
+    /// Whether calls are refused now by a circuit breaker in front of the provider (the
+    /// orchestrator's wrapper has one; a provider alone has none).
+    fn circuit_open(&self) -> bool {
+        false
+    }
+
     /// Creates the instance, or returns the one already created for `request.instance_id`.
     async fn create(&self, request: &CreateRequest) -> Result<ProviderInstance, ProviderError>;
 

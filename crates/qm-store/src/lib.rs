@@ -15,6 +15,7 @@
 //! - [`conformance`]: the suite every backend runs.
 
 pub mod access;
+pub mod backup;
 pub mod catalog;
 #[cfg(feature = "testsuite")]
 pub mod conformance;

@@ -48,6 +48,19 @@ enum Command {
     Openapi,
     /// Apply pending migrations to the database named by QM_DATABASE_URL, then exit.
     Migrate,
+    /// Back up the database named by QM_DATABASE_URL into a new directory (dump + manifest).
+    Backup {
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Restore a `qm backup` directory into the (empty) database named by QM_DATABASE_URL.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace a database that already holds a Quartermaster schema.
+        #[arg(long)]
+        force: bool,
+    },
     /// Log in (password prompt, --password-stdin, or --api-key) and store the token (0600).
     Login(people::Login),
     /// Forget the stored token (and end the session).
@@ -174,6 +187,8 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Migrate => qm_cli::migrate::run().await,
+            Command::Backup { to } => qm_cli::backup::backup(to).await,
+            Command::Restore { from, force } => qm_cli::backup::restore(from, *force).await,
             _ => client_command(&cli).await.map_err(anyhow::Error::new),
         }
     });

@@ -299,6 +299,8 @@ impl Health {
         while !shutdown.is_triggered() {
             let leased = self.store.acquire_lease("orchestrator.health", &holder, self.deadlines.sweep_every * 3).await;
             self.count_fleet(matches!(leased, Ok(true))).await;
+            // Every replica has its own breakers: each exports its own.
+            self.saga.export_circuits();
             let outcome = match leased {
                 Ok(true) => self.sweep().await,
                 Ok(false) => Ok(0),

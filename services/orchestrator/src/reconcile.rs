@@ -92,7 +92,17 @@ impl Reconciler {
                 continue;
             }
             match self.reconcile_provider(name, &**cloud).await {
-                Ok(pass) => report.add(pass),
+                Ok(pass) => {
+                    let [gone, orphan, stopped, leftover] = crate::saga::REPAIR_KINDS;
+                    let repairs = [
+                        (gone, pass.gone),
+                        (orphan, pass.orphans),
+                        (stopped, pass.stopped),
+                        (leftover, pass.leftovers),
+                    ];
+                    self.saga.count_repairs(name, &repairs);
+                    report.add(pass);
+                }
                 Err(error) => {
                     tracing::warn!(provider = %name, %error, "reconciliation of a provider failed; the others go on");
                     report.failures += 1;

@@ -95,6 +95,10 @@ impl CloudProvider for Resilient {
         self.inner.name()
     }
 
+    fn circuit_open(&self) -> bool {
+        self.is_open()
+    }
+
     async fn create(&self, request: &CreateRequest) -> Result<ProviderInstance, ProviderError> {
         self.call(|| self.inner.create(request)).await
     }

@@ -38,6 +38,9 @@ pub mod progress {
 /// How long an offer that answered "no capacity" is skipped.
 pub const EXHAUSTED_FOR: Duration = Duration::from_secs(5 * 60);
 
+/// What reconciliation repairs, as counted in `qm_reconcile_repairs_total{kind}`.
+pub const REPAIR_KINDS: [&str; 4] = ["gone", "orphan", "stopped", "leftover"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum SagaError {
     /// Try the whole command again later (a provider or the database is unavailable).
@@ -110,6 +113,9 @@ pub struct Saga {
     exchange_rates: Option<ExchangeRates>,
     /// `qm_orchestrator_terminations_blocked_total`.
     blocked_terminations: Option<prometheus::IntCounter>,
+    /// `qm_provider_circuit_open{provider}` and `qm_reconcile_repairs_total{provider,kind}`.
+    circuits: Option<prometheus::IntGaugeVec>,
+    repairs: Option<prometheus::IntCounterVec>,
 }
 
 impl Saga {
@@ -125,6 +131,8 @@ impl Saga {
             exhausted: Mutex::new(HashMap::new()),
             exchange_rates: None,
             blocked_terminations: None,
+            circuits: None,
+            repairs: None,
         }
     }
 
@@ -137,7 +145,40 @@ impl Saga {
             &[],
         );
         self.blocked_terminations = Some(counter.with_label_values::<&str>(&[]));
+        self.circuits = Some(qm_telemetry::metrics::gauge_vec(
+            registry,
+            "qm_provider_circuit_open",
+            "1 while this orchestrator's circuit breaker refuses calls to the provider",
+            &["provider"],
+        ));
+        self.repairs = Some(qm_telemetry::metrics::counter_vec(
+            registry,
+            "qm_reconcile_repairs_total",
+            "Repairs made by reconciliation: gone (recorded, not at the provider), orphan (at the provider, not recorded), stopped, leftover",
+            &["provider", "kind"],
+        ));
+        // Every series exists from the start (at 0), so that alerts and dashboards see them.
+        for name in self.providers.keys() {
+            self.count_repairs(name, &REPAIR_KINDS.map(|kind| (kind, 0)));
+        }
+        self.export_circuits();
         self
+    }
+
+    /// Exports whether each provider's circuit is open now.
+    pub fn export_circuits(&self) {
+        let Some(gauge) = &self.circuits else { return };
+        for (name, provider) in &self.providers {
+            gauge.with_label_values(&[name.as_str()]).set(i64::from(provider.circuit_open()));
+        }
+    }
+
+    /// Counts a reconciliation pass's repairs of `provider` (kinds of [`REPAIR_KINDS`]).
+    pub fn count_repairs(&self, provider: &str, repairs: &[(&str, usize)]) {
+        let Some(counter) = &self.repairs else { return };
+        for (kind, count) in repairs {
+            counter.with_label_values(&[provider, kind]).inc_by(u64::try_from(*count).unwrap_or(0));
+        }
     }
 
     /// The providers, wrapped.

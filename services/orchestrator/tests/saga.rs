@@ -232,7 +232,8 @@ async fn a_provider_that_keeps_failing_opens_its_circuit_and_instances_wait() {
     let world = World::new(offer).await;
     let faults = Faults { create_fails: 1.0, ..Faults::default() };
     let cloud = Arc::new(SimCloud::new(SimConfig { faults, ..SimConfig::default() }));
-    let saga = saga(&world, &cloud);
+    let registry = prometheus::Registry::new();
+    let saga = saga(&world, &cloud).with_metrics(&registry);
     let (id, command) = world.requested(&["sim-eu-1"]).await;
     let mut refusals = 0;
     while cloud.stats().calls < u64::from(qm_orchestrator::resilient::BREAKER_THRESHOLD) {
@@ -249,6 +250,10 @@ async fn a_provider_that_keeps_failing_opens_its_circuit_and_instances_wait() {
     }
     assert_eq!(cloud.stats().calls, calls, "an open circuit spares the provider");
     assert_eq!(world.state(id).await.state, InstanceState::Provisioning, "an outage does not fail instances");
+    // Exported for the ProviderCircuitOpen alert.
+    saga.export_circuits();
+    let exported = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+    assert!(exported.contains(r#"qm_provider_circuit_open{provider="sim"} 1"#), "{exported}");
     world.cleanup();
 }
 
@@ -502,13 +507,20 @@ async fn reconciliation_marks_vanished_instances_and_terminates_orphans() {
     tx.commit().await.unwrap();
     assert_eq!(cloud.stats().live, 3);
 
+    let registry = prometheus::Registry::new();
     let reconciler = qm_orchestrator::reconcile::Reconciler {
         store: world.store.clone(),
-        saga: Arc::new(saga(&world, &cloud)),
+        saga: Arc::new(saga(&world, &cloud).with_metrics(&registry)),
         every: Duration::from_secs(60),
     };
     let report = reconciler.reconcile(None).await.unwrap();
     assert_eq!((report.gone, report.orphans), (1, 2), "{report:?}");
+    // The repairs are counted for the LeakedInstancesReaped alert; the circuit is closed.
+    reconciler.saga.export_circuits();
+    let exported = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+    assert!(exported.contains(r#"qm_reconcile_repairs_total{kind="orphan",provider="sim"} 2"#), "{exported}");
+    assert!(exported.contains(r#"qm_reconcile_repairs_total{kind="gone",provider="sim"} 1"#), "{exported}");
+    assert!(exported.contains(r#"qm_provider_circuit_open{provider="sim"} 0"#), "{exported}");
     let gone = world.state(ids[0]).await;
     assert_eq!(gone.state, InstanceState::Terminated);
     assert!(gone.deleted_by_provider);

@@ -1,6 +1,7 @@
-//! The control plane in this process as production runs it: the api and orchestrators on a fresh
-//! PostgreSQL database and NATS streams under a unique prefix, over the providers a test gives
-//! (one cloud behind every orchestrator, as one provider account would be).
+//! The control plane in this process as production runs it: the api, finops and orchestrators on
+//! a PostgreSQL database (a fresh one, or one given) and NATS streams under a unique prefix, over
+//! the providers a test gives (one cloud behind every orchestrator, as one provider account
+//! would be).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,16 +25,26 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Starts the api (with the catalog seeded) and `orchestrators` orchestrators; the admin's
-    /// password is `password`.
+    /// Starts the api (with the catalog seeded), finops and `orchestrators` orchestrators on a
+    /// fresh database; the admin's password is `password`.
     pub async fn start(
         password: &str,
         providers: BTreeMap<String, Arc<dyn CloudProvider>>,
         orchestrators: usize,
         deadlines: Deadlines,
     ) -> Self {
+        Self::start_on(TestDatabase::create().await, password, providers, orchestrators, deadlines).await
+    }
+
+    /// [`ControlPlane::start`] on `database` (migrated first if it needs to be).
+    pub async fn start_on(
+        database: TestDatabase,
+        password: &str,
+        providers: BTreeMap<String, Arc<dyn CloudProvider>>,
+        orchestrators: usize,
+        deadlines: Deadlines,
+    ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let database = TestDatabase::create().await;
         let prefix = format!("cp{}", uuid::Uuid::new_v4().simple());
         let nats = std::env::var("QM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
         let bus_url = format!("{nats}?prefix={prefix}");
@@ -58,7 +69,10 @@ impl ControlPlane {
         let base = format!("http://{}", api.address());
         let mut dependencies = dependencies;
         dependencies.settings.api_url = Some(base.clone());
-        let mut services = vec![api];
+        let finops = qm_finops::build(dependencies.clone(), "127.0.0.1:0".parse().expect("address"), shutdown.clone())
+            .await
+            .expect("finops");
+        let mut services = vec![api, finops];
         for _ in 0..orchestrators {
             let orchestrator = qm_orchestrator::build_with(
                 dependencies.clone(),
@@ -75,6 +89,10 @@ impl ControlPlane {
         let running =
             services.into_iter().map(|service| tokio::spawn(service.run_until_stopped(shutdown.clone()))).collect();
         Self { api: base, store, bus: dependencies.bus.clone(), shutdown, running, database, bus_url, prefix }
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database.url()
     }
 
     /// Stops every service, then removes the database and the streams.

@@ -90,6 +90,9 @@ pub struct PolicyError {
     pub message: String,
 }
 
+/// The routers' TTFT window (their p90 covers this many seconds).
+pub const TTFT_WINDOW_S: f64 = 30.0;
+
 /// The panic threshold: the short window asks for this many times the ready replicas.
 pub const PANIC_FACTOR: f64 = 2.0;
 
@@ -160,7 +163,11 @@ impl Signals {
     /// utilisation over their targets (in proportion).
     /// Nothing while replicas already asked for are still starting: they are the answer, and
     /// the requests that waited for them say nothing about a full pool.
-    fn pressure(&self, policy: &ScalingPolicy) -> Option<(u32, String)> {
+    ///
+    /// The TTFT counts only once the routers' window (`TTFT_WINDOW_S`) has seen nothing but the
+    /// current ready replicas (`ttft_settled`): requests that waited for a replica to start say
+    /// nothing about the replicas that serve now. It grows the pool at most twofold at once.
+    fn pressure(&self, policy: &ScalingPolicy, ttft_settled: bool) -> Option<(u32, String)> {
         if self.ready < self.desired {
             return None;
         }
@@ -171,10 +178,13 @@ impl Signals {
             wanted
         };
         let mut asks: Vec<(u32, String)> = Vec::new();
-        if let (Some(slo_ms), Some(p90)) = (policy.ttft_slo_ms, self.ttft_p90_s) {
+        if let (Some(slo_ms), Some(p90), true) = (policy.ttft_slo_ms, self.ttft_p90_s, ttft_settled) {
             let slo = f64::from(slo_ms) / 1000.0;
             if p90 > slo {
-                let wanted = scaled(p90 / slo).max(ready + 1).min(ready.saturating_add(policy.max_step_up));
+                let wanted = scaled(p90 / slo)
+                    .min(ready.saturating_mul(2))
+                    .max(ready + 1)
+                    .min(ready.saturating_add(policy.max_step_up));
                 asks.push((wanted, format!("ttft: p90 {:.0} ms over the {slo_ms} ms objective", p90 * 1000.0)));
             }
         }
@@ -214,6 +224,10 @@ pub struct Autoscaler {
     recommendations: VecDeque<(f64, u32)>,
     last_up_s: Option<f64>,
     panic_since_s: Option<f64>,
+    /// The ready count, and since when it has been that.
+    ready_since_s: Option<(u32, f64)>,
+    /// The first sample: a new autoscaler (a new lease holder) has no history to stabilise on.
+    first_s: Option<f64>,
 }
 
 fn average(samples: &VecDeque<(f64, f64)>, since: f64) -> f64 {
@@ -244,6 +258,7 @@ impl Autoscaler {
         signals: Signals,
     ) -> Option<Decision> {
         let stable_window = f64::from(policy.stable_window_s);
+        let first_s = *self.first_s.get_or_insert(now_s);
         self.samples.push_back((now_s, signals.load.max(0.0)));
         while self.samples.front().is_some_and(|(at, _)| *at < now_s - stable_window) {
             self.samples.pop_front();
@@ -271,7 +286,17 @@ impl Autoscaler {
         .to_owned();
         let mut asked = if panicking { stable.max(panic) } else { stable };
         // Latency and saturation may ask for more than the load does (never for less).
-        if let Some((wanted, why)) = signals.pressure(policy).filter(|(wanted, _)| *wanted > asked && current > 0) {
+        let ready_since = match self.ready_since_s {
+            Some((ready, since)) if ready == signals.ready => since,
+            _ => {
+                self.ready_since_s = Some((signals.ready, now_s));
+                now_s
+            }
+        };
+        let ttft_settled = now_s - ready_since >= TTFT_WINDOW_S;
+        if let Some((wanted, why)) =
+            signals.pressure(policy, ttft_settled).filter(|(wanted, _)| *wanted > asked && current > 0)
+        {
             asked = wanted;
             reason = why;
         }
@@ -292,7 +317,9 @@ impl Autoscaler {
             }
             current.saturating_add(policy.max_step_up).min(wanted)
         } else if wanted < current {
-            if panicking && !zero {
+            // Not while panicking, nor before a whole delay of history was seen (a controller
+            // that just took over must not shrink on its first sample).
+            if !zero && (panicking || now_s - first_s < delay) {
                 return None;
             }
             // Stabilised: the highest recommendation of the delay must be below the size.
@@ -396,19 +423,34 @@ mod tests {
         let mut scaler = Autoscaler::default();
         let slow =
             Signals { load: 4.0, ready: 2, desired: 2, idle_s: Some(0.0), ttft_p90_s: Some(1.5), ..Signals::default() };
-        let decision = scaler.decide(&policy, 1, 10, 0.0, slow).expect("grows");
-        assert_eq!(decision.to, 6, "p90 three times the objective: three times the replicas");
+        // The routers' window must first cover only the current replicas.
+        for second in 0..30 {
+            assert_eq!(scaler.decide(&policy, 1, 10, f64::from(second), slow), None, "at {second} s: not settled");
+        }
+        let decision = scaler.decide(&policy, 1, 10, 30.0, slow).expect("grows");
+        assert_eq!(decision.to, 4, "p90 three times the objective: at most twice the replicas at once");
         assert!(decision.reason.starts_with("ttft: p90 1500 ms"), "{decision:?}");
-        // Just over: one more. Within the objective: the load alone decides, and shrinks later.
-        let barely = Signals { ready: 6, desired: 6, ttft_p90_s: Some(0.51), ..slow };
-        assert_eq!(scaler.decide(&policy, 1, 10, 1.0, barely).map(|decision| decision.to), Some(7));
-        let fine = Signals { ready: 7, desired: 7, ttft_p90_s: Some(0.2), ..slow };
-        assert_eq!(scaler.decide(&policy, 1, 10, 2.0, fine), None, "no shrink before the delay");
-        let full = Signals { ready: 7, desired: 7, kv_cache: Some(0.96), ttft_p90_s: None, ..slow };
-        let decision = scaler.decide(&policy, 1, 10, 3.0, full).expect("grows");
-        assert_eq!((decision.to, decision.reason.starts_with("kv cache")), (9, true), "{decision:?}");
+        // Just over, once settled at the new size: one more. Within it: the load decides, later.
+        let barely = Signals { ready: 4, desired: 4, ttft_p90_s: Some(0.51), ..slow };
+        assert_eq!(scaler.decide(&policy, 1, 10, 31.0, barely), None, "the new replicas' window first");
+        assert_eq!(scaler.decide(&policy, 1, 10, 61.0, barely).map(|decision| decision.to), Some(5));
+        let fine = Signals { ready: 5, desired: 5, ttft_p90_s: Some(0.2), ..slow };
+        assert_eq!(scaler.decide(&policy, 1, 10, 62.0, fine), None, "no shrink before the delay");
+        let full = Signals { ready: 5, desired: 5, kv_cache: Some(0.96), ttft_p90_s: None, ..slow };
+        let decision = scaler.decide(&policy, 1, 10, 63.0, full).expect("grows");
+        assert_eq!((decision.to, decision.reason.starts_with("kv cache")), (6, true), "{decision:?}");
         assert!(ScalingPolicy { kv_cache_target: Some(0.0), ..ScalingPolicy::default() }.validate().is_err());
         assert!(ScalingPolicy { ttft_slo_ms: Some(0), ..ScalingPolicy::default() }.validate().is_err());
+    }
+
+    #[test]
+    fn a_new_autoscaler_does_not_shrink_before_it_has_seen_a_whole_delay() {
+        // A controller that just took the lease over sees 2 ready with a light load.
+        let (policy, mut scaler, mut size) = (policy(), Autoscaler::default(), 2);
+        let first = run(&mut scaler, &policy, (1, 4), 1_000.0, 29, 1.0, &mut size);
+        assert!(first.is_empty(), "no history, no shrink: {first:?}");
+        run(&mut scaler, &policy, (1, 4), 1_029.0, 5, 1.0, &mut size);
+        assert_eq!(size, 1, "after the delay, the light load shrinks it");
     }
 
     #[test]

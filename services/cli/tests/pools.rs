@@ -266,12 +266,19 @@ async fn a_ttft_over_its_objective_grows_the_pool() {
         "policy": { "target_per_replica": 1000, "ttft_slo_ms": 50, "scale_down_delay_s": 600 } });
     let (path, _) = ready_pool(&session, body, 1).await;
     let key = api_key(&session, "slo").await;
-    for index in 0..12 {
-        let body = json!({ "model": "m", "messages": [{ "role": "user", "content": format!("slow {index}") }], "max_tokens": 10 });
+    // Steady traffic until the pool grows: the autoscaler waits until the routers' 30 s window
+    // covers only the current replica before it trusts the TTFT.
+    let started = Instant::now();
+    let grown = loop {
+        let body = json!({ "model": "m", "messages": [{ "role": "user", "content": "slow" }], "max_tokens": 10 });
         let (status, text) = post(&router, &key, body).await;
         assert_eq!(status, 200, "{text}");
-    }
-    let grown = session.until(&path, |pool| pool["status"]["desired"] == 2, Duration::from_secs(30)).await;
+        let pool = session.send(reqwest::Method::GET, &path, None).await;
+        if pool["status"]["desired"] == 2 {
+            break pool;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "the pool did not grow: {pool}");
+    };
     let decision = &grown["status"]["decisions"][0];
     assert!(decision["reason"].as_str().is_some_and(|reason| reason.starts_with("ttft: p90")), "{grown}");
     assert!(decision["signals"]["ttft_p90_s"].as_f64().is_some_and(|p90| p90 > 0.05), "{decision}");

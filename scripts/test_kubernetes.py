@@ -94,6 +94,16 @@ class Overlays(unittest.TestCase):
         stores = policies["qm-data-stores"]["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
         self.assertEqual(stores, {"app.kubernetes.io/part-of": "quartermaster"}, "data stores: the services only")
 
+    def test_every_variable_an_overlay_needs_is_listed_in_its_env_example(self):
+        for overlay in ("staging", "prod"):
+            example = (ROOT / "env" / f"{overlay}.env.example").read_text()
+            listed = {line.lstrip("# ").split("=", 1)[0].removesuffix("_FILE") for line in example.splitlines() if "=" in line}
+            config = (OVERLAYS / overlay / "config.env").read_text()
+            needed = {line.split("=", 1)[0] for line in config.splitlines() if "=" in line}
+            # The Secret `qm-secrets` holds these.
+            needed |= {"QM_DATABASE_URL", "QM_BUS_URL", "QM_ADMIN_PASSWORD"}
+            self.assertEqual(needed - listed, set(), f"env/{overlay}.env.example misses variables the overlay needs")
+
     def test_a_broken_manifest_is_refused_by_the_validator(self):
         broken = "apiVersion: apps/v1\nkind: Deployment\nmetadata: { name: x }\nspec: { replicas: two }\n"
         with self.assertRaises(AssertionError):

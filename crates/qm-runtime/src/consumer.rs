@@ -157,7 +157,14 @@ impl Consumer {
 
     /// Returns `Ok(false)` for a message this group already handled.
     async fn apply(&self, envelope: &Envelope) -> Result<bool, HandlerError> {
-        let span = tracing::info_span!("handle_message", group = %self.options.group, message_type = %envelope.message_type, event_id = %envelope.id);
+        let span = tracing::info_span!(
+            "handle_message",
+            group = %self.options.group,
+            message_type = %envelope.message_type,
+            event_id = %envelope.id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty
+        );
         qm_telemetry::traceparent::continue_from(&span, envelope.traceparent.as_deref());
         tracing::Instrument::instrument(
             async {
@@ -167,6 +174,7 @@ impl Consumer {
                 }
                 self.handler.handle(envelope, &mut *tx).await?;
                 tx.commit().await?;
+                tracing::debug!("message handled");
                 Ok(true)
             },
             span,

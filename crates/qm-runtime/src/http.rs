@@ -94,7 +94,14 @@ async fn observe(State(metrics): State<HttpMetrics>, request: Request, next: Nex
     let method = request.method().as_str().to_owned();
     let traceparent = request.headers().get("traceparent").and_then(|value| value.to_str().ok()).map(str::to_owned);
     let request_id = request_id(&request);
-    let span = tracing::info_span!("http_request", %method, %route, %request_id);
+    let span = tracing::info_span!(
+        "http_request",
+        %method,
+        %route,
+        %request_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty
+    );
     qm_telemetry::traceparent::continue_from(&span, traceparent.as_deref());
     let started = Instant::now();
     let mut response = tracing::Instrument::instrument(next.run(request), span).await;

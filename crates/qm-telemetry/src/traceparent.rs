@@ -21,14 +21,23 @@ pub fn current() -> Option<String> {
     carrier.remove(HEADER)
 }
 
-/// Makes `span` a child of the remote span named by `traceparent`. Malformed values are ignored:
-/// a bad header from a client must not fail its request.
+/// Makes `span` a child of the remote span named by `traceparent`, then records its trace and
+/// span ids in its `trace_id` and `span_id` fields (when it declares them), so that every log
+/// line inside it names its trace. Malformed values are ignored: a bad header from a client
+/// must not fail its request.
 pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(traceparent) = traceparent else { return };
-    let carrier = HashMap::from([(HEADER.to_owned(), traceparent.to_owned())]);
-    let context = TraceContextPropagator::new().extract(&carrier);
-    if context.span().span_context().is_valid() {
-        let _ = span.set_parent(context);
+    if let Some(traceparent) = traceparent {
+        let carrier = HashMap::from([(HEADER.to_owned(), traceparent.to_owned())]);
+        let context = TraceContextPropagator::new().extract(&carrier);
+        if context.span().span_context().is_valid() {
+            let _ = span.set_parent(context);
+        }
+    }
+    let context = span.context();
+    let ids = context.span().span_context().clone();
+    if ids.is_valid() {
+        span.record("trace_id", tracing::field::display(ids.trace_id()));
+        span.record("span_id", tracing::field::display(ids.span_id()));
     }
 }
 

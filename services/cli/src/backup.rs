@@ -60,7 +60,7 @@ fn sha256(path: &Path) -> anyhow::Result<(String, u64)> {
 
 /// libpq's environment for the connection `url` names (host, port, user, password, database,
 /// `sslmode`), so that no secret is on a command line.
-fn pg_environment(url: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
+pub fn pg_environment(url: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
     let parsed = url::Url::parse(url).context("QM_DATABASE_URL is not a URL")?;
     let decode = |text: &str| {
         url::form_urlencoded::parse(format!("x={text}").as_bytes())

@@ -48,7 +48,7 @@ audit: ## RustSec advisories for Cargo.lock (needs the network to fetch the advi
 	$(CARGO) deny check advisories
 
 .PHONY: test
-test: services venv deny ## fmt check, clippy -D warnings, dependency policy, and every test against the real services
+test: services venv deny console-tools ## fmt check, clippy -D warnings, dependency policy, and every test against the real services
 	$(CARGO) fmt --all -- --check
 	CARGO=$(CARGO) scripts/check-dependencies.sh
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -76,6 +76,15 @@ bench-tools: venv ## Peers the benches measure against: nginx (Debian), vllm-rou
 bench: services bench-tools ## Benchmarks (one release build): API latency and login flood, command latency and provisioning throughput, reconciliation, FinOps queries, router overhead against nginx, vllm-router and smg; each vs a same-run baseline
 	$(CARGO) build --release -p qm-worker-agent --bins
 	$(CARGO) bench --benches -p qm-domain -p qm-api -p qm-orchestrator -p qm-finops -p qm-cli -p qm-router
+
+.PHONY: console-tools
+console-tools: ## The console's browser test tools: Debian's chromium, and playwright-core and axe-core from npm (in ./.npm-tools)
+	@[ -x /usr/bin/chromium ] || { echo "installing chromium ..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) >/dev/null \
+	  || { echo "error: could not install Debian's chromium (the console tests need it)" >&2; exit 1; }; }
+	@command -v node >/dev/null || { echo "error: Node.js is missing (the console tests need node and npm)" >&2; exit 1; }
+	@[ -d .npm-tools/node_modules/playwright-core ] && [ -f .npm-tools/node_modules/axe-core/axe.min.js ] || \
+	  npm install --silent --no-audit --no-fund --prefix .npm-tools playwright-core@1.49.1 axe-core@4.10.2
 
 .PHONY: k8s-render
 k8s-render: ## Print the Kubernetes manifests of ENV's overlay (deploy/kubernetes/overlays/ENV), rendered by kubectl kustomize

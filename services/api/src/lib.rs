@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod console;
 pub mod feed;
 pub mod limits;
 pub mod openapi;

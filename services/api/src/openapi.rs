@@ -255,6 +255,7 @@ pub fn router(state: AppState) -> Router {
     routes
         .with_state(state)
         .merge(SwaggerUi::new("/swagger-ui").url(DOCUMENT_PATH, document))
+        .merge(crate::console::router())
         .fallback(|| async { Problem::not_found("route") })
         .layer(axum::middleware::from_fn(crate::problem::refuse_nul))
         .layer(axum::middleware::from_fn(crate::auth::cross_site_guard))

@@ -152,6 +152,25 @@ async fn an_operator_deploys_watches_pays_and_tears_down_with_qm() {
     let logs = ok(&config, &["logs", "--action", "deployment.create", "-o", "yaml"]);
     assert!(logs.stdout.contains("action_type: deployment.create"), "{}", logs.stdout);
 
+    // Budgets, keys, the feed and pools, as an operator types them.
+    let budget = ok(&config, &["budget", "set", "250.50", "--hard-cap", "--thresholds", "50,90"]);
+    assert!(budget.stdout.contains("250.50 EUR (hard cap)"), "{}", budget.stdout);
+    let budget: serde_json::Value =
+        serde_json::from_str(&ok(&config, &["budget", "get", "-o", "json"]).stdout).expect("json");
+    assert_eq!(
+        (budget["amount_micros"].as_i64(), budget["thresholds"].clone()),
+        (Some(250_500_000), serde_json::json!([50, 90]))
+    );
+    let key: serde_json::Value =
+        serde_json::from_str(&ok(&config, &["keys", "create", "ci", "-o", "json"]).stdout).expect("json");
+    let key_id = key["id"].as_str().expect("key id").to_owned();
+    assert!(ok(&config, &["keys", "ls"]).stdout.contains(&key_id));
+    assert!(ok(&config, &["keys", "revoke", &key_id]).stdout.contains("revoked"));
+    printed.push(fails(&config, &["keys", "revoke", "../../etc"], "", 2, "is not an id"));
+    let events = ok(&config, &["events"]);
+    assert!(events.stdout.contains("instance.state_changed"), "{}", events.stdout);
+    assert!(ok(&config, &["pools", "ls"]).stdout.starts_with("ID"));
+
     for output in &printed {
         assert!(!output.contains(&token), "the token was printed: {output}");
     }

@@ -221,6 +221,91 @@ async function deploy() {
   onEvent = null;
 }
 
+const PERIODS = { hour: ["minute", 3600], day: ["hour", 86400], month: ["day", 30 * 86400] };
+
+function chart(points) {
+  const width = 640, height = 160, gap = 2;
+  const high = Math.max(1, ...points.map((point) => point.cost_micros));
+  const bar = points.length ? width / points.length : width;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `cost per step, highest ${money(high)}`);
+  svg.setAttribute("class", "chart");
+  points.forEach((point, index) => {
+    const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+    const size = (point.cost_micros / high) * (height - 4);
+    rect.setAttribute("x", index * bar + gap / 2);
+    rect.setAttribute("y", height - size);
+    rect.setAttribute("width", Math.max(1, bar - gap));
+    rect.setAttribute("height", size);
+    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    title.textContent = `${point.start}: ${money(point.cost_micros)} (cumulative ${money(point.cumulative_micros)})`;
+    rect.append(title);
+    svg.append(rect);
+  });
+  return svg;
+}
+
+async function finops(period) {
+  const [step, span] = PERIODS[period] || PERIODS.day;
+  const from = new Date(Date.now() - span * 1000).toISOString();
+  const month = new Date(Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), 1)).toISOString();
+  const [series, summary, forecast, tokens] = await Promise.all([
+    api("GET", `/finops/cost/actual/minute?from=${encodeURIComponent(from)}&step=${step}`),
+    api("GET", `/finops/dashboard/costs/summary?from=${encodeURIComponent(month)}&top=10`),
+    api("GET", "/finops/cost/forecast"),
+    api("GET", `/finops/cost/per_token?from=${encodeURIComponent(month)}`),
+  ]);
+  const last = series.points.length ? series.points[series.points.length - 1].cumulative_micros : 0;
+  const breakdown = (title, entries) => el("section", {}, el("h2", {}, title),
+    entries.length ? table(["key", `cost, ${summary.currency}`], entries.map((entry) => el("tr", {}, el("td", {}, entry.key), el("td", {}, money(entry.cost_micros))))) : el("p", { class: "muted" }, "Nothing yet."));
+  const periods = el("div", { class: "periods", role: "group", "aria-label": "Period" },
+    Object.keys(PERIODS).map((name) => el("a", { href: `#/finops/${name}`, "aria-current": name === (period || "day") ? "page" : null }, `last ${name}`)));
+  page("FinOps", periods,
+    el("div", { class: "cards" },
+      el("div", { class: "card" }, el("div", { class: "value", id: "total" }, money(last)), el("div", { class: "label" }, `over the period, ${series.currency}`)),
+      el("div", { class: "card" }, el("div", { class: "value" }, money(summary.total_micros)), el("div", { class: "label" }, `this month, ${summary.currency}`)),
+      el("div", { class: "card" }, el("div", { class: "value" }, money(forecast.projected_month_end_micros)), el("div", { class: "label" }, `month end (forecast), ${forecast.currency}`)),
+      el("div", { class: "card" }, el("div", { class: "value" }, money(forecast.burn_rate_micros_per_hour)), el("div", { class: "label" }, `burn rate, ${forecast.currency}/h`))),
+    el("h2", {}, `Cost per ${step}`), chart(series.points),
+    breakdown("By provider", summary.by_provider), breakdown("By model", summary.by_model),
+    breakdown("By instance type", summary.by_instance_type), breakdown("By zone", summary.by_zone),
+    el("h2", {}, "Tokens and cost per million tokens"),
+    tokens.by_model.length ? table(["model", "tokens", `cost, ${tokens.currency}`, "per million tokens"], tokens.by_model.map((entry) => el("tr", {}, el("td", {}, entry.key), el("td", {}, entry.tokens), el("td", {}, money(entry.cost_micros)), el("td", {}, money(entry.cost_per_million_tokens_micros))))) : el("p", { class: "muted" }, "No tokens yet."));
+  onEvent = null;
+}
+
+async function logs() {
+  const action = el("input", { id: "action", name: "action", placeholder: "deployment.create", value: sessionStorage.getItem("qm.logs.action") || "" });
+  const status = el("select", { id: "status", name: "status" }, el("option", { value: "" }, "any"), el("option", { value: "succeeded" }, "succeeded"), el("option", { value: "failed" }, "failed"));
+  status.value = sessionStorage.getItem("qm.logs.status") || "";
+  const query = new URLSearchParams({ limit: "100" });
+  if (action.value) query.set("action_type", action.value);
+  if (status.value) query.set("status", status.value);
+  const found = await api("GET", `/action_logs/search?${query}`);
+  const filters = el("form", { class: "filters", onsubmit: (event) => {
+    event.preventDefault();
+    sessionStorage.setItem("qm.logs.action", action.value.trim());
+    sessionStorage.setItem("qm.logs.status", status.value);
+    logs().catch((error) => showError(error.message));
+  } }, el("label", { for: "action" }, "Action", action), el("label", { for: "status" }, "Status", status), el("button", { type: "submit" }, "Filter"));
+  const rows = found.items.map((entry) => el("tr", { "data-action": entry.action_type },
+    el("td", {}, ago(entry.created_at)), el("td", {}, entry.component), el("td", {}, entry.action_type), el("td", {}, entry.status),
+    el("td", {}, entry.instance_id ? el("a", { href: `#/instances/${entry.instance_id}` }, entry.instance_id.slice(0, 13)) : "-"), el("td", {}, entry.error || "")));
+  page("Action logs", filters, rows.length ? table(["when", "component", "action", "status", "instance", "error"], rows) : el("p", { class: "muted" }, "No entries."));
+  onEvent = null;
+}
+
+async function pools() {
+  const list = await api("GET", "/pools?limit=200");
+  const rows = list.items.map((pool) => el("tr", {}, el("td", {}, pool.name), el("td", {}, pool.model), el("td", {}, `${pool.min_replicas}–${pool.max_replicas}`),
+    el("td", {}, pool.desired), el("td", {}, pool.status.ready ?? "-"), el("td", {}, pool.revision), el("td", {}, money(pool.status.hourly_price_micros)),
+    el("td", {}, (pool.status.conditions || []).map((condition) => condition.message).join("; "))));
+  page("Pools", rows.length ? table(["name", "model", "min–max", "desired", "ready", "revision", "per hour", "conditions"], rows) : el("p", { class: "muted" }, "No pools yet."));
+  onEvent = () => schedule(pools);
+}
+
 async function route() {
   clearInterval(refresher);
   const hash = location.hash || "#/overview";
@@ -228,6 +313,9 @@ async function route() {
   try {
     if (view === "instances" && id) await instance(id);
     else if (view === "instances") await instances();
+    else if (view === "finops") await finops(id);
+    else if (view === "logs") await logs();
+    else if (view === "pools") await pools();
     else if (view === "deploy") await deploy();
     else await overview();
   } catch (error) {

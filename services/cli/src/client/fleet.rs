@@ -413,7 +413,7 @@ const LOG_COLUMNS: &[Column] = &[
     Column { header: "ACTION", cell: |entry| text(&entry["action_type"]) },
     Column { header: "STATUS", cell: |entry| text(&entry["status"]) },
     Column { header: "INSTANCE", cell: |entry| text(&entry["instance_id"]) },
-    Column { header: "ERROR", cell: |entry| text(&entry["error_message"]) },
+    Column { header: "ERROR", cell: |entry| text(&entry["error"]) },
 ];
 
 pub async fn logs(context: &Context, logs: &Logs) -> Outcome {

@@ -92,6 +92,29 @@ async function logIn(page, user, password) {
     await accessible(page, "instances");
     await shot(page, "06-instances");
 
+    // FinOps: the cost per step as a chart, breakdowns with the local provider, tokens.
+    await page.click("a[href='#/finops']");
+    await page.waitForFunction(() => [...document.querySelectorAll("svg.chart rect")].some((rect) => Number(rect.getAttribute("height")) > 0));
+    await page.waitForSelector("td:text-is('local')");
+    await accessible(page, "finops");
+    await shot(page, "06-finops");
+    await page.click("a[href='#/finops/hour']");
+    await page.waitForSelector("text=Cost per minute");
+    // The action log, filtered.
+    await page.click("a[href='#/logs']");
+    await page.fill("#action", "deployment.create");
+    await page.click(".filters button[type=submit]");
+    // Filtered: every row (there is at least one) is that action.
+    await page.waitForFunction(() => {
+      const rows = [...document.querySelectorAll("tr[data-action]")];
+      return rows.length > 0 && rows.every((row) => row.dataset.action === "deployment.create");
+    });
+    await accessible(page, "logs");
+    await shot(page, "06-logs");
+    await page.click("a[href='#/pools']");
+    await page.waitForSelector("text=No pools yet.");
+    await accessible(page, "pools");
+
     // A viewer: no deploy or terminate controls, and a 403 when it tries anyway.
     await page.click("#logout");
     await page.waitForSelector("#login");

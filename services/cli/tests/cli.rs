@@ -152,6 +152,41 @@ async fn an_operator_deploys_watches_pays_and_tears_down_with_qm() {
     let logs = ok(&config, &["logs", "--action", "deployment.create", "-o", "yaml"]);
     assert!(logs.stdout.contains("action_type: deployment.create"), "{}", logs.stdout);
 
+    // `ps -w` keeps the listing on screen, redrawn as the feed reports moves.
+    let mut watching = Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args(["ps", "-w"])
+        .env("QM_CONFIG_DIR", &config)
+        .env_remove("QM_TOKEN")
+        .env_remove("QM_API_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qm ps -w");
+    let stdout = watching.stdout.take().expect("stdout");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let watched = ok(&config, &["deploy", "w", "--provider", "local", "-o", "json"]);
+    let watched: serde_json::Value = serde_json::from_str(&watched.stdout).expect("json");
+    let watched_id = watched["instance_ids"][0].as_str().expect("id").to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let line =
+            seen.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).expect("ps -w redraws");
+        if line.starts_with(&watched_id) && line.contains(" ready ") {
+            break;
+        }
+    }
+    watching.kill().expect("stop ps -w");
+    let _ = watching.wait();
+    ok(&config, &["down", &watched_id, "--wait", "--timeout", "60"]);
+
     // Budgets, keys, the feed and pools, as an operator types them.
     let budget = ok(&config, &["budget", "set", "250.50", "--hard-cap", "--thresholds", "50,90"]);
     assert!(budget.stdout.contains("250.50 EUR (hard cap)"), "{}", budget.stdout);

@@ -297,13 +297,74 @@ async function logs() {
   onEvent = null;
 }
 
+function scaling(pool) {
+  const bound = (name, value) => el("input", { type: "number", min: 0, max: 100, value, "aria-label": `${name} replicas of ${pool.name}`, class: "bound", "data-bound": name });
+  const min = bound("min", pool.min_replicas);
+  const max = bound("max", pool.max_replicas);
+  return el("td", {}, min, " – ", max, " ", el("button", { type: "button", "data-pool": pool.id, onclick: async () => {
+    try {
+      await api("PATCH", `/pools/${encodeURIComponent(pool.id)}`, { min_replicas: Number(min.value), max_replicas: Number(max.value) });
+      showError("");
+      await pools();
+    } catch (error) {
+      showError(error.message);
+    }
+  } }, "Apply"));
+}
+
 async function pools() {
   const list = await api("GET", "/pools?limit=200");
-  const rows = list.items.map((pool) => el("tr", {}, el("td", {}, pool.name), el("td", {}, pool.model), el("td", {}, `${pool.min_replicas}–${pool.max_replicas}`),
-    el("td", {}, pool.desired), el("td", {}, pool.status.ready ?? "-"), el("td", {}, pool.revision), el("td", {}, money(pool.status.hourly_price_micros)),
+  const rows = list.items.map((pool) => el("tr", { "data-pool-row": pool.name }, el("td", {}, pool.name), el("td", {}, pool.model),
+    can("operator") ? scaling(pool) : el("td", {}, `${pool.min_replicas}–${pool.max_replicas}`),
+    el("td", { "data-desired": pool.desired }, pool.desired), el("td", {}, pool.status.ready ?? "-"), el("td", {}, pool.revision), el("td", {}, money(pool.status.hourly_price_micros)),
     el("td", {}, (pool.status.conditions || []).map((condition) => condition.message).join("; "))));
   page("Pools", rows.length ? table(["name", "model", "min–max", "desired", "ready", "revision", "per hour", "conditions"], rows) : el("p", { class: "muted" }, "No pools yet."));
-  onEvent = () => schedule(pools);
+  onEvent = null;
+}
+
+async function keys() {
+  const list = await api("GET", "/api_keys?limit=200");
+  const name = el("input", { id: "key-name", name: "name", required: true, placeholder: "ci" });
+  const secret = el("div", { id: "secret", "aria-live": "polite" });
+  const create = el("form", { class: "filters", onsubmit: async (event) => {
+    event.preventDefault();
+    try {
+      const created = await api("POST", "/api_keys", { name: name.value });
+      await keys();
+      document.getElementById("secret").replaceChildren(el("p", { class: "estimate" }, "The key's secret, shown this once: ", el("code", { id: "secret-value" }, created.secret)));
+      showError("");
+    } catch (error) {
+      showError(error.message);
+    }
+  } }, el("label", { for: "key-name" }, "New key", name), el("button", { type: "submit" }, "Create"));
+  const rows = list.items.map((key) => el("tr", { "data-key": key.name },
+    el("td", {}, key.name), el("td", {}, key.prefix), el("td", {}, key.role), el("td", {}, ago(key.created_at)), el("td", {}, key.revoked_at ? "revoked" : "active"),
+    el("td", {}, key.revoked_at ? "" : el("button", { type: "button", class: "danger", onclick: async () => {
+      if (!window.confirm(`Revoke the key ${key.name}? Programs using it stop working.`)) return;
+      try { await api("DELETE", `/api_keys/${encodeURIComponent(key.id)}`); await keys(); } catch (error) { showError(error.message); }
+    } }, "Revoke"))));
+  page("API keys", create, secret, rows.length ? table(["name", "prefix", "role", "created", "status", ""], rows) : el("p", { class: "muted" }, "No keys yet."));
+  onEvent = null;
+}
+
+async function profile() {
+  const current = el("input", { id: "current-password", type: "password", autocomplete: "current-password", required: true });
+  const next = el("input", { id: "new-password", type: "password", autocomplete: "new-password", minlength: 8, required: true });
+  const done = el("p", { id: "changed", "aria-live": "polite" });
+  page("Profile",
+    el("dl", {}, el("dt", {}, "User"), el("dd", {}, me.username), el("dt", {}, "Email"), el("dd", {}, me.email || "-"), el("dt", {}, "Role"), el("dd", {}, me.role)),
+    el("h2", {}, "Change the password"),
+    el("form", { onsubmit: async (event) => {
+      event.preventDefault();
+      try {
+        await api("PUT", "/auth/me/password", { current_password: current.value, new_password: next.value });
+        done.textContent = "Password changed.";
+        showError("");
+      } catch (error) {
+        showError(error.message);
+      }
+    } }, el("label", { for: "current-password" }, "Current password", current), el("label", { for: "new-password" }, "New password (8 characters at least)", next), el("button", { type: "submit" }, "Change"), done));
+  onEvent = null;
 }
 
 async function route() {
@@ -316,6 +377,8 @@ async function route() {
     else if (view === "finops") await finops(id);
     else if (view === "logs") await logs();
     else if (view === "pools") await pools();
+    else if (view === "keys") await keys();
+    else if (view === "profile") await profile();
     else if (view === "deploy") await deploy();
     else await overview();
   } catch (error) {

@@ -48,6 +48,10 @@ async fn the_console_deploys_watches_and_terminates_in_chromium_and_shows_others
     let (status, body) = session.exchange(reqwest::Method::POST, "/users", Some(outsider)).await;
     assert_eq!(status, 201, "{body}");
 
+    let pool = json!({ "name": "console-pool", "model": "pooled", "provider": "sim", "zone": "sim-eu-1", "instance_type": "sim.l4",
+        "min_replicas": 0, "max_replicas": 1 });
+    let (status, body) = session.exchange(reqwest::Method::POST, "/pools", Some(pool)).await;
+    assert_eq!(status, 201, "{body}");
     let screenshots =
         PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| root.join("target").display().to_string()))
             .join("console-screenshots");

@@ -30,8 +30,7 @@ async function logIn(page, user, password) {
   await page.fill("#login", user);
   await page.fill("#password", password);
   await page.click("button[type=submit]");
-  await page.waitForSelector("#who");
-  await page.waitForFunction(() => document.getElementById("who").textContent.length > 0);
+  await page.waitForFunction((name) => !document.getElementById("nav").hidden && document.getElementById("who").textContent.startsWith(`${name} (`), user);
 }
 
 (async () => {
@@ -72,7 +71,7 @@ async function logIn(page, user, password) {
     await page.waitForFunction(() => document.getElementById("state") && document.getElementById("state").textContent === "ready", null, { timeout: 60000 });
     await shot(page, "04-ready");
     await page.click("a[href='#/overview']");
-    await page.waitForFunction(() => [...document.querySelectorAll(".card")].some((card) => card.textContent === "1instances ready"));
+    await page.waitForFunction(() => [...document.querySelectorAll(".card")].some((card) => /^[1-9][0-9]*instances ready$/.test(card.textContent)));
     await shot(page, "04-overview-live");
     await page.goto(instanceUrl);
     await page.waitForFunction(() => document.getElementById("state") && document.getElementById("state").textContent === "ready");
@@ -111,9 +110,28 @@ async function logIn(page, user, password) {
     });
     await accessible(page, "logs");
     await shot(page, "06-logs");
+    // A pool (created by the test's setup) scaled from the pools page.
     await page.click("a[href='#/pools']");
-    await page.waitForSelector("text=No pools yet.");
+    await page.waitForSelector("tr[data-pool-row='console-pool']");
+    await page.fill("tr[data-pool-row='console-pool'] input[data-bound=max]", "3");
+    await page.click("tr[data-pool-row='console-pool'] button[data-pool]");
+    await page.waitForFunction(() => document.querySelector("tr[data-pool-row='console-pool'] input[data-bound=max]").value === "3" && !document.getElementById("error").textContent);
     await accessible(page, "pools");
+    await shot(page, "06-pools");
+    // An API key: its secret shown once, then revoked.
+    await page.click("a[href='#/keys']");
+    await page.fill("#key-name", "from-the-console");
+    await page.click("form.filters button[type=submit]");
+    await page.waitForSelector("#secret-value");
+    expect((await page.textContent("#secret-value")).length > 20, "the secret is shown");
+    await accessible(page, "keys");
+    await page.click("tr[data-key='from-the-console'] button.danger");
+    await page.waitForFunction(() => document.querySelector("tr[data-key='from-the-console']").textContent.includes("revoked"));
+    expect((await page.$("#secret-value")) === null, "the secret is not shown again");
+    // The profile.
+    await page.click("#who");
+    await page.waitForSelector("#current-password");
+    await accessible(page, "profile");
 
     // A viewer: no deploy or terminate controls, and a 403 when it tries anyway.
     await page.click("#logout");

@@ -512,7 +512,11 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
     let mut reported = TokenCounters::default();
     while !gone.load(Ordering::Relaxed) {
         let status = source.status().await;
-        let drain_reported = status.status == WorkerStatus::Draining;
+        // A drain counts as reported only once a heartbeat carrying it was accepted: until then
+        // it is sent again every 200 ms, not after a whole interval (under load the first may
+        // fail, and the agent stops soon after its last request ends).
+        let reports_drain = status.status == WorkerStatus::Draining;
+        let mut drain_reported = false;
         let usage = status.tokens.map(|counters| counters.since(reported));
         let heartbeat = HeartbeatRequest {
             instance_id,
@@ -536,6 +540,7 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
                 tracing::warn!(instance = %config.instance_id, status = %response.status(), "agent: heartbeat refused; stopping");
                 return;
             }
+            drain_reported = reports_drain && response.status().is_success();
             if response.status().is_success()
                 && let Some(counters) = status.tokens
             {
@@ -544,6 +549,10 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
             if let Ok(answer) = response.json::<HeartbeatResponse>().await {
                 interval = Duration::from_secs(answer.heartbeat_interval_seconds.max(1));
             }
+        }
+        if reports_drain && !drain_reported {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
         }
         // Short naps, so that a stop, or a drain to report, is noticed promptly.
         let mut slept = Duration::ZERO;

@@ -69,6 +69,9 @@ pub fn init(service: &str) -> Result<TelemetryGuard, TelemetryError> {
         SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(service.to_owned()).build());
     if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|endpoint| !endpoint.trim().is_empty()) {
         // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT (and the other OTEL_* variables) itself.
+        // Its HTTP client (rustls without a built-in provider) needs the process's crypto
+        // provider installed first, or building it panics.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()

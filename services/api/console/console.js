@@ -60,6 +60,20 @@ function ago(time) {
   return `${Math.floor(seconds / 3600)}h ago`;
 }
 
+// A view's way to draw itself: only while the address is still the one it was started for (a
+// slow answer must not draw over the page the user has gone to since).
+function here() {
+  const hash = location.hash;
+  const show = (title, ...content) => {
+    if (location.hash === hash) page(title, ...content);
+  };
+  // What the view does with the live feed's events, likewise only while it is shown.
+  show.live = (handler) => {
+    if (location.hash === hash) onEvent = handler;
+  };
+  return show;
+}
+
 function page(title, ...content) {
   const main = document.getElementById("main");
   main.replaceChildren(el("h1", {}, title), ...content);
@@ -101,6 +115,7 @@ async function login() {
 }
 
 async function overview() {
+  const show = here();
   const [instances, forecast] = await Promise.all([api("GET", "/instances?limit=500"), api("GET", "/finops/cost/forecast")]);
   const byState = {};
   for (const instance of instances.items) byState[instance.state] = (byState[instance.state] || 0) + 1;
@@ -111,7 +126,7 @@ async function overview() {
     if (error.status !== 404) throw error;
   }
   const card = (label, value) => el("div", { class: "card" }, el("div", { class: "value" }, value), el("div", { class: "label" }, label));
-  page("Overview",
+  show("Overview",
     el("div", { class: "cards" },
       card("instances ready", byState.ready || 0),
       card("starting", (byState.requested || 0) + (byState.provisioning || 0) + (byState.booting || 0)),
@@ -120,26 +135,83 @@ async function overview() {
       card(`month end (forecast), ${forecast.currency}`, money(forecast.projected_month_end_micros)),
       card("budget", budget ? `${money(budget.amount_micros)} (${budget.spent_percent.toFixed(1)}% spent)` : "none")),
     table(["state", "instances"], Object.entries(byState).map(([state, count]) => el("tr", {}, stateCell(state), el("td", {}, count)))));
-  onEvent = () => schedule(overview);
+  show.live(() => schedule(overview));
 }
 
 let scheduled = null;
+// Redraws `view` soon, unless the user has gone to another page meanwhile.
 function schedule(view) {
   clearTimeout(scheduled);
-  scheduled = setTimeout(() => view().catch((error) => showError(error.message)), 300);
+  const hash = location.hash;
+  scheduled = setTimeout(() => {
+    if (location.hash === hash) view().catch((error) => showError(error.message));
+  }, 300);
+}
+
+const INSTANCE_STATES = ["requested", "provisioning", "booting", "ready", "unhealthy", "draining", "terminating", "terminated", "provisioning_failed", "startup_failed"];
+const PAGE_SIZE = 50;
+// The instances page's filters, sort and page (kept while the console is open).
+const listing = { state: "", provider: "", archived: false, sort: "", descending: false, cursors: [null] };
+const INSTANCE_COLUMNS = [
+  ["id", (item) => item.id], ["model", (item) => item.model], ["state", (item) => item.state], ["provider", (item) => item.provider],
+  ["zone", (item) => item.zone], ["type", (item) => item.instance_type], ["since", (item) => item.state_changed_at],
+];
+
+function items(answer) {
+  return Array.isArray(answer) ? answer : (answer && answer.items) || [];
+}
+
+function sortable(columns, state, redraw) {
+  return columns.map(([name]) => el("th", { scope: "col", "aria-sort": state.sort === name ? (state.descending ? "descending" : "ascending") : null },
+    el("button", { type: "button", class: "sort", "data-sort": name, onclick: () => {
+      state.descending = state.sort === name ? !state.descending : false;
+      state.sort = name;
+      redraw();
+    } }, name, state.sort === name ? (state.descending ? " ▼" : " ▲") : "")));
+}
+
+function sorted(rows, columns, state) {
+  const column = columns.find(([name]) => name === state.sort);
+  if (!column) return rows;
+  const direction = state.descending ? -1 : 1;
+  return [...rows].sort((a, b) => direction * String(column[1](a) ?? "").localeCompare(String(column[1](b) ?? ""), undefined, { numeric: true }));
 }
 
 async function instances() {
-  const list = await api("GET", "/instances?limit=200");
-  const rows = list.items.map((instance) => el("tr", { "data-instance": instance.id },
+  const show = here();
+  const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  if (listing.state) query.set("state", listing.state);
+  if (listing.provider) query.set("provider", listing.provider);
+  if (listing.archived) query.set("archived", "true");
+  const cursor = listing.cursors[listing.cursors.length - 1];
+  if (cursor) query.set("cursor", cursor);
+  const [list, providers] = await Promise.all([api("GET", `/instances?${query}`), api("GET", "/providers")]);
+  const reload = () => instances().catch((error) => showError(error.message));
+  const refilter = () => { listing.cursors = [null]; reload(); };
+  const stateFilter = el("select", { id: "filter-state", onchange: (event) => { listing.state = event.target.value; refilter(); } },
+    el("option", { value: "" }, "any"), INSTANCE_STATES.map((state) => el("option", { value: state, selected: state === listing.state }, state)));
+  const providerFilter = el("select", { id: "filter-provider", onchange: (event) => { listing.provider = event.target.value; refilter(); } },
+    el("option", { value: "" }, "any"), items(providers).map((provider) => el("option", { value: provider.name, selected: provider.name === listing.provider }, provider.name)));
+  const archived = el("input", { id: "filter-archived", type: "checkbox", checked: listing.archived, onchange: (event) => { listing.archived = event.target.checked; refilter(); } });
+  const rows = sorted(list.items, INSTANCE_COLUMNS, listing).map((instance) => el("tr", { "data-instance": instance.id },
     el("td", {}, el("a", { href: `#/instances/${instance.id}` }, instance.id.slice(0, 13))),
     el("td", {}, instance.model), stateCell(instance.state), el("td", {}, instance.provider),
     el("td", {}, instance.zone), el("td", {}, instance.instance_type), el("td", {}, ago(instance.state_changed_at))));
-  page("Instances", rows.length ? table(["id", "model", "state", "provider", "zone", "type", "since"], rows) : el("p", { class: "muted" }, "No instances yet."));
-  onEvent = () => schedule(instances);
+  const pager = el("div", { class: "pager" },
+    el("button", { type: "button", id: "previous-page", disabled: listing.cursors.length === 1, onclick: () => { listing.cursors.pop(); reload(); } }, "Previous"),
+    el("span", { id: "page-number" }, `page ${listing.cursors.length}`),
+    el("button", { type: "button", id: "next-page", disabled: !list.next_cursor, onclick: () => { listing.cursors.push(list.next_cursor); reload(); } }, "Next"));
+  show("Instances",
+    el("div", { class: "filters" }, el("label", { for: "filter-state" }, "State", stateFilter), el("label", { for: "filter-provider" }, "Provider", providerFilter),
+      el("label", { for: "filter-archived", class: "inline" }, archived, "archived")),
+    rows.length ? el("div", { class: "table" }, el("table", {}, el("thead", {}, el("tr", {}, sortable(INSTANCE_COLUMNS, listing, reload))), el("tbody", {}, rows)))
+      : el("p", { class: "muted" }, listing.state || listing.provider || listing.archived || listing.cursors.length > 1 ? "No instances match." : "No instances yet."),
+    pager);
+  show.live(() => schedule(instances));
 }
 
 async function instance(id) {
+  const show = here();
   const detail = await api("GET", `/instances/${encodeURIComponent(id)}`);
   const finished = ["terminating", "terminated", "provisioning_failed", "startup_failed"].includes(detail.state);
   const terminate = can("operator") && !finished ? el("button", {
@@ -154,71 +226,149 @@ async function instance(id) {
       }
     },
   }, "Terminate") : null;
-  page(`Instance ${detail.id}`,
+  const archive = can("operator") && finished && detail.state !== "terminating" && !detail.archived ? el("button", {
+    type: "button", id: "archive",
+    onclick: async () => {
+      if (!window.confirm(`Archive ${detail.id}? It leaves the instance lists (its history and cost stay).`)) return;
+      try {
+        await api("PUT", `/instances/${encodeURIComponent(detail.id)}/archive`);
+        await instance(id);
+      } catch (error) {
+        showError(error.message);
+      }
+    },
+  }, "Archive") : null;
+  show(`Instance ${detail.id}`,
     el("div", { class: "cards" },
       el("div", { class: "card" }, el("div", { class: `value state-${detail.state}`, id: "state" }, detail.state), el("div", { class: "label" }, `${detail.progress_percent}%`)),
       el("div", { class: "card" }, el("div", { class: "value", id: "cost" }, money(detail.cost_to_date_micros)), el("div", { class: "label" }, "cost to date")),
       el("div", { class: "card" }, el("div", { class: "value" }, `${money(detail.hourly_price_micros)} ${detail.currency}/h`), el("div", { class: "label" }, `${detail.provider} ${detail.zone} ${detail.instance_type}`))),
-    terminate,
+    terminate, archive, detail.archived ? el("p", { class: "muted", id: "archived" }, "archived") : null,
     el("h2", {}, "History"),
     table(["when", "from", "to", "reason"], detail.history.map((change) => el("tr", {}, el("td", {}, ago(change.occurred_at)), el("td", {}, change.from_state || "-"), stateCell(change.to_state), el("td", {}, change.reason || "")))));
-  onEvent = (envelope) => { if (envelope.data && envelope.data.instance_id === id) schedule(() => instance(id)); };
+  show.live((envelope) => { if (envelope.data && envelope.data.instance_id === id) schedule(() => instance(id)); });
   clearInterval(refresher);
   refresher = setInterval(() => { if (location.hash === `#/instances/${id}`) instance(id).catch((error) => showError(error.message)); }, 3000);
 }
 
+function radios(name, legend, choices, checked, onchange) {
+  return el("fieldset", { class: "choices" }, el("legend", {}, legend),
+    choices.map(([value, label]) => el("label", { class: "inline" },
+      el("input", { type: "radio", name, value, id: `${name}-${value}`, checked: value === checked, onchange: () => onchange(value) }), label)));
+}
+
 async function deploy() {
+  const show = here();
   if (!can("operator")) {
-    page("Deploy", el("p", {}, "Deploying needs the operator role."));
+    show("Deploy", el("p", {}, "Deploying needs the operator role."));
     return;
   }
   const offers = await api("GET", "/offers");
+  const unique = (values) => [...new Set(values)];
   const model = el("input", { id: "model", name: "model", required: true, value: "demo" });
   const count = el("input", { id: "count", name: "count", type: "number", min: 1, max: 100, value: 1 });
+  // An exact placement: provider → zone → instance type, only what the catalog offers.
   const provider = el("select", { id: "provider", name: "provider" });
   const zone = el("select", { id: "zone", name: "zone" });
   const type = el("select", { id: "type", name: "type" });
+  // Or constraints: the cheapest offer that meets them.
+  const gpu = el("select", { id: "gpu", name: "gpu" }, el("option", { value: "" }, "any (or none)"),
+    unique(offers.map((offer) => offer.gpu_model).filter(Boolean)).sort().map((name) => el("option", { value: name }, name)));
+  const gpuMemory = el("input", { id: "min-gpu-memory", name: "min_gpu_memory_gb", type: "number", min: 0, max: 4096, placeholder: "any" });
+  const maxPrice = el("input", { id: "max-price", name: "max_hourly_price", inputmode: "decimal", placeholder: "e.g. 1.50", pattern: "[0-9]+(\\.[0-9]{1,6})?" });
+  const allowed = unique(offers.map((offer) => offer.provider)).map((name) =>
+    el("label", { class: "inline" }, el("input", { type: "checkbox", name: "providers", value: name, checked: true, "data-provider": name }), name));
+  // A pool keeps the model served between its bounds and scales; instances are a fixed count.
+  const name = el("input", { id: "pool-name", name: "pool_name", placeholder: "the model's name" });
+  const min = el("input", { id: "pool-min", type: "number", min: 0, max: 100, value: 0 });
+  const max = el("input", { id: "pool-max", type: "number", min: 1, max: 100, value: 2 });
+  const target = el("input", { id: "pool-target", type: "number", min: 0.1, max: 10000, step: "any", value: 8 });
+  const ttft = el("input", { id: "pool-ttft", type: "number", min: 1, max: 600000, placeholder: "none" });
   const estimate = el("div", { class: "estimate", id: "estimate", "aria-live": "polite" }, "Choose, then estimate.");
   const fill = (select, values) => select.replaceChildren(...values.map(([value, label]) => el("option", { value }, label)));
-  const unique = (values) => [...new Set(values)];
+  const refreshTypes = () => fill(type, offers.filter((offer) => offer.provider === provider.value && offer.zone === zone.value)
+    .map((offer) => [offer.instance_type, `${offer.instance_type} · ${offer.gpu_model ? `${offer.gpu_count}x ${offer.gpu_model}` : "no GPU"} · ${money(offer.reporting_hourly_price_micros)} ${offer.reporting_currency}/h`]));
   const refreshZones = () => {
     fill(zone, unique(offers.filter((offer) => offer.provider === provider.value).map((offer) => offer.zone)).map((code) => [code, code]));
     refreshTypes();
   };
-  const refreshTypes = () => fill(type, offers.filter((offer) => offer.provider === provider.value && offer.zone === zone.value)
-    .map((offer) => [offer.instance_type, `${offer.instance_type} · ${offer.gpu_model ? `${offer.gpu_count}x ${offer.gpu_model}` : "no GPU"} · ${money(offer.reporting_hourly_price_micros)} ${offer.reporting_currency}/h`]));
-  fill(provider, unique(offers.map((offer) => offer.provider)).map((name) => [name, name]));
+  fill(provider, unique(offers.map((offer) => offer.provider)).map((value) => [value, value]));
   provider.addEventListener("change", refreshZones);
   zone.addEventListener("change", refreshTypes);
   refreshZones();
-  const request = () => ({ model: model.value, count: Number(count.value), provider: provider.value, zone: zone.value, instance_type: type.value });
+  let placement = "exact";
+  let kind = "instances";
+  const exact = el("div", { class: "group", id: "exact" }, el("label", { for: "provider" }, "Provider", provider), el("label", { for: "zone" }, "Zone", zone), el("label", { for: "type" }, "Instance type", type));
+  const constrained = el("div", { class: "group", id: "constrained", hidden: true },
+    el("label", { for: "gpu" }, "GPU model", gpu), el("label", { for: "min-gpu-memory" }, "Memory of one GPU, at least (GB)", gpuMemory),
+    el("label", { for: "max-price" }, `Hourly price, at most (${offers.length ? offers[0].reporting_currency : ""})`, maxPrice),
+    el("fieldset", { class: "choices" }, el("legend", {}, "Providers allowed"), allowed));
+  const fixed = el("div", { class: "group", id: "fixed" }, el("label", { for: "count" }, "Instances", count));
+  const pooled = el("div", { class: "group", id: "pooled", hidden: true },
+    el("label", { for: "pool-name" }, "Pool name", name), el("label", { for: "pool-min" }, "Fewest replicas (0 scales to zero)", min),
+    el("label", { for: "pool-max" }, "Most replicas", max), el("label", { for: "pool-target" }, "Requests per replica (in flight or queued)", target),
+    el("label", { for: "pool-ttft" }, "Time to first token objective, ms (optional)", ttft));
+  const where = () => {
+    if (placement === "exact") return { provider: provider.value, zone: zone.value, instance_type: type.value };
+    const providers = [...constrained.querySelectorAll("input[name=providers]:checked")].map((box) => box.value);
+    const constraints = { providers };
+    if (gpu.value) constraints.gpu_model = gpu.value;
+    if (gpuMemory.value) constraints.min_gpu_memory_gb = Number(gpuMemory.value);
+    if (maxPrice.value.trim()) constraints.max_hourly_price = maxPrice.value.trim();
+    return { constraints };
+  };
+  const deployment = () => ({ model: model.value, count: kind === "pool" ? Math.max(1, Number(min.value)) : Number(count.value), ...where() });
+  const pool = () => {
+    const policy = { target_per_replica: Number(target.value) };
+    if (ttft.value) policy.ttft_slo_ms = Number(ttft.value);
+    return { name: name.value.trim() || undefined, model: model.value, min_replicas: Number(min.value), max_replicas: Number(max.value), policy, ...where() };
+  };
   const form = el("form", {
     onsubmit: async (event) => {
       event.preventDefault();
       try {
-        const accepted = await api("POST", "/deployments", request());
-        showError("");
-        location.hash = `#/instances/${accepted.instance_ids[0]}`;
+        if (kind === "pool") {
+          const created = await api("POST", "/pools", pool());
+          showError("");
+          location.hash = `#/pools/${created.id}`;
+        } else {
+          const accepted = await api("POST", "/deployments", deployment());
+          showError("");
+          location.hash = `#/instances/${accepted.instance_ids[0]}`;
+        }
       } catch (error) {
         showError(error.message);
       }
     },
   },
-  el("label", { for: "model" }, "Model", model), el("label", { for: "count" }, "Instances", count),
-  el("label", { for: "provider" }, "Provider", provider), el("label", { for: "zone" }, "Zone", zone), el("label", { for: "type" }, "Instance type", type),
+  el("label", { for: "model" }, "Model", model),
+  radios("placement", "Where", [["exact", "a provider, zone and type"], ["cheapest", "the cheapest offer that meets constraints"]], placement, (value) => {
+    placement = value;
+    exact.hidden = value !== "exact";
+    constrained.hidden = value === "exact";
+  }),
+  exact, constrained,
+  radios("kind", "What", [["instances", "a fixed number of instances"], ["pool", "a pool that heals and scales"]], kind, (value) => {
+    kind = value;
+    fixed.hidden = value === "pool";
+    pooled.hidden = value !== "pool";
+  }),
+  fixed, pooled,
   el("button", { type: "button", id: "estimate-button", onclick: async () => {
     try {
-      const answer = await api("POST", "/deployments?dry_run=true", request());
-      estimate.textContent = `${answer.count} × ${answer.placements[0].instance_type} in ${answer.placements[0].zone}: ${money(answer.hourly_price_micros)} ${answer.reporting_currency} per hour, ${money(answer.monthly_price_micros)} per month`;
+      const answer = await api("POST", "/deployments?dry_run=true", deployment());
+      const first = answer.placements[0];
+      estimate.textContent = `${answer.count} × ${first.instance_type} (${first.provider}, ${first.zone}): ${money(answer.hourly_price_micros)} ${answer.reporting_currency} per hour, ${money(answer.monthly_price_micros)} per month`;
       showError("");
     } catch (error) {
+      estimate.textContent = "No estimate.";
       showError(error.message);
     }
   } }, "Estimate cost"),
   estimate,
   el("button", { type: "submit", id: "deploy" }, "Deploy"));
-  page("Deploy", form);
-  onEvent = null;
+  show("Deploy", form);
+  show.live(null);
 }
 
 const PERIODS = { hour: ["minute", 3600], day: ["hour", 86400], month: ["day", 30 * 86400] };
@@ -247,7 +397,40 @@ function chart(points) {
   return svg;
 }
 
+// The organization's monthly budget: shown to all, edited by admins.
+async function budgetEditor() {
+  let budget = null;
+  try {
+    budget = await api("GET", `/finops/budgets/${me.organization_id}`);
+  } catch (error) {
+    if (error.status !== 404) throw error;
+  }
+  const shown = budget
+    ? el("p", { id: "budget" }, `${money(budget.amount_micros)} a month${budget.hard_cap ? " (hard cap)" : ""}, ${budget.spent_percent.toFixed(1)}% spent, alerts at ${budget.thresholds.join(", ")}%`)
+    : el("p", { id: "budget", class: "muted" }, "No budget.");
+  if (!can("admin")) return el("section", {}, el("h2", {}, "Budget"), shown);
+  const amount = el("input", { id: "budget-amount", inputmode: "decimal", required: true, pattern: "[0-9]+(\\.[0-9]{1,6})?", value: budget ? (budget.amount_micros / 1e6).toFixed(2) : "" });
+  const thresholds = el("input", { id: "budget-thresholds", placeholder: "50, 80, 100", value: budget ? budget.thresholds.join(", ") : "" });
+  const cap = el("input", { id: "budget-cap", type: "checkbox", checked: Boolean(budget && budget.hard_cap) });
+  const form = el("form", { class: "filters", id: "budget-form", onsubmit: async (event) => {
+    event.preventDefault();
+    const [units, fraction = ""] = amount.value.trim().split(".");
+    const body = { amount_micros: Number(units) * 1e6 + Number(fraction.padEnd(6, "0").slice(0, 6)), hard_cap: cap.checked };
+    if (thresholds.value.trim()) body.thresholds = thresholds.value.split(",").map((value) => Number(value.trim()));
+    try {
+      await api("PUT", `/finops/budgets/${me.organization_id}`, body);
+      showError("");
+      await route();
+    } catch (error) {
+      showError(error.message);
+    }
+  } }, el("label", { for: "budget-amount" }, "Amount a month", amount), el("label", { for: "budget-thresholds" }, "Alert thresholds, %", thresholds),
+  el("label", { for: "budget-cap", class: "inline" }, cap, "hard cap (refuse deployments past it)"), el("button", { type: "submit" }, "Save the budget"));
+  return el("section", {}, el("h2", {}, "Budget"), shown, form);
+}
+
 async function finops(period) {
+  const show = here();
   const [step, span] = PERIODS[period] || PERIODS.day;
   const from = new Date(Date.now() - span * 1000).toISOString();
   const month = new Date(Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), 1)).toISOString();
@@ -262,7 +445,7 @@ async function finops(period) {
     entries.length ? table(["key", `cost, ${summary.currency}`], entries.map((entry) => el("tr", {}, el("td", {}, entry.key), el("td", {}, money(entry.cost_micros))))) : el("p", { class: "muted" }, "Nothing yet."));
   const periods = el("div", { class: "periods", role: "group", "aria-label": "Period" },
     Object.keys(PERIODS).map((name) => el("a", { href: `#/finops/${name}`, "aria-current": name === (period || "day") ? "page" : null }, `last ${name}`)));
-  page("FinOps", periods,
+  show("FinOps", periods,
     el("div", { class: "cards" },
       el("div", { class: "card" }, el("div", { class: "value", id: "total" }, money(last)), el("div", { class: "label" }, `over the period, ${series.currency}`)),
       el("div", { class: "card" }, el("div", { class: "value" }, money(summary.total_micros)), el("div", { class: "label" }, `this month, ${summary.currency}`)),
@@ -270,31 +453,82 @@ async function finops(period) {
       el("div", { class: "card" }, el("div", { class: "value" }, money(forecast.burn_rate_micros_per_hour)), el("div", { class: "label" }, `burn rate, ${forecast.currency}/h`))),
     el("h2", {}, `Cost per ${step}`), chart(series.points),
     breakdown("By provider", summary.by_provider), breakdown("By model", summary.by_model),
-    breakdown("By instance type", summary.by_instance_type), breakdown("By zone", summary.by_zone),
+    breakdown("By instance type", summary.by_instance_type), breakdown("By region", summary.by_region), breakdown("By zone", summary.by_zone),
+    me.is_platform_admin ? breakdown("By organization", summary.by_organization) : null,
+    await budgetEditor(),
     el("h2", {}, "Tokens and cost per million tokens"),
     tokens.by_model.length ? table(["model", "tokens", `cost, ${tokens.currency}`, "per million tokens"], tokens.by_model.map((entry) => el("tr", {}, el("td", {}, entry.key), el("td", {}, entry.tokens), el("td", {}, money(entry.cost_micros)), el("td", {}, money(entry.cost_per_million_tokens_micros))))) : el("p", { class: "muted" }, "No tokens yet."));
-  onEvent = null;
+  show.live(null);
 }
 
+const ROW_HEIGHT = 34;
+const LOG_PAGE = 200;
+const LOG_COLUMNS = ["when", "component", "action", "status", "instance", "error"];
+
+// The action log as a virtualized table: only the rows in view (and a few around them) are in
+// the page; the next page is fetched as the end comes into view.
 async function logs() {
-  const action = el("input", { id: "action", name: "action", placeholder: "deployment.create", value: sessionStorage.getItem("qm.logs.action") || "" });
+  const show = here();
+  const saved = (key) => sessionStorage.getItem(`qm.logs.${key}`) || "";
+  const action = el("input", { id: "action", name: "action", placeholder: "deployment.create", value: saved("action") });
+  const component = el("input", { id: "component", name: "component", placeholder: "api", value: saved("component") });
   const status = el("select", { id: "status", name: "status" }, el("option", { value: "" }, "any"), el("option", { value: "succeeded" }, "succeeded"), el("option", { value: "failed" }, "failed"));
-  status.value = sessionStorage.getItem("qm.logs.status") || "";
-  const query = new URLSearchParams({ limit: "100" });
-  if (action.value) query.set("action_type", action.value);
-  if (status.value) query.set("status", status.value);
-  const found = await api("GET", `/action_logs/search?${query}`);
+  status.value = saved("status");
+  const filter = new URLSearchParams({ limit: String(LOG_PAGE) });
+  if (action.value) filter.set("action_type", action.value);
+  if (component.value) filter.set("component", component.value);
+  if (status.value) filter.set("status", status.value);
+  const first = await api("GET", `/action_logs/search?${filter}`);
+  const entries = [...first.items];
+  let cursor = first.next_cursor;
+  let fetching = false;
   const filters = el("form", { class: "filters", onsubmit: (event) => {
     event.preventDefault();
     sessionStorage.setItem("qm.logs.action", action.value.trim());
+    sessionStorage.setItem("qm.logs.component", component.value.trim());
     sessionStorage.setItem("qm.logs.status", status.value);
     logs().catch((error) => showError(error.message));
-  } }, el("label", { for: "action" }, "Action", action), el("label", { for: "status" }, "Status", status), el("button", { type: "submit" }, "Filter"));
-  const rows = found.items.map((entry) => el("tr", { "data-action": entry.action_type },
+  } }, el("label", { for: "action" }, "Action", action), el("label", { for: "component" }, "Component", component), el("label", { for: "status" }, "Status", status), el("button", { type: "submit" }, "Filter"));
+  const counts = first.counts;
+  const summary = el("p", { id: "log-counts" }, `${counts.total} entries`,
+    Object.entries(counts.by_status).map(([name, count]) => `, ${count} ${name}`).join(""));
+  if (!entries.length) {
+    show("Action logs", filters, summary, el("p", { class: "muted" }, "No entries."));
+    show.live(null);
+    return;
+  }
+  const body = el("tbody");
+  const viewport = el("div", { class: "virtual", id: "log-viewport", tabindex: 0, role: "region", "aria-label": "action log entries" },
+    el("table", { "aria-rowcount": counts.total + 1 }, el("thead", {}, el("tr", { "aria-rowindex": 1 }, LOG_COLUMNS.map((header) => el("th", { scope: "col" }, header)))), body));
+  // Sized through the CSSOM: the content security policy refuses style attributes.
+  const spacer = (rows) => {
+    const cell = el("td", { colspan: LOG_COLUMNS.length });
+    cell.style.height = `${rows * ROW_HEIGHT}px`;
+    return el("tr", { "aria-hidden": "true", class: "spacer" }, cell);
+  };
+  const row = (entry, index) => el("tr", { "data-action": entry.action_type, "aria-rowindex": index + 2 },
     el("td", {}, ago(entry.created_at)), el("td", {}, entry.component), el("td", {}, entry.action_type), el("td", {}, entry.status),
-    el("td", {}, entry.instance_id ? el("a", { href: `#/instances/${entry.instance_id}` }, entry.instance_id.slice(0, 13)) : "-"), el("td", {}, entry.error || "")));
-  page("Action logs", filters, rows.length ? table(["when", "component", "action", "status", "instance", "error"], rows) : el("p", { class: "muted" }, "No entries."));
-  onEvent = null;
+    el("td", {}, entry.instance_id ? el("a", { href: `#/instances/${entry.instance_id}` }, entry.instance_id.slice(0, 13)) : "-"), el("td", { title: entry.error || "" }, entry.error || ""));
+  const draw = () => {
+    const visible = Math.ceil(viewport.clientHeight / ROW_HEIGHT) || 20;
+    const start = Math.max(0, Math.floor(viewport.scrollTop / ROW_HEIGHT) - 10);
+    const end = Math.min(entries.length, start + visible + 20);
+    body.replaceChildren(spacer(start), ...entries.slice(start, end).map((entry, offset) => row(entry, start + offset)), spacer(entries.length - end));
+    if (end >= entries.length - 10 && cursor && !fetching) {
+      fetching = true;
+      filter.set("cursor", cursor);
+      api("GET", `/action_logs/search?${filter}`).then((next) => {
+        entries.push(...next.items);
+        cursor = next.next_cursor;
+        fetching = false;
+        draw();
+      }).catch((error) => { fetching = false; showError(error.message); });
+    }
+  };
+  viewport.addEventListener("scroll", () => window.requestAnimationFrame(draw));
+  show("Action logs", filters, summary, viewport);
+  draw();
+  show.live(null);
 }
 
 function scaling(pool) {
@@ -313,16 +547,69 @@ function scaling(pool) {
 }
 
 async function pools() {
+  const show = here();
   const list = await api("GET", "/pools?limit=200");
-  const rows = list.items.map((pool) => el("tr", { "data-pool-row": pool.name }, el("td", {}, pool.name), el("td", {}, pool.model),
+  const rows = list.items.map((pool) => el("tr", { "data-pool-row": pool.name }, el("td", {}, el("a", { href: `#/pools/${pool.id}` }, pool.name)), el("td", {}, pool.model),
     can("operator") ? scaling(pool) : el("td", {}, `${pool.min_replicas}–${pool.max_replicas}`),
     el("td", { "data-desired": pool.desired }, pool.desired), el("td", {}, pool.status.ready ?? "-"), el("td", {}, pool.revision), el("td", {}, money(pool.status.hourly_price_micros)),
     el("td", {}, (pool.status.conditions || []).map((condition) => condition.message).join("; "))));
-  page("Pools", rows.length ? table(["name", "model", "min–max", "desired", "ready", "revision", "per hour", "conditions"], rows) : el("p", { class: "muted" }, "No pools yet."));
-  onEvent = null;
+  show("Pools", rows.length ? table(["name", "model", "min–max", "desired", "ready", "revision", "per hour", "conditions"], rows) : el("p", { class: "muted" }, "No pools yet."));
+  show.live(null);
+}
+
+async function pool(id) {
+  const show = here();
+  const detail = await api("GET", `/pools/${encodeURIComponent(id)}`);
+  const status = detail.status || {};
+  const card = (label, value, key) => el("div", { class: "card" }, el("div", { class: "value", "data-count": key }, value ?? "-"), el("div", { class: "label" }, label));
+  const policy = detail.policy;
+  const field = (key, label, value, attributes) => el("label", { for: `policy-${key}` }, label, el("input", { id: `policy-${key}`, type: "number", value: value ?? "", ...attributes }));
+  const edit = can("operator") ? el("form", { id: "policy", onsubmit: async (event) => {
+    event.preventDefault();
+    const value = (key) => event.target.querySelector(`#policy-${key}`).value;
+    const changed = { ...policy, target_per_replica: Number(value("target")), scale_down_delay_s: Number(value("delay")), idle_to_zero_s: Number(value("idle")) };
+    changed.ttft_slo_ms = value("ttft") ? Number(value("ttft")) : null;
+    const update = { min_replicas: Number(value("min")), max_replicas: Number(value("max")), policy: changed };
+    const model = event.target.querySelector("#policy-model").value.trim();
+    if (model && model !== detail.model) update.model = model;
+    try {
+      await api("PATCH", `/pools/${encodeURIComponent(id)}`, update);
+      showError("");
+      await pool(id);
+    } catch (error) {
+      showError(error.message);
+    }
+  } },
+  field("min", "Fewest replicas", detail.min_replicas, { min: 0, max: 100 }), field("max", "Most replicas", detail.max_replicas, { min: 1, max: 100 }),
+  field("target", "Requests per replica", policy.target_per_replica, { min: 0.1, max: 10000, step: "any" }),
+  field("ttft", "Time to first token objective, ms (empty: none)", policy.ttft_slo_ms, { min: 1, max: 600000 }),
+  field("delay", "Seconds before shrinking", policy.scale_down_delay_s, { min: 0, max: 86400 }),
+  field("idle", "Idle seconds before zero (with 0 fewest)", policy.idle_to_zero_s, { min: 1, max: 86400 }),
+  el("label", { for: "policy-model" }, "Model (a change rolls the replicas one by one)", el("input", { id: "policy-model", value: detail.model })),
+  el("button", { type: "submit" }, "Save")) : null;
+  const remove = can("operator") ? el("button", { type: "button", class: "danger", id: "delete-pool", onclick: async () => {
+    if (!window.confirm(`Delete the pool ${detail.name}? Its replicas drain and terminate.`)) return;
+    try { await api("DELETE", `/pools/${encodeURIComponent(id)}`); location.hash = "#/pools"; } catch (error) { showError(error.message); }
+  } }, "Delete the pool") : null;
+  show(`Pool ${detail.name}`,
+    el("div", { class: "cards" }, card("desired", detail.desired, "desired"), card("ready", status.ready, "ready"), card("starting", status.starting, "starting"),
+      card("draining", status.draining, "draining"), card("revision", detail.revision, "revision"), card("per hour", money(status.hourly_price_micros), "hourly")),
+    el("p", {}, `${detail.model} · ${detail.placements.map((offer) => `${offer.provider} ${offer.zone} ${offer.instance_type}`).slice(0, 3).join(", ")}${detail.placements.length > 3 ? ", …" : ""}`),
+    (status.conditions || []).length ? el("ul", { class: "conditions" }, status.conditions.map((condition) => el("li", {}, condition.message))) : null,
+    edit, remove,
+    el("h2", {}, "Replicas"),
+    detail.instances.length ? table(["id", "state", "zone", "type", "since"], detail.instances.map((instance) => el("tr", {},
+      el("td", {}, el("a", { href: `#/instances/${instance.id}` }, instance.id.slice(0, 13))), stateCell(instance.state), el("td", {}, instance.zone), el("td", {}, instance.instance_type), el("td", {}, ago(instance.state_changed_at)))))
+      : el("p", { class: "muted" }, "No replicas."),
+    el("h2", {}, "Recent scaling decisions"),
+    (status.decisions || []).length ? table(["when", "from", "to", "reason"], status.decisions.slice().reverse().map((decision) => el("tr", {}, el("td", {}, ago(decision.at)), el("td", {}, decision.from), el("td", {}, decision.to), el("td", {}, decision.reason))))
+      : el("p", { class: "muted" }, "None yet."));
+  // Not while someone is editing the policy.
+  show.live(() => { if (!(document.activeElement && document.activeElement.closest("#policy"))) schedule(() => pool(id)); });
 }
 
 async function keys() {
+  const show = here();
   const list = await api("GET", "/api_keys?limit=200");
   const name = el("input", { id: "key-name", name: "name", required: true, placeholder: "ci" });
   const secret = el("div", { id: "secret", "aria-live": "polite" });
@@ -343,15 +630,110 @@ async function keys() {
       if (!window.confirm(`Revoke the key ${key.name}? Programs using it stop working.`)) return;
       try { await api("DELETE", `/api_keys/${encodeURIComponent(key.id)}`); await keys(); } catch (error) { showError(error.message); }
     } }, "Revoke"))));
-  page("API keys", create, secret, rows.length ? table(["name", "prefix", "role", "created", "status", ""], rows) : el("p", { class: "muted" }, "No keys yet."));
-  onEvent = null;
+  show("API keys", create, secret, rows.length ? table(["name", "prefix", "role", "created", "status", ""], rows) : el("p", { class: "muted" }, "No keys yet."));
+  show.live(null);
+}
+
+// Runs an admin change, then redraws the admin page (or says why it was refused).
+async function change(method, path, body) {
+  try {
+    await api(method, path, body);
+    showError("");
+    await admin();
+  } catch (error) {
+    showError(error.message);
+  }
+}
+
+function usersSection(users) {
+  const field = (id, label, attributes) => el("label", { for: id }, label, el("input", { id, required: true, ...attributes }));
+  const role = el("select", { id: "user-role" }, ROLES.map((name) => el("option", { value: name }, name)));
+  const create = el("form", { class: "filters", id: "user-form", onsubmit: (event) => {
+    event.preventDefault();
+    const value = (id) => event.target.querySelector(`#${id}`).value.trim();
+    change("POST", "/users", { username: value("user-name"), email: value("user-email"), password: event.target.querySelector("#user-password").value, role: role.value });
+  } }, field("user-name", "Username", { autocomplete: "off" }), field("user-email", "Email", { type: "email" }),
+  field("user-password", "Password", { type: "password", minlength: 8, autocomplete: "new-password" }), el("label", { for: "user-role" }, "Role", role), el("button", { type: "submit" }, "Add the user"));
+  const rows = users.map((user) => {
+    const select = el("select", { "aria-label": `role of ${user.username}`, onchange: (event) => change("PUT", `/users/${encodeURIComponent(user.id)}`, { role: event.target.value }) },
+      ROLES.map((name) => el("option", { value: name, selected: name === user.role }, name)));
+    const mine = user.id === me.id;
+    return el("tr", { "data-user": user.username }, el("td", {}, user.username), el("td", {}, user.email), el("td", {}, mine ? user.role : select), el("td", {}, ago(user.created_at)),
+      el("td", {}, mine ? "" : el("button", { type: "button", class: "danger", onclick: () => {
+        if (window.confirm(`Remove ${user.username}? Their sessions end.`)) change("DELETE", `/users/${encodeURIComponent(user.id)}`);
+      } }, "Remove")));
+  });
+  return el("section", {}, el("h2", {}, "Users"), create, table(["username", "email", "role", "created", ""], rows));
+}
+
+function organizationsSection(organizations) {
+  const create = el("form", { class: "filters", id: "org-form", onsubmit: (event) => {
+    event.preventDefault();
+    change("POST", "/organizations", { name: event.target.querySelector("#org-name").value.trim(), slug: event.target.querySelector("#org-slug").value.trim() });
+  } }, el("label", { for: "org-name" }, "Name", el("input", { id: "org-name", required: true })),
+  el("label", { for: "org-slug" }, "Slug", el("input", { id: "org-slug", required: true, pattern: "[a-z0-9]([a-z0-9-]*[a-z0-9])?" })), el("button", { type: "submit" }, "Add the organization"));
+  return el("section", {}, el("h2", {}, "Organizations"), create,
+    table(["name", "slug", "created"], organizations.map((org) => el("tr", { "data-org": org.slug }, el("td", {}, org.name), el("td", {}, org.slug), el("td", {}, ago(org.created_at))))));
+}
+
+function ratesSection(rates) {
+  const set = el("form", { class: "filters", id: "rate-form", onsubmit: (event) => {
+    event.preventDefault();
+    const currency = event.target.querySelector("#rate-currency").value.trim().toUpperCase();
+    change("PUT", `/finops/exchange_rates/${encodeURIComponent(currency)}`, { rate: event.target.querySelector("#rate-value").value.trim() });
+  } }, el("label", { for: "rate-currency" }, "Currency", el("input", { id: "rate-currency", required: true, maxlength: 3, placeholder: "USD" })),
+  el("label", { for: "rate-value" }, `${rates.reporting_currency} per unit`, el("input", { id: "rate-value", required: true, inputmode: "decimal", placeholder: "0.92" })),
+  el("button", { type: "submit" }, "Set the rate"));
+  return el("section", {}, el("h2", {}, `Exchange rates into ${rates.reporting_currency}`), set,
+    table(["currency", "rate", "source", "updated"], rates.rates.map((rate) => el("tr", { "data-rate": rate.currency }, el("td", {}, rate.currency), el("td", {}, (rate.rate_micros / 1e6).toFixed(6)), el("td", {}, rate.source), el("td", {}, ago(rate.updated_at))))));
+}
+
+function catalogSection(providers, types) {
+  const sync = el("button", { type: "button", id: "catalog-sync", onclick: () => change("POST", "/catalog/sync") }, "Sync the catalog from the providers");
+  const providerRows = providers.map((provider) => el("tr", { "data-provider-row": provider.name }, el("td", {}, provider.name), el("td", {}, provider.display_name),
+    el("td", {}, el("input", { type: "checkbox", checked: provider.active, "aria-label": `${provider.name} active`,
+      onchange: (event) => change("PUT", `/providers/${encodeURIComponent(provider.name)}`, { display_name: provider.display_name, active: event.target.checked }) }))));
+  const typeRows = types.map((type) => {
+    const price = el("input", { class: "price", inputmode: "decimal", value: (type.hourly_price_micros / 1e6).toFixed(4), "aria-label": `hourly price of ${type.code} (${type.provider})` });
+    const save = el("button", { type: "button", onclick: () => {
+      const [units, fraction = ""] = price.value.trim().split(".");
+      const { provider, code, gpu_model, gpu_count, gpu_memory_gb, vcpus, memory_gb, currency, active } = type;
+      change("PUT", `/instance_types/${encodeURIComponent(type.id)}`, { provider, code, gpu_model, gpu_count, gpu_memory_gb, vcpus, memory_gb, currency, active,
+        hourly_price_micros: Number(units) * 1e6 + Number(fraction.padEnd(6, "0").slice(0, 6)) });
+    } }, "Save");
+    return el("tr", { "data-type": `${type.provider}/${type.code}` }, el("td", {}, type.provider), el("td", {}, type.code),
+      el("td", {}, type.gpu_model ? `${type.gpu_count}x ${type.gpu_model}` : "-"), el("td", {}, price, " ", type.currency, " ", save));
+  });
+  return el("section", {}, el("h2", {}, "Catalog"), sync, table(["provider", "name", "active"], providerRows), table(["provider", "type", "GPU", "hourly price"], typeRows));
+}
+
+async function admin() {
+  const show = here();
+  if (!can("admin")) {
+    show("Admin", el("p", {}, "This page needs the admin role."));
+    return;
+  }
+  const platform = me.is_platform_admin;
+  const [users, organizations, rates, providers, types] = await Promise.all([
+    api("GET", "/users?limit=500"),
+    platform ? api("GET", "/organizations?limit=500") : null,
+    api("GET", "/finops/exchange_rates"),
+    platform ? api("GET", "/providers") : null,
+    platform ? api("GET", "/instance_types") : null,
+  ]);
+  show("Admin", usersSection(items(users)),
+    platform ? organizationsSection(items(organizations)) : null,
+    platform ? ratesSection(rates) : null,
+    platform ? catalogSection(items(providers), items(types)) : null);
+  show.live(null);
 }
 
 async function profile() {
+  const show = here();
   const current = el("input", { id: "current-password", type: "password", autocomplete: "current-password", required: true });
   const next = el("input", { id: "new-password", type: "password", autocomplete: "new-password", minlength: 8, required: true });
   const done = el("p", { id: "changed", "aria-live": "polite" });
-  page("Profile",
+  show("Profile",
     el("dl", {}, el("dt", {}, "User"), el("dd", {}, me.username), el("dt", {}, "Email"), el("dd", {}, me.email || "-"), el("dt", {}, "Role"), el("dd", {}, me.role)),
     el("h2", {}, "Change the password"),
     el("form", { onsubmit: async (event) => {
@@ -364,11 +746,13 @@ async function profile() {
         showError(error.message);
       }
     } }, el("label", { for: "current-password" }, "Current password", current), el("label", { for: "new-password" }, "New password (8 characters at least)", next), el("button", { type: "submit" }, "Change"), done));
-  onEvent = null;
+  show.live(null);
 }
 
 async function route() {
   clearInterval(refresher);
+  clearTimeout(scheduled);
+  onEvent = null;
   const hash = location.hash || "#/overview";
   const [, view, id] = hash.split("/");
   try {
@@ -376,8 +760,10 @@ async function route() {
     else if (view === "instances") await instances();
     else if (view === "finops") await finops(id);
     else if (view === "logs") await logs();
+    else if (view === "pools" && id) await pool(id);
     else if (view === "pools") await pools();
     else if (view === "keys") await keys();
+    else if (view === "admin") await admin();
     else if (view === "profile") await profile();
     else if (view === "deploy") await deploy();
     else await overview();

@@ -2,7 +2,9 @@
 //! offers, a dry run that creates nothing, deploy `--wait` on `local` to ready (plain progress
 //! lines when not on a terminal), ps as a table and as JSON, cost after a few seconds, down
 //! `--wait` to terminated, an unknown zone, usage errors; exit codes 0, 1 and 2; the token
-//! stored 0600 and printed nowhere.
+//! stored 0600 and printed nowhere. Then what an admin and a script do: API keys stored by
+//! `login --api-key` or given as QM_TOKEN / QM_API_URL, offers and deployments by GPU and
+//! price, `events -f`, `down --deployment`, users and organizations.
 
 mod support;
 
@@ -22,6 +24,11 @@ struct Run {
 /// Runs `qm` with `args`, its configuration in `config`, `stdin` as its input, stdout and
 /// stderr piped (not a terminal).
 fn qm(config: &std::path::Path, args: &[&str], stdin: &str) -> Run {
+    qm_with(config, args, stdin, &[])
+}
+
+/// [`qm`] with `variables` (QM_API_URL, QM_TOKEN) set; otherwise they are unset.
+fn qm_with(config: &std::path::Path, args: &[&str], stdin: &str, variables: &[(&str, &str)]) -> Run {
     let mut command = Command::new(env!("CARGO_BIN_EXE_qm"));
     command
         .args(args)
@@ -29,6 +36,7 @@ fn qm(config: &std::path::Path, args: &[&str], stdin: &str) -> Run {
         .env_remove("QM_TOKEN")
         .env_remove("QM_API_URL")
         .env_remove("NO_COLOR")
+        .envs(variables.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -45,6 +53,30 @@ fn qm(config: &std::path::Path, args: &[&str], stdin: &str) -> Run {
         "control codes without a terminal: {args:?}"
     );
     run
+}
+
+/// Starts a `qm` that keeps running (`ps -w`, `events -f`): the process, and its stdout's lines.
+fn follow(config: &std::path::Path, args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args(args)
+        .env("QM_CONFIG_DIR", config)
+        .env_remove("QM_TOKEN")
+        .env_remove("QM_API_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start qm");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, seen)
 }
 
 fn ok(config: &std::path::Path, args: &[&str]) -> Run {
@@ -153,25 +185,7 @@ async fn an_operator_deploys_watches_pays_and_tears_down_with_qm() {
     assert!(logs.stdout.contains("action_type: deployment.create"), "{}", logs.stdout);
 
     // `ps -w` keeps the listing on screen, redrawn as the feed reports moves.
-    let mut watching = Command::new(env!("CARGO_BIN_EXE_qm"))
-        .args(["ps", "-w"])
-        .env("QM_CONFIG_DIR", &config)
-        .env_remove("QM_TOKEN")
-        .env_remove("QM_API_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qm ps -w");
-    let stdout = watching.stdout.take().expect("stdout");
-    let (lines, seen) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut watching, seen) = follow(&config, &["ps", "-w"]);
     let watched = ok(&config, &["deploy", "w", "--provider", "local", "-o", "json"]);
     let watched: serde_json::Value = serde_json::from_str(&watched.stdout).expect("json");
     let watched_id = watched["instance_ids"][0].as_str().expect("id").to_owned();
@@ -214,6 +228,152 @@ async fn an_operator_deploys_watches_pays_and_tears_down_with_qm() {
     assert!(ok(&config, &["man"]).stdout.contains(".TH qm"));
     assert!(ok(&config, &["logout"]).stdout.contains("logged out"));
     assert!(!file.exists());
+    assert!(dev.terminate(Duration::from_secs(20)).success());
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_manages_people_and_scripts_log_in_with_keys_and_overrides() {
+    let data_dir = temporary_data_dir();
+    let (dev, urls, _) = Dev::start_with(&data_dir, &[], &[("QM_ADMIN_PASSWORD", "cli-test-password")]);
+    let api = urls["api"].as_str();
+    let admin = data_dir.join("admin");
+    let login = qm(&admin, &["login", api, "--password-stdin"], "cli-test-password\n");
+    assert_eq!(login.code, 0, "{}", login.stderr);
+    let mut printed = Vec::new();
+
+    // A script's key: stored by `login --api-key` (checked before it is stored), or given as
+    // QM_TOKEN with QM_API_URL and no stored credentials at all.
+    let key: serde_json::Value =
+        serde_json::from_str(&ok(&admin, &["keys", "create", "script", "-o", "json"]).stdout).expect("json");
+    let secret = key["secret"].as_str().expect("secret").to_owned();
+    let script = data_dir.join("script");
+    printed.push(fails(&script, &["login", api, "--api-key", "qm_not-a-key"], "", 1, "HTTP 401"));
+    assert!(!script.join("credentials.json").exists(), "a refused key was stored");
+    let stored = ok(&script, &["login", api, "--api-key", &secret]);
+    printed.push(stored.stdout.clone() + &stored.stderr);
+    let listed: serde_json::Value = serde_json::from_str(&ok(&script, &["ps", "-o", "json"]).stdout).expect("json");
+    assert_eq!(listed, serde_json::json!([]));
+    let bare = data_dir.join("bare");
+    let environment = [("QM_API_URL", api), ("QM_TOKEN", secret.as_str())];
+    let run = qm_with(&bare, &["offers", "--provider", "sim", "-o", "json"], "", &environment);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!bare.join("credentials.json").exists());
+    // QM_TOKEN wins over the stored token, QM_API_URL over the stored URL.
+    let run = qm_with(&admin, &["whoami"], "", &[("QM_TOKEN", "qm_wrong")]);
+    assert_eq!((run.code, run.stderr.trim().lines().count()), (1, 1), "{}", run.stderr);
+    assert!(run.stderr.contains("HTTP 401"), "{}", run.stderr);
+    let run = qm_with(&admin, &["whoami"], "", &[("QM_API_URL", "http://127.0.0.1:9")]);
+    assert_eq!((run.code, run.stderr.trim().lines().count()), (1, 1), "{}", run.stderr);
+    assert!(run.stderr.contains("127.0.0.1:9"), "the failing api is named: {}", run.stderr);
+
+    // Offers with GPU, memory and price constraints.
+    let l4: serde_json::Value =
+        serde_json::from_str(&ok(&admin, &["offers", "--gpu", "L4", "--max-price", "1", "-o", "json"]).stdout)
+            .expect("json");
+    let l4 = l4.as_array().expect("offers");
+    assert!(l4.iter().any(|offer| offer["instance_type"] == "sim.l4"), "{l4:?}");
+    assert!(
+        l4.iter().all(|offer| offer["gpu_model"] == "L4"
+            && offer["reporting_hourly_price_micros"].as_i64().is_some_and(|price| price <= 1_000_000)),
+        "{l4:?}"
+    );
+    let none = ok(&admin, &["offers", "--gpu", "L4", "--min-gpu-memory", "48", "-o", "json"]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&none.stdout).expect("json"), serde_json::json!([]));
+    printed.push(fails(&admin, &["offers", "--max-price", "cheap"], "", 1, "max_hourly_price"));
+
+    // The feed followed while a constrained deployment of two boots; then the deployment is
+    // taken down as a whole.
+    let (mut following, feed) = follow(&admin, &["events", "-f", "-o", "json"]);
+    let deployed = ok(
+        &admin,
+        &[
+            "deploy",
+            "m",
+            "--gpu",
+            "L4",
+            "--max-price",
+            "1",
+            "--provider",
+            "sim",
+            "--count",
+            "2",
+            "--wait",
+            "--timeout",
+            "120",
+            "-o",
+            "json",
+        ],
+    );
+    let deployed: serde_json::Value = serde_json::from_str(&deployed.stdout).expect("json");
+    let deployment = deployed["deployment_id"].as_str().expect("deployment").to_owned();
+    let ids: Vec<String> = deployed["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|instance| instance["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "{deployed}");
+    let mut ready = std::collections::HashSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ready.len() < 2 {
+        let line = feed.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).expect("events -f");
+        let event: serde_json::Value = serde_json::from_str(&line).expect("one JSON envelope a line");
+        if event["type"] == "instance.state_changed" && event["data"]["to"] == "ready" {
+            ready.insert(event["data"]["instance_id"].as_str().expect("id").to_owned());
+        }
+    }
+    assert_eq!(ready, ids.iter().cloned().collect());
+    let down = ok(&admin, &["down", "--deployment", &deployment, "--wait", "--timeout", "60"]);
+    assert!(down.stdout.contains("2 instance(s) terminated"), "{}", down.stdout);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut terminated = std::collections::HashSet::new();
+    while terminated.len() < 2 {
+        let line = feed.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).expect("events -f");
+        let event: serde_json::Value = serde_json::from_str(&line).expect("json");
+        if event["type"] == "instance.state_changed" && event["data"]["to"] == "terminated" {
+            terminated.insert(event["data"]["instance_id"].as_str().expect("id").to_owned());
+        }
+    }
+    following.kill().expect("stop events -f");
+    let _ = following.wait();
+    let all: serde_json::Value = serde_json::from_str(&ok(&admin, &["ps", "-a", "-o", "json"]).stdout).expect("json");
+    assert!(all.as_array().expect("instances").iter().all(|instance| instance["state"] == "terminated"), "{all}");
+
+    // Users: an operator created (password on stdin), who logs in and cannot manage users;
+    // removed, their session ends.
+    let created = qm(
+        &admin,
+        &["users", "create", "ops", "--email", "ops@example.com", "--role", "operator", "-o", "json"],
+        "operator-password-1\n",
+    );
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let user: serde_json::Value = serde_json::from_str(&created.stdout).expect("json");
+    let user_id = user["id"].as_str().expect("user id").to_owned();
+    let people = ok(&admin, &["users", "ls"]);
+    assert!(people.stdout.starts_with("ID") && people.stdout.contains("ops@example.com"), "{}", people.stdout);
+    printed.push(fails(&admin, &["users", "create", "weak", "--email", "weak@example.com"], "short\n", 1, "password"));
+    let operator = data_dir.join("operator");
+    let login = qm(&operator, &["login", api, "--user", "ops", "--password-stdin"], "operator-password-1\n");
+    assert_eq!(login.code, 0, "{}", login.stderr);
+    assert!(ok(&operator, &["whoami"]).stdout.contains("operator"));
+    printed.push(fails(&operator, &["users", "ls"], "", 1, "HTTP 403"));
+    printed.push(fails(&operator, &["orgs", "create", "Other", "--slug", "other"], "", 1, "HTTP 403"));
+    assert!(ok(&admin, &["users", "rm", &user_id]).stdout.contains("removed"));
+    printed.push(fails(&operator, &["whoami"], "", 1, "HTTP 401"));
+
+    // Organizations, for the platform admin.
+    let org = ok(&admin, &["orgs", "create", "Acme Labs", "--slug", "acme"]);
+    assert!(org.stdout.contains("organization acme created"), "{}", org.stdout);
+    let orgs: serde_json::Value =
+        serde_json::from_str(&ok(&admin, &["orgs", "ls", "-o", "json"]).stdout).expect("json");
+    assert!(orgs.as_array().expect("orgs").iter().any(|org| org["slug"] == "acme" && org["name"] == "Acme Labs"));
+    printed.push(fails(&admin, &["orgs", "create", "Bad", "--slug", "Not A Slug!"], "", 1, "slug"));
+    printed.push(fails(&admin, &["orgs", "create", "Again", "--slug", "acme"], "", 1, "HTTP 409"));
+
+    for output in &printed {
+        assert!(!output.contains(&secret), "the key was printed: {output}");
+    }
     assert!(dev.terminate(Duration::from_secs(20)).success());
     std::fs::remove_dir_all(&data_dir).expect("clean up");
 }

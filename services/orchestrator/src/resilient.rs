@@ -13,7 +13,8 @@ use qm_providers::{CloudProvider, CreateRequest, ErrorKind, Leftover, ProviderEr
 use qm_runtime::backoff::Backoff;
 use qm_runtime::breaker::CircuitBreaker;
 
-/// Consecutive retryable failures that open a provider's circuit, and for how long.
+/// Consecutive calls that failed (retryable, after their retries) that open a provider's
+/// circuit, and for how long.
 pub const BREAKER_THRESHOLD: u32 = 10;
 pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
 
@@ -59,33 +60,50 @@ impl Resilient {
         self.breaker.is_open()
     }
 
-    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, ProviderError>
+    /// One provider call, retried, in a `provider_call` span (a child of the saga, the
+    /// reconciler or the catalog sync that made it, so a trace reaches the cloud's API).
+    async fn call<T, F, Fut>(&self, operation: &'static str, call: F) -> Result<T, ProviderError>
     where
         F: FnMut() -> Fut + Send,
         Fut: std::future::Future<Output = Result<T, ProviderError>> + Send,
         T: Send,
     {
+        let span = tracing::info_span!("provider_call", provider = self.inner.name(), operation);
+        tracing::Instrument::instrument(self.retried(call), span).await
+    }
+
+    /// The breaker admits the call once, before its first attempt, and hears its outcome once,
+    /// after its retries: a call that failed once and then succeeded is a success. Counting each
+    /// attempt instead opened the circuit whenever a provider failed every first try of many
+    /// concurrent calls (its retries would all have succeeded), and then its single trials kept
+    /// landing on first tries: a fleet's terminations crawled at one per cooldown.
+    async fn retried<T, F, Fut>(&self, mut call: F) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: std::future::Future<Output = Result<T, ProviderError>> + Send,
+        T: Send,
+    {
+        if let Err(wait) = self.breaker.allow() {
+            let message = format!("circuit open after repeated failures; next trial in {} s", wait.as_secs() + 1);
+            return Err(ProviderError::new(self.inner.name(), ErrorKind::Transient, message));
+        }
         let mut attempt = 1;
-        loop {
-            if let Err(wait) = self.breaker.allow() {
-                let message = format!("circuit open after repeated failures; next trial in {} s", wait.as_secs() + 1);
-                return Err(ProviderError::new(self.inner.name(), ErrorKind::Transient, message));
-            }
-            let result = call().await;
-            match &result {
-                // The provider answered (even with a refusal): it is up.
-                Err(error) if error.is_retryable() => self.breaker.record_failure(),
-                _ => self.breaker.record_success(),
-            }
-            match result {
+        let result = loop {
+            match call().await {
                 Err(error) if error.is_retryable() && attempt < self.retry.attempts => {
                     tracing::debug!(%error, attempt, "provider call failed; retrying");
                     tokio::time::sleep(self.retry.backoff.delay(attempt)).await;
                     attempt += 1;
                 }
-                result => return result,
+                result => break result,
             }
+        };
+        match &result {
+            Err(error) if error.is_retryable() => self.breaker.record_failure(),
+            // The provider answered (even with a refusal): it is up.
+            _ => self.breaker.record_success(),
         }
+        result
     }
 }
 
@@ -100,34 +118,34 @@ impl CloudProvider for Resilient {
     }
 
     async fn create(&self, request: &CreateRequest) -> Result<ProviderInstance, ProviderError> {
-        self.call(|| self.inner.create(request)).await
+        self.call("create", || self.inner.create(request)).await
     }
 
     async fn start(&self, provider_id: &str) -> Result<ProviderInstance, ProviderError> {
-        self.call(|| self.inner.start(provider_id)).await
+        self.call("start", || self.inner.start(provider_id)).await
     }
 
     async fn describe(&self, provider_id: &str) -> Result<ProviderInstance, ProviderError> {
-        self.call(|| self.inner.describe(provider_id)).await
+        self.call("describe", || self.inner.describe(provider_id)).await
     }
 
     async fn list(&self) -> Result<Vec<ProviderInstance>, ProviderError> {
-        self.call(|| self.inner.list()).await
+        self.call("list", || self.inner.list()).await
     }
 
     async fn terminate(&self, provider_id: &str) -> Result<(), ProviderError> {
-        self.call(|| self.inner.terminate(provider_id)).await
+        self.call("terminate", || self.inner.terminate(provider_id)).await
     }
 
     async fn offers(&self) -> Result<Vec<ProviderOffer>, ProviderError> {
-        self.call(|| self.inner.offers()).await
+        self.call("offers", || self.inner.offers()).await
     }
 
     async fn leftovers(&self) -> Result<Vec<Leftover>, ProviderError> {
-        self.call(|| self.inner.leftovers()).await
+        self.call("leftovers", || self.inner.leftovers()).await
     }
 
     async fn remove_leftover(&self, leftover: &Leftover) -> Result<(), ProviderError> {
-        self.call(|| self.inner.remove_leftover(leftover)).await
+        self.call("remove_leftover", || self.inner.remove_leftover(leftover)).await
     }
 }

@@ -90,6 +90,33 @@ async function logIn(page, user, password) {
     await page.waitForSelector("td[data-state=terminated]");
     await accessible(page, "instances");
     await shot(page, "06-instances");
+    // Filters and sorting: by state, then archived once archived from its page.
+    await page.selectOption("#filter-state", "startup_failed");
+    await page.waitForSelector("text=No instances match.");
+    await page.selectOption("#filter-state", "terminated");
+    await page.waitForSelector("td[data-state=terminated]");
+    await page.click("button[data-sort=state]");
+    await page.waitForSelector("th[aria-sort=ascending] button[data-sort=state]");
+    await page.selectOption("#filter-state", "");
+    await page.goto(instanceUrl);
+    await page.click("#archive");
+    await page.waitForSelector("#archived");
+    await page.click("a[href='#/instances']");
+    await page.waitForSelector("text=No instances yet.");
+    await page.check("#filter-archived");
+    await page.waitForSelector("td[data-state=terminated]");
+    await page.uncheck("#filter-archived");
+    // Pages of 50: 55 sim instances fill more than one.
+    const created = await page.evaluate(async () => (await fetch("/deployments", { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "paged", count: 55, provider: "sim", zone: "sim-eu-1", instance_type: "sim.cpu" }) })).status);
+    expect(created === 202 || created === 201, `55 sim instances: ${created}`);
+    await page.waitForFunction(() => !document.getElementById("next-page").disabled);
+    expect((await page.$$("tr[data-instance]")).length === 50, "a page holds 50");
+    await page.click("#next-page");
+    await page.waitForFunction(() => document.getElementById("page-number").textContent === "page 2" && document.querySelectorAll("tr[data-instance]").length === 5);
+    await page.click("#previous-page");
+    await page.waitForFunction(() => document.getElementById("page-number").textContent === "page 1");
+    await accessible(page, "instances-paged");
 
     // FinOps: the cost per step as a chart, breakdowns with the local provider, tokens.
     await page.click("a[href='#/finops']");
@@ -118,6 +145,45 @@ async function logIn(page, user, password) {
     await page.waitForFunction(() => document.querySelector("tr[data-pool-row='console-pool'] input[data-bound=max]").value === "3" && !document.getElementById("error").textContent);
     await accessible(page, "pools");
     await shot(page, "06-pools");
+    // A pool from the deploy form: the cheapest L4 under a price on sim, estimated first.
+    await page.click("a[href='#/deploy']");
+    await page.waitForSelector("#provider");
+    await page.check("#placement-cheapest");
+    await page.selectOption("#gpu", "L4");
+    await page.fill("#max-price", "1");
+    for (const box of await page.$$("input[name=providers]")) {
+      if ((await box.getAttribute("value")) !== "sim") await box.uncheck();
+    }
+    await page.check("#kind-pool");
+    await page.fill("#pool-name", "form-pool");
+    await page.fill("#pool-max", "2");
+    await page.fill("#pool-ttft", "800");
+    await page.click("#estimate-button");
+    await page.waitForFunction(() => document.getElementById("estimate").textContent.includes("sim.l4"));
+    await accessible(page, "deploy-constraints");
+    await shot(page, "06-deploy-pool");
+    await page.click("#deploy");
+    await page.waitForURL(/#\/pools\/.+/);
+    await page.waitForSelector("h1:text-is('Pool form-pool')");
+    expect((await page.inputValue("#policy-ttft")) === "800", "the TTFT objective was kept");
+    // Its policy edited, and its model changed (a rolling update: the next revision).
+    await page.fill("#policy-target", "4");
+    await page.fill("#policy-model", "pooled-v2");
+    await page.click("#policy button[type=submit]");
+    await page.waitForFunction(() => document.querySelector("[data-count=revision]").textContent === "2" && document.getElementById("policy-target").value === "4");
+    await accessible(page, "pool");
+    await shot(page, "06-pool");
+    await page.click("#delete-pool");
+    await page.waitForURL(/#\/pools$/);
+    await page.waitForSelector("tr[data-pool-row='console-pool']");
+    expect((await page.$("tr[data-pool-row='form-pool']")) === null, "the deleted pool is gone");
+    // The budget, edited on the FinOps page.
+    await page.click("a[href='#/finops']");
+    await page.fill("#budget-amount", "100000.25");
+    await page.fill("#budget-thresholds", "50, 90");
+    await page.check("#budget-cap");
+    await page.click("#budget-form button[type=submit]");
+    await page.waitForFunction(() => document.getElementById("budget").textContent.startsWith("100000.25 a month (hard cap)") && document.getElementById("budget").textContent.includes("alerts at 50, 90%"));
     // An API key: its secret shown once, then revoked.
     await page.click("a[href='#/keys']");
     await page.fill("#key-name", "from-the-console");
@@ -128,6 +194,68 @@ async function logIn(page, user, password) {
     await page.click("tr[data-key='from-the-console'] button.danger");
     await page.waitForFunction(() => document.querySelector("tr[data-key='from-the-console']").textContent.includes("revoked"));
     expect((await page.$("#secret-value")) === null, "the secret is not shown again");
+    // Admin: a user added, their role changed, removed; an organization; an exchange rate; a
+    // catalog price edited and a sync asked for.
+    await page.click("a[href='#/admin']");
+    await page.fill("#user-name", "ops");
+    await page.fill("#user-email", "ops@example.com");
+    await page.fill("#user-password", "ops-password-1");
+    await page.selectOption("#user-role", "operator");
+    await page.click("#user-form button[type=submit]");
+    await page.waitForSelector("tr[data-user=ops]");
+    await page.selectOption("tr[data-user=ops] select", "viewer");
+    await page.waitForFunction(() => document.querySelector("tr[data-user=ops] select").value === "viewer" && !document.getElementById("error").textContent);
+    await page.click("a[href='#/overview']");
+    await page.click("a[href='#/admin']");
+    await page.waitForSelector("tr[data-user=ops]");
+    expect((await page.inputValue("tr[data-user=ops] select")) === "viewer", "the role change was saved");
+    await page.click("tr[data-user=ops] button.danger");
+    await page.waitForFunction(() => !document.querySelector("tr[data-user=ops]"));
+    await page.fill("#org-name", "Acme Labs");
+    await page.fill("#org-slug", "acme");
+    await page.click("#org-form button[type=submit]");
+    await page.waitForSelector("tr[data-org=acme]");
+    await page.fill("#rate-currency", "usd");
+    await page.fill("#rate-value", "0.92");
+    await page.click("#rate-form button[type=submit]");
+    await page.waitForFunction(() => document.querySelector("tr[data-rate=USD]") && document.querySelector("tr[data-rate=USD]").textContent.includes("0.920000"));
+    await page.fill("tr[data-type='sim/sim.cpu'] input.price", "0.09");
+    await page.click("tr[data-type='sim/sim.cpu'] button");
+    await page.waitForFunction(() => document.querySelector("tr[data-type='sim/sim.cpu'] input.price").value === "0.0900");
+    await page.click("#catalog-sync");
+    await page.waitForFunction(() => document.querySelector("tr[data-org=acme]") && !document.getElementById("error").textContent);
+    await accessible(page, "admin");
+    await shot(page, "06-admin");
+    // A bad rate is refused with the API's reason, and nothing changes.
+    await page.fill("#rate-currency", "USD");
+    await page.fill("#rate-value", "-1");
+    await page.click("#rate-form button[type=submit]");
+    await page.waitForFunction(() => document.getElementById("error").textContent.includes("rate"));
+    // The action log, virtualized: 240 more entries, a few dozen rows in the page at a time,
+    // the rest fetched as the end comes into view.
+    await page.evaluate(async () => {
+      for (let index = 0; index < 240; index += 1) {
+        await fetch("/finops/exchange_rates/GBP", { method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify({ rate: `1.${index + 100}` }) });
+      }
+    });
+    await page.click("a[href='#/logs']");
+    await page.fill("#action", "finops.exchange_rate.put");
+    await page.click(".filters button[type=submit]");
+    await page.waitForFunction(() => /^2[4-9][0-9] entries/.test(document.getElementById("log-counts").textContent));
+    const total = Number((await page.textContent("#log-counts")).split(" ")[0]);
+    const drawn = (await page.$$("tr[data-action]")).length;
+    expect(drawn > 0 && drawn < 80, `only the rows in view are drawn (${drawn} of ${total})`);
+    await accessible(page, "logs-virtual");
+    for (let attempt = 0; attempt < 50; attempt += 1) {
+      await page.$eval("#log-viewport", (viewport) => { viewport.scrollTop = viewport.scrollHeight; });
+      await page.waitForTimeout(100);
+      const last = await page.$$eval("tr[data-action]", (rows) => Number(rows[rows.length - 1].getAttribute("aria-rowindex")));
+      if (last === total + 1) break;
+    }
+    const last = await page.$$eval("tr[data-action]", (rows) => Number(rows[rows.length - 1].getAttribute("aria-rowindex")));
+    expect(last === total + 1, `scrolled to the last entry (${last} of ${total + 1})`);
+    expect((await page.$$("tr[data-action]")).length < 80, "still only the rows in view");
+    await shot(page, "06-logs-virtual");
     // The profile.
     await page.click("#who");
     await page.waitForSelector("#current-password");

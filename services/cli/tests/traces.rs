@@ -62,11 +62,8 @@ async fn receive(mut socket: tokio::net::TcpStream, spans: Spans) {
         }
         let body: Vec<u8> = buffer.drain(..header_end + length).skip(header_end).collect();
         let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP trace export");
-        let exported = request
-            .resource_spans
-            .into_iter()
-            .flat_map(|resource| resource.scope_spans)
-            .flat_map(|scope| scope.spans);
+        let exported =
+            request.resource_spans.into_iter().flat_map(|resource| resource.scope_spans).flat_map(|scope| scope.spans);
         spans.lock().expect("spans").extend(exported);
         let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
         if socket.write_all(answer).await.is_err() {

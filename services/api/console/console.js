@@ -6,6 +6,8 @@ const ROLES = ["viewer", "operator", "admin"];
 let me = null;
 let feed = null;
 let onEvent = null;
+// The feed's last instance moves since the console opened, newest first (the overview lists them).
+const recent = [];
 let refresher = null;
 
 function el(tag, attributes, ...children) {
@@ -91,7 +93,12 @@ function stateCell(state) {
 function openFeed() {
   if (feed) return;
   feed = new EventSource("/events");
-  feed.addEventListener("instance.state_changed", (event) => onEvent && onEvent(JSON.parse(event.data)));
+  feed.addEventListener("instance.state_changed", (event) => {
+    const envelope = JSON.parse(event.data);
+    recent.unshift(envelope);
+    recent.length = Math.min(recent.length, 10);
+    if (onEvent) onEvent(envelope);
+  });
   feed.onerror = () => { /* the browser reconnects with Last-Event-ID by itself */ };
 }
 
@@ -116,9 +123,13 @@ async function login() {
 
 async function overview() {
   const show = here();
-  const [instances, forecast] = await Promise.all([api("GET", "/instances?limit=500"), api("GET", "/finops/cost/forecast")]);
+  const [instances, forecast, pools] = await Promise.all([api("GET", "/instances?limit=500"), api("GET", "/finops/cost/forecast"), api("GET", "/pools?limit=100")]);
   const byState = {};
-  for (const instance of instances.items) byState[instance.state] = (byState[instance.state] || 0) + 1;
+  const byProvider = {};
+  for (const instance of instances.items) {
+    byState[instance.state] = (byState[instance.state] || 0) + 1;
+    if (!["terminated", "provisioning_failed", "startup_failed"].includes(instance.state)) byProvider[instance.provider] = (byProvider[instance.provider] || 0) + 1;
+  }
   let budget = null;
   try {
     budget = await api("GET", `/finops/budgets/${me.organization_id}`);
@@ -134,7 +145,16 @@ async function overview() {
       card(`month to date, ${forecast.currency}`, money(forecast.month_to_date_micros)),
       card(`month end (forecast), ${forecast.currency}`, money(forecast.projected_month_end_micros)),
       card("budget", budget ? `${money(budget.amount_micros)} (${budget.spent_percent.toFixed(1)}% spent)` : "none")),
-    table(["state", "instances"], Object.entries(byState).map(([state, count]) => el("tr", {}, stateCell(state), el("td", {}, count)))));
+    el("div", { class: "columns" },
+      el("section", {}, el("h2", {}, "Instances by state"), table(["state", "instances"], Object.entries(byState).map(([state, count]) => el("tr", {}, stateCell(state), el("td", {}, count))))),
+      el("section", {}, el("h2", {}, "Unfinished, by provider"), table(["provider", "instances"], Object.entries(byProvider).map(([provider, count]) => el("tr", { "data-provider-count": provider }, el("td", {}, provider), el("td", {}, count)))))),
+    el("h2", {}, "Pools"),
+    pools.items.length ? table(["pool", "model", "desired", "ready"], pools.items.map((pool) => el("tr", { "data-overview-pool": pool.name }, el("td", {}, el("a", { href: `#/pools/${pool.id}` }, pool.name)), el("td", {}, pool.model), el("td", {}, pool.desired), el("td", {}, pool.status.ready ?? "-"))))
+      : el("p", { class: "muted" }, "No pools yet."),
+    el("h2", {}, "Last events"),
+    recent.length ? el("ul", { id: "last-events" }, recent.map((envelope) => el("li", {}, `${ago(envelope.occurred_at)}: `,
+      el("a", { href: `#/instances/${envelope.data.instance_id}` }, String(envelope.data.instance_id).slice(0, 13)), ` ${envelope.data.from} → ${envelope.data.to}`)))
+      : el("p", { class: "muted", id: "last-events" }, "Nothing has moved since this page opened."));
   show.live(() => schedule(overview));
 }
 
@@ -212,7 +232,23 @@ async function instances() {
 
 async function instance(id) {
   const show = here();
-  const detail = await api("GET", `/instances/${encodeURIComponent(id)}`);
+  const [detail, worker, logged] = await Promise.all([
+    api("GET", `/instances/${encodeURIComponent(id)}`),
+    api("GET", `/instances/${encodeURIComponent(id)}/worker`).catch((error) => { if (error.status === 404) return null; throw error; }),
+    api("GET", `/action_logs/search?instance_id=${encodeURIComponent(id)}&limit=20`),
+  ]);
+  const gpus = (worker && worker.gpu_metrics) || [];
+  const workerView = worker
+    ? el("section", { id: "worker" }, el("h2", {}, "Worker"),
+      el("p", {}, `${worker.in_flight ?? "-"} in flight, ${worker.queue_depth ?? "-"} queued, last heartbeat ${ago(worker.last_heartbeat_at)}`),
+      gpus.length ? table(["GPU", "utilisation", "memory used", "temperature"], gpus.map((gpu) => el("tr", { "data-gpu": gpu.index },
+        el("td", {}, `#${gpu.index} ${gpu.name || ""}`), el("td", {}, `${gpu.utilization_percent ?? "-"}%`), el("td", {}, `${gpu.memory_used_mb ?? "-"} / ${gpu.memory_total_mb ?? "-"} MB`), el("td", {}, gpu.temperature_c === undefined || gpu.temperature_c === null ? "-" : `${gpu.temperature_c} °C`))))
+        : el("p", { class: "muted" }, "No GPU metrics (a CPU instance, or none reported)."))
+    : el("section", { id: "worker" }, el("h2", {}, "Worker"), el("p", { class: "muted" }, "No worker has registered."));
+  const logView = el("section", { id: "instance-logs" }, el("h2", {}, "Action logs"),
+    logged.items.length ? table(["when", "component", "action", "status", "error"], logged.items.map((entry) => el("tr", { "data-instance-action": entry.action_type },
+      el("td", {}, ago(entry.created_at)), el("td", {}, entry.component), el("td", {}, entry.action_type), el("td", {}, entry.status), el("td", {}, entry.error || ""))))
+      : el("p", { class: "muted" }, "No entries."));
   const finished = ["terminating", "terminated", "provisioning_failed", "startup_failed"].includes(detail.state);
   const terminate = can("operator") && !finished ? el("button", {
     class: "danger", type: "button", id: "terminate",
@@ -245,7 +281,8 @@ async function instance(id) {
       el("div", { class: "card" }, el("div", { class: "value" }, `${money(detail.hourly_price_micros)} ${detail.currency}/h`), el("div", { class: "label" }, `${detail.provider} ${detail.zone} ${detail.instance_type}`))),
     terminate, archive, detail.archived ? el("p", { class: "muted", id: "archived" }, "archived") : null,
     el("h2", {}, "History"),
-    table(["when", "from", "to", "reason"], detail.history.map((change) => el("tr", {}, el("td", {}, ago(change.occurred_at)), el("td", {}, change.from_state || "-"), stateCell(change.to_state), el("td", {}, change.reason || "")))));
+    table(["when", "from", "to", "reason"], detail.history.map((change) => el("tr", {}, el("td", {}, ago(change.occurred_at)), el("td", {}, change.from_state || "-"), stateCell(change.to_state), el("td", {}, change.reason || "")))),
+    workerView, logView);
   show.live((envelope) => { if (envelope.data && envelope.data.instance_id === id) schedule(() => instance(id)); });
   clearInterval(refresher);
   refresher = setInterval(() => { if (location.hash === `#/instances/${id}`) instance(id).catch((error) => showError(error.message)); }, 3000);
@@ -373,18 +410,18 @@ async function deploy() {
 
 const PERIODS = { hour: ["minute", 3600], day: ["hour", 86400], month: ["day", 30 * 86400] };
 
-function chart(points) {
+function chart(points, value = (point) => point.cost_micros, name = "cost per step") {
   const width = 640, height = 160, gap = 2;
-  const high = Math.max(1, ...points.map((point) => point.cost_micros));
+  const high = Math.max(1, ...points.map(value));
   const bar = points.length ? width / points.length : width;
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", `cost per step, highest ${money(high)}`);
+  svg.setAttribute("aria-label", `${name}, highest ${money(high)}`);
   svg.setAttribute("class", "chart");
   points.forEach((point, index) => {
     const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
-    const size = (point.cost_micros / high) * (height - 4);
+    const size = (value(point) / high) * (height - 4);
     rect.setAttribute("x", index * bar + gap / 2);
     rect.setAttribute("y", height - size);
     rect.setAttribute("width", Math.max(1, bar - gap));
@@ -452,6 +489,7 @@ async function finops(period) {
       el("div", { class: "card" }, el("div", { class: "value" }, money(forecast.projected_month_end_micros)), el("div", { class: "label" }, `month end (forecast), ${forecast.currency}`)),
       el("div", { class: "card" }, el("div", { class: "value" }, money(forecast.burn_rate_micros_per_hour)), el("div", { class: "label" }, `burn rate, ${forecast.currency}/h`))),
     el("h2", {}, `Cost per ${step}`), chart(series.points),
+    el("h2", {}, "Cumulative cost over the period"), chart(series.points, (point) => point.cumulative_micros, "cumulative cost"),
     breakdown("By provider", summary.by_provider), breakdown("By model", summary.by_model),
     breakdown("By instance type", summary.by_instance_type), breakdown("By region", summary.by_region), breakdown("By zone", summary.by_zone),
     me.is_platform_admin ? breakdown("By organization", summary.by_organization) : null,
@@ -695,11 +733,19 @@ function catalogSection(providers, types) {
       onchange: (event) => change("PUT", `/providers/${encodeURIComponent(provider.name)}`, { display_name: provider.display_name, active: event.target.checked }) }))));
   const typeRows = types.map((type) => {
     const price = el("input", { class: "price", inputmode: "decimal", value: (type.hourly_price_micros / 1e6).toFixed(4), "aria-label": `hourly price of ${type.code} (${type.provider})` });
-    const save = el("button", { type: "button", onclick: () => {
+    // Saved in place (the row shows what the API stored), not by redrawing the whole page.
+    const save = el("button", { type: "button", onclick: async () => {
       const [units, fraction = ""] = price.value.trim().split(".");
       const { provider, code, gpu_model, gpu_count, gpu_memory_gb, vcpus, memory_gb, currency, active } = type;
-      change("PUT", `/instance_types/${encodeURIComponent(type.id)}`, { provider, code, gpu_model, gpu_count, gpu_memory_gb, vcpus, memory_gb, currency, active,
-        hourly_price_micros: Number(units) * 1e6 + Number(fraction.padEnd(6, "0").slice(0, 6)) });
+      try {
+        const saved = await api("PUT", `/instance_types/${encodeURIComponent(type.id)}`, { provider, code, gpu_model, gpu_count, gpu_memory_gb, vcpus, memory_gb, currency, active,
+          hourly_price_micros: Number(units) * 1e6 + Number(fraction.padEnd(6, "0").slice(0, 6)) });
+        price.value = (saved.hourly_price_micros / 1e6).toFixed(4);
+        price.dataset.saved = price.value;
+        showError("");
+      } catch (error) {
+        showError(error.message);
+      }
     } }, "Save");
     return el("tr", { "data-type": `${type.provider}/${type.code}` }, el("td", {}, type.provider), el("td", {}, type.code),
       el("td", {}, type.gpu_model ? `${type.gpu_count}x ${type.gpu_model}` : "-"), el("td", {}, price, " ", type.currency, " ", save));

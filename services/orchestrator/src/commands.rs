@@ -217,7 +217,22 @@ impl Commands {
     }
 
     /// Carries out one command and settles it.
+    /// One command, in a `handle_message` span that continues the trace of the request that
+    /// sent it (so the saga's provider calls and events belong to that trace).
     async fn handle(&self, delivery: Delivery) {
+        let span = tracing::info_span!(
+            "handle_message",
+            group = "orchestrator.commands",
+            message_type = %delivery.envelope.message_type,
+            event_id = %delivery.envelope.id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty
+        );
+        qm_telemetry::traceparent::continue_from(&span, delivery.envelope.traceparent.as_deref());
+        tracing::Instrument::instrument(self.settle(delivery), span).await;
+    }
+
+    async fn settle(&self, delivery: Delivery) {
         let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let result = self.dispatch(&delivery.envelope).await;
         let type_label = delivery.envelope.message_type.clone();

@@ -10,6 +10,8 @@ const base = process.env.API_URL;
 const shots = process.env.SCREENSHOTS;
 const axeSource = fs.readFileSync(process.env.AXE_CORE, "utf8");
 
+const pageOf = { current: null, changes: [] };
+
 function expect(condition, message) {
   if (!condition) throw new Error(`expectation failed: ${message}`);
 }
@@ -19,6 +21,15 @@ async function accessible(page, name) {
   const result = await page.evaluate(async () => await window.axe.run(document, { resultTypes: ["violations"] }));
   const serious = result.violations.filter((violation) => ["serious", "critical"].includes(violation.impact));
   expect(serious.length === 0, `${name}: accessibility violations ${JSON.stringify(serious.map((violation) => [violation.id, violation.nodes.map((node) => node.target)]))}`);
+}
+
+// On a failure, what the console's error box said (the API's problem detail, if any).
+async function said(page) {
+  try {
+    return await page.textContent("#error", { timeout: 1000 });
+  } catch (error) {
+    return "";
+  }
 }
 
 async function shot(page, name) {
@@ -38,6 +49,12 @@ async function logIn(page, user, password) {
   try {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, bypassCSP: true });
     const page = await context.newPage();
+    pageOf.current = page;
+    // The console's changes and their answers, printed when a step fails.
+    page.on("response", (response) => {
+      const method = response.request().method();
+      if (method !== "GET") pageOf.changes.push(`${method} ${new URL(response.url()).pathname} ${response.request().postData() || ""} → ${response.status()}`);
+    });
     page.on("dialog", (dialog) => dialog.accept());
 
     // A wrong password says why; the right one shows the overview.
@@ -72,6 +89,10 @@ async function logIn(page, user, password) {
     await shot(page, "04-ready");
     await page.click("a[href='#/overview']");
     await page.waitForFunction(() => [...document.querySelectorAll(".card")].some((card) => /^[1-9][0-9]*instances ready$/.test(card.textContent)));
+    // The overview also counts by provider, lists the pools and the last moves of the feed.
+    await page.waitForSelector("tr[data-provider-count=local]");
+    await page.waitForSelector("tr[data-overview-pool='console-pool']");
+    await page.waitForSelector("#last-events li");
     await shot(page, "04-overview-live");
     await page.goto(instanceUrl);
     await page.waitForFunction(() => document.getElementById("state") && document.getElementById("state").textContent === "ready");
@@ -81,6 +102,9 @@ async function logIn(page, user, password) {
     expect(page.url() === instanceUrl, "no navigation while watching");
     await accessible(page, "instance");
     await page.waitForSelector("text=booting");
+    // Its worker (registered, heartbeating) and its action logs.
+    await page.waitForFunction(() => document.getElementById("worker").textContent.includes("in flight"));
+    await page.waitForSelector("#instance-logs tr[data-instance-action]");
 
     // Terminate, confirmed, and watch it finish.
     await page.click("#terminate");
@@ -101,10 +125,12 @@ async function logIn(page, user, password) {
     await page.goto(instanceUrl);
     await page.click("#archive");
     await page.waitForSelector("#archived");
+    const archivedId = instanceUrl.split("/").pop();
     await page.click("a[href='#/instances']");
-    await page.waitForSelector("text=No instances yet.");
+    await page.waitForSelector("tr[data-instance]");
+    expect((await page.$(`tr[data-instance='${archivedId}']`)) === null, "an archived instance leaves the list");
     await page.check("#filter-archived");
-    await page.waitForSelector("td[data-state=terminated]");
+    await page.waitForSelector(`tr[data-instance='${archivedId}'] td[data-state=terminated]`);
     await page.uncheck("#filter-archived");
     // Pages of 50: 55 sim instances fill more than one.
     const created = await page.evaluate(async () => (await fetch("/deployments", { method: "POST", headers: { "content-type": "application/json" },
@@ -112,8 +138,11 @@ async function logIn(page, user, password) {
     expect(created === 202 || created === 201, `55 sim instances: ${created}`);
     await page.waitForFunction(() => !document.getElementById("next-page").disabled);
     expect((await page.$$("tr[data-instance]")).length === 50, "a page holds 50");
+    const firstPage = await page.$$eval("tr[data-instance]", (rows) => rows.map((row) => row.dataset.instance));
     await page.click("#next-page");
-    await page.waitForFunction(() => document.getElementById("page-number").textContent === "page 2" && document.querySelectorAll("tr[data-instance]").length === 5);
+    await page.waitForFunction(() => document.getElementById("page-number").textContent === "page 2");
+    const secondPage = await page.$$eval("tr[data-instance]", (rows) => rows.map((row) => row.dataset.instance));
+    expect(secondPage.length > 0 && secondPage.length < 50 && secondPage.every((id) => !firstPage.includes(id)), `page 2 goes on from page 1 (${secondPage.length} rows)`);
     await page.click("#previous-page");
     await page.waitForFunction(() => document.getElementById("page-number").textContent === "page 1");
     await accessible(page, "instances-paged");
@@ -122,6 +151,7 @@ async function logIn(page, user, password) {
     await page.click("a[href='#/finops']");
     await page.waitForFunction(() => [...document.querySelectorAll("svg.chart rect")].some((rect) => Number(rect.getAttribute("height")) > 0));
     await page.waitForSelector("td:text-is('local')");
+    expect((await page.$$("svg.chart")).length === 2, "the cost per step and the cumulative cost are charted");
     await accessible(page, "finops");
     await shot(page, "06-finops");
     await page.click("a[href='#/finops/hour']");
@@ -216,12 +246,15 @@ async function logIn(page, user, password) {
     await page.click("#org-form button[type=submit]");
     await page.waitForSelector("tr[data-org=acme]");
     await page.fill("#rate-currency", "usd");
-    await page.fill("#rate-value", "0.92");
+    // Not 0.92: that is the configured rate, already shown.
+    await page.fill("#rate-value", "0.95");
     await page.click("#rate-form button[type=submit]");
-    await page.waitForFunction(() => document.querySelector("tr[data-rate=USD]") && document.querySelector("tr[data-rate=USD]").textContent.includes("0.920000"));
+    await page.waitForFunction(() => document.querySelector("tr[data-rate=USD]") && document.querySelector("tr[data-rate=USD]").textContent.includes("0.950000edited"));
     await page.fill("tr[data-type='sim/sim.cpu'] input.price", "0.09");
     await page.click("tr[data-type='sim/sim.cpu'] button");
-    await page.waitForFunction(() => document.querySelector("tr[data-type='sim/sim.cpu'] input.price").value === "0.0900");
+    await page.waitForFunction(() => document.querySelector("tr[data-type='sim/sim.cpu'] input.price").dataset.saved === "0.0900");
+    const stored = await page.evaluate(async () => (await (await fetch("/instance_types")).json()).items.find((type) => type.code === "sim.cpu").hourly_price_micros);
+    expect(stored === 90000, `the price was stored (${stored})`);
     await page.click("#catalog-sync");
     await page.waitForFunction(() => document.querySelector("tr[data-org=acme]") && !document.getElementById("error").textContent);
     await accessible(page, "admin");
@@ -284,10 +317,15 @@ async function logIn(page, user, password) {
     expect(missing === 404, `another organization's instance answered ${missing}`);
     await shot(page, "08-other-organization-390px");
     console.log("console: every step passed");
+  } catch (error) {
+    error.consoleError = `${await said(pageOf.current)} (at ${pageOf.current.url()}; screenshot failure.png; last changes: ${pageOf.changes.slice(-6).join(", ")})`;
+    await shot(pageOf.current, "failure").catch(() => {});
+    throw error;
   } finally {
     await browser.close();
   }
 })().catch((error) => {
   console.error(error.stack || String(error));
+  if (error.consoleError !== undefined) console.error(`the console's error box: ${error.consoleError}`);
   process.exit(1);
 });

@@ -21,6 +21,7 @@ pub mod conformance;
 pub mod local;
 pub mod scaleway;
 pub mod sim;
+pub mod sim_remote;
 
 use std::collections::BTreeMap;
 
@@ -38,7 +39,7 @@ pub fn instance_name(id: InstanceId) -> String {
 }
 
 /// What to create.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateRequest {
     pub instance_id: InstanceId,
     pub zone: String,
@@ -62,7 +63,7 @@ pub enum ProviderStatus {
 }
 
 /// An instance as the provider reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderInstance {
     /// The provider's id (`i-0abc…`, a Scaleway UUID, a local process id).
     pub provider_id: String,
@@ -77,7 +78,7 @@ pub struct ProviderInstance {
 }
 
 /// An instance type a provider offers in a zone, with its list price.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderOffer {
     pub region: String,
     pub zone: String,
@@ -94,7 +95,7 @@ pub struct ProviderOffer {
 }
 
 /// How a provider call failed, which decides what the caller does next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorKind {
     /// No capacity for this type in this zone: fail over to the next placement.
     Capacity,

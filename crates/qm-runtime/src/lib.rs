@@ -11,6 +11,7 @@
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`service`]: a service's server and background tasks, stopped together.
 //! - [`entrypoint`]: the `main` of every production binary.
+//! - [`singleton`]: a job one replica runs at a time, under a lease renewed every few seconds.
 //!
 //! The parts that need the store and the bus (the relay, the consumer, the entrypoint, service
 //! [`Dependencies`](service::Dependencies) and their readiness checks) are behind the `backends`
@@ -29,6 +30,8 @@ pub mod probes;
 pub mod relay;
 pub mod service;
 pub mod shutdown;
+#[cfg(feature = "backends")]
+pub mod singleton;
 pub mod tokens;
 
 pub use shutdown::Shutdown;

@@ -10,6 +10,10 @@ use serde_json::Value;
 
 use crate::StoreError;
 
+/// How long after a worker's registration the same bootstrap token may register it again while
+/// it has not sent a heartbeat (the answer to the first was lost).
+pub const REGISTRATION_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Worker {
     pub instance_id: InstanceId,
@@ -77,6 +81,9 @@ pub trait WorkerTx {
     ) -> Result<(), StoreError>;
     /// Registers with the bootstrap token, which works once. `false` when it is wrong, used,
     /// expired or revoked.
+    /// Registers the worker with its bootstrap token (the last issued, or the one before it):
+    /// once, or again (a retry whose first answer was lost) until its first heartbeat within
+    /// [`REGISTRATION_RETRY`]; `false` otherwise.
     async fn register_worker(
         &mut self,
         instance: InstanceId,
@@ -186,11 +193,17 @@ macro_rules! impl_workers_sql {
                     expires_at: DateTime<Utc>,
                 ) -> Result<(), StoreError> {
                     sqlx::query(
+                        // Issued again before any registration: the earlier token stays valid
+                        // too (the provider may run an instance that carries it). Once a worker
+                        // registered, nothing changes: its instance exists and speaks.
                         "INSERT INTO workers (instance_id, bootstrap_token_hash, created_at, bootstrap_expires_at) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (instance_id) DO UPDATE SET bootstrap_token_hash = excluded.bootstrap_token_hash, \
-                         bootstrap_expires_at = excluded.bootstrap_expires_at, \
-                         bootstrap_used_at = NULL, token_hash = NULL, previous_token_hash = NULL, previous_valid_until = NULL, \
-                         revoked_at = NULL",
+                         ON CONFLICT (instance_id) DO UPDATE SET \
+                         previous_bootstrap_token_hash = CASE WHEN workers.bootstrap_used_at IS NULL \
+                           THEN workers.bootstrap_token_hash ELSE workers.previous_bootstrap_token_hash END, \
+                         bootstrap_token_hash = CASE WHEN workers.bootstrap_used_at IS NULL \
+                           THEN excluded.bootstrap_token_hash ELSE workers.bootstrap_token_hash END, \
+                         bootstrap_expires_at = CASE WHEN workers.bootstrap_used_at IS NULL \
+                           THEN excluded.bootstrap_expires_at ELSE workers.bootstrap_expires_at END",
                     )
                     .bind(instance.as_uuid())
                     .bind(token_hash)
@@ -207,13 +220,19 @@ macro_rules! impl_workers_sql {
                     bootstrap_hash: &str,
                     registration: &Registration,
                 ) -> Result<bool, StoreError> {
+                    // Used once; but a registration whose answer was lost (the api replica died
+                    // after committing) may be repeated until the worker's first heartbeat, within
+                    // REGISTRATION_RETRY of the first: it gets a new token, the unseen one is replaced.
+                    let at = now();
+                    let retry_since = at - chrono::Duration::from_std(crate::workers::REGISTRATION_RETRY).unwrap_or_default();
                     let result = sqlx::query(
-                        "UPDATE workers SET bootstrap_used_at = $1, registered_at = $1, token_hash = $2, agent_version = $3, \
-                         engine_url = $4, model = $5, gpus = $6, engine_port = $9 \
-                         WHERE instance_id = $7 AND bootstrap_token_hash = $8 AND bootstrap_used_at IS NULL AND revoked_at IS NULL \
-                         AND bootstrap_expires_at > $1",
+                        "UPDATE workers SET bootstrap_used_at = COALESCE(bootstrap_used_at, $1), registered_at = $1, token_hash = $2, \
+                         agent_version = $3, engine_url = $4, model = $5, gpus = $6, engine_port = $9 \
+                         WHERE instance_id = $7 AND (bootstrap_token_hash = $8 OR previous_bootstrap_token_hash = $8) \
+                         AND revoked_at IS NULL AND bootstrap_expires_at > $1 \
+                         AND (bootstrap_used_at IS NULL OR (last_heartbeat_at IS NULL AND bootstrap_used_at > $10))",
                     )
-                    .bind(now())
+                    .bind(at)
                     .bind(&registration.token_hash)
                     .bind(&registration.agent_version)
                     .bind(&registration.engine_url)
@@ -222,6 +241,7 @@ macro_rules! impl_workers_sql {
                     .bind(instance.as_uuid())
                     .bind(bootstrap_hash)
                     .bind(i32::from(registration.engine_port))
+                    .bind(retry_since)
                     .execute(&mut *self.transaction)
                     .await?;
                     Ok(result.rows_affected() == 1)

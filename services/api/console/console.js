@@ -801,6 +801,11 @@ async function route() {
   onEvent = null;
   const hash = location.hash || "#/overview";
   const [, view, id] = hash.split("/");
+  // A page that takes a moment says so (and is marked busy for assistive technology).
+  const main = document.getElementById("main");
+  const loading = document.getElementById("loading");
+  main.setAttribute("aria-busy", "true");
+  const slow = setTimeout(() => { loading.hidden = false; }, 150);
   try {
     if (view === "instances" && id) await instance(id);
     else if (view === "instances") await instances();
@@ -816,6 +821,10 @@ async function route() {
   } catch (error) {
     if (error.status === 401) await login();
     else showError(error.message);
+  } finally {
+    clearTimeout(slow);
+    loading.hidden = true;
+    main.removeAttribute("aria-busy");
   }
 }
 

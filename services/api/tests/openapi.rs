@@ -252,22 +252,19 @@ async fn every_documented_operation_answers_as_documented() {
             tx.commit().await.unwrap();
         }
         let registration = json!({ "instance_id": worker_instance, "bootstrap_token": bootstrap, "model": "m", "engine_url": "http://127.0.0.1:9", "agent_version": "0.1.0" });
-        c.call("POST", "/internal/worker/register", "/internal/worker/register", None, Some(registration.clone())).await.expect(200);
-        c.call("POST", "/internal/worker/register", "/internal/worker/register", None, Some(registration)).await.expect(401);
-        let worker = api
-            .call("POST", "/internal/worker/register", None, None)
-            .await;
-        assert_eq!(worker.status, 415, "a body is required");
-        let mut tx = api.store.begin().await.unwrap();
-        tx.issue_bootstrap_token(worker_instance.parse().unwrap(), &qm_api::auth::token_hash("qmb_second"), qm_store::now() + chrono::Duration::hours(1)).await.unwrap();
-        tx.commit().await.unwrap();
         let token = c
-            .call("POST", "/internal/worker/register", "/internal/worker/register", None, Some(json!({ "instance_id": worker_instance, "bootstrap_token": "qmb_second", "model": "m", "engine_url": "http://127.0.0.1:9", "agent_version": "0.1.0" })))
+            .call("POST", "/internal/worker/register", "/internal/worker/register", None, Some(registration))
             .await
             .expect(200)["worker_token"]
             .as_str()
             .unwrap()
             .to_owned();
+        let wrong = json!({ "instance_id": worker_instance, "bootstrap_token": "qmb_wrong", "model": "m", "engine_url": "http://127.0.0.1:9", "agent_version": "0.1.0" });
+        c.call("POST", "/internal/worker/register", "/internal/worker/register", None, Some(wrong)).await.expect(401);
+        let worker = api
+            .call("POST", "/internal/worker/register", None, None)
+            .await;
+        assert_eq!(worker.status, 415, "a body is required");
         let beat = json!({ "instance_id": worker_instance, "status": "ready", "queue_depth": 0, "in_flight": 0 });
         c.call("POST", "/internal/worker/heartbeat", "/internal/worker/heartbeat", Some(&token), Some(beat.clone())).await.expect(200);
         let other = json!({ "instance_id": instance, "status": "ready", "queue_depth": 0, "in_flight": 0 });

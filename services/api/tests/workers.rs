@@ -1,6 +1,7 @@
 //! The worker protocol over HTTP on SQLite and PostgreSQL: registration with the one-time
 //! bootstrap token, heartbeats that drive booting → ready ⇄ unhealthy, token rotation with a
-//! grace period, revocation, and the refusals (wrong, reused or revoked token: 401, logged;
+//! grace period, revocation, a registration repeated before the first heartbeat (its answer
+//! lost: a new token replaces the unseen one), and the refusals (wrong, reused or revoked token: 401, logged;
 //! another instance's id: 403).
 
 #![allow(clippy::unwrap_used)]
@@ -12,7 +13,10 @@ use std::sync::Arc;
 use common::Api;
 use serde_json::{Value, json};
 
-on_both_backends!(an_agent_registers_heartbeats_and_is_refused_when_it_should_be);
+on_both_backends!(
+    an_agent_registers_heartbeats_and_is_refused_when_it_should_be,
+    a_token_issued_again_keeps_the_first_valid_until_a_worker_registers
+);
 
 /// Moves an instance to `booting` and issues its bootstrap token; returns the token.
 async fn booting_with_token(api: &Api, id: &str) -> String {
@@ -48,13 +52,22 @@ async fn an_agent_registers_heartbeats_and_is_refused_when_it_should_be(api: Arc
     let token = registered["worker_token"].as_str().unwrap().to_owned();
     assert!(token.starts_with("qmw_"));
     assert_eq!(api.get(&format!("/instances/{first}"), &admin).await.expect(200)["progress_percent"], 80);
-    // Reused: 401.
+    // Repeated before any heartbeat (its answer lost with an api replica): a new token, and the
+    // unseen one no longer works.
+    let again =
+        api.call("POST", "/internal/worker/register", None, Some(registration(&first, &bootstrap))).await.expect(200);
+    let lost = token;
+    let token = again["worker_token"].as_str().unwrap().to_owned();
+    assert_ne!(token, lost);
+    api.call("POST", "/internal/worker/heartbeat", Some(&lost), Some(beat(&first, "starting"))).await.expect(401);
+    api.call("POST", "/internal/worker/heartbeat", Some(&token), Some(beat(&first, "starting"))).await.expect(200);
+    // Reused once the worker has spoken: 401.
     api.call("POST", "/internal/worker/register", None, Some(registration(&first, &bootstrap))).await.expect(401);
     let logs =
         api.get(&format!("/action_logs?instance_id={first}&action_type=worker.register"), &admin).await.expect(200);
     let statuses: Vec<_> =
         logs["items"].as_array().unwrap().iter().map(|entry| entry["status"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(statuses, ["failed", "succeeded", "failed"], "every attempt is logged, newest first");
+    assert_eq!(statuses, ["failed", "succeeded", "succeeded", "failed"], "every attempt is logged, newest first");
 
     // A heartbeat for another instance's id with this token: 403, logged.
     api.call("POST", "/internal/worker/heartbeat", Some(&token), Some(beat(&second, "ready"))).await.expect(403);
@@ -112,4 +125,31 @@ async fn an_agent_registers_heartbeats_and_is_refused_when_it_should_be(api: Arc
     // An unknown instance is refused like a wrong token.
     let unknown = uuid::Uuid::now_v7().to_string();
     api.call("POST", "/internal/worker/register", None, Some(registration(&unknown, "qmb_x"))).await.expect(401);
+}
+
+/// A provisioning saga run twice (its first orchestrator died after the provider's create)
+/// issues a second bootstrap token while the provider's instance carries the first: the first
+/// still registers it; once a worker registered, a token issued again changes nothing.
+async fn a_token_issued_again_keeps_the_first_valid_until_a_worker_registers(api: Arc<Api>) {
+    let admin = api.admin().await;
+    let id = api.deploy(&admin, 1).await.remove(0);
+    let first = booting_with_token(&api, &id).await;
+    let issue = |token: &'static str| {
+        let api = api.clone();
+        let id: qm_domain::InstanceId = id.parse().unwrap();
+        async move {
+            let mut tx = api.store.begin().await.unwrap();
+            let expires = qm_store::now() + chrono::Duration::hours(1);
+            tx.issue_bootstrap_token(id, &qm_api::auth::token_hash(token), expires).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    issue("qmb_second-run").await;
+    let registered =
+        api.call("POST", "/internal/worker/register", None, Some(registration(&id, &first))).await.expect(200);
+    let token = registered["worker_token"].as_str().unwrap().to_owned();
+    api.call("POST", "/internal/worker/heartbeat", Some(&token), Some(beat(&id, "ready"))).await.expect(200);
+    issue("qmb_third-run").await;
+    api.call("POST", "/internal/worker/register", None, Some(registration(&id, "qmb_third-run"))).await.expect(401);
+    api.call("POST", "/internal/worker/heartbeat", Some(&token), Some(beat(&id, "ready"))).await.expect(200);
 }

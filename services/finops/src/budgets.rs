@@ -11,6 +11,7 @@ use prometheus::{IntCounterVec, IntGaugeVec, Registry};
 use qm_events::Envelope;
 use qm_events::payloads::BudgetThresholdCrossed;
 use qm_runtime::Shutdown;
+use qm_runtime::singleton::{Lease, Singleton};
 use qm_store::{ActionStatus, BudgetAlert, CostFilter, NewActionLog, Store, StoreError};
 
 use qm_costs as cost;
@@ -128,22 +129,19 @@ impl Watcher {
         Ok(true)
     }
 
+    /// Checks every `every` while this replica holds the `finops.budgets` lease (renewed every
+    /// few seconds: a survivor takes over within 25 s of a holder's death).
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
-        let holder = uuid::Uuid::new_v4().to_string();
-        while !shutdown.is_triggered() {
-            match self.store.acquire_lease("finops.budgets", &holder, self.every * 3).await {
-                Ok(true) => {
-                    if let Err(error) = self.check().await {
+        let singleton = Singleton::new(self.store.clone(), "finops.budgets", Lease::default());
+        singleton
+            .run(self.every, Duration::ZERO, shutdown, || {
+                let watcher = Arc::clone(&self);
+                async move {
+                    if let Err(error) = watcher.check().await {
                         tracing::warn!(%error, "budget check failed; trying again next time");
                     }
                 }
-                Ok(false) => {}
-                Err(error) => tracing::warn!(%error, "cannot take the budget lease"),
-            }
-            tokio::select! {
-                () = shutdown.wait() => break,
-                () = tokio::time::sleep(self.every) => {}
-            }
-        }
+            })
+            .await;
     }
 }

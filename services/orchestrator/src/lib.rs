@@ -43,7 +43,7 @@ pub const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(
 
 /// The providers this orchestrator drives: those of `QM_PROVIDERS`. `local_state_dir` is where
 /// the `local` provider keeps track of its processes; `aws` and `scaleway` read their
-/// credentials and settings from `environment`.
+/// credentials and settings from `environment`, `sim` its shared cloud's URL (`QM_SIM_URL`).
 ///
 /// # Errors
 /// A listed provider whose credentials or settings are missing, named.
@@ -55,9 +55,11 @@ pub async fn providers(
     let mut providers: BTreeMap<String, Arc<dyn CloudProvider>> = BTreeMap::new();
     for name in enabled {
         let provider: Arc<dyn CloudProvider> = match name.as_str() {
-            qm_providers::sim::NAME => {
-                Arc::new(qm_providers::sim::SimCloud::new(qm_providers::sim::SimConfig::default()))
-            }
+            // A cloud of its own, or (`QM_SIM_URL`) one shared with the other replicas.
+            qm_providers::sim::NAME => match environment.get("QM_SIM_URL").filter(|url| !url.trim().is_empty()) {
+                Some(url) => Arc::new(qm_providers::sim_remote::RemoteSim::new(&url).map_err(anyhow::Error::new)?),
+                None => Arc::new(qm_providers::sim::SimCloud::new(qm_providers::sim::SimConfig::default())),
+            },
             qm_providers::local::NAME => Arc::new(qm_providers::local::LocalProvider::new(local_state_dir, None)),
             qm_providers::scaleway::NAME => {
                 let config = qm_providers::scaleway::ScalewayConfig::from_environment(environment)

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use qm_domain::{InstanceId, InstanceState};
 use qm_providers::{CloudProvider, ProviderStatus};
 use qm_runtime::Shutdown;
+use qm_runtime::singleton::{Lease, Singleton};
 use qm_store::{Instance, InstanceAnnotation, Store};
 
 use crate::saga::{Saga, SagaError, Step};
@@ -291,31 +292,26 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Reconciles every `every` while this replica holds the `orchestrator.reconcile` lease; the
-    /// first pass comes [`FIRST_PASS_AFTER`] after start, so drift from while the control plane
-    /// was down (agents that died with it) is repaired at once.
+    /// Reconciles every `every` while this replica holds the `orchestrator.reconcile` lease
+    /// (renewed every few seconds, so a survivor takes over within 25 s of a holder's death);
+    /// the first pass comes [`FIRST_PASS_AFTER`] after start, so drift from while the control
+    /// plane was down (agents that died with it) is repaired at once.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
-        let holder = uuid::Uuid::new_v4().to_string();
-        let mut wait = FIRST_PASS_AFTER.min(self.every);
-        while !shutdown.is_triggered() {
-            tokio::select! {
-                () = shutdown.wait() => break,
-                () = tokio::time::sleep(wait) => {}
-            }
-            wait = self.every;
-            let leased = self.store.acquire_lease("orchestrator.reconcile", &holder, self.every * 3).await;
-            let outcome = match leased {
-                Ok(true) => self.reconcile(None).await,
-                Ok(false) => Ok(Report::default()),
-                Err(error) => Err(error.into()),
-            };
-            match outcome {
-                Ok(report) if report.repaired() + report.failures > 0 => {
-                    tracing::info!(?report, "reconciliation repaired drift")
+        let singleton = Singleton::new(self.store.clone(), "orchestrator.reconcile", Lease::default());
+        let first = FIRST_PASS_AFTER.min(self.every);
+        singleton
+            .run(self.every, first, shutdown, || {
+                let reconciler = Arc::clone(&self);
+                async move {
+                    match reconciler.reconcile(None).await {
+                        Ok(report) if report.repaired() + report.failures > 0 => {
+                            tracing::info!(?report, "reconciliation repaired drift")
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(%error, "reconciliation failed; trying again next time"),
+                    }
                 }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "reconciliation failed; trying again next time"),
-            }
-        }
+            })
+            .await;
     }
 }

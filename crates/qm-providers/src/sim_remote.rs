@@ -188,11 +188,11 @@ mod tests {
     #[tokio::test]
     async fn a_shared_cloud_over_http_behaves_as_the_cloud_itself() {
         let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::ZERO, ..SimConfig::default() }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
         let server = tokio::spawn(serve(cloud.clone(), listener));
-        let (one, two) = (RemoteSim::new(&base).unwrap(), RemoteSim::new(&base).unwrap());
-        let offer = one.offers().await.unwrap().into_iter().next().expect("an offer");
+        let (one, two) = (RemoteSim::new(&base).expect("client"), RemoteSim::new(&base).expect("client"));
+        let offer = one.offers().await.expect("offers").into_iter().next().expect("an offer");
         let request = CreateRequest {
             instance_id: qm_domain::InstanceId::new(),
             zone: offer.zone.clone(),
@@ -200,14 +200,14 @@ mod tests {
             user_data: String::new(),
             tags: std::collections::BTreeMap::new(),
         };
-        let created = one.create(&request).await.unwrap();
-        let listed = two.list().await.unwrap();
+        let created = one.create(&request).await.expect("create");
+        let listed = two.list().await.expect("list");
         assert!(listed.iter().any(|instance| instance.provider_id == created.provider_id));
         assert_eq!(cloud.stats().created, 1);
-        let missing = two.describe("sim-0000").await.unwrap_err();
+        let missing = two.describe("sim-0000").await.expect_err("refused");
         assert_eq!(missing.kind, ErrorKind::NotFound);
-        assert_eq!(two.describe("../etc").await.unwrap_err().kind, ErrorKind::Invalid);
-        two.terminate(&created.provider_id).await.unwrap();
+        assert_eq!(two.describe("../etc").await.expect_err("refused").kind, ErrorKind::Invalid);
+        two.terminate(&created.provider_id).await.expect("terminate");
         assert_eq!(cloud.stats().live, 0);
         server.abort();
     }

@@ -336,13 +336,16 @@ pub async fn a_pool_and_its_replicas_round_trip(store: Arc<dyn Store>) {
     let mut tx = store.begin().await.expect("begin");
     let policy = qm_domain::scaling::ScalingPolicy::default();
     let engine = qm_domain::engine::EngineSettings::default();
-    for (model, new_revision) in [("m", false), ("m2", true)] {
+    // The same placements, then moved (with a new model): bumped once, placements replaced.
+    let moved = vec![crate::testing::offer("sim", "sim-us-1", "sim.h100"), found.placements[0].clone()];
+    for (model, placements, new_revision) in [("m", None, false), ("m2", Some(moved.as_slice()), true)] {
         let change = crate::PoolChange {
             min_replicas: 1,
             max_replicas: 2,
             policy: &policy,
             model,
             engine: &engine,
+            placements,
             new_revision,
         };
         assert!(tx.update_pool(id, &change).await.expect("update"));
@@ -356,6 +359,7 @@ pub async fn a_pool_and_its_replicas_round_trip(store: Arc<dyn Store>) {
     assert!(found.ttft_at.is_some());
     assert_eq!((found.min_replicas, found.max_replicas, found.desired), (1, 2, 2));
     assert_eq!((found.model.as_str(), found.revision, found.engine.is_default()), ("m2", 2, true), "bumped once");
+    assert_eq!(found.placements, moved, "the placements replaced");
     assert!(found.requested_at.is_some());
 
     let mut tx = store.begin().await.expect("begin");

@@ -63,7 +63,10 @@ pub struct PoolChange<'a> {
     pub policy: &'a ScalingPolicy,
     pub model: &'a str,
     pub engine: &'a EngineSettings,
-    /// The model or the engine settings differ: the revision is bumped (a rolling update).
+    /// New placements (`None`: unchanged).
+    pub placements: Option<&'a [Offer]>,
+    /// The model, the engine settings or the placements differ: the revision is bumped (a
+    /// rolling update).
     pub new_revision: bool,
 }
 
@@ -214,7 +217,8 @@ macro_rules! impl_pools_sql {
                 async fn update_pool(&mut self, id: DeploymentId, change: &PoolChange<'_>) -> Result<bool, StoreError> {
                     let result = sqlx::query(
                         "UPDATE deployments SET min_replicas = $1, max_replicas = $2, policy = $3, model = $4, engine = $5, \
-                         revision = revision + $6 WHERE id = $7 AND managed AND deleted_at IS NULL",
+                         revision = revision + $6, placements = COALESCE($8, placements) \
+                         WHERE id = $7 AND managed AND deleted_at IS NULL",
                     )
                     .bind(change.min_replicas)
                     .bind(change.max_replicas)
@@ -223,6 +227,7 @@ macro_rules! impl_pools_sql {
                     .bind(sqlx::types::Json(change.engine))
                     .bind(i32::from(change.new_revision))
                     .bind(id.as_uuid())
+                    .bind(change.placements.map(sqlx::types::Json))
                     .execute(&mut *self.transaction)
                     .await?;
                     Ok(result.rows_affected() == 1)

@@ -306,6 +306,7 @@ async function deploy() {
   const count = el("input", { id: "count", name: "count", type: "number", min: 1, max: 100, value: 1 });
   // An exact placement: provider → zone → instance type, only what the catalog offers.
   const provider = el("select", { id: "provider", name: "provider" });
+  const region = el("select", { id: "region", name: "region" });
   const zone = el("select", { id: "zone", name: "zone" });
   const type = el("select", { id: "type", name: "type" });
   // Or constraints: the cheapest offer that meets them.
@@ -326,16 +327,21 @@ async function deploy() {
   const refreshTypes = () => fill(type, offers.filter((offer) => offer.provider === provider.value && offer.zone === zone.value)
     .map((offer) => [offer.instance_type, `${offer.instance_type} · ${offer.gpu_model ? `${offer.gpu_count}x ${offer.gpu_model}` : "no GPU"} · ${money(offer.reporting_hourly_price_micros)} ${offer.reporting_currency}/h`]));
   const refreshZones = () => {
-    fill(zone, unique(offers.filter((offer) => offer.provider === provider.value).map((offer) => offer.zone)).map((code) => [code, code]));
+    fill(zone, unique(offers.filter((offer) => offer.provider === provider.value && offer.region === region.value).map((offer) => offer.zone)).map((code) => [code, code]));
     refreshTypes();
   };
+  const refreshRegions = () => {
+    fill(region, unique(offers.filter((offer) => offer.provider === provider.value).map((offer) => offer.region)).map((code) => [code, code]));
+    refreshZones();
+  };
   fill(provider, unique(offers.map((offer) => offer.provider)).map((value) => [value, value]));
-  provider.addEventListener("change", refreshZones);
+  provider.addEventListener("change", refreshRegions);
+  region.addEventListener("change", refreshZones);
   zone.addEventListener("change", refreshTypes);
-  refreshZones();
+  refreshRegions();
   let placement = "exact";
   let kind = "instances";
-  const exact = el("div", { class: "group", id: "exact" }, el("label", { for: "provider" }, "Provider", provider), el("label", { for: "zone" }, "Zone", zone), el("label", { for: "type" }, "Instance type", type));
+  const exact = el("div", { class: "group", id: "exact" }, el("label", { for: "provider" }, "Provider", provider), el("label", { for: "region" }, "Region", region), el("label", { for: "zone" }, "Zone", zone), el("label", { for: "type" }, "Instance type", type));
   const constrained = el("div", { class: "group", id: "constrained", hidden: true },
     el("label", { for: "gpu" }, "GPU model", gpu), el("label", { for: "min-gpu-memory" }, "Memory of one GPU, at least (GB)", gpuMemory),
     el("label", { for: "max-price" }, `Hourly price, at most (${offers.length ? offers[0].reporting_currency : ""})`, maxPrice),

@@ -3,7 +3,7 @@
 //! one terminated, its billing stopped, a replacement ready); shrinking it to one during 50
 //! concurrent streams cuts none of them (the replica drains first); with `min_replicas: 0` it
 //! goes to zero when idle, and a chat completion through the router is held while a replica
-//! starts, then answered.
+//! starts, then answered; moved to other placements, a pool rolls its replicas there.
 
 mod support;
 
@@ -282,6 +282,62 @@ async fn a_ttft_over_its_objective_grows_the_pool() {
     let decision = &grown["status"]["decisions"][0];
     assert!(decision["reason"].as_str().is_some_and(|reason| reason.starts_with("ttft: p90")), "{grown}");
     assert!(decision["signals"]["ttft_p90_s"].as_f64().is_some_and(|p90| p90 > 0.05), "{decision}");
+    assert!(dev.terminate(Duration::from_secs(20)).success());
+    std::fs::remove_dir_all(&data_dir).expect("clean up");
+}
+
+/// A pool moved to other placements after creation (a zone and type elsewhere, then the
+/// cheapest offer meeting constraints): a rolling update puts every replica there, the old ones
+/// terminated; a placement the catalog does not offer is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_moved_to_other_placements_rolls_its_replicas_there() {
+    let data_dir = temporary_data_dir();
+    let (dev, session) = Session::start(&data_dir).await;
+    let body = json!({ "name": "moving", "model": "m", "provider": "sim", "zone": "sim-eu-1", "instance_type": "sim.cpu",
+        "min_replicas": 2, "max_replicas": 2 });
+    let (path, before) = ready_pool(&session, body, 2).await;
+    let old = replicas_in(&before, "ready");
+    let placed_on = |pool: &Value, zone: &str, instance_type: &str| {
+        let instances = pool["instances"].as_array().expect("instances");
+        let ready: Vec<&Value> = instances.iter().filter(|instance| instance["state"] == "ready").collect();
+        ready.len() == 2
+            && ready.iter().all(|instance| instance["zone"] == zone && instance["instance_type"] == instance_type)
+            && pool["status"]["outdated"] == 0
+    };
+
+    let (status, refused) = session
+        .exchange(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({ "provider": "sim", "zone": "nowhere", "instance_type": "sim.l4" })),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    // Moved with the CLI, as an operator would.
+    let id = path.trim_start_matches("/pools/");
+    let output = Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args(["pools", "update", id, "--provider", "sim", "--zone", "sim-us-1", "--type", "sim.l4", "-o", "json"])
+        .env("QM_API_URL", &session.api)
+        .env("QM_TOKEN", &session.token)
+        .env("QM_CONFIG_DIR", data_dir.join("cli"))
+        .output()
+        .expect("qm pools update");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let moved: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(moved["revision"], 2, "{moved}");
+    assert_eq!(moved["placements"][0]["zone"], "sim-us-1");
+    session.until(&path, |pool| placed_on(pool, "sim-us-1", "sim.l4"), Duration::from_secs(60)).await;
+    for replica in &old {
+        let path = format!("/instances/{replica}");
+        session.until(&path, |instance| instance["state"] == "terminated", Duration::from_secs(60)).await;
+    }
+
+    // Constraints: the cheapest H100 on sim, wherever the catalog offers it.
+    let constraints = json!({ "constraints": { "gpu_model": "H100", "providers": ["sim"] } });
+    let (status, moved) = session.exchange(reqwest::Method::PATCH, &path, Some(constraints)).await;
+    assert_eq!((status, &moved["revision"]), (200, &json!(3)), "{moved}");
+    let zone = moved["placements"][0]["zone"].as_str().expect("zone").to_owned();
+    session.until(&path, |pool| placed_on(pool, &zone, "sim.h100"), Duration::from_secs(60)).await;
     assert!(dev.terminate(Duration::from_secs(20)).success());
     std::fs::remove_dir_all(&data_dir).expect("clean up");
 }

@@ -100,6 +100,7 @@ async fn a_rolling_update_surges_one_and_drains_one_for_each_new_ready() {
         policy: &policy,
         model: "m",
         engine: &engine,
+        placements: None,
         new_revision: true,
     };
     let mut tx = world.store.begin().await.unwrap();

@@ -42,7 +42,7 @@ pub struct DeploymentRequest {
     pub constraints: Option<Constraints>,
 }
 
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlacementRequest {
     #[schema(schema_with = crate::openapi::provider_name)]

@@ -64,6 +64,22 @@ pub struct PoolUpdate {
     pub model: Option<String>,
     /// New engine settings: replicas are replaced one by one (a rolling update).
     pub engine: Option<EngineSettings>,
+    /// New placements, as at creation (an exact place with `zone` and `instance_type`, a
+    /// provider's cheapest offer, or `constraints`): replicas are replaced one by one onto them
+    /// (a rolling update).
+    #[schema(schema_with = crate::openapi::optional_provider_name)]
+    pub provider: Option<String>,
+    pub zone: Option<String>,
+    pub instance_type: Option<String>,
+    pub failover: Option<Vec<PlacementRequest>>,
+    pub constraints: Option<Constraints>,
+}
+
+impl PoolUpdate {
+    /// Whether it asks for new placements.
+    fn moves(&self) -> bool {
+        self.provider.is_some() || self.zone.is_some() || self.instance_type.is_some() || self.constraints.is_some()
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -215,13 +231,31 @@ pub async fn update(
     let model = update.model.as_deref().map(model_name).transpose()?.unwrap_or(pool.model.clone());
     let engine = update.engine.clone().unwrap_or(pool.engine.clone());
     check_engine(&engine)?;
-    let new_revision = model != pool.model || engine != pool.engine;
+    let placements = if update.moves() {
+        let placement = DeploymentRequest {
+            model: model.clone(),
+            count: i64::from(pool.desired.max(1)),
+            provider: update.provider.clone(),
+            zone: update.zone.clone(),
+            instance_type: update.instance_type.clone(),
+            failover: update.failover.clone().unwrap_or_default(),
+            constraints: update.constraints.clone(),
+        };
+        Some(placements(&state, &placement).await?)
+    } else if update.failover.is_some() {
+        return Err(Problem::invalid("failover", "goes with provider, zone and instance_type"));
+    } else {
+        None
+    };
+    let moved = placements.as_ref().is_some_and(|placements| *placements != pool.placements);
+    let new_revision = model != pool.model || engine != pool.engine || moved;
     let change = PoolChange {
         min_replicas: min,
         max_replicas: max,
         policy: &policy,
         model: &model,
         engine: &engine,
+        placements: placements.as_deref().filter(|_| moved),
         new_revision,
     };
     let mut tx = state.dependencies.store.begin().await?;

@@ -464,13 +464,20 @@ pub enum Pools {
         #[arg(long)]
         max: Option<u32>,
     },
-    /// A new model or engine arguments: a rolling update.
+    /// A new model, engine arguments or placement (--provider P [--zone Z --type T]): a
+    /// rolling update.
     Update {
         id: String,
         #[arg(long)]
         model: Option<String>,
         #[arg(long = "engine-arg", allow_hyphen_values = true)]
         engine_args: Option<Vec<String>>,
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long, requires = "provider")]
+        zone: Option<String>,
+        #[arg(long = "type", requires = "zone")]
+        instance_type: Option<String>,
     },
     /// Delete a pool (its replicas drain and terminate).
     Rm { id: String },
@@ -507,8 +514,9 @@ pub async fn pools(context: &Context, command: &Pools) -> Outcome {
             let body = json!({ "min_replicas": min, "max_replicas": max });
             api.send(Method::PATCH, &format!("/pools/{}", segment(id)?), &body).await?
         }
-        Pools::Update { id, model, engine_args } => {
-            let mut body = json!({ "model": model });
+        Pools::Update { id, model, engine_args, provider, zone, instance_type } => {
+            let mut body =
+                json!({ "model": model, "provider": provider, "zone": zone, "instance_type": instance_type });
             if let Some(args) = engine_args {
                 body["engine"] = json!({ "args": args });
             }

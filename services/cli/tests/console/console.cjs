@@ -74,6 +74,7 @@ async function logIn(page, user, password) {
     await page.click("a[href='#/deploy']");
     await page.waitForSelector("#provider");
     await page.selectOption("#provider", "local");
+    await page.selectOption("#region", "local");
     await page.selectOption("#zone", "local-1");
     await page.selectOption("#type", "local.cpu");
     await page.click("#estimate-button");

@@ -210,9 +210,12 @@ pub async fn get(
     Ok(Json(PoolView { pool, instances }))
 }
 
-/// Change a pool's bounds, scaling policy, model or engine settings; the controller applies them
-/// at its next tick. A new model or new engine settings start a rolling update: one replica of
-/// the new revision is added, and once it is ready one of the old is drained, until none is left.
+/// Change a pool's bounds, scaling policy, model, engine settings or placements; the controller
+/// applies them at its next tick. A new model, new engine settings or new placements start a
+/// rolling update: one replica of the new revision is added, and once it is ready one of the old
+/// is drained, until none is left. A new placement is `provider` with `zone` and
+/// `instance_type` (and an optional `failover`), a provider alone, or `constraints`, naming an
+/// active offer of the catalog (422 otherwise, as for deployments).
 #[utoipa::path(patch, path = "/pools/{id}", tag = "pools", params(("id" = DeploymentId, Path)), request_body = PoolUpdate,
     responses((status = 200, description = "The pool as changed", body = Pool)))]
 pub async fn update(

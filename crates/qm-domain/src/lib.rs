@@ -20,6 +20,7 @@ pub mod lifecycle;
 pub mod money;
 pub mod offer;
 pub mod scaling;
+pub mod ttft;
 
 pub use identity::{Email, ModelId, Role, Username};
 pub use ids::{

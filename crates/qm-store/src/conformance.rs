@@ -352,11 +352,22 @@ pub async fn a_pool_and_its_replicas_round_trip(store: Arc<dyn Store>) {
     }
     tx.set_pool_status(id, 2, &json!({ "ready": 1 })).await.expect("status");
     tx.note_pool_requests(&[id], crate::now()).await.expect("requests");
-    tx.note_pool_ttft(&[(id, 412.5)], crate::now()).await.expect("ttft");
+    // Two routers' windows: one saw slow answers, the other (writing last) fast ones.
+    let (mut slow, mut fast) = ([0; qm_domain::ttft::BUCKETS], [0; qm_domain::ttft::BUCKETS]);
+    slow[qm_domain::ttft::bucket_of(std::time::Duration::from_secs(3))] = 50;
+    fast[qm_domain::ttft::bucket_of(std::time::Duration::from_millis(10))] = 50;
+    tx.note_pool_ttft("router-a", &[(id, slow)], crate::now()).await.expect("ttft");
+    tx.note_pool_ttft("router-b", &[(id, fast)], crate::now()).await.expect("ttft");
+    tx.note_pool_ttft("router-b", &[(id, fast)], crate::now()).await.expect("ttft, rewritten");
     tx.commit().await.expect("commit");
     let found = store.pool(id).await.expect("read").expect("the pool");
-    assert_eq!(found.ttft_p90_ms, Some(412.5));
+    assert_eq!(found.ttft_p90_ms, qm_domain::ttft::p90_ms(&fast), "the pool shows the last window written");
     assert!(found.ttft_at.is_some());
+    let merged = store.pool_ttft_counts(crate::now() - chrono::Duration::minutes(1)).await.expect("counts");
+    let p90 = qm_domain::ttft::p90_ms(&merged[&id]).expect("merged");
+    assert!(p90 >= 3_000.0, "the merged p90 counts both routers' answers: {p90}");
+    assert_eq!(merged[&id].iter().sum::<u32>(), 100, "each router's window once");
+    assert!(store.pool_ttft_counts(crate::now() + chrono::Duration::minutes(1)).await.expect("counts").is_empty());
     assert_eq!((found.min_replicas, found.max_replicas, found.desired), (1, 2, 2));
     assert_eq!((found.model.as_str(), found.revision, found.engine.is_default()), ("m2", 2, true), "bumped once");
     assert_eq!(found.placements, moved, "the placements replaced");

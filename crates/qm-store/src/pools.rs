@@ -85,6 +85,12 @@ pub trait PoolStore {
     async fn pools_to_control(&self, deleted_since: DateTime<Utc>) -> Result<Vec<Pool>, StoreError>;
     /// The live pool of `organization` serving `model`, newest first.
     async fn pool_for_model(&self, organization: OrganizationId, model: &str) -> Result<Option<Pool>, StoreError>;
+    /// Every router's time-to-first-token counts per pool written since `since`, summed per
+    /// pool (`qm_domain::ttft` buckets).
+    async fn pool_ttft_counts(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<std::collections::HashMap<DeploymentId, qm_domain::ttft::Counts>, StoreError>;
 }
 
 #[async_trait]
@@ -99,8 +105,14 @@ pub trait PoolTx {
     async fn delete_pool(&mut self, id: DeploymentId) -> Result<bool, StoreError>;
     /// Records that routers had requests for these pools at `at`.
     async fn note_pool_requests(&mut self, ids: &[DeploymentId], at: DateTime<Utc>) -> Result<(), StoreError>;
-    /// Records a router's p90 time to first token (ms) per pool at `at`.
-    async fn note_pool_ttft(&mut self, ttft: &[(DeploymentId, f64)], at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Records `router`'s window of time-to-first-token counts per pool at `at` (and, for the
+    /// pool's view, that window's p90 in `ttft_p90_ms`).
+    async fn note_pool_ttft(
+        &mut self,
+        router: &str,
+        windows: &[(DeploymentId, qm_domain::ttft::Counts)],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 }
 
 macro_rules! impl_pools_sql {
@@ -192,6 +204,24 @@ macro_rules! impl_pools_sql {
                         sqlx::query(&sql).bind(organization.as_uuid()).bind(model).fetch_optional(self.reader()).await?;
                     row.as_ref().map(pool_from_row).transpose()
                 }
+
+                async fn pool_ttft_counts(
+                    &self,
+                    since: DateTime<Utc>,
+                ) -> Result<std::collections::HashMap<DeploymentId, qm_domain::ttft::Counts>, StoreError> {
+                    let rows = sqlx::query("SELECT pool_id, counts FROM pool_ttft WHERE written_at >= $1")
+                        .bind(since)
+                        .fetch_all(self.reader())
+                        .await?;
+                    let mut merged = std::collections::HashMap::new();
+                    for row in &rows {
+                        let id: uuid::Uuid = row.try_get("pool_id")?;
+                        let counts: sqlx::types::Json<Vec<u32>> = row.try_get("counts")?;
+                        let total = merged.entry(DeploymentId::from_uuid(id)).or_insert([0; qm_domain::ttft::BUCKETS]);
+                        qm_domain::ttft::add(total, &counts.0);
+                    }
+                    Ok(merged)
+                }
             }
 
             #[async_trait]
@@ -259,15 +289,37 @@ macro_rules! impl_pools_sql {
                     Ok(result.rows_affected() == 1)
                 }
 
-                async fn note_pool_ttft(&mut self, ttft: &[(DeploymentId, f64)], at: DateTime<Utc>) -> Result<(), StoreError> {
-                    for (id, p90_ms) in ttft {
-                        sqlx::query("UPDATE deployments SET ttft_p90_ms = $1, ttft_at = $2 WHERE id = $3 AND managed")
-                            .bind(p90_ms)
-                            .bind(at)
-                            .bind(id.as_uuid())
-                            .execute(&mut *self.transaction)
-                            .await?;
+                async fn note_pool_ttft(
+                    &mut self,
+                    router: &str,
+                    windows: &[(DeploymentId, qm_domain::ttft::Counts)],
+                    at: DateTime<Utc>,
+                ) -> Result<(), StoreError> {
+                    for (id, counts) in windows {
+                        if let Some(p90_ms) = qm_domain::ttft::p90_ms(counts) {
+                            sqlx::query("UPDATE deployments SET ttft_p90_ms = $1, ttft_at = $2 WHERE id = $3 AND managed")
+                                .bind(p90_ms)
+                                .bind(at)
+                                .bind(id.as_uuid())
+                                .execute(&mut *self.transaction)
+                                .await?;
+                        }
+                        sqlx::query(
+                            "INSERT INTO pool_ttft (pool_id, router, counts, written_at) VALUES ($1, $2, $3, $4) \
+                             ON CONFLICT (pool_id, router) DO UPDATE SET counts = excluded.counts, written_at = excluded.written_at",
+                        )
+                        .bind(id.as_uuid())
+                        .bind(router)
+                        .bind(sqlx::types::Json(counts.as_slice()))
+                        .bind(at)
+                        .execute(&mut *self.transaction)
+                        .await?;
                     }
+                    // Windows of routers long gone are of no use to anyone.
+                    sqlx::query("DELETE FROM pool_ttft WHERE written_at < $1")
+                        .bind(at - chrono::Duration::hours(1))
+                        .execute(&mut *self.transaction)
+                        .await?;
                     Ok(())
                 }
 

@@ -189,6 +189,8 @@ impl PoolController {
         }
         let now = qm_store::now();
         let pools = self.store.pools_to_control(now - DELETED_FOR).await?;
+        // Every router's recent answers, summed per pool: the TTFT p90 is the pool's.
+        let ttft = self.store.pool_ttft_counts(now - TTFT_FRESH).await?;
         let live: std::collections::HashSet<DeploymentId> = pools.iter().map(|pool| pool.id).collect();
         self.scalers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|id, _| live.contains(id));
         let mut changed = 0;
@@ -197,7 +199,8 @@ impl PoolController {
                 tracing::warn!("the pool controller lost its lease during a tick; another controller goes on");
                 break;
             }
-            match self.control(pool).await {
+            let ttft_p90_s = ttft.get(&pool.id).and_then(qm_domain::ttft::p90_ms).map(|ms| ms / 1000.0);
+            match self.control(pool, ttft_p90_s).await {
                 Ok(true) => changed += 1,
                 Ok(false) => {}
                 Err(error) => tracing::warn!(pool = %pool.id, %error, "pool not controlled this tick"),
@@ -206,8 +209,9 @@ impl PoolController {
         Ok(changed)
     }
 
-    /// One tick of one pool; `true` when something was done.
-    async fn control(&self, pool: &Pool) -> Result<bool, SagaError> {
+    /// One tick of one pool, with the routers' p90 time to first token over their last
+    /// windows; `true` when something was done.
+    async fn control(&self, pool: &Pool, ttft_p90_s: Option<f64>) -> Result<bool, SagaError> {
         let started = Instant::now();
         let now = qm_store::now();
         let instances = self.store.deployment_instances(pool.id, now - FAILURES_REMEMBERED, MAX_REPLICAS_READ).await?;
@@ -246,10 +250,7 @@ impl PoolController {
                     (seconds(now) - seconds(pool.requested_at.unwrap_or(pool.created_at).max(pool.created_at)))
                         .max(0.0),
                 ),
-                ttft_p90_s: pool
-                    .ttft_p90_ms
-                    .filter(|_| pool.ttft_at.is_some_and(|at| now - at < TTFT_FRESH))
-                    .map(|ms| ms / 1000.0),
+                ttft_p90_s,
                 kv_cache: mean(ready_workers.iter().filter_map(|worker| worker.kv_cache_usage)),
                 gpu_utilization: mean(ready_workers.iter().filter_map(|worker| gpu_utilization(worker))),
             };

@@ -9,7 +9,8 @@
 //!
 //! Each worker of a pool also counts its times to first token in a histogram of atomic buckets
 //! ([`TtftHistogram`], one relaxed add per answer); each flush collects them per pool into a
-//! window of [`TTFT_WINDOW`] and writes the window's p90 (the autoscaler's TTFT signal).
+//! window of [`TTFT_WINDOW`] and writes the window's counts under this router's id: the pool
+//! controller sums every router's (the autoscaler's TTFT signal is the p90 of all answers).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -34,36 +35,13 @@ const MAX_LOOKUPS: usize = 10_000;
 
 /// The p90 written for a pool covers this much of the past.
 pub const TTFT_WINDOW: Duration = Duration::from_secs(30);
-/// Fewer answers than this in the window say nothing about a pool's latency.
-const TTFT_MIN_SAMPLES: u32 = 5;
-/// Buckets of [`TtftHistogram`]: bucket `i` holds times up to `5 ms × 1.35^i` (the last, from
-/// about 40 s, holds everything longer).
-const TTFT_BUCKETS: usize = 32;
-const TTFT_FIRST_MS: f64 = 5.0;
-const TTFT_GROWTH: f64 = 1.35;
+use qm_domain::ttft::{BUCKETS as TTFT_BUCKETS, Counts, bucket_of};
 
 /// Times to first token, counted in buckets growing by 35 %: recording is one relaxed atomic
 /// add; collecting swaps every bucket to zero.
 #[derive(Debug, Default)]
 pub struct TtftHistogram {
     buckets: [AtomicU32; TTFT_BUCKETS],
-}
-
-type Counts = [u32; TTFT_BUCKETS];
-
-fn bucket_of(elapsed: Duration) -> usize {
-    let ms = elapsed.as_secs_f64() * 1000.0;
-    if ms <= TTFT_FIRST_MS {
-        return 0;
-    }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let index = ((ms / TTFT_FIRST_MS).ln() / TTFT_GROWTH.ln()).ceil() as usize;
-    index.min(TTFT_BUCKETS - 1)
-}
-
-/// The upper bound of bucket `index`, in ms.
-fn bucket_ms(index: usize) -> f64 {
-    TTFT_FIRST_MS * TTFT_GROWTH.powi(i32::try_from(index).unwrap_or(i32::MAX))
 }
 
 impl TtftHistogram {
@@ -79,23 +57,6 @@ impl TtftHistogram {
     }
 }
 
-/// The p90 of `counts` in ms (the upper bound of the bucket it falls in); `None` with too few.
-fn p90_ms(counts: &Counts) -> Option<f64> {
-    let total: u32 = counts.iter().sum();
-    if total < TTFT_MIN_SAMPLES {
-        return None;
-    }
-    let rank = total - total / 10;
-    let mut seen = 0;
-    counts
-        .iter()
-        .position(|count| {
-            seen += count;
-            seen >= rank
-        })
-        .map(bucket_ms)
-}
-
 /// Each pool's collected counts per flush, over [`TTFT_WINDOW`].
 #[derive(Default)]
 struct TtftWindows {
@@ -103,8 +64,9 @@ struct TtftWindows {
 }
 
 impl TtftWindows {
-    /// Collects every pool worker's counts, and returns each pool's p90 over the window.
-    fn collect(&mut self, fleet: &Fleet, now: Instant) -> Vec<(DeploymentId, f64)> {
+    /// Collects every pool worker's counts, and returns each pool's counts over the window
+    /// (the controller merges them with the other routers').
+    fn collect(&mut self, fleet: &Fleet, now: Instant) -> Vec<(DeploymentId, Counts)> {
         let mut fresh: HashMap<DeploymentId, Counts> = HashMap::new();
         for worker in fleet.snapshot().iter() {
             if let Some(pool) = worker.pool {
@@ -114,21 +76,21 @@ impl TtftWindows {
         for (pool, counts) in fresh {
             self.pools.entry(pool).or_default().push_back((now, counts));
         }
-        let mut p90s = Vec::new();
+        let mut sums = Vec::new();
         self.pools.retain(|pool, window| {
             while window.front().is_some_and(|(at, _)| now.duration_since(*at) > TTFT_WINDOW) {
                 window.pop_front();
             }
             let mut sum: Counts = [0; TTFT_BUCKETS];
             for (_, counts) in window.iter() {
-                for (total, count) in sum.iter_mut().zip(counts) {
-                    *total = total.saturating_add(*count);
-                }
+                qm_domain::ttft::add(&mut sum, counts);
             }
-            p90s.extend(p90_ms(&sum).map(|p90| (*pool, p90)));
+            if sum.iter().any(|count| *count > 0) {
+                sums.push((*pool, sum));
+            }
             !window.is_empty()
         });
-        p90s
+        sums
     }
 }
 
@@ -143,6 +105,8 @@ pub struct PoolActivity {
     lookups: Mutex<Lookups>,
     pub held: Semaphore,
     ttft: Mutex<TtftWindows>,
+    /// This router, in the store's per-router TTFT windows.
+    id: String,
 }
 
 impl PoolActivity {
@@ -154,6 +118,7 @@ impl PoolActivity {
             lookups: Mutex::default(),
             held: Semaphore::new(MAX_HELD),
             ttft: Mutex::default(),
+            id: uuid::Uuid::new_v4().to_string(),
         }
     }
 
@@ -214,7 +179,7 @@ impl PoolActivity {
                 let mut tx = self.store.begin().await?;
                 let now = qm_store::now();
                 tx.note_pool_requests(&marked, now).await?;
-                tx.note_pool_ttft(&ttft, now).await?;
+                tx.note_pool_ttft(&self.id, &ttft, now).await?;
                 tx.commit().await
             };
             if let Err(error) = written.await {
@@ -227,6 +192,8 @@ impl PoolActivity {
 
 #[cfg(test)]
 mod tests {
+    use qm_domain::ttft::p90_ms;
+
     use super::*;
 
     #[test]
@@ -241,7 +208,7 @@ mod tests {
         let mut counts = [0; TTFT_BUCKETS];
         histogram.collect(&mut counts);
         let p90 = p90_ms(&counts).expect("enough samples");
-        assert!((40.0..40.0 * TTFT_GROWTH).contains(&p90), "{p90}");
+        assert!((40.0..40.0 * 1.35).contains(&p90), "{p90}");
         histogram.record(Duration::from_secs(2));
         let mut again = [0; TTFT_BUCKETS];
         histogram.collect(&mut again);

@@ -7,7 +7,9 @@
 //! and a **panic window** (6 s): the stable average sets the size; when the panic average asks
 //! for at least twice the ready replicas, the pool scales up at once and does not scale down
 //! until the panic has lasted out a stable window. Scale-up is immediate (after its cooldown,
-//! at most `max_step_up` at a time); scale-down waits until every recommendation of the last
+//! at most `max_step_up` at a time), except while replicas asked for are still starting: then
+//! the load must ask for twice the size already asked for (the backlog that grows during a cold
+//! start is what the starting replicas will take); scale-down waits until every recommendation of the last
 //! `scale_down_delay_s` was lower (stabilisation), one step of at most `max_step_down`. A pool
 //! with `min_replicas: 0` goes to zero after `idle_to_zero_s` without any request, and comes
 //! back to one when a request arrives for it (the router holds it meanwhile).
@@ -311,6 +313,13 @@ impl Autoscaler {
             if cooling && current > 0 {
                 return None;
             }
+            // While replicas asked for are still starting, the backlog they will take grows on
+            // the ready ones: only a load that would need twice the size already asked for
+            // adds more (else every tick of a cold start adds one).
+            let starting = signals.ready < current;
+            if starting && reason == "load" && f64::from(wanted) < PANIC_FACTOR * f64::from(current) {
+                return None;
+            }
             self.last_up_s = Some(now_s);
             if panicking && panic > stable && current > 0 && reason == "load" {
                 reason = "panic: the short window's load".to_owned();
@@ -377,6 +386,23 @@ mod tests {
             }
         }
         decisions
+    }
+
+    #[test]
+    fn a_backlog_growing_during_a_cold_start_adds_replicas_only_when_it_doubles_the_ask() {
+        let policy = ScalingPolicy { stable_window_s: 6, ..policy() };
+        let mut scaler = Autoscaler::default();
+        // Asked for 3, one ready: the two starting ones will take the backlog.
+        let mut decide = |now: f64, load: f64| {
+            let signals = Signals { load, ready: 1, desired: 3, idle_s: Some(0.0), ..Signals::default() };
+            scaler.decide(&policy, 0, 20, now, signals)
+        };
+        for second in 0..6 {
+            assert_eq!(decide(f64::from(second), 16.0), None, "4 replicas' worth while 3 are asked for");
+        }
+        // The backlog keeps growing: once it asks for twice the 3 asked for, the pool grows.
+        let grown = (6..16).find_map(|second| decide(f64::from(second), 40.0)).expect("grown");
+        assert!(grown.to >= 6, "only by doubling what was asked for: {grown:?}");
     }
 
     #[test]

@@ -184,7 +184,8 @@ mod tests {
     use crate::sim::SimConfig;
 
     /// The remote cloud is the same cloud: what one client creates another lists, errors keep
-    /// their kind, and the conformance suite passes through HTTP.
+    /// their kind, a path-like id is refused before any call (the conformance suite runs
+    /// through HTTP in `tests/conformance.rs`).
     #[tokio::test]
     async fn a_shared_cloud_over_http_behaves_as_the_cloud_itself() {
         let cloud = Arc::new(SimCloud::new(SimConfig { boot_delay: Duration::ZERO, ..SimConfig::default() }));

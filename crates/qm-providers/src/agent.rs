@@ -442,15 +442,41 @@ pub struct AgentInfo {
     pub gpus: Vec<GpuInfo>,
 }
 
-/// Runs the simulated agent of a `sim` instance until `gone` is set.
-pub async fn run(config: BootConfig, boot_delay: Duration, gone: Arc<AtomicBool>) {
+/// A simulated engine's GPUs, as NVML would report them once the engine has loaded its model
+/// and waits for requests: vLLM's default share of each GPU's memory (0.9) taken, idle.
+struct SimulatedGpus(Vec<GpuInfo>);
+
+#[async_trait::async_trait]
+impl StatusSource for SimulatedGpus {
+    async fn status(&self) -> AgentStatus {
+        let gpus = self
+            .0
+            .iter()
+            .map(|gpu| GpuMetrics {
+                index: gpu.index,
+                utilization_percent: 0.0,
+                memory_used_mb: gpu.memory_total_mb * 9 / 10,
+                memory_total_mb: gpu.memory_total_mb,
+                temperature_c: Some(34.0),
+                power_w: Some(62.5),
+            })
+            .collect();
+        AgentStatus { gpus, ..AgentStatus::ready() }
+    }
+}
+
+/// Runs the simulated agent of a `sim` instance until `gone` is set: it registers `gpus` (the
+/// instance type's, empty for a CPU type) and reports them in each heartbeat.
+pub async fn run(config: BootConfig, boot_delay: Duration, gpus: Vec<GpuInfo>, gone: Arc<AtomicBool>) {
     tokio::time::sleep(boot_delay).await;
     let info = AgentInfo {
         engine_url: "http://sim-engine.invalid:8000".into(),
         agent_version: concat!("sim-", env!("CARGO_PKG_VERSION")).into(),
-        gpus: Vec::new(),
+        gpus: gpus.clone(),
     };
-    speak(config, info, Arc::new(AlwaysReady), gone).await;
+    let source: Arc<dyn StatusSource> =
+        if gpus.is_empty() { Arc::new(AlwaysReady) } else { Arc::new(SimulatedGpus(gpus)) };
+    speak(config, info, source, gone).await;
 }
 
 /// The protocol, until `gone` is set: register (retrying while the api is unreachable), then

@@ -154,6 +154,22 @@ impl SimCloud {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The GPUs an instance of `instance_type` has, as its simulated agent reports them.
+    fn gpus_of(&self, instance_type: &str) -> Vec<qm_events::worker::GpuInfo> {
+        let Some(offer) = self.config.offers.iter().find(|offer| offer.instance_type == instance_type) else {
+            return Vec::new();
+        };
+        let Some(model) = &offer.gpu_model else { return Vec::new() };
+        let memory_total_mb = u64::try_from(offer.gpu_memory_gb).unwrap_or(0) * 1024;
+        (0..u32::try_from(offer.gpu_count).unwrap_or(0))
+            .map(|index| qm_events::worker::GpuInfo {
+                index,
+                name: format!("NVIDIA {model} (simulated)"),
+                memory_total_mb,
+            })
+            .collect()
+    }
+
     fn error(kind: ErrorKind, message: impl Into<String>) -> ProviderError {
         ProviderError::new(NAME, kind, message)
     }
@@ -347,7 +363,8 @@ impl CloudProvider for SimCloud {
             instance.started_at = Some(Instant::now());
             // A real instance runs an agent that registers once booted; so does a simulated one.
             if let Some(config) = crate::agent::BootConfig::parse(&instance.user_data) {
-                tokio::spawn(crate::agent::run(config, self.config.boot_delay, instance.gone.clone()));
+                let gpus = self.gpus_of(&instance.record.instance_type);
+                tokio::spawn(crate::agent::run(config, self.config.boot_delay, gpus, instance.gone.clone()));
             }
         }
         self.observe(&mut state, provider_id).ok_or_else(|| Self::error(ErrorKind::NotFound, "instance lost"))

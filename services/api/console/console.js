@@ -76,10 +76,30 @@ function here() {
   return show;
 }
 
+// Where focus was, as a selector that finds the same control after a redraw: its id, or its
+// first data- attribute (a sort button, a row's button).
+function focusKey(element, main) {
+  if (!element || element === main || !main.contains(element)) return null;
+  if (element.id) return `#${CSS.escape(element.id)}`;
+  const data = [...element.attributes].find((attribute) => attribute.name.startsWith("data-"));
+  return data ? `${element.tagName.toLowerCase()}[${data.name}="${CSS.escape(data.value)}"]` : null;
+}
+
+// The address the main area was last drawn for.
+let drawnFor = null;
+
+// Draws a view. A new view takes the focus (a screen reader starts at its heading); a view
+// redrawn in place (a live update, a filter or sort changed) gives it back to the control that
+// had it, so that a keyboard user keeps their place.
 function page(title, ...content) {
   const main = document.getElementById("main");
+  const redraw = drawnFor === location.hash;
+  const key = redraw ? focusKey(document.activeElement, main) : null;
   main.replaceChildren(el("h1", {}, title), ...content);
-  main.focus();
+  drawnFor = location.hash;
+  const again = key && main.querySelector(key);
+  if (again) again.focus();
+  else if (!redraw) main.focus();
 }
 
 function table(headers, rows) {
@@ -238,11 +258,12 @@ async function instance(id) {
     api("GET", `/action_logs/search?instance_id=${encodeURIComponent(id)}&limit=20`),
   ]);
   const gpus = (worker && worker.gpu_metrics) || [];
+  const gpuName = (index) => ((worker && worker.gpus) || []).find((gpu) => gpu.index === index)?.name || "";
   const workerView = worker
     ? el("section", { id: "worker" }, el("h2", {}, "Worker"),
       el("p", {}, `${worker.in_flight ?? "-"} in flight, ${worker.queue_depth ?? "-"} queued, last heartbeat ${ago(worker.last_heartbeat_at)}`),
       gpus.length ? table(["GPU", "utilisation", "memory used", "temperature"], gpus.map((gpu) => el("tr", { "data-gpu": gpu.index },
-        el("td", {}, `#${gpu.index} ${gpu.name || ""}`), el("td", {}, `${gpu.utilization_percent ?? "-"}%`), el("td", {}, `${gpu.memory_used_mb ?? "-"} / ${gpu.memory_total_mb ?? "-"} MB`), el("td", {}, gpu.temperature_c === undefined || gpu.temperature_c === null ? "-" : `${gpu.temperature_c} °C`))))
+        el("td", {}, `#${gpu.index} ${gpuName(gpu.index)}`), el("td", {}, `${gpu.utilization_percent ?? "-"}%`), el("td", {}, `${gpu.memory_used_mb ?? "-"} / ${gpu.memory_total_mb ?? "-"} MB`), el("td", {}, gpu.temperature_c === undefined || gpu.temperature_c === null ? "-" : `${gpu.temperature_c} °C`))))
         : el("p", { class: "muted" }, "No GPU metrics (a CPU instance, or none reported)."))
     : el("section", { id: "worker" }, el("h2", {}, "Worker"), el("p", { class: "muted" }, "No worker has registered."));
   const logView = el("section", { id: "instance-logs" }, el("h2", {}, "Action logs"),
@@ -484,7 +505,7 @@ async function finops(period) {
     api("GET", `/finops/cost/per_token?from=${encodeURIComponent(month)}`),
   ]);
   const last = series.points.length ? series.points[series.points.length - 1].cumulative_micros : 0;
-  const breakdown = (title, entries) => el("section", {}, el("h2", {}, title),
+  const breakdown = (title, entries, by) => el("section", { "data-breakdown": by }, el("h2", {}, title),
     entries.length ? table(["key", `cost, ${summary.currency}`], entries.map((entry) => el("tr", {}, el("td", {}, entry.key), el("td", {}, money(entry.cost_micros))))) : el("p", { class: "muted" }, "Nothing yet."));
   const periods = el("div", { class: "periods", role: "group", "aria-label": "Period" },
     Object.keys(PERIODS).map((name) => el("a", { href: `#/finops/${name}`, "aria-current": name === (period || "day") ? "page" : null }, `last ${name}`)));
@@ -496,9 +517,10 @@ async function finops(period) {
       el("div", { class: "card" }, el("div", { class: "value" }, money(forecast.burn_rate_micros_per_hour)), el("div", { class: "label" }, `burn rate, ${forecast.currency}/h`))),
     el("h2", {}, `Cost per ${step}`), chart(series.points),
     el("h2", {}, "Cumulative cost over the period"), chart(series.points, (point) => point.cumulative_micros, "cumulative cost"),
-    breakdown("By provider", summary.by_provider), breakdown("By model", summary.by_model),
-    breakdown("By instance type", summary.by_instance_type), breakdown("By region", summary.by_region), breakdown("By zone", summary.by_zone),
-    me.is_platform_admin ? breakdown("By organization", summary.by_organization) : null,
+    breakdown("By provider", summary.by_provider, "provider"), breakdown("By model", summary.by_model, "model"),
+    breakdown("By instance type", summary.by_instance_type, "instance_type"), breakdown("By region", summary.by_region, "region"),
+    breakdown("By zone", summary.by_zone, "zone"),
+    me.is_platform_admin ? breakdown("By organization", summary.by_organization, "organization") : null,
     await budgetEditor(),
     el("h2", {}, "Tokens and cost per million tokens"),
     tokens.by_model.length ? table(["model", "tokens", `cost, ${tokens.currency}`, "per million tokens"], tokens.by_model.map((entry) => el("tr", {}, el("td", {}, entry.key), el("td", {}, entry.tokens), el("td", {}, money(entry.cost_micros)), el("td", {}, money(entry.cost_per_million_tokens_micros))))) : el("p", { class: "muted" }, "No tokens yet."));

@@ -79,6 +79,25 @@ fn follow(config: &std::path::Path, args: &[&str]) -> (std::process::Child, std:
     (child, seen)
 }
 
+/// Runs `qm` on a real terminal (a pseudo-terminal that util-linux's `script` opens), with
+/// `NO_COLOR` set or not: what the terminal showed.
+fn on_terminal(config: &std::path::Path, args: &[&str], no_colour: bool) -> String {
+    let line = std::iter::once(env!("CARGO_BIN_EXE_qm"))
+        .chain(args.iter().copied())
+        .map(|word| format!("'{word}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut command = Command::new("script");
+    command.args(["--quiet", "--return", "--command", &line, "/dev/null"]);
+    command.env("QM_CONFIG_DIR", config).env_remove("QM_TOKEN").env_remove("QM_API_URL").env_remove("NO_COLOR");
+    if no_colour {
+        command.env("NO_COLOR", "1");
+    }
+    let output = command.stdin(Stdio::null()).output().expect("util-linux `script` runs qm on a pseudo-terminal");
+    assert!(output.status.success(), "qm {args:?} on a terminal: {}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 fn ok(config: &std::path::Path, args: &[&str]) -> Run {
     let run = qm(config, args, "");
     assert_eq!(run.code, 0, "qm {args:?}: {}{}", run.stdout, run.stderr);
@@ -174,6 +193,18 @@ async fn an_operator_deploys_watches_pays_and_tears_down_with_qm() {
     assert!(cost["summary"]["total_micros"].as_i64().is_some_and(|total| total > 0), "{cost}");
     let cost = ok(&config, &["cost", "--by", "model", "--forecast"]);
     assert!(cost.stdout.contains("this month:") && cost.stdout.contains("burn rate:"), "{}", cost.stdout);
+    // The last 24 h per hour: only the hour now running (and the one before, if the test
+    // crossed the hour) cost anything, so the tallest block is at the end and the rest lowest.
+    let day = cost.stdout.lines().find(|line| line.starts_with("last 24 h:")).expect("a last-24-h line");
+    let blocks: Vec<char> = day.chars().filter(|c| ('\u{2581}'..='\u{2588}').contains(c)).collect();
+    assert!(blocks.len() >= 24 && blocks[blocks.len() - 2..].contains(&'█'), "{day}");
+    assert!(blocks[..blocks.len() - 2].iter().all(|block| *block == '▁'), "{day}");
+
+    // On a terminal the states are coloured, unless NO_COLOR is set.
+    let coloured = on_terminal(&config, &["ps"], false);
+    assert!(coloured.contains("\u{1b}[32mready\u{1b}[0m"), "a ready state in green: {coloured:?}");
+    let plain = on_terminal(&config, &["ps"], true);
+    assert!(plain.contains("ready") && !plain.contains('\u{1b}'), "NO_COLOR: {plain:?}");
 
     // Down, waiting until terminated.
     let down = ok(&config, &["down", &id, "--wait", "--timeout", "60"]);
@@ -324,6 +355,17 @@ async fn an_admin_manages_people_and_scripts_log_in_with_keys_and_overrides() {
         }
     }
     assert_eq!(ready, ids.iter().cloned().collect());
+    // An L4 instance's page shows its GPU as the agent's heartbeats report it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = ok(&admin, &["instance", &ids[0]]);
+        let gpus = shown.stdout.lines().find(|line| line.starts_with("gpus")).unwrap_or_default().to_owned();
+        if gpus.contains("#0 NVIDIA L4 (simulated) 0% util, 22118/24576 MB") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no GPU metrics: {}", shown.stdout);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let down = ok(&admin, &["down", "--deployment", &deployment, "--wait", "--timeout", "60"]);
     assert!(down.stdout.contains("2 instance(s) terminated"), "{}", down.stdout);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

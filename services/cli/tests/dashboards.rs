@@ -1,17 +1,20 @@
-//! The fleet and FinOps dashboards against a real Prometheus: `qm dev` does real work (a budget
-//! small enough to be crossed, a `local` instance deployed, billed and terminated), Prometheus
-//! (Debian's) scrapes its four services every second, and every panel query of both dashboards
-//! must return data. A panel whose query returns nothing would show an empty chart forever.
+//! The dashboards against a real Prometheus: `qm dev` does real work (a budget small enough to be
+//! crossed, two `local` instances deployed and billed, the agent of one killed and its instance
+//! repaired by reconciliation, both terminated), Prometheus (Debian's) scrapes its four services
+//! every second, and every panel query of the fleet, provisioning and reconciliation, bus and
+//! FinOps dashboards must return data; the repair shows on its panel. A panel whose query returns
+//! nothing would show an empty chart forever. (The router's dashboard is evaluated the same way
+//! by the router test, which sends it traffic.)
 
 mod support;
 
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Dev, Session, temporary_data_dir};
+use support::{Dev, Session, local_pid, temporary_data_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_panel_of_the_fleet_and_finops_dashboards_has_data_from_a_stack_that_worked() {
+async fn every_panel_of_every_dashboard_has_data_from_a_stack_that_worked() {
     let data_dir = temporary_data_dir();
     let (dev, urls, _) = Dev::start_with(&data_dir, &[], &[("QM_ADMIN_PASSWORD", "dashboards-password")]);
     let session = Session::login(&urls["api"], "dashboards-password").await;
@@ -33,12 +36,10 @@ async fn every_panel_of_the_fleet_and_finops_dashboards_has_data_from_a_stack_th
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let deployment =
-        json!({ "model": "m", "count": 1, "provider": "local", "zone": "local-1", "instance_type": "local.cpu" });
-    let (status, accepted) = session.exchange(reqwest::Method::POST, "/deployments", Some(deployment)).await;
-    assert_eq!(status, 202, "{accepted}");
-    let id = accepted["instance_ids"][0].as_str().expect("instance").to_owned();
-    session.until(&format!("/instances/{id}"), |instance| instance["state"] == "ready", Duration::from_secs(60)).await;
+    let ids = session.deploy(["local", "local-1", "local.cpu"], 2).await;
+    for id in &ids {
+        session.state_within(id, |state| state == "ready", Duration::from_secs(60)).await;
+    }
     session
         .until(
             &budget,
@@ -47,18 +48,35 @@ async fn every_panel_of_the_fleet_and_finops_dashboards_has_data_from_a_stack_th
         )
         .await;
 
+    // The machine under one instance dies (its agent killed): reconciliation finds it stopped
+    // and sends it to termination, and the repair is counted.
+    let pid = local_pid(&data_dir, &ids[1]);
+    let killed = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let (status, body) =
+        session.exchange(reqwest::Method::POST, "/fleet/reconcile", Some(json!({ "provider": "local" }))).await;
+    assert!(status < 300, "{status} {body}");
+    session.state_within(&ids[1], |state| state == "terminated", Duration::from_secs(30)).await;
+    let repaired = r#"sum by (provider, kind) (increase(qm_reconcile_repairs_total{kind="stopped"}[1h])) > 0"#;
+    let result = prometheus.data(repaired, Duration::from_secs(30)).await;
+    assert!(result.is_ok(), "the repair never showed: {result:?}");
+
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/dashboards");
-    for dashboard in ["fleet.json", "finops.json"] {
+    let mut dashboards: Vec<String> = std::fs::read_dir(&root)
+        .expect("dashboards")
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    dashboards.sort();
+    assert_eq!(dashboards, ["bus.json", "finops.json", "fleet.json", "provisioning.json", "router.json"]);
+    for dashboard in dashboards.iter().filter(|name| *name != "router.json") {
         for query in qm_testkit::prometheus::dashboard_queries(&root.join(dashboard)) {
             let result = prometheus.data(&query, Duration::from_secs(30)).await;
             assert!(result.is_ok(), "{dashboard}: `{query}` returns no data: {result:?}");
         }
     }
-    let (status, _) = session.exchange(reqwest::Method::DELETE, &format!("/instances/{id}"), None).await;
+    let (status, _) = session.exchange(reqwest::Method::DELETE, &format!("/instances/{}", ids[0]), None).await;
     assert_eq!(status, 202);
-    session
-        .until(&format!("/instances/{id}"), |instance| instance["state"] == "terminated", Duration::from_secs(30))
-        .await;
+    session.state_within(&ids[0], |state| state == "terminated", Duration::from_secs(30)).await;
     drop(prometheus);
     assert!(dev.terminate(Duration::from_secs(20)).success());
     std::fs::remove_dir_all(&data_dir).expect("clean up");

@@ -261,15 +261,25 @@ pub async fn instance(context: &Context, id: &str) -> Outcome {
     if context.output.structured(&json!({ "instance": instance, "worker": worker })) {
         return Ok(());
     }
+    // Each GPU's last reading, named as the agent registered it.
+    let name = |index: &Value| {
+        worker["gpus"]
+            .as_array()
+            .and_then(|gpus| gpus.iter().find(|gpu| gpu["index"] == *index))
+            .and_then(|gpu| gpu["name"].as_str())
+            .map(|name| format!(" {name}"))
+            .unwrap_or_default()
+    };
     let gpu = worker["gpu_metrics"]
         .as_array()
         .map(|gpus| {
             gpus.iter()
                 .map(|gpu| {
                     format!(
-                        "#{} {}% util, {}/{} MB",
+                        "#{}{} {}% util, {}/{} MB",
                         text(&gpu["index"]),
-                        text(&gpu["utilization_percent"]),
+                        name(&gpu["index"]),
+                        gpu["utilization_percent"].as_f64().map_or_else(|| "-".into(), |used| format!("{used:.0}")),
                         text(&gpu["memory_used_mb"]),
                         text(&gpu["memory_total_mb"])
                     )

@@ -36,6 +36,20 @@ async function shot(page, name) {
   await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
 }
 
+// Keyboard only: presses Tab until the focused element matches `selector` (at most `limit`
+// times), and checks that the focus is drawn where it lands.
+async function tabTo(page, selector, limit = 60) {
+  for (let press = 0; press < limit; press += 1) {
+    await page.keyboard.press("Tab");
+    if (await page.evaluate((wanted) => document.activeElement && document.activeElement.matches(wanted), selector)) {
+      const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+      expect(outline !== "none", `the focus on ${selector} is visible`);
+      return;
+    }
+  }
+  throw new Error(`expectation failed: ${selector} is not reached by Tab within ${limit} presses`);
+}
+
 async function logIn(page, user, password) {
   await page.goto(`${base}/`);
   await page.fill("#login", user);
@@ -61,9 +75,12 @@ async function logIn(page, user, password) {
     await page.goto(`${base}/`);
     await accessible(page, "login");
     await shot(page, "01-login");
-    await page.fill("#login", "admin");
-    await page.fill("#password", "wrong-password");
-    await page.click("button[type=submit]");
+    // By keyboard alone.
+    await tabTo(page, "#login");
+    await page.keyboard.type("admin");
+    await tabTo(page, "#password", 2);
+    await page.keyboard.type("wrong-password");
+    await page.keyboard.press("Enter");
     await page.waitForSelector("#error:not([hidden])");
     await logIn(page, "admin", process.env.ADMIN_PASSWORD);
     await page.waitForSelector("text=instances ready");
@@ -107,8 +124,10 @@ async function logIn(page, user, password) {
     await page.waitForFunction(() => document.getElementById("worker").textContent.includes("in flight"));
     await page.waitForSelector("#instance-logs tr[data-instance-action]");
 
-    // Terminate, confirmed, and watch it finish.
-    await page.click("#terminate");
+    // Terminate by keyboard (Tab to the button, Enter), confirmed, and watch it finish.
+    await page.focus("#main");
+    await tabTo(page, "#terminate");
+    await page.keyboard.press("Enter");
     await page.waitForFunction(() => document.getElementById("state").textContent === "terminated", null, { timeout: 60000 });
     await shot(page, "05-terminated");
     await page.click("a[href='#/instances']");
@@ -120,8 +139,12 @@ async function logIn(page, user, password) {
     await page.waitForSelector("text=No instances match.");
     await page.selectOption("#filter-state", "terminated");
     await page.waitForSelector("td[data-state=terminated]");
-    await page.click("button[data-sort=state]");
+    // Sorted by keyboard; the redrawn table gives the focus back to the same button.
+    await page.focus("#filter-archived");
+    await tabTo(page, "button[data-sort=state]", 10);
+    await page.keyboard.press("Enter");
     await page.waitForSelector("th[aria-sort=ascending] button[data-sort=state]");
+    expect(await page.evaluate(() => document.activeElement.matches("button[data-sort=state]")), "the focus stays on the sort button");
     await page.selectOption("#filter-state", "");
     await page.goto(instanceUrl);
     await page.click("#archive");
@@ -153,10 +176,26 @@ async function logIn(page, user, password) {
     await page.waitForFunction(() => [...document.querySelectorAll("svg.chart rect")].some((rect) => Number(rect.getAttribute("height")) > 0));
     await page.waitForSelector("td:text-is('local')");
     expect((await page.$$("svg.chart")).length === 2, "the cost per step and the cumulative cost are charted");
+    // Every breakdown holds what ran: the instance deployed from the form.
+    for (const [by, key] of [["provider", "local"], ["region", "local"], ["zone", "local-1"], ["instance_type", "local.cpu"], ["model", "demo"]]) {
+      const keys = await page.$$eval(`section[data-breakdown=${by}] tbody tr td:first-child`, (cells) => cells.map((cell) => cell.textContent));
+      expect(keys.includes(key), `the ${by} breakdown lists ${key} (${keys})`);
+    }
+    expect((await page.$$("section[data-breakdown=organization] tbody tr")).length > 0, "the platform admin sees the breakdown by organization");
     await accessible(page, "finops");
     await shot(page, "06-finops");
     await page.click("a[href='#/finops/hour']");
     await page.waitForSelector("text=Cost per minute");
+    // A GPU instance shows its GPUs as its agent reports them.
+    const gpuInstance = await page.evaluate(async () => (await (await fetch("/deployments", { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "on-gpu", count: 1, provider: "sim", zone: "sim-eu-1", instance_type: "sim.l4" }) })).json()).instance_ids[0]);
+    await page.goto(`${base}/#/instances/${gpuInstance}`);
+    await page.waitForFunction(() => {
+      const row = document.querySelector("tr[data-gpu='0']");
+      return row && row.textContent.includes("NVIDIA L4 (simulated)") && row.textContent.includes("22118 / 24576 MB");
+    });
+    await accessible(page, "instance-gpu");
+    await shot(page, "06-instance-gpu");
     // The action log, filtered.
     await page.click("a[href='#/logs']");
     await page.fill("#action", "deployment.create");
@@ -237,6 +276,7 @@ async function logIn(page, user, password) {
     await page.selectOption("tr[data-user=ops] select", "viewer");
     await page.waitForFunction(() => document.querySelector("tr[data-user=ops] select").value === "viewer" && !document.getElementById("error").textContent);
     await page.click("a[href='#/overview']");
+    await page.waitForSelector("h1:text-is('Overview')");
     await page.click("a[href='#/admin']");
     await page.waitForSelector("tr[data-user=ops]");
     expect((await page.inputValue("tr[data-user=ops] select")) === "viewer", "the role change was saved");
@@ -310,6 +350,7 @@ async function logIn(page, user, password) {
 
     // Another organization's user sees none of it, and at a phone's width.
     await page.click("#logout");
+    await page.waitForSelector("#login");
     await page.setViewportSize({ width: 390, height: 844 });
     await logIn(page, "outsider", process.env.USER_PASSWORD);
     await page.click("a[href='#/instances']");

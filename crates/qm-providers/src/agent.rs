@@ -543,16 +543,7 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
         // fail, and the agent stops soon after its last request ends).
         let reports_drain = status.status == WorkerStatus::Draining;
         let mut drain_reported = false;
-        let usage = status.tokens.map(|counters| counters.since(reported));
-        let heartbeat = HeartbeatRequest {
-            instance_id,
-            status: status.status,
-            queue_depth: status.queue_depth,
-            in_flight: status.in_flight,
-            kv_cache_usage: status.kv_cache_usage,
-            gpus: status.gpus,
-            usage: usage.map(|usage| TokenUsage { prompt_tokens: usage.prompt, completion_tokens: usage.completion }),
-        };
+        let heartbeat = heartbeat_of(instance_id, &status, reported);
         let sent = client
             .post(format!("{}/internal/worker/heartbeat", config.api_url))
             .bearer_auth(&token)
@@ -586,6 +577,36 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
             tokio::time::sleep(Duration::from_millis(100)).await;
             slept += Duration::from_millis(100);
         }
+    }
+    // Stopping: the tokens served since the last accepted heartbeat would go with the machine
+    // (every answer of a worker's last seconds unaccounted): one last heartbeat carries them.
+    let status = source.status().await;
+    if status.tokens.is_some_and(|counters| counters != reported) {
+        let heartbeat = heartbeat_of(instance_id, &status, reported);
+        let sent = client
+            .post(format!("{}/internal/worker/heartbeat", config.api_url))
+            .bearer_auth(&token)
+            .timeout(Duration::from_secs(2))
+            .json(&heartbeat)
+            .send()
+            .await;
+        if !sent.is_ok_and(|response| response.status().is_success()) {
+            tracing::warn!(instance = %config.instance_id, "agent: the last tokens could not be reported");
+        }
+    }
+}
+
+/// What a heartbeat carries: `status`, and the tokens served since `reported`.
+fn heartbeat_of(instance_id: InstanceId, status: &AgentStatus, reported: TokenCounters) -> HeartbeatRequest {
+    let usage = status.tokens.map(|counters| counters.since(reported));
+    HeartbeatRequest {
+        instance_id,
+        status: status.status,
+        queue_depth: status.queue_depth,
+        in_flight: status.in_flight,
+        kv_cache_usage: status.kv_cache_usage,
+        gpus: status.gpus.clone(),
+        usage: usage.map(|usage| TokenUsage { prompt_tokens: usage.prompt, completion_tokens: usage.completion }),
     }
 }
 

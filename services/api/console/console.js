@@ -522,8 +522,8 @@ async function finops(period) {
     breakdown("By zone", summary.by_zone, "zone"),
     me.is_platform_admin ? breakdown("By organization", summary.by_organization, "organization") : null,
     await budgetEditor(),
-    el("h2", {}, "Tokens and cost per million tokens"),
-    tokens.by_model.length ? table(["model", "tokens", `cost, ${tokens.currency}`, "per million tokens"], tokens.by_model.map((entry) => el("tr", {}, el("td", {}, entry.key), el("td", {}, entry.tokens), el("td", {}, money(entry.cost_micros)), el("td", {}, money(entry.cost_per_million_tokens_micros))))) : el("p", { class: "muted" }, "No tokens yet."));
+    el("section", { id: "tokens" }, el("h2", {}, "Tokens and cost per million tokens"),
+      tokens.by_model.length ? table(["model", "tokens", `cost, ${tokens.currency}`, "per million tokens"], tokens.by_model.map((entry) => el("tr", { "data-model": entry.key }, el("td", {}, entry.key), el("td", {}, entry.tokens), el("td", {}, money(entry.cost_micros)), el("td", {}, money(entry.cost_per_million_tokens_micros))))) : el("p", { class: "muted" }, "No tokens yet.")));
   show.live(null);
 }
 

@@ -300,11 +300,17 @@ async fn a_local_instance_costs_money_while_it_runs_and_its_tokens_have_a_price(
     // Tokens from the mock engine reach finops through the heartbeats.
     let worker = session.send(reqwest::Method::GET, &format!("/instances/{id}/worker"), None).await;
     let engine = worker["engine_url"].as_str().expect("engine url").to_owned();
+    let ask = |content: &'static str| {
+        let chat = serde_json::json!({ "model": "m", "messages": [{ "role": "user", "content": content }] });
+        let request = http().post(format!("{engine}/v1/chat/completions")).json(&chat);
+        async move {
+            let answer: serde_json::Value = request.send().await.expect("chat").json().await.expect("json");
+            answer["usage"]["total_tokens"].as_i64().expect("usage")
+        }
+    };
+    let mut served = 0;
     for _ in 0..3 {
-        let chat =
-            serde_json::json!({ "model": "m", "messages": [{ "role": "user", "content": "how much does this cost" }] });
-        let answer = http().post(format!("{engine}/v1/chat/completions")).json(&chat).send().await.expect("chat");
-        assert!(answer.status().is_success());
+        served += ask("how much does this cost").await;
     }
     let usage = session
         .until("/finops/usage/tokens", |usage| usage["total_tokens"].as_i64() > Some(0), Duration::from_secs(30))
@@ -316,9 +322,21 @@ async fn a_local_instance_costs_money_while_it_runs_and_its_tokens_have_a_price(
     assert_eq!(model["key"], "m");
     assert!(model["cost_per_million_tokens_micros"].as_i64() > Some(0), "{per_token}");
 
+    // Answers served in the worker's last seconds, then terminated at once (before its next
+    // heartbeat): their tokens still reach finops, carried by the agent's last heartbeat.
+    session
+        .until("/finops/usage/tokens", |usage| usage["total_tokens"].as_i64() == Some(served), Duration::from_secs(30))
+        .await;
+    for _ in 0..2 {
+        served += ask("the last answer").await;
+    }
+
     // Terminated: billing stops and the cost freezes everywhere.
     session.send(reqwest::Method::DELETE, &path, None).await;
     session.state_within(id, |state| state == "terminated", Duration::from_secs(30)).await;
+    session
+        .until("/finops/usage/tokens", |usage| usage["total_tokens"].as_i64() == Some(served), Duration::from_secs(20))
+        .await;
     let frozen = session.until(&path, |detail| detail["billing_stopped_at"].is_string(), Duration::from_secs(20)).await;
     let window = "/finops/cost/actual/minute?step=minute";
     let series = session.send(reqwest::Method::GET, window, None).await;

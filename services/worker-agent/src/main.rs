@@ -159,6 +159,15 @@ async fn run() -> anyhow::Result<()> {
     let draining = status.draining.clone();
     let drain_status = status.clone();
     let stop_protocol = gone.clone();
+    // The protocol's end is awaited before the engine stops: its last heartbeat reads the
+    // engine's token counters.
+    let (protocol_ended, mut protocol_end) = tokio::sync::watch::channel(protocol.is_none());
+    let protocol = protocol.map(|protocol| {
+        tokio::spawn(async move {
+            let _ = protocol.await;
+            let _ = protocol_ended.send(true);
+        })
+    });
     tokio::spawn(async move {
         qm_runtime::shutdown::signal().await;
         // Drain: report `draining`, let in-flight requests finish (bounded), then stop.
@@ -172,6 +181,7 @@ async fn run() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         stop_protocol.store(true, Ordering::Relaxed);
+        let _ = tokio::time::timeout(Duration::from_secs(3), protocol_end.wait_for(|ended| *ended)).await;
         trigger.trigger();
     });
     service.run_until_stopped(shutdown).await?;

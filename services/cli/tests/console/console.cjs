@@ -123,6 +123,13 @@ async function logIn(page, user, password) {
     // Its worker (registered, heartbeating) and its action logs.
     await page.waitForFunction(() => document.getElementById("worker").textContent.includes("in flight"));
     await page.waitForSelector("#instance-logs tr[data-instance-action]");
+    // A few answers from its engine (a client of the model, outside the browser): their tokens
+    // reach FinOps through the agent's heartbeats.
+    const worker = await page.evaluate(async (instance) => (await fetch(`/instances/${instance}/worker`)).json(), instanceUrl.split("/").pop());
+    for (let answer = 0; answer < 3; answer += 1) {
+      const chat = await context.request.post(`${worker.engine_url}/v1/chat/completions`, { data: { model: "demo", messages: [{ role: "user", content: "what does a token cost" }] } });
+      expect(chat.ok(), `the engine answered ${chat.status()}`);
+    }
 
     // Terminate by keyboard (Tab to the button, Enter), confirmed, and watch it finish.
     await page.focus("#main");
@@ -182,6 +189,17 @@ async function logIn(page, user, password) {
       expect(keys.includes(key), `the ${by} breakdown lists ${key} (${keys})`);
     }
     expect((await page.$$("section[data-breakdown=organization] tbody tr")).length > 0, "the platform admin sees the breakdown by organization");
+    // The engine's tokens and their cost per million (the page is drawn once: look again until
+    // the heartbeats have carried them).
+    const served = async () => page.$$eval("#tokens tr[data-model=demo] td", (cells) => cells.length === 4 && Number(cells[1].textContent) > 0);
+    for (let look = 0; look < 30 && !(await served()); look += 1) {
+      await page.waitForTimeout(1000);
+      await page.goto(`${base}/#/finops/hour`);
+      await page.goto(`${base}/#/finops`);
+      await page.waitForSelector("#tokens");
+    }
+    const tokenRow = await page.$$eval("#tokens tr[data-model=demo] td", (cells) => cells.map((cell) => cell.textContent));
+    expect(tokenRow.length === 4 && Number(tokenRow[1]) > 0 && tokenRow[3] !== "-", `tokens and cost per million tokens for demo (${tokenRow})`);
     await accessible(page, "finops");
     await shot(page, "06-finops");
     await page.click("a[href='#/finops/hour']");
@@ -358,6 +376,19 @@ async function logIn(page, user, password) {
     const missing = await page.evaluate(async (instance) => (await fetch(`/instances/${instance}`)).status, id);
     expect(missing === 404, `another organization's instance answered ${missing}`);
     await shot(page, "08-other-organization-390px");
+    // Their password changed from the profile (a wrong current one refused first), then used.
+    await page.click("#who");
+    await page.fill("#current-password", "not-the-password");
+    await page.fill("#new-password", "a-new-password-9");
+    await page.click("#main form button[type=submit]");
+    await page.waitForFunction(() => document.getElementById("error").textContent.length > 0);
+    expect(!(await page.textContent("#changed")), "a wrong current password changes nothing");
+    await page.fill("#current-password", process.env.USER_PASSWORD);
+    await page.click("#main form button[type=submit]");
+    await page.waitForFunction(() => document.getElementById("changed").textContent === "Password changed.");
+    await page.click("#logout");
+    await page.waitForSelector("#login");
+    await logIn(page, "outsider", "a-new-password-9");
     console.log("console: every step passed");
   } catch (error) {
     error.consoleError = `${await said(pageOf.current)} (at ${pageOf.current.url()}; screenshot failure.png; last changes: ${pageOf.changes.slice(-6).join(", ")})`;

@@ -754,7 +754,67 @@ function ratesSection(rates) {
     table(["currency", "rate", "source", "updated"], rates.rates.map((rate) => el("tr", { "data-rate": rate.currency }, el("td", {}, rate.currency), el("td", {}, (rate.rate_micros / 1e6).toFixed(6)), el("td", {}, rate.source), el("td", {}, ago(rate.updated_at))))));
 }
 
-function catalogSection(providers, types) {
+// A decimal amount typed by a person ("0.09", "12") in micro-units, or NaN.
+function micros(text) {
+  const match = /^\s*(\d{1,9})(?:\.(\d{1,6}))?\s*$/.exec(text);
+  return match ? Number(match[1]) * 1e6 + Number((match[2] || "").padEnd(6, "0")) : NaN;
+}
+
+// A new instance type for a provider, then the zones that offer it.
+function typeForm(providers) {
+  const field = (id, label, attributes) => el("label", { for: id }, label, el("input", { id, ...attributes }));
+  const provider = el("select", { id: "type-provider" }, providers.map((entry) => el("option", { value: entry.name }, entry.name)));
+  const value = (id) => document.getElementById(id).value.trim();
+  return el("form", { id: "type-form", class: "filters", onsubmit: async (event) => {
+    event.preventDefault();
+    const gpuCount = Number(value("type-gpu-count") || 0);
+    const body = { provider: provider.value, code: value("type-code"), gpu_model: gpuCount > 0 ? value("type-gpu-model") : null, gpu_count: gpuCount,
+      gpu_memory_gb: Number(value("type-gpu-memory") || 0), vcpus: Number(value("type-vcpus")), memory_gb: Number(value("type-memory")),
+      hourly_price_micros: micros(value("type-price")), currency: value("type-currency").toUpperCase(), active: true };
+    if (Number.isNaN(body.hourly_price_micros)) return showError("The hourly price must be an amount such as 1.25.");
+    const id = crypto.randomUUID ? crypto.randomUUID() : "10000000-1000-4000-8000-100000000000".replace(/[018]/g, (c) => (c ^ (crypto.getRandomValues(new Uint8Array(1))[0] & (15 >> (c / 4)))).toString(16));
+    try {
+      await api("PUT", `/instance_types/${id}`, body);
+      showError("");
+      await admin();
+    } catch (error) {
+      showError(error.message);
+    }
+  } }, el("label", { for: "type-provider" }, "Provider", provider), field("type-code", "Name", { required: true, maxlength: 64 }),
+    field("type-gpu-model", "GPU model", { maxlength: 100 }), field("type-gpu-count", "GPUs", { type: "number", min: 0, max: 64, value: "0" }),
+    field("type-gpu-memory", "Memory of one GPU (GB)", { type: "number", min: 0, max: 4096, value: "0" }),
+    field("type-vcpus", "vCPUs", { type: "number", min: 1, max: 4096, required: true }), field("type-memory", "Memory (GB)", { type: "number", min: 1, max: 65536, required: true }),
+    field("type-price", "Hourly price", { inputmode: "decimal", required: true }), field("type-currency", "Currency", { required: true, maxlength: 3, value: "EUR" }),
+    el("button", { type: "submit" }, "Add the type"));
+}
+
+// Which of its provider's zones offer a type: checkboxes, saved as a whole.
+function zoneEditor(types, zones) {
+  const editor = el("div", { id: "type-zones" });
+  const choose = el("select", { id: "zones-of-type", onchange: () => load() }, el("option", { value: "" }, "choose a type"),
+    types.map((type) => el("option", { value: type.id }, `${type.provider}/${type.code}`)));
+  const load = async () => {
+    const type = types.find((entry) => entry.id === choose.value);
+    if (!type) return editor.replaceChildren();
+    const offered = new Set(items(await api("GET", `/instance_types/${encodeURIComponent(type.id)}/zones`)).map((zone) => zone.id));
+    const boxes = zones.filter((zone) => zone.provider === type.provider).map((zone) => el("label", { class: "inline" },
+      el("input", { type: "checkbox", name: "zone", value: zone.id, "data-zone": zone.code, checked: offered.has(zone.id) }), zone.code));
+    const save = el("button", { type: "button", id: "save-zones", onclick: async () => {
+      const chosen = [...editor.querySelectorAll("input[name=zone]:checked")].map((box) => box.value);
+      try {
+        const saved = items(await api("PUT", `/instance_types/${encodeURIComponent(type.id)}/zones`, { zone_ids: chosen }));
+        editor.dataset.saved = saved.map((zone) => zone.code).sort().join(",");
+        showError("");
+      } catch (error) {
+        showError(error.message);
+      }
+    } }, "Save the zones");
+    editor.replaceChildren(el("fieldset", {}, el("legend", {}, `Zones offering ${type.code}`), boxes), save);
+  };
+  return el("div", {}, el("label", { for: "zones-of-type" }, "Instance type", choose), editor);
+}
+
+function catalogSection(providers, types, zones) {
   const sync = el("button", { type: "button", id: "catalog-sync", onclick: () => change("POST", "/catalog/sync") }, "Sync the catalog from the providers");
   const providerRows = providers.map((provider) => el("tr", { "data-provider-row": provider.name }, el("td", {}, provider.name), el("td", {}, provider.display_name),
     el("td", {}, el("input", { type: "checkbox", checked: provider.active, "aria-label": `${provider.name} active`,
@@ -763,11 +823,12 @@ function catalogSection(providers, types) {
     const price = el("input", { class: "price", inputmode: "decimal", value: (type.hourly_price_micros / 1e6).toFixed(4), "aria-label": `hourly price of ${type.code} (${type.provider})` });
     // Saved in place (the row shows what the API stored), not by redrawing the whole page.
     const save = el("button", { type: "button", onclick: async () => {
-      const [units, fraction = ""] = price.value.trim().split(".");
       const { provider, code, gpu_model, gpu_count, gpu_memory_gb, vcpus, memory_gb, currency, active } = type;
+      const hourly = micros(price.value);
+      if (Number.isNaN(hourly)) return showError("The hourly price must be an amount such as 1.25.");
       try {
         const saved = await api("PUT", `/instance_types/${encodeURIComponent(type.id)}`, { provider, code, gpu_model, gpu_count, gpu_memory_gb, vcpus, memory_gb, currency, active,
-          hourly_price_micros: Number(units) * 1e6 + Number(fraction.padEnd(6, "0").slice(0, 6)) });
+          hourly_price_micros: hourly });
         price.value = (saved.hourly_price_micros / 1e6).toFixed(4);
         price.dataset.saved = price.value;
         showError("");
@@ -778,7 +839,8 @@ function catalogSection(providers, types) {
     return el("tr", { "data-type": `${type.provider}/${type.code}` }, el("td", {}, type.provider), el("td", {}, type.code),
       el("td", {}, type.gpu_model ? `${type.gpu_count}x ${type.gpu_model}` : "-"), el("td", {}, price, " ", type.currency, " ", save));
   });
-  return el("section", {}, el("h2", {}, "Catalog"), sync, table(["provider", "name", "active"], providerRows), table(["provider", "type", "GPU", "hourly price"], typeRows));
+  return el("section", {}, el("h2", {}, "Catalog"), sync, table(["provider", "name", "active"], providerRows), table(["provider", "type", "GPU", "hourly price"], typeRows),
+    el("h3", {}, "Add an instance type"), typeForm(providers), el("h3", {}, "Where a type is offered"), zoneEditor(types, zones));
 }
 
 async function admin() {
@@ -788,17 +850,18 @@ async function admin() {
     return;
   }
   const platform = me.is_platform_admin;
-  const [users, organizations, rates, providers, types] = await Promise.all([
+  const [users, organizations, rates, providers, types, zones] = await Promise.all([
     api("GET", "/users?limit=500"),
     platform ? api("GET", "/organizations?limit=500") : null,
     api("GET", "/finops/exchange_rates"),
     platform ? api("GET", "/providers") : null,
     platform ? api("GET", "/instance_types") : null,
+    platform ? api("GET", "/zones") : null,
   ]);
   show("Admin", usersSection(items(users)),
     platform ? organizationsSection(items(organizations)) : null,
     platform ? ratesSection(rates) : null,
-    platform ? catalogSection(items(providers), items(types)) : null);
+    platform ? catalogSection(items(providers), items(types), items(zones)) : null);
   show.live(null);
 }
 

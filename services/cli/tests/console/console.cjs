@@ -314,6 +314,22 @@ async function logIn(page, user, password) {
     await page.waitForFunction(() => document.querySelector("tr[data-type='sim/sim.cpu'] input.price").dataset.saved === "0.0900");
     const stored = await page.evaluate(async () => (await (await fetch("/instance_types")).json()).items.find((type) => type.code === "sim.cpu").hourly_price_micros);
     expect(stored === 90000, `the price was stored (${stored})`);
+    // A new instance type, then the zone that offers it: it becomes an offer of the catalog.
+    await page.selectOption("#type-provider", "sim");
+    const a10Type = { "#type-code": "sim.a10", "#type-gpu-model": "A10", "#type-gpu-count": "1", "#type-gpu-memory": "24", "#type-vcpus": "8", "#type-memory": "32", "#type-price": "x" };
+    for (const [field, value] of Object.entries(a10Type)) await page.fill(field, value);
+    await page.click("#type-form button[type=submit]");
+    await page.waitForFunction(() => document.getElementById("error").textContent.includes("hourly price"));
+    await page.fill("#type-price", "0.55");
+    await page.click("#type-form button[type=submit]");
+    await page.waitForSelector("tr[data-type='sim/sim.a10']");
+    await page.selectOption("#zones-of-type", { label: "sim/sim.a10" });
+    await page.check("#type-zones input[data-zone='sim-eu-1']");
+    await page.click("#save-zones");
+    await page.waitForFunction(() => document.getElementById("type-zones").dataset.saved === "sim-eu-1");
+    const a10 = await page.evaluate(async () => (await (await fetch("/offers?gpu_model=A10")).json()));
+    const a10Offers = Array.isArray(a10) ? a10 : a10.items;
+    expect(a10Offers.length === 1 && a10Offers[0].zone === "sim-eu-1" && a10Offers[0].hourly_price_micros === 550000, `the new type is offered in sim-eu-1 (${JSON.stringify(a10)})`);
     await page.click("#catalog-sync");
     await page.waitForFunction(() => document.querySelector("tr[data-org=acme]") && !document.getElementById("error").textContent);
     await accessible(page, "admin");

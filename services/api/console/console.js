@@ -85,7 +85,7 @@ function focusKey(element, main) {
   return data ? `${element.tagName.toLowerCase()}[${data.name}="${CSS.escape(data.value)}"]` : null;
 }
 
-// The address the main area was last drawn for.
+// The address and title the main area was last drawn for.
 let drawnFor = null;
 
 // Draws a view. A new view takes the focus (a screen reader starts at its heading); a view
@@ -93,10 +93,11 @@ let drawnFor = null;
 // had it, so that a keyboard user keeps their place.
 function page(title, ...content) {
   const main = document.getElementById("main");
-  const redraw = drawnFor === location.hash;
+  const drawing = `${location.hash} ${title}`;
+  const redraw = drawnFor === drawing;
   const key = redraw ? focusKey(document.activeElement, main) : null;
   main.replaceChildren(el("h1", {}, title), ...content);
-  drawnFor = location.hash;
+  drawnFor = drawing;
   const again = key && main.querySelector(key);
   if (again) again.focus();
   else if (!redraw) main.focus();
@@ -760,7 +761,18 @@ function micros(text) {
   return match ? Number(match[1]) * 1e6 + Number((match[2] || "").padEnd(6, "0")) : NaN;
 }
 
-// A new instance type for a provider, then the zones that offer it.
+// A random (version 4) UUID, also where `crypto.randomUUID` is missing (plain HTTP to a host
+// that is not localhost is not a secure context).
+function newId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = [...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+// A new instance type for a provider.
 function typeForm(providers) {
   const field = (id, label, attributes) => el("label", { for: id }, label, el("input", { id, ...attributes }));
   const provider = el("select", { id: "type-provider" }, providers.map((entry) => el("option", { value: entry.name }, entry.name)));
@@ -772,9 +784,8 @@ function typeForm(providers) {
       gpu_memory_gb: Number(value("type-gpu-memory") || 0), vcpus: Number(value("type-vcpus")), memory_gb: Number(value("type-memory")),
       hourly_price_micros: micros(value("type-price")), currency: value("type-currency").toUpperCase(), active: true };
     if (Number.isNaN(body.hourly_price_micros)) return showError("The hourly price must be an amount such as 1.25.");
-    const id = crypto.randomUUID ? crypto.randomUUID() : "10000000-1000-4000-8000-100000000000".replace(/[018]/g, (c) => (c ^ (crypto.getRandomValues(new Uint8Array(1))[0] & (15 >> (c / 4)))).toString(16));
     try {
-      await api("PUT", `/instance_types/${id}`, body);
+      await api("PUT", `/instance_types/${newId()}`, body);
       showError("");
       await admin();
     } catch (error) {
@@ -791,7 +802,7 @@ function typeForm(providers) {
 // Which of its provider's zones offer a type: checkboxes, saved as a whole.
 function zoneEditor(types, zones) {
   const editor = el("div", { id: "type-zones" });
-  const choose = el("select", { id: "zones-of-type", onchange: () => load() }, el("option", { value: "" }, "choose a type"),
+  const choose = el("select", { id: "zones-of-type", onchange: () => load().catch((error) => showError(error.message)) }, el("option", { value: "" }, "choose a type"),
     types.map((type) => el("option", { value: type.id }, `${type.provider}/${type.code}`)));
   const load = async () => {
     const type = types.find((entry) => entry.id === choose.value);

@@ -230,6 +230,8 @@ pub struct Autoscaler {
     ready_since_s: Option<(u32, f64)>,
     /// The first sample: a new autoscaler (a new lease holder) has no history to stabilise on.
     first_s: Option<f64>,
+    /// Since when every replica asked for has been ready (`None` while some are starting).
+    settled_since_s: Option<f64>,
 }
 
 fn average(samples: &VecDeque<(f64, f64)>, since: f64) -> f64 {
@@ -261,6 +263,16 @@ impl Autoscaler {
     ) -> Option<Decision> {
         let stable_window = f64::from(policy.stable_window_s);
         let first_s = *self.first_s.get_or_insert(now_s);
+        let current = signals.desired;
+        let delay = f64::from(policy.scale_down_delay_s);
+        // Replicas asked for are still starting: the load on the ready ones is the backlog
+        // that waited for them, not what the pool needs.
+        let starting = signals.ready < current;
+        if starting {
+            self.settled_since_s = None;
+        } else if self.settled_since_s.is_none() {
+            self.settled_since_s = Some(now_s);
+        }
         self.samples.push_back((now_s, signals.load.max(0.0)));
         while self.samples.front().is_some_and(|(at, _)| *at < now_s - stable_window) {
             self.samples.pop_front();
@@ -269,7 +281,6 @@ impl Autoscaler {
         let panic_load = average(&self.samples, now_s - f64::from(policy.panic_window_s));
         let stable = replicas_for(stable_load, policy.target_per_replica);
         let panic = replicas_for(panic_load, policy.target_per_replica);
-        let current = signals.desired;
         if f64::from(panic) >= PANIC_FACTOR * f64::from(signals.ready.max(1)) && panic > current {
             self.panic_since_s = Some(now_s);
         } else if self.panic_since_s.is_some_and(|since| now_s - since >= stable_window) {
@@ -303,8 +314,15 @@ impl Autoscaler {
             reason = why;
         }
         let wanted = if zero { 0 } else { asked.max(1) }.clamp(min, max.max(min));
-        self.recommendations.push_back((now_s, wanted));
-        let delay = f64::from(policy.scale_down_delay_s);
+        // What is recommended while replicas are starting, and until the stable window has
+        // seen only the ready pool, neither holds the pool up for the scale-down delay once the
+        // backlog is gone nor lets it shrink before the window has settled. A policy without a
+        // scale-down delay acts at once (Knative's default).
+        let settled = delay <= 0.0
+            || self.settled_since_s.is_some_and(|since| now_s - since >= stable_window.min(now_s - first_s));
+        if settled {
+            self.recommendations.push_back((now_s, wanted));
+        }
         while self.recommendations.front().is_some_and(|(at, _)| *at < now_s - delay) {
             self.recommendations.pop_front();
         }
@@ -316,7 +334,6 @@ impl Autoscaler {
             // While replicas asked for are still starting, the backlog they will take grows on
             // the ready ones: only a load that would need twice the size already asked for
             // adds more (else every tick of a cold start adds one).
-            let starting = signals.ready < current;
             if starting && reason == "load" && f64::from(wanted) < PANIC_FACTOR * f64::from(current) {
                 return None;
             }
@@ -326,9 +343,9 @@ impl Autoscaler {
             }
             current.saturating_add(policy.max_step_up).min(wanted)
         } else if wanted < current {
-            // Not while panicking, nor before a whole delay of history was seen (a controller
-            // that just took over must not shrink on its first sample).
-            if !zero && (panicking || now_s - first_s < delay) {
+            // Not while panicking or unsettled, nor before a whole delay of history was seen (a
+            // controller that just took over must not shrink on its first sample).
+            if !zero && (panicking || !settled || now_s - first_s < delay) {
                 return None;
             }
             // Stabilised: the highest recommendation of the delay must be below the size.
@@ -403,6 +420,39 @@ mod tests {
         // The backlog keeps growing: once it asks for twice the 3 asked for, the pool grows.
         let grown = (6..16).find_map(|second| decide(f64::from(second), 40.0)).expect("grown");
         assert!(grown.to >= 6, "only by doubling what was asked for: {grown:?}");
+    }
+
+    #[test]
+    fn a_cold_start_backlog_does_not_hold_the_pool_up_for_the_delay() {
+        let policy = ScalingPolicy { scale_down_delay_s: 300, ..policy() };
+        let mut scaler = Autoscaler::default();
+        let mut size = 3;
+        run(&mut scaler, &policy, (1, 50), 0.0, 400, 12.0, &mut size);
+        assert_eq!(size, 3, "12 in flight at 4 a replica");
+        // A step: 10 replicas asked for; while they start, the backlog on the 3 ready ones
+        // asks for far more than the load will need once they serve.
+        let mut decide = |now: f64, load: f64, ready: u32, desired: u32| {
+            let signals = Signals { load, ready, desired, idle_s: Some(0.0), ..Signals::default() };
+            scaler.decide(&policy, 1, 50, now, signals)
+        };
+        for second in 400..460 {
+            assert!(decide(f64::from(second), 60.0, 3, 10).is_none_or(|decision| decision.to >= 10));
+        }
+        // All ready, the backlog served: the load needs 5. The pool does not shrink while the
+        // stable window still holds the backlog, nor does it wait for the 300 s delay.
+        size = 10;
+        let mut first_shrink = None;
+        for second in 460..700 {
+            if let Some(decision) = decide(f64::from(second), 20.0, size, size) {
+                if decision.to < decision.from {
+                    first_shrink.get_or_insert(second);
+                }
+                size = decision.to;
+            }
+        }
+        let first_shrink = first_shrink.expect("it shrinks");
+        assert!(first_shrink >= 520, "not before a whole stable window of the ready pool (at {first_shrink} s)");
+        assert_eq!(size, 5, "sized on what the ready pool serves, well before 460 + 300 s");
     }
 
     #[test]

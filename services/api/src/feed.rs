@@ -87,6 +87,9 @@ impl Follower {
             }
             self.cursor = entry.seq;
             if entry.is_event {
+                // The head moves before the broadcast: a stream opened in between starts after
+                // this event rather than before it (it would wait for it forever).
+                self.head.send_replace(self.cursor);
                 // No receivers is fine: nobody is streaming.
                 let _ = self.events.send(Arc::new(entry));
             }

@@ -424,15 +424,6 @@ pub trait StatusSource: Send + Sync {
     }
 }
 
-struct AlwaysReady;
-
-#[async_trait::async_trait]
-impl StatusSource for AlwaysReady {
-    async fn status(&self) -> AgentStatus {
-        AgentStatus::ready()
-    }
-}
-
 /// Identity an agent registers with.
 #[derive(Clone, Debug)]
 pub struct AgentInfo {
@@ -442,12 +433,13 @@ pub struct AgentInfo {
     pub gpus: Vec<GpuInfo>,
 }
 
-/// A simulated engine's GPUs, as NVML would report them once the engine has loaded its model
-/// and waits for requests: vLLM's default share of each GPU's memory (0.9) taken, idle.
-struct SimulatedGpus(Vec<GpuInfo>);
+/// A simulated engine: always ready, its GPUs (none for a CPU type) as NVML would report them
+/// once the engine has loaded its model and waits for requests: vLLM's default share of each
+/// GPU's memory (0.9) taken, idle.
+struct Simulated(Vec<GpuInfo>);
 
 #[async_trait::async_trait]
-impl StatusSource for SimulatedGpus {
+impl StatusSource for Simulated {
     async fn status(&self) -> AgentStatus {
         let gpus = self
             .0
@@ -474,9 +466,7 @@ pub async fn run(config: BootConfig, boot_delay: Duration, gpus: Vec<GpuInfo>, g
         agent_version: concat!("sim-", env!("CARGO_PKG_VERSION")).into(),
         gpus: gpus.clone(),
     };
-    let source: Arc<dyn StatusSource> =
-        if gpus.is_empty() { Arc::new(AlwaysReady) } else { Arc::new(SimulatedGpus(gpus)) };
-    speak(config, info, source, gone).await;
+    speak(config, info, Arc::new(Simulated(gpus)), gone).await;
 }
 
 /// The protocol, until `gone` is set: register (retrying while the api is unreachable), then
@@ -543,13 +533,8 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
         // fail, and the agent stops soon after its last request ends).
         let reports_drain = status.status == WorkerStatus::Draining;
         let mut drain_reported = false;
-        let heartbeat = heartbeat_of(instance_id, &status, reported);
-        let sent = client
-            .post(format!("{}/internal/worker/heartbeat", config.api_url))
-            .bearer_auth(&token)
-            .json(&heartbeat)
-            .send()
-            .await;
+        let sent =
+            heartbeat(&client, &config.api_url, &token, &heartbeat_of(instance_id, &status, reported)).send().await;
         if let Ok(response) = sent {
             if response.status() == reqwest::StatusCode::UNAUTHORIZED
                 || response.status() == reqwest::StatusCode::FORBIDDEN
@@ -582,18 +567,17 @@ pub async fn speak(config: BootConfig, info: AgentInfo, source: Arc<dyn StatusSo
     // (every answer of a worker's last seconds unaccounted): one last heartbeat carries them.
     let status = source.status().await;
     if status.tokens.is_some_and(|counters| counters != reported) {
-        let heartbeat = heartbeat_of(instance_id, &status, reported);
-        let sent = client
-            .post(format!("{}/internal/worker/heartbeat", config.api_url))
-            .bearer_auth(&token)
-            .timeout(Duration::from_secs(2))
-            .json(&heartbeat)
-            .send()
-            .await;
+        let last = heartbeat_of(instance_id, &status, reported);
+        let sent = heartbeat(&client, &config.api_url, &token, &last).timeout(Duration::from_secs(2)).send().await;
         if !sent.is_ok_and(|response| response.status().is_success()) {
             tracing::warn!(instance = %config.instance_id, "agent: the last tokens could not be reported");
         }
     }
+}
+
+/// The heartbeat request, ready to send.
+fn heartbeat(client: &reqwest::Client, api_url: &str, token: &str, body: &HeartbeatRequest) -> reqwest::RequestBuilder {
+    client.post(format!("{api_url}/internal/worker/heartbeat")).bearer_auth(token).json(body)
 }
 
 /// What a heartbeat carries: `status`, and the tokens served since `reported`.

@@ -50,8 +50,19 @@ function can(role) {
   return me && ROLES.indexOf(me.role) >= ROLES.indexOf(role);
 }
 
-function money(micros) {
-  return micros === null || micros === undefined ? "-" : (micros / 1e6).toFixed(Math.abs(micros) < 10000 && micros !== 0 ? 6 : 2);
+// A decimal amount typed by a person ("0.09", "12") in micro-units, or NaN.
+function micros(text) {
+  const match = /^\s*(\d{1,9})(?:\.(\d{1,6}))?\s*$/.exec(text);
+  return match ? Number(match[1]) * 1e6 + Number((match[2] || "").padEnd(6, "0")) : NaN;
+}
+
+// Why an amount typed in `field` is refused.
+function notAnAmount(field) {
+  return `The ${field} must be an amount such as 1.25.`;
+}
+
+function money(amount) {
+  return amount === null || amount === undefined ? "-" : (amount / 1e6).toFixed(Math.abs(amount) < 10000 && amount !== 0 ? 6 : 2);
 }
 
 function ago(time) {
@@ -479,8 +490,8 @@ async function budgetEditor() {
   const cap = el("input", { id: "budget-cap", type: "checkbox", checked: Boolean(budget && budget.hard_cap) });
   const form = el("form", { class: "filters", id: "budget-form", onsubmit: async (event) => {
     event.preventDefault();
-    const [units, fraction = ""] = amount.value.trim().split(".");
-    const body = { amount_micros: Number(units) * 1e6 + Number(fraction.padEnd(6, "0").slice(0, 6)), hard_cap: cap.checked };
+    const body = { amount_micros: micros(amount.value), hard_cap: cap.checked };
+    if (Number.isNaN(body.amount_micros)) return showError(notAnAmount("budget"));
     if (thresholds.value.trim()) body.thresholds = thresholds.value.split(",").map((value) => Number(value.trim()));
     try {
       await api("PUT", `/finops/budgets/${me.organization_id}`, body);
@@ -755,12 +766,6 @@ function ratesSection(rates) {
     table(["currency", "rate", "source", "updated"], rates.rates.map((rate) => el("tr", { "data-rate": rate.currency }, el("td", {}, rate.currency), el("td", {}, (rate.rate_micros / 1e6).toFixed(6)), el("td", {}, rate.source), el("td", {}, ago(rate.updated_at))))));
 }
 
-// A decimal amount typed by a person ("0.09", "12") in micro-units, or NaN.
-function micros(text) {
-  const match = /^\s*(\d{1,9})(?:\.(\d{1,6}))?\s*$/.exec(text);
-  return match ? Number(match[1]) * 1e6 + Number((match[2] || "").padEnd(6, "0")) : NaN;
-}
-
 // A random (version 4) UUID, also where `crypto.randomUUID` is missing (plain HTTP to a host
 // that is not localhost is not a secure context).
 function newId() {
@@ -783,7 +788,7 @@ function typeForm(providers) {
     const body = { provider: provider.value, code: value("type-code"), gpu_model: gpuCount > 0 ? value("type-gpu-model") : null, gpu_count: gpuCount,
       gpu_memory_gb: Number(value("type-gpu-memory") || 0), vcpus: Number(value("type-vcpus")), memory_gb: Number(value("type-memory")),
       hourly_price_micros: micros(value("type-price")), currency: value("type-currency").toUpperCase(), active: true };
-    if (Number.isNaN(body.hourly_price_micros)) return showError("The hourly price must be an amount such as 1.25.");
+    if (Number.isNaN(body.hourly_price_micros)) return showError(notAnAmount("hourly price"));
     try {
       await api("PUT", `/instance_types/${newId()}`, body);
       showError("");
@@ -836,7 +841,7 @@ function catalogSection(providers, types, zones) {
     const save = el("button", { type: "button", onclick: async () => {
       const { provider, code, gpu_model, gpu_count, gpu_memory_gb, vcpus, memory_gb, currency, active } = type;
       const hourly = micros(price.value);
-      if (Number.isNaN(hourly)) return showError("The hourly price must be an amount such as 1.25.");
+      if (Number.isNaN(hourly)) return showError(notAnAmount("hourly price"));
       try {
         const saved = await api("PUT", `/instance_types/${encodeURIComponent(type.id)}`, { provider, code, gpu_model, gpu_count, gpu_memory_gb, vcpus, memory_gb, currency, active,
           hourly_price_micros: hourly });

@@ -184,6 +184,13 @@ async fn an_operator_deploys_watches_pays_and_tears_down_with_qm() {
     assert_eq!(instance["state"], "ready");
     let id = instance["id"].as_str().expect("id").to_owned();
     assert!(instance["state_changed_at"].as_str().is_some_and(|at| at.contains('T')), "RFC 3339 in JSON");
+    // `instances` is `ps`; a state filter keeps only that state.
+    let filtered: serde_json::Value =
+        serde_json::from_str(&ok(&config, &["instances", "--state", "ready", "-o", "json"]).stdout).expect("json");
+    assert_eq!(filtered.as_array().map(Vec::len), Some(1), "{filtered}");
+    let none: serde_json::Value =
+        serde_json::from_str(&ok(&config, &["instances", "--state", "terminated", "-o", "json"]).stdout).expect("json");
+    assert_eq!(none, serde_json::json!([]));
     let shown = ok(&config, &["instance", &id]);
     assert!(shown.stdout.contains("history:") && shown.stdout.contains("booting"), "{}", shown.stdout);
 
@@ -199,6 +206,22 @@ async fn an_operator_deploys_watches_pays_and_tears_down_with_qm() {
     let blocks: Vec<char> = day.chars().filter(|c| ('\u{2581}'..='\u{2588}').contains(c)).collect();
     assert!(blocks.len() >= 24 && blocks[blocks.len() - 2..].contains(&'█'), "{day}");
     assert!(blocks[..blocks.len() - 2].iter().all(|block| *block == '▁'), "{day}");
+
+    // Every breakdown names what ran.
+    for (by, key) in [("provider", "local"), ("model", "m"), ("type", "local.cpu"), ("zone", "local-1")] {
+        let broken_down = ok(&config, &["cost", "--by", by]);
+        assert!(
+            broken_down.stdout.lines().any(|line| line.trim_start().starts_with(key)),
+            "--by {by}: {}",
+            broken_down.stdout
+        );
+    }
+    let by_org = ok(&config, &["cost", "--by", "org"]);
+    assert!(
+        by_org.stdout.lines().filter(|line| line.starts_with("  ")).count() == 1,
+        "one organization: {}",
+        by_org.stdout
+    );
 
     // On a terminal the states are coloured, unless NO_COLOR is set.
     let coloured = on_terminal(&config, &["ps"], false);
@@ -254,8 +277,10 @@ async fn an_operator_deploys_watches_pays_and_tears_down_with_qm() {
     for output in &printed {
         assert!(!output.contains(&token), "the token was printed: {output}");
     }
-    let completions = ok(&config, &["completions", "bash"]);
-    assert!(completions.stdout.contains("qm") && completions.stdout.contains("deploy"));
+    for shell in ["bash", "zsh", "fish"] {
+        let completions = ok(&config, &["completions", shell]);
+        assert!(completions.stdout.contains("qm") && completions.stdout.contains("deploy"), "{shell}");
+    }
     assert!(ok(&config, &["man"]).stdout.contains(".TH qm"));
     assert!(ok(&config, &["logout"]).stdout.contains("logged out"));
     assert!(!file.exists());

@@ -214,6 +214,13 @@ async function logIn(page, user, password) {
     });
     await accessible(page, "instance-gpu");
     await shot(page, "06-instance-gpu");
+    // A view whose call fails says why (the API's problem detail), never a blank page.
+    for (const missing of ["instances", "pools"]) {
+      await page.goto(`${base}/#/${missing}/00000000-0000-4000-8000-000000000000`);
+      await page.waitForFunction(() => /not found|no such/i.test(document.getElementById("error").textContent));
+      expect(await page.isVisible("#error"), `the error of a missing ${missing} entry is shown`);
+    }
+    await shot(page, "06-error-state");
     // The action log, filtered.
     await page.click("a[href='#/logs']");
     await page.fill("#action", "deployment.create");

@@ -140,6 +140,16 @@ pub fn now() -> chrono::DateTime<chrono::Utc> {
 
 pub use qm_config::redact_url as redact;
 
+/// Serializes a timestamp exactly as chrono's `Serialize` does (RFC 3339, `Z`, the fraction
+/// in 0, 3, 6 or 9 digits), in one piece: chrono's own goes through `collect_str`, which
+/// escapes each formatted fragment on its own (a tenth of a 50-instance page's serialization).
+///
+/// # Errors
+/// The serializer's.
+pub fn timestamp<S: serde::Serializer>(at: &chrono::DateTime<chrono::Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+}
+
 /// `items` in chunks small enough for every database's parameter limit, each with its
 /// placeholder list (`$1, $2, ...`) for an `IN (...)`.
 pub(crate) fn in_chunks<T>(items: &[T]) -> impl Iterator<Item = (String, &[T])> {
@@ -147,4 +157,25 @@ pub(crate) fn in_chunks<T>(items: &[T]) -> impl Iterator<Item = (String, &[T])> 
         let placeholders = (0..chunk.len()).map(|index| format!("${}", index + 1)).collect::<Vec<_>>().join(", ");
         (placeholders, chunk)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone as _, Utc};
+
+    #[test]
+    fn timestamps_serialize_exactly_as_chrono_does() {
+        #[derive(serde::Serialize)]
+        struct Fast(#[serde(serialize_with = "super::timestamp")] chrono::DateTime<Utc>);
+        fn json(value: &impl serde::Serialize) -> String {
+            serde_json::to_string(value).expect("serializable")
+        }
+        let second = Utc.with_ymd_and_hms(2026, 12, 5, 23, 44, 50).single().expect("a valid time");
+        let far = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).single().expect("a valid time");
+        for nanos in [0, 1, 120, 1_000, 123_000, 1_000_000, 120_000_000, 123_456_789, 999_999_999] {
+            for at in [second + chrono::Duration::nanoseconds(nanos), far + chrono::Duration::nanoseconds(nanos)] {
+                assert_eq!(json(&Fast(at)), json(&at), "{at:?}");
+            }
+        }
+    }
 }

@@ -48,9 +48,22 @@ pub const FLEET_COMMAND_BURST: u32 = 3;
 pub const STREAMS_PER_PRINCIPAL: usize = 8;
 pub const STREAMS_PER_REPLICA: usize = 2_000;
 
-/// What every handler shares.
+/// What every handler shares. axum clones the state for each request and again for each
+/// extractor that takes it: behind one `Arc`, that is one atomic increment rather than a copy
+/// of the settings (a dozen allocations per clone, 4 % of the CPU of a one-row list).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct Shared {
     pub dependencies: Dependencies,
     pub login_limiter: Arc<auth::LoginLimiter>,
     pub registration_limiter: Arc<auth::LoginLimiter>,
@@ -75,7 +88,7 @@ pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Sh
     bootstrap::ensure_admin(&*dependencies.store, dependencies.settings.admin_password.as_ref()).await?;
     let registry = qm_telemetry::metrics::registry(NAME);
     let (feed, follower) = feed::start(dependencies.store.clone(), shutdown.clone()).await?;
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         dependencies: dependencies.clone(),
         login_limiter: Arc::new(auth::LoginLimiter::new(
             LOGIN_WINDOW,
@@ -97,7 +110,7 @@ pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Sh
             Some(path) => Some(routes::downloads::AgentDownload::load(path)?),
             None => None,
         },
-    };
+    }));
     let routes = openapi::router(state);
     let (service, registry) = Service::with_routes(NAME, &dependencies, address, routes, registry).await?;
     Ok(service.with_relay(&dependencies, &registry, shutdown.clone()).with_task(follower.run(shutdown)))

@@ -65,14 +65,14 @@ impl std::ops::Deref for AppState {
 /// The fields of [`AppState`].
 pub struct Shared {
     pub dependencies: Dependencies,
-    pub login_limiter: Arc<auth::LoginLimiter>,
-    pub registration_limiter: Arc<auth::LoginLimiter>,
-    pub heartbeats: Arc<limits::KeyedBucket>,
-    pub fleet_commands: Arc<limits::KeyedBucket>,
+    pub login_limiter: auth::LoginLimiter,
+    pub registration_limiter: auth::LoginLimiter,
+    pub heartbeats: limits::KeyedBucket,
+    pub fleet_commands: limits::KeyedBucket,
     pub streams: Arc<limits::ConcurrencyCap>,
     /// Deployments of one organization decide against its budget one at a time.
-    pub organization_locks: Arc<limits::KeyedLocks>,
-    pub credentials: Arc<auth::CredentialCache>,
+    pub organization_locks: limits::KeyedLocks,
+    pub credentials: auth::CredentialCache,
     pub feed: feed::FeedHandle,
     /// `QM_AGENT_BINARY`, served at `/downloads/qm-worker-agent`.
     pub agent_download: Option<Arc<routes::downloads::AgentDownload>>,
@@ -90,21 +90,17 @@ pub async fn build(dependencies: Dependencies, address: SocketAddr, shutdown: Sh
     let (feed, follower) = feed::start(dependencies.store.clone(), shutdown.clone()).await?;
     let state = AppState(Arc::new(Shared {
         dependencies: dependencies.clone(),
-        login_limiter: Arc::new(auth::LoginLimiter::new(
-            LOGIN_WINDOW,
-            LOGIN_FAILURES_PER_CLIENT,
-            LOGIN_FAILURES_PER_ACCOUNT,
-        )),
-        registration_limiter: Arc::new(auth::LoginLimiter::new(
+        login_limiter: auth::LoginLimiter::new(LOGIN_WINDOW, LOGIN_FAILURES_PER_CLIENT, LOGIN_FAILURES_PER_ACCOUNT),
+        registration_limiter: auth::LoginLimiter::new(
             LOGIN_WINDOW,
             REGISTRATION_FAILURES_PER_CLIENT,
             REGISTRATION_FAILURES_PER_INSTANCE,
-        )),
-        heartbeats: Arc::new(limits::KeyedBucket::new(HEARTBEATS_PER_SECOND, HEARTBEAT_BURST)),
-        fleet_commands: Arc::new(limits::KeyedBucket::new(FLEET_COMMANDS_PER_SECOND, FLEET_COMMAND_BURST)),
+        ),
+        heartbeats: limits::KeyedBucket::new(HEARTBEATS_PER_SECOND, HEARTBEAT_BURST),
+        fleet_commands: limits::KeyedBucket::new(FLEET_COMMANDS_PER_SECOND, FLEET_COMMAND_BURST),
         streams: limits::ConcurrencyCap::new(STREAMS_PER_PRINCIPAL, STREAMS_PER_REPLICA),
-        organization_locks: Arc::new(limits::KeyedLocks::default()),
-        credentials: Arc::new(auth::CredentialCache::default()),
+        organization_locks: limits::KeyedLocks::default(),
+        credentials: auth::CredentialCache::default(),
         feed,
         agent_download: match &dependencies.settings.boot.agent_binary {
             Some(path) => Some(routes::downloads::AgentDownload::load(path)?),

@@ -146,28 +146,27 @@ async fn run() -> anyhow::Result<()> {
             "no boot configuration (QM_AGENT_CONFIG, or QM_API_URL, QM_INSTANCE_ID and QM_BOOTSTRAP_TOKEN): not registering with Quartermaster"
         );
     }
-    let protocol = boot.map(|config| {
+    // Set once the protocol has sent its last heartbeat, which reads the engine's token
+    // counters: the engine stops only after it.
+    let (protocol_ended, mut protocol_end) = tokio::sync::watch::channel(boot.is_none());
+    if let Some(config) = boot {
         let info = AgentInfo {
             engine_url: engine_url.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             gpus: gpus.inventory(),
         };
-        tokio::spawn(qm_providers::agent::speak(config, info, status.clone(), gone.clone()))
-    });
+        let speaking = qm_providers::agent::speak(config, info, status.clone(), gone.clone());
+        tokio::spawn(async move {
+            speaking.await;
+            let _ = protocol_ended.send(true);
+        });
+    }
 
     let trigger = shutdown.clone();
     let draining = status.draining.clone();
     let drain_status = status.clone();
     let stop_protocol = gone.clone();
-    // The protocol's end is awaited before the engine stops: its last heartbeat reads the
-    // engine's token counters.
-    let (protocol_ended, mut protocol_end) = tokio::sync::watch::channel(protocol.is_none());
-    let protocol = protocol.map(|protocol| {
-        tokio::spawn(async move {
-            let _ = protocol.await;
-            let _ = protocol_ended.send(true);
-        })
-    });
+    let mut protocol_stopped = protocol_end.clone();
     tokio::spawn(async move {
         qm_runtime::shutdown::signal().await;
         // Drain: report `draining`, let in-flight requests finish (bounded), then stop.
@@ -181,13 +180,11 @@ async fn run() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         stop_protocol.store(true, Ordering::Relaxed);
-        let _ = tokio::time::timeout(Duration::from_secs(3), protocol_end.wait_for(|ended| *ended)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), protocol_stopped.wait_for(|ended| *ended)).await;
         trigger.trigger();
     });
     service.run_until_stopped(shutdown).await?;
     gone.store(true, Ordering::Relaxed);
-    if let Some(protocol) = protocol {
-        let _ = tokio::time::timeout(Duration::from_secs(2), protocol).await;
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), protocol_end.wait_for(|ended| *ended)).await;
     Ok(())
 }

@@ -146,6 +146,9 @@ pub struct Settings {
     pub environment: String,
     /// `QM_DATABASE_URL`: `sqlite://…` or `postgres://…`.
     pub database_url: Secret,
+    /// `QM_DATABASE_MAX_CONNECTIONS` (PostgreSQL only, 1 to 1,000; default
+    /// [`DEFAULT_DATABASE_MAX_CONNECTIONS`]): the most connections one process holds.
+    pub database_max_connections: u32,
     /// `QM_BUS_URL`: `memory://`, `nats://…` or `redis://…`.
     pub bus_url: Secret,
     /// `QM_ADMIN_PASSWORD` (or `_FILE`): the bootstrap admin's password.
@@ -198,6 +201,11 @@ pub struct Settings {
     /// `QM_ENGINE_IMAGE`).
     pub boot: BootSettings,
 }
+
+/// The default `QM_DATABASE_MAX_CONNECTIONS`: a few per core of a small database server.
+/// More connections than the server has cores to run them only take turns on those cores, and
+/// the turns cost (decision 121).
+pub const DEFAULT_DATABASE_MAX_CONNECTIONS: u32 = 8;
 
 /// The default `QM_INSTALLATION`.
 pub const DEFAULT_INSTALLATION: &str = "default";
@@ -407,6 +415,14 @@ impl Settings {
                 .map(Duration::from_secs)
                 .ok_or_else(|| invalid(name)(format!("`{text}` is not a positive number"))),
         };
+        let database_max_connections = match environment.get("QM_DATABASE_MAX_CONNECTIONS") {
+            None => DEFAULT_DATABASE_MAX_CONNECTIONS,
+            Some(text) => {
+                text.trim().parse::<u32>().ok().filter(|count| (1..=1000).contains(count)).ok_or_else(|| {
+                    invalid("QM_DATABASE_MAX_CONNECTIONS")(format!("`{text}` is not between 1 and 1000"))
+                })?
+            }
+        };
         let session_ttl = seconds("QM_SESSION_TTL_SECONDS", Duration::from_secs(12 * 3600))?;
         let command_visibility_timeout =
             seconds("QM_COMMAND_VISIBILITY_TIMEOUT_SECONDS", Duration::from_secs(15 * 60))?;
@@ -438,6 +454,7 @@ impl Settings {
         Ok(Self {
             environment: name,
             database_url,
+            database_max_connections,
             bus_url,
             admin_password: environment.secret("QM_ADMIN_PASSWORD")?,
             api_addr: environment.socket_addr("QM_API_ADDR", defaults::API_ADDR)?,
@@ -533,6 +550,19 @@ mod tests {
             error.to_string(),
             "QM_BUS_URL is invalid: scheme `kafka` is not one of memory, nats, tls, redis, rediss"
         );
+    }
+
+    #[test]
+    fn the_database_connection_bound_is_read_and_checked() {
+        let base = [("QM_DATABASE_URL", "postgres://db/qm"), ("QM_BUS_URL", "memory://")];
+        let settings = production(&base).expect("defaults");
+        assert_eq!(settings.database_max_connections, DEFAULT_DATABASE_MAX_CONNECTIONS);
+        let settings = production(&[base[0], base[1], ("QM_DATABASE_MAX_CONNECTIONS", " 32 ")]).expect("set");
+        assert_eq!(settings.database_max_connections, 32);
+        for bad in ["0", "1001", "-1", "eight"] {
+            let error = production(&[base[0], base[1], ("QM_DATABASE_MAX_CONNECTIONS", bad)]).expect_err("refused");
+            assert!(error.to_string().starts_with("QM_DATABASE_MAX_CONNECTIONS is invalid"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -59,7 +59,8 @@ where
 /// # Errors
 /// The store or bus error; messages name the server, never credentials.
 pub async fn connect(settings: Settings) -> anyhow::Result<Dependencies> {
-    let store = qm_store::connect(settings.database_url.expose()).await?;
+    let options = qm_store::StoreOptions { max_connections: settings.database_max_connections };
+    let store = qm_store::connect_with(settings.database_url.expose(), &options).await?;
     let bus = qm_bus::connect(settings.bus_url.expose()).await?;
     Ok(Dependencies { settings, store, bus })
 }

@@ -381,37 +381,47 @@ macro_rules! impl_fleet_sql {
             }
 
             /// Reads the columns by position, in the order of [`INSTANCE_COLUMNS`] (by name, each
-            /// read hashed the name: a tenth of the decoding of a page); debug builds check
-            /// every position against its name.
+            /// read hashed the name: a tenth of the decoding of a page). Debug builds check every
+            /// position against its name and every column's type against the field's; release
+            /// builds skip the type check (a clone of the column's type per read), which a
+            /// mismatch would still fail, as a decoding error.
             fn instance_from_row(row: &DbRow) -> Result<Instance, StoreError> {
-                let at = |index: usize, name: &str| {
-                    debug_assert_eq!(sqlx::Column::name(&sqlx::Row::columns(row)[index]), name, "INSTANCE_COLUMNS order");
-                    index
-                };
-                let state: String = row.try_get(at(9, "state"))?;
+                fn at<'r, T: sqlx::Decode<'r, $db> + sqlx::Type<$db>>(
+                    row: &'r DbRow,
+                    index: usize,
+                    name: &str,
+                ) -> Result<T, sqlx::Error> {
+                    if cfg!(debug_assertions) {
+                        assert_eq!(sqlx::Column::name(&sqlx::Row::columns(row)[index]), name, "INSTANCE_COLUMNS order");
+                        row.try_get(index)
+                    } else {
+                        row.try_get_unchecked(index)
+                    }
+                }
+                let state: &str = at(row, 9, "state")?;
                 Ok(Instance {
-                    id: InstanceId::from_uuid(row.try_get(at(0, "id"))?),
-                    organization_id: OrganizationId::from_uuid(row.try_get(at(1, "organization_id"))?),
-                    deployment_id: row.try_get::<Option<Uuid>, _>(at(2, "deployment_id"))?.map(Into::into),
-                    provider: row.try_get(at(3, "provider"))?,
-                    zone_id: row.try_get::<Uuid, _>(at(4, "zone_id"))?.into(),
-                    zone: row.try_get(at(5, "zone"))?,
-                    instance_type_id: row.try_get::<Uuid, _>(at(6, "instance_type_id"))?.into(),
-                    instance_type: row.try_get(at(7, "instance_type"))?,
-                    model: row.try_get(at(8, "model"))?,
-                    state: state_from_text(&state)?,
-                    state_changed_at: row.try_get(at(10, "state_changed_at"))?,
-                    progress_percent: row.try_get(at(11, "progress_percent"))?,
-                    provider_instance_id: row.try_get(at(12, "provider_instance_id"))?,
-                    address: row.try_get(at(13, "address"))?,
-                    hourly_price_micros: row.try_get(at(14, "hourly_price_micros"))?,
-                    currency: row.try_get(at(15, "currency"))?,
-                    failure_reason: row.try_get(at(16, "failure_reason"))?,
-                    deleted_by_provider: row.try_get(at(17, "deleted_by_provider"))?,
-                    archived: row.try_get(at(18, "archived"))?,
-                    revision: row.try_get(at(19, "revision"))?,
-                    created_at: row.try_get(at(20, "created_at"))?,
-                    updated_at: row.try_get(at(21, "updated_at"))?,
+                    id: InstanceId::from_uuid(at(row, 0, "id")?),
+                    organization_id: OrganizationId::from_uuid(at(row, 1, "organization_id")?),
+                    deployment_id: at::<Option<Uuid>>(row, 2, "deployment_id")?.map(Into::into),
+                    provider: at(row, 3, "provider")?,
+                    zone_id: at::<Uuid>(row, 4, "zone_id")?.into(),
+                    zone: at(row, 5, "zone")?,
+                    instance_type_id: at::<Uuid>(row, 6, "instance_type_id")?.into(),
+                    instance_type: at(row, 7, "instance_type")?,
+                    model: at(row, 8, "model")?,
+                    state: state_from_text(state)?,
+                    state_changed_at: at(row, 10, "state_changed_at")?,
+                    progress_percent: at(row, 11, "progress_percent")?,
+                    provider_instance_id: at(row, 12, "provider_instance_id")?,
+                    address: at(row, 13, "address")?,
+                    hourly_price_micros: at(row, 14, "hourly_price_micros")?,
+                    currency: at(row, 15, "currency")?,
+                    failure_reason: at(row, 16, "failure_reason")?,
+                    deleted_by_provider: at(row, 17, "deleted_by_provider")?,
+                    archived: at(row, 18, "archived")?,
+                    revision: at(row, 19, "revision")?,
+                    created_at: at(row, 20, "created_at")?,
+                    updated_at: at(row, 21, "updated_at")?,
                 })
             }
 

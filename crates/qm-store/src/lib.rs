@@ -22,6 +22,7 @@ pub mod conformance;
 pub mod error;
 pub mod finops;
 pub mod fleet;
+mod json;
 pub mod model;
 pub mod pools;
 pub mod postgres;
@@ -123,10 +124,34 @@ pub trait StoreTx: AccessTx + CatalogTx + FinopsTx + FleetTx + PoolTx + WorkerTx
 /// [`StoreError::InvalidUrl`] for another scheme; [`StoreError::Unavailable`] when the database
 /// cannot be reached; [`StoreError::Migration`] when the schema cannot be brought up to date.
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    connect_with(url, &StoreOptions::default()).await
+}
+
+/// How a process uses its database.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// PostgreSQL: the most connections the pool opens (`QM_DATABASE_MAX_CONNECTIONS`).
+    /// SQLite keeps its one writer and its readers.
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { max_connections: qm_config::DEFAULT_DATABASE_MAX_CONNECTIONS }
+    }
+}
+
+/// [`connect`] with `options`.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     let scheme = url.split_once(':').map(|(scheme, _)| scheme).unwrap_or_default();
     match scheme {
         "sqlite" => Ok(Arc::new(sqlite::SqliteStore::connect(url).await?)),
-        "postgres" | "postgresql" => Ok(Arc::new(postgres::PostgresStore::connect(url).await?)),
+        "postgres" | "postgresql" => {
+            Ok(Arc::new(postgres::PostgresStore::connect(url, options.max_connections).await?))
+        }
         _ => Err(StoreError::InvalidUrl("expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE".into())),
     }
 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 
-const MAX_CONNECTIONS: u32 = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PostgresStore {
@@ -15,14 +14,14 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects and applies pending migrations (under PostgreSQL's migration lock, so replicas
-    /// starting together apply each migration once).
+    /// Connects with at most `max_connections` and applies pending migrations (under
+    /// PostgreSQL's migration lock, so replicas starting together apply each migration once).
     ///
     /// # Errors
     /// [`StoreError::InvalidUrl`](crate::StoreError::InvalidUrl),
     /// [`StoreError::Unavailable`](crate::StoreError::Unavailable) naming the server (never the
     /// password), [`StoreError::Migration`](crate::StoreError::Migration).
-    pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, crate::StoreError> {
         let options: PgConnectOptions =
             url.parse().map_err(|error: sqlx::Error| crate::StoreError::InvalidUrl(error.to_string()))?;
         let target =
@@ -31,7 +30,7 @@ impl PostgresStore {
         // A connection the server dropped (a restart) fails its next query once, with
         // `Unavailable`, and leaves the pool (decision 69).
         let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+            .max_connections(max_connections.max(1))
             .test_before_acquire(false)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options.application_name("quartermaster"))

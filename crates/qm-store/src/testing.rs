@@ -70,3 +70,39 @@ pub fn offer(provider: &str, zone: &str, instance_type: &str) -> crate::Offer {
         currency: "EUR".to_owned(),
     }
 }
+
+/// An instance of every shape the tests of its JSON need: `text` in each of its text fields,
+/// `optional` choosing which optional fields are set, `fraction_nanos` the timestamps'
+/// fraction, `number` the numbers (and the state).
+pub fn instance(text: &str, optional: bool, fraction_nanos: u32, number: i64) -> crate::Instance {
+    use chrono::TimeZone;
+    let at = chrono::Utc.timestamp_opt(1_796_500_000 + number.rem_euclid(1_000_000), fraction_nanos).unwrap();
+    let states = qm_domain::InstanceState::ALL;
+    crate::Instance {
+        id: qm_domain::InstanceId::new(),
+        organization_id: qm_domain::OrganizationId::new(),
+        deployment_id: optional.then(qm_domain::DeploymentId::new),
+        provider: format!("sim{text}"),
+        zone_id: uuid::Uuid::now_v7().into(),
+        zone: text.to_owned(),
+        instance_type_id: uuid::Uuid::new_v4().into(),
+        instance_type: format!("{text}-type"),
+        model: format!("org/{text}"),
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        state: states[number.unsigned_abs() as usize % states.len()],
+        state_changed_at: at,
+        #[allow(clippy::cast_possible_truncation)]
+        progress_percent: (number % 101) as i32,
+        provider_instance_id: optional.then(|| format!("i-{text}")),
+        address: optional.then(|| "10.0.0.1:8000".to_owned()),
+        hourly_price_micros: number,
+        currency: "EUR".into(),
+        failure_reason: (!optional).then(|| text.to_owned()),
+        deleted_by_provider: optional,
+        archived: !optional,
+        #[allow(clippy::cast_possible_truncation)]
+        revision: optional.then_some(number as i32),
+        created_at: at,
+        updated_at: chrono::Utc.timestamp_opt(0, 0).unwrap(),
+    }
+}

@@ -140,6 +140,44 @@ pub async fn load(name: &str, client: &reqwest::Client, target: &Target, shape: 
     Measurement { name: name.to_owned(), latencies, elapsed: shape.measure, errors }
 }
 
+/// Runs `shape` against each of `targets` in turns: `rounds` rounds, each giving every target
+/// a slice of `shape.warm_up / rounds` warm-up and `shape.measure / rounds` measured, so that a
+/// machine whose speed drifts during the run (a shared virtual machine) weighs on every target
+/// alike and ratios between them hold. Returns one measurement per target, in order.
+///
+/// # Panics
+/// When a client task panics, or `rounds` is 0.
+pub async fn load_in_turns(
+    client: &reqwest::Client,
+    targets: &[(&str, Target)],
+    shape: Shape,
+    rounds: u32,
+) -> Vec<Measurement> {
+    assert!(rounds > 0, "at least one round");
+    let slice = Shape { warm_up: shape.warm_up / rounds, measure: shape.measure / rounds, ..shape };
+    let mut measurements: Vec<Measurement> = targets
+        .iter()
+        .map(|(name, _)| Measurement {
+            name: (*name).to_owned(),
+            latencies: Vec::new(),
+            elapsed: Duration::ZERO,
+            errors: 0,
+        })
+        .collect();
+    for _ in 0..rounds {
+        for ((name, target), total) in targets.iter().zip(&mut measurements) {
+            let mut one = load(name, client, target, slice).await;
+            total.latencies.append(&mut one.latencies);
+            total.elapsed += one.elapsed;
+            total.errors += one.errors;
+        }
+    }
+    for measurement in &mut measurements {
+        measurement.latencies.sort_unstable();
+    }
+    measurements
+}
+
 /// Writes a bench's results to `$CARGO_TARGET_DIR/bench/<name>.json` (`target/` without it).
 ///
 /// # Panics

@@ -58,7 +58,7 @@ pub async fn list(
     principal: Principal,
     Query(page): Query<PageParams>,
     Query(query): Query<InstanceQuery>,
-) -> ApiResult<Json<Page<Instance>>> {
+) -> ApiResult<Page<Instance>> {
     let (limit, cursor) = page.resolve::<InstanceId>()?;
     let filter = InstanceFilter {
         organization: Some(principal.organization_id),
@@ -71,7 +71,7 @@ pub async fn list(
         limit: limit + 1,
     };
     let instances = state.dependencies.store.instances(&filter).await?;
-    Ok(Json(Page::from_overfetch(instances, limit, |instance: &Instance| instance.id.to_string())))
+    Ok(Page::from_overfetch(instances, limit, |instance: &Instance| instance.id.to_string()))
 }
 
 /// An instance with its state history and progress.

@@ -425,6 +425,16 @@ macro_rules! impl_fleet_sql {
                 })
             }
 
+            /// Decoded into a vector of the right size from the start (collecting a `Result`
+            /// iterator grows it, copying the instances each time).
+            fn instances_from_rows(rows: &[DbRow]) -> Result<Vec<Instance>, StoreError> {
+                let mut instances = Vec::with_capacity(rows.len());
+                for row in rows {
+                    instances.push(instance_from_row(row)?);
+                }
+                Ok(instances)
+            }
+
             fn feed_from_row(row: &DbRow) -> Result<FeedEntry, StoreError> {
                 let payload: String = row.try_get("payload")?;
                 let channel: String = row.try_get("channel")?;
@@ -568,7 +578,7 @@ macro_rules! impl_fleet_sql {
                         query = query.bind(before.as_uuid());
                     }
                     let rows = query.bind(i64::from(filter.limit)).fetch_all(self.reader()).await?;
-                    rows.iter().map(instance_from_row).collect()
+                    instances_from_rows(&rows)
                 }
 
                 async fn instance_history(&self, id: InstanceId) -> Result<Vec<StateChange>, StoreError> {
@@ -609,7 +619,7 @@ macro_rules! impl_fleet_sql {
                         .bind(i64::from(limit))
                         .fetch_all(self.reader())
                         .await?;
-                    rows.iter().map(instance_from_row).collect()
+                    instances_from_rows(&rows)
                 }
 
                 async fn instances_in_state_since(
@@ -627,7 +637,7 @@ macro_rules! impl_fleet_sql {
                         .bind(i64::from(limit))
                         .fetch_all(self.reader())
                         .await?;
-                    rows.iter().map(instance_from_row).collect()
+                    instances_from_rows(&rows)
                 }
 
                 async fn instances_on_provider(&self, provider: &str, states: &[InstanceState]) -> Result<Vec<Instance>, StoreError> {
@@ -680,7 +690,7 @@ macro_rules! impl_fleet_sql {
                          AND (w.last_heartbeat_at IS NULL OR w.last_heartbeat_at < $1) ORDER BY i.state_changed_at LIMIT $2"
                     );
                     let rows = sqlx::query(&sql).bind(heartbeat_before).bind(i64::from(limit)).fetch_all(self.reader()).await?;
-                    rows.iter().map(instance_from_row).collect()
+                    instances_from_rows(&rows)
                 }
 
                 async fn search_action_logs(&self, query: &ActionLogQuery) -> Result<Vec<ActionLog>, StoreError> {

@@ -3,6 +3,8 @@
 //! it (the keys, ids, timestamps, states, numbers), which was most of a 50-row page's
 //! serialization. A test compares both writers on instances of every shape.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -68,8 +70,74 @@ fn uuid(out: &mut Vec<u8>, id: Uuid) {
 /// As [`crate::timestamp`] writes it (RFC 3339 digits, `T`, `:`, `.`, `Z`: nothing to escape).
 fn timestamp(out: &mut Vec<u8>, at: DateTime<Utc>) {
     out.push(b'"');
-    out.extend_from_slice(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true).as_bytes());
+    out.extend_from_slice(rfc3339(&at, &mut [0; RFC3339_MAX]).as_bytes());
     out.push(b'"');
+}
+
+/// The longest [`rfc3339`] text: `2026-12-06T03:50:00.123456789Z`.
+pub(crate) const RFC3339_MAX: usize = 30;
+
+/// `at` as chrono's `to_rfc3339_opts(SecondsFormat::AutoSi, true)` writes it (the fraction in
+/// 0, 3, 6 or 9 digits, `Z`), written digit by digit into `buffer` rather than through `fmt`
+/// (a third of an instance's JSON); years outside 0 to 9999 and leap seconds, which chrono
+/// writes differently, are left to chrono.
+pub(crate) fn rfc3339<'b>(at: &DateTime<Utc>, buffer: &'b mut [u8; RFC3339_MAX]) -> Cow<'b, str> {
+    use chrono::{Datelike, Timelike};
+    let chrono_writes = || Cow::Owned(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+    let nanos = at.nanosecond();
+    let Some(year) = u32::try_from(at.year()).ok().filter(|year| *year <= 9999) else { return chrono_writes() };
+    if nanos >= 1_000_000_000 {
+        return chrono_writes();
+    }
+    let mut text = Text { buffer, length: 0 };
+    text.digits(year, 4);
+    text.byte(b'-');
+    text.digits(at.month(), 2);
+    text.byte(b'-');
+    text.digits(at.day(), 2);
+    text.byte(b'T');
+    text.digits(at.hour(), 2);
+    text.byte(b':');
+    text.digits(at.minute(), 2);
+    text.byte(b':');
+    text.digits(at.second(), 2);
+    match nanos {
+        0 => {}
+        _ if nanos.is_multiple_of(1_000_000) => text.fraction(nanos / 1_000_000, 3),
+        _ if nanos.is_multiple_of(1_000) => text.fraction(nanos / 1_000, 6),
+        _ => text.fraction(nanos, 9),
+    }
+    text.byte(b'Z');
+    let Text { buffer, length } = text;
+    // Only ASCII digits and separators were written.
+    std::str::from_utf8(&buffer[..length]).map_or_else(|_| chrono_writes(), Cow::Borrowed)
+}
+
+/// ASCII written into a fixed buffer.
+struct Text<'b> {
+    buffer: &'b mut [u8; RFC3339_MAX],
+    length: usize,
+}
+
+impl Text<'_> {
+    fn byte(&mut self, byte: u8) {
+        self.buffer[self.length] = byte;
+        self.length += 1;
+    }
+
+    /// `value`'s last `count` decimal digits, zero-padded.
+    fn digits(&mut self, value: u32, count: u32) {
+        for place in (0..count).rev() {
+            // A single decimal digit.
+            #[allow(clippy::cast_possible_truncation)]
+            self.byte(b'0' + (value / 10u32.pow(place) % 10) as u8);
+        }
+    }
+
+    fn fraction(&mut self, value: u32, count: u32) {
+        self.byte(b'.');
+        self.digits(value, count);
+    }
 }
 
 /// Text from the database or a user: escaped, by `serde_json` itself.

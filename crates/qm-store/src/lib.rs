@@ -172,7 +172,7 @@ pub use qm_config::redact_url as redact;
 /// # Errors
 /// The serializer's.
 pub fn timestamp<S: serde::Serializer>(at: &chrono::DateTime<chrono::Utc>, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+    serializer.serialize_str(&json::rfc3339(at, &mut [0; json::RFC3339_MAX]))
 }
 
 /// `items` in chunks small enough for every database's parameter limit, each with its
@@ -196,11 +196,29 @@ mod tests {
             serde_json::to_string(value).expect("serializable")
         }
         let second = Utc.with_ymd_and_hms(2026, 12, 5, 23, 44, 50).single().expect("a valid time");
+        let years = [0, 1, 999, 1970, 9999, 10_000, -1, -10_000];
+        let starts = years.map(|year| Utc.with_ymd_and_hms(year, 1, 2, 3, 4, 5).single().expect("a valid time"));
         let far = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).single().expect("a valid time");
         for nanos in [0, 1, 120, 1_000, 123_000, 1_000_000, 120_000_000, 123_456_789, 999_999_999] {
-            for at in [second + chrono::Duration::nanoseconds(nanos), far + chrono::Duration::nanoseconds(nanos)] {
+            for start in starts.iter().chain([&second, &far]) {
+                let at = *start + chrono::Duration::nanoseconds(nanos);
                 assert_eq!(json(&Fast(at)), json(&at), "{at:?}");
             }
+        }
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|day| day.and_hms_nano_opt(23, 59, 59, 1_500_000_000))
+            .expect("a leap second")
+            .and_utc();
+        assert_eq!(json(&Fast(leap)), json(&leap));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_timestamp_serializes_as_chrono_does(micros in -62_135_596_800_000_000i64..253_402_300_800_000_000, nanos in 0u32..1_000) {
+            #[derive(serde::Serialize)]
+            struct Fast(#[serde(serialize_with = "super::timestamp")] chrono::DateTime<Utc>);
+            let at = chrono::DateTime::from_timestamp_micros(micros).expect("in range") + chrono::Duration::nanoseconds(i64::from(nanos));
+            proptest::prop_assert_eq!(serde_json::to_string(&Fast(at)).expect("json"), serde_json::to_string(&at).expect("json"));
         }
     }
 }

@@ -68,4 +68,16 @@ mod postgres {
     }
 
     qm_store::store_conformance_suite!(fixture);
+
+    /// Every statement keeps one plan (decision 122): on analyzed tables PostgreSQL otherwise
+    /// re-planned the instance list on every execution.
+    #[tokio::test]
+    async fn connections_keep_one_plan_per_statement() {
+        let database = TestDatabase::create().await;
+        let store = qm_store::postgres::PostgresStore::connect(database.url(), 2).await.expect("connect");
+        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(store.pool()).await.expect("show");
+        assert_eq!(mode, "force_generic_plan");
+        store.pool().close().await;
+        database.drop_database().await;
+    }
 }

@@ -154,6 +154,7 @@ async fn run() {
         tx.insert_user(&user).await.unwrap();
     }
     tx.commit().await.unwrap();
+    database.settle().await;
 
     let client = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().unwrap();
     let token = qm_testkit::login(&client, &base, "admin", password).await;

@@ -2,8 +2,8 @@
 //! `GET /instances` (authenticated, default page) from an organization with 1,000 instances,
 //! against a baseline measured in the same run: `GET /healthz` (no auth, no database) with the
 //! same 64 clients. The baseline and the pages are measured in turns (five rounds), so that a
-//! machine whose speed drifts during the run weighs on all of them alike. Reports p50/p95/p99 latency, requests per second, and the ratios to the
-//! baseline. Targets, as ratios of p95 to the baseline's: authentication alone (`/auth/me`)
+//! machine whose speed drifts during the run weighs on all of them alike. Reports p50/p95/p99
+//! latency, requests per second, and the ratios to the baseline. Targets, as ratios of p95 to the baseline's: authentication alone (`/auth/me`)
 //! within 3x, a 50-row page within 10x; and a 50-row page under 20 ms. Results also go to
 //! `$CARGO_TARGET_DIR/bench/api.json`.
 //!

@@ -273,10 +273,15 @@ impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         let mut body = Vec::with_capacity(JSON_BODY_CAPACITY);
         match serde_json::to_writer(&mut body, &self.0) {
-            Ok(()) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
+            Ok(()) => json_response(body),
             Err(error) => Problem::internal(&error).into_response(),
         }
     }
+}
+
+/// A 200 answer of JSON already written.
+pub fn json_response(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 #[derive(FromRequestParts)]

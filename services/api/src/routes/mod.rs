@@ -74,8 +74,7 @@ impl axum::response::IntoResponse for Page<Instance> {
         // An `Option<String>` into a `Vec` cannot fail.
         let _ = serde_json::to_writer(&mut body, &self.next_cursor);
         body.push(b'}');
-        let content_type = (axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
-        ([content_type], body).into_response()
+        crate::problem::json_response(body)
     }
 }
 

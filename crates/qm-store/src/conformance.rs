@@ -283,6 +283,68 @@ pub async fn instances_are_counted_by_provider_and_state(store: Arc<dyn Store>) 
     );
 }
 
+/// The instance list's page, written straight from the rows, is what serde writes of the
+/// instances read the usual way, whatever text the fields hold.
+pub async fn instances_written_as_json_are_what_serde_writes(store: Arc<dyn Store>) {
+    let organization = create_organization(&*store, "written").await.id;
+    let texts = ["sim", "quote \" backslash \\", "control \u{1} \n \t", "ünïcødé 🚀 \u{2028}"];
+    let deployment = crate::Deployment {
+        id: qm_domain::DeploymentId::new(),
+        organization_id: organization,
+        created_by: None,
+        model: "m".into(),
+        count: 2,
+        request: json!({}),
+        placements: Vec::new(),
+        created_at: crate::now(),
+    };
+    let mut tx = store.begin().await.expect("begin");
+    tx.insert_deployment(&deployment).await.expect("deployment");
+    for (index, text) in texts.iter().enumerate() {
+        let id = InstanceId::new();
+        let instance = crate::NewInstance {
+            id,
+            organization_id: organization,
+            deployment_id: (index % 2 == 0).then_some(deployment.id),
+            placement: crate::testing::offer(text, &format!("{text}-zone"), &format!("{text}.type")),
+            model: (*text).into(),
+            revision: (index % 2 == 1).then_some(7),
+        };
+        tx.insert_instance(&instance).await.expect("instance");
+        if index % 2 == 1 {
+            let annotation = crate::InstanceAnnotation {
+                provider_instance_id: Some(format!("i-{text}")),
+                address: Some(format!("{text}:8000")),
+                failure_reason: Some((*text).to_owned()),
+                deleted_by_provider: Some(true),
+                ..crate::InstanceAnnotation::default()
+            };
+            tx.annotate_instance(id, &annotation).await.expect("annotate").expect("annotated");
+        }
+    }
+    tx.commit().await.expect("commit");
+    let filter =
+        |limit| crate::InstanceFilter { organization: Some(organization), limit, ..crate::InstanceFilter::default() };
+    for (limit, shown) in [(4, 4), (4, 3), (3, 2), (2, 0), (10, 10)] {
+        let instances = store.instances(&filter(limit)).await.expect("instances");
+        let mut written = b"[".to_vec();
+        let outcome = store.write_instances_json(&filter(limit), shown, &mut written).await.expect("written");
+        written.push(b']');
+        let expected = &instances[..shown.min(instances.len())];
+        assert_eq!(
+            String::from_utf8(written).expect("UTF-8"),
+            serde_json::to_string(expected).expect("serialize"),
+            "limit {limit}, {shown} shown"
+        );
+        let wanted = crate::WrittenInstances {
+            shown: expected.len(),
+            found: instances.len(),
+            last_shown: expected.last().map(|instance| instance.id),
+        };
+        assert_eq!(outcome, wanted, "limit {limit}, {shown} shown");
+    }
+}
+
 pub async fn a_pool_and_its_replicas_round_trip(store: Arc<dyn Store>) {
     use qm_domain::InstanceState::{Provisioning, ProvisioningFailed, Requested};
     let organization = create_organization(&*store, "pooled").await.id;
@@ -519,6 +581,7 @@ macro_rules! store_conformance_suite {
             usage_budgets_alerts_and_rates_round_trip,
             instances_are_counted_by_provider_and_state,
             a_pool_and_its_replicas_round_trip,
+            instances_written_as_json_are_what_serde_writes,
         );
     };
     (@cases $fixture:path, $($case:ident),+ $(,)?) => {

@@ -60,7 +60,104 @@ pub struct Instance {
     pub updated_at: DateTime<Utc>,
 }
 
+/// An [`Instance`] borrowed from where it lies: a database row, or an `Instance`. The instance
+/// list writes its page from these, straight from the rows, without copying each row's text
+/// into strings first (decision 123); reading an `Instance` from a row goes through one too,
+/// so that the columns are read in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstanceRef<'a> {
+    pub id: InstanceId,
+    pub organization_id: OrganizationId,
+    pub deployment_id: Option<DeploymentId>,
+    pub provider: &'a str,
+    pub zone_id: ZoneId,
+    pub zone: &'a str,
+    pub instance_type_id: InstanceTypeId,
+    pub instance_type: &'a str,
+    pub model: &'a str,
+    pub state: InstanceState,
+    pub state_changed_at: DateTime<Utc>,
+    pub progress_percent: i32,
+    pub provider_instance_id: Option<&'a str>,
+    pub address: Option<&'a str>,
+    pub hourly_price_micros: i64,
+    pub currency: &'a str,
+    pub failure_reason: Option<&'a str>,
+    pub deleted_by_provider: bool,
+    pub archived: bool,
+    pub revision: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl InstanceRef<'_> {
+    pub fn to_instance(&self) -> Instance {
+        Instance {
+            id: self.id,
+            organization_id: self.organization_id,
+            deployment_id: self.deployment_id,
+            provider: self.provider.to_owned(),
+            zone_id: self.zone_id,
+            zone: self.zone.to_owned(),
+            instance_type_id: self.instance_type_id,
+            instance_type: self.instance_type.to_owned(),
+            model: self.model.to_owned(),
+            state: self.state,
+            state_changed_at: self.state_changed_at,
+            progress_percent: self.progress_percent,
+            provider_instance_id: self.provider_instance_id.map(str::to_owned),
+            address: self.address.map(str::to_owned),
+            hourly_price_micros: self.hourly_price_micros,
+            currency: self.currency.to_owned(),
+            failure_reason: self.failure_reason.map(str::to_owned),
+            deleted_by_provider: self.deleted_by_provider,
+            archived: self.archived,
+            revision: self.revision,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// What [`FleetStore::write_instances_json`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WrittenInstances {
+    /// Instances written (at most the `shown` asked for).
+    pub shown: usize,
+    /// Instances the filter found (at most its `limit`): more than `shown` when more follow.
+    pub found: usize,
+    /// The id of the last instance written.
+    pub last_shown: Option<InstanceId>,
+}
+
 impl Instance {
+    pub fn borrow(&self) -> InstanceRef<'_> {
+        InstanceRef {
+            id: self.id,
+            organization_id: self.organization_id,
+            deployment_id: self.deployment_id,
+            provider: &self.provider,
+            zone_id: self.zone_id,
+            zone: &self.zone,
+            instance_type_id: self.instance_type_id,
+            instance_type: &self.instance_type,
+            model: &self.model,
+            state: self.state,
+            state_changed_at: self.state_changed_at,
+            progress_percent: self.progress_percent,
+            provider_instance_id: self.provider_instance_id.as_deref(),
+            address: self.address.as_deref(),
+            hourly_price_micros: self.hourly_price_micros,
+            currency: &self.currency,
+            failure_reason: self.failure_reason.as_deref(),
+            deleted_by_provider: self.deleted_by_provider,
+            archived: self.archived,
+            revision: self.revision,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+
     /// The `data` of the `instance.state_changed` event announcing its current state.
     pub fn state_changed(&self, from: Option<InstanceState>, reason: Option<&str>) -> InstanceStateChanged {
         InstanceStateChanged {
@@ -255,6 +352,15 @@ pub trait FleetStore {
     async fn instance(&self, id: InstanceId) -> Result<Option<Instance>, StoreError>;
     /// Newest first.
     async fn instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>, StoreError>;
+    /// [`FleetStore::instances`] as JSON, for the instance list: the first `shown` instances
+    /// found, each as its `Serialize` writes it, separated by commas, appended to `out` straight
+    /// from the rows. On an error, what `out` holds is unspecified.
+    async fn write_instances_json(
+        &self,
+        filter: &InstanceFilter,
+        shown: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<WrittenInstances, StoreError>;
     /// The instances of a deployment (or pool) that are not finished, and the finished ones
     /// updated since `finished_since`; newest first, at most `limit`.
     async fn deployment_instances(
@@ -333,6 +439,20 @@ pub trait FleetTx {
     ) -> Result<Option<Instance>, StoreError>;
 }
 
+/// Whether a backend keeps each instance's JSON in a column (`instances.json`, PostgreSQL's
+/// generated column) for the instance list, or the list writes it from the columns (SQLite).
+pub(crate) trait InstanceJsonColumn {
+    const STORED: bool;
+}
+
+impl InstanceJsonColumn for sqlx::Postgres {
+    const STORED: bool = true;
+}
+
+impl InstanceJsonColumn for sqlx::Sqlite {
+    const STORED: bool = false;
+}
+
 macro_rules! impl_fleet_sql {
     (store: $store:ty, tx: $tx:ty, db: $db:ty) => {
         mod fleet_sql {
@@ -345,7 +465,7 @@ macro_rules! impl_fleet_sql {
             use super::*;
             use crate::fleet::{
                 ActionLogCounts, ActionLogQuery, Deployment, FeedEntry, FleetStore, FleetTx, Instance, InstanceAnnotation,
-                InstanceFilter, NewInstance, StateChange, Transition,
+                InstanceFilter, InstanceRef, NewInstance, StateChange, Transition, WrittenInstances,
             };
             use crate::model::ActionLog;
             use crate::{StoreError, now};
@@ -381,11 +501,11 @@ macro_rules! impl_fleet_sql {
             }
 
             /// Reads the columns by position, in the order of [`INSTANCE_COLUMNS`] (by name, each
-            /// read hashed the name: a tenth of the decoding of a page). Debug builds check every
-            /// position against its name and every column's type against the field's; release
-            /// builds skip the type check (a clone of the column's type per read), which a
-            /// mismatch would still fail, as a decoding error.
-            fn instance_from_row(row: &DbRow) -> Result<Instance, StoreError> {
+            /// read hashed the name: a tenth of the decoding of a page), borrowing the text. Debug
+            /// builds check every position against its name and every column's type against the
+            /// field's; release builds skip the type check (a clone of the column's type per
+            /// read), which a mismatch would still fail, as a decoding error.
+            fn instance_ref(row: &DbRow) -> Result<InstanceRef<'_>, StoreError> {
                 fn at<'r, T: sqlx::Decode<'r, $db> + sqlx::Type<$db>>(
                     row: &'r DbRow,
                     index: usize,
@@ -398,8 +518,7 @@ macro_rules! impl_fleet_sql {
                         row.try_get_unchecked(index)
                     }
                 }
-                let state: &str = at(row, 9, "state")?;
-                Ok(Instance {
+                Ok(InstanceRef {
                     id: InstanceId::from_uuid(at(row, 0, "id")?),
                     organization_id: OrganizationId::from_uuid(at(row, 1, "organization_id")?),
                     deployment_id: at::<Option<Uuid>>(row, 2, "deployment_id")?.map(Into::into),
@@ -409,7 +528,7 @@ macro_rules! impl_fleet_sql {
                     instance_type_id: at::<Uuid>(row, 6, "instance_type_id")?.into(),
                     instance_type: at(row, 7, "instance_type")?,
                     model: at(row, 8, "model")?,
-                    state: state_from_text(state)?,
+                    state: state_from_text(at(row, 9, "state")?)?,
                     state_changed_at: at(row, 10, "state_changed_at")?,
                     progress_percent: at(row, 11, "progress_percent")?,
                     provider_instance_id: at(row, 12, "provider_instance_id")?,
@@ -423,6 +542,10 @@ macro_rules! impl_fleet_sql {
                     created_at: at(row, 20, "created_at")?,
                     updated_at: at(row, 21, "updated_at")?,
                 })
+            }
+
+            fn instance_from_row(row: &DbRow) -> Result<Instance, StoreError> {
+                instance_ref(row).map(|instance| instance.to_instance())
             }
 
             /// Decoded into a vector of the right size from the start (collecting a `Result`
@@ -480,6 +603,55 @@ macro_rules! impl_fleet_sql {
             }
 
             impl $store {
+                /// The `columns` of [`FleetStore::instances`].
+                async fn instance_rows(&self, filter: &InstanceFilter, columns: &str) -> Result<Vec<DbRow>, StoreError> {
+                    // Only the filters given become conditions, so that each shape gets a plan
+                    // that walks (organization_id, id DESC) and stops at the limit.
+                    let mut conditions = Vec::new();
+                    let mut placeholder = 0;
+                    let mut condition = |column: &str, present: bool| {
+                        if present {
+                            placeholder += 1;
+                            conditions.push(format!("{column} ${placeholder}"));
+                        }
+                    };
+                    condition("organization_id =", filter.organization.is_some());
+                    condition("deployment_id =", filter.deployment.is_some());
+                    condition("state =", filter.state.is_some());
+                    condition("provider =", filter.provider.is_some());
+                    condition("zone =", filter.zone.is_some());
+                    condition("archived =", filter.archived.is_some());
+                    condition("id <", filter.before.is_some());
+                    let clause = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+                    let sql = format!("SELECT {columns} FROM instances {clause} ORDER BY id DESC LIMIT ${}", conditions.len() + 1);
+                    let mut query = sqlx::query(&sql);
+                    if let Some(organization) = filter.organization {
+                        query = query.bind(organization.as_uuid());
+                    }
+                    if let Some(deployment) = filter.deployment {
+                        query = query.bind(deployment.as_uuid());
+                    }
+                    if let Some(state) = filter.state {
+                        query = query.bind(state.as_str());
+                    }
+                    if let Some(provider) = &filter.provider {
+                        query = query.bind(provider.as_str());
+                    }
+                    if let Some(zone) = &filter.zone {
+                        query = query.bind(zone.as_str());
+                    }
+                    if let Some(archived) = filter.archived {
+                        query = query.bind(archived);
+                    }
+                    if let Some(before) = filter.before {
+                        query = query.bind(before.as_uuid());
+                    }
+                    // On a connection of its own: through the pool, each row passed one more
+                    // stream (the list's rows are the most a request reads).
+                    let mut connection = self.reader().acquire().await?;
+                    Ok(query.bind(i64::from(filter.limit)).fetch_all(&mut *connection).await?)
+                }
+
                 /// Instances of `provider` in one of `states` that also meet `condition` (SQL).
                 async fn instances_of_provider_where(
                     &self,
@@ -536,49 +708,34 @@ macro_rules! impl_fleet_sql {
                 }
 
                 async fn instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>, StoreError> {
-                    // Only the filters given become conditions, so that each shape gets a plan
-                    // that walks (organization_id, id DESC) and stops at the limit.
-                    let mut conditions = Vec::new();
-                    let mut placeholder = 0;
-                    let mut condition = |column: &str, present: bool| {
-                        if present {
-                            placeholder += 1;
-                            conditions.push(format!("{column} ${placeholder}"));
+                    instances_from_rows(&self.instance_rows(filter, INSTANCE_COLUMNS).await?)
+                }
+
+                async fn write_instances_json(
+                    &self,
+                    filter: &InstanceFilter,
+                    shown: usize,
+                    out: &mut Vec<u8>,
+                ) -> Result<WrittenInstances, StoreError> {
+                    let stored = <$db as crate::fleet::InstanceJsonColumn>::STORED;
+                    let rows = self.instance_rows(filter, if stored { "id, json" } else { INSTANCE_COLUMNS }).await?;
+                    let mut last_shown = None;
+                    // The rows past `shown` (a page's look ahead) are counted, not read.
+                    for (index, row) in rows.iter().take(shown).enumerate() {
+                        if index > 0 {
+                            out.push(b',');
                         }
-                    };
-                    condition("organization_id =", filter.organization.is_some());
-                    condition("deployment_id =", filter.deployment.is_some());
-                    condition("state =", filter.state.is_some());
-                    condition("provider =", filter.provider.is_some());
-                    condition("zone =", filter.zone.is_some());
-                    condition("archived =", filter.archived.is_some());
-                    condition("id <", filter.before.is_some());
-                    let clause = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
-                    let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances {clause} ORDER BY id DESC LIMIT ${}", conditions.len() + 1);
-                    let mut query = sqlx::query(&sql);
-                    if let Some(organization) = filter.organization {
-                        query = query.bind(organization.as_uuid());
+                        if stored {
+                            let json: &str = row.try_get(1)?;
+                            out.extend_from_slice(json.as_bytes());
+                            last_shown = Some(InstanceId::from_uuid(row.try_get(0)?));
+                        } else {
+                            let instance = instance_ref(row)?;
+                            instance.write_json(out);
+                            last_shown = Some(instance.id);
+                        }
                     }
-                    if let Some(deployment) = filter.deployment {
-                        query = query.bind(deployment.as_uuid());
-                    }
-                    if let Some(state) = filter.state {
-                        query = query.bind(state.as_str());
-                    }
-                    if let Some(provider) = &filter.provider {
-                        query = query.bind(provider.as_str());
-                    }
-                    if let Some(zone) = &filter.zone {
-                        query = query.bind(zone.as_str());
-                    }
-                    if let Some(archived) = filter.archived {
-                        query = query.bind(archived);
-                    }
-                    if let Some(before) = filter.before {
-                        query = query.bind(before.as_uuid());
-                    }
-                    let rows = query.bind(i64::from(filter.limit)).fetch_all(self.reader()).await?;
-                    instances_from_rows(&rows)
+                    Ok(WrittenInstances { shown: rows.len().min(shown), found: rows.len(), last_shown })
                 }
 
                 async fn instance_history(&self, id: InstanceId) -> Result<Vec<StateChange>, StoreError> {

@@ -50,7 +50,8 @@ pub use finops::{
 };
 pub use fleet::{
     ActionLogCounts, ActionLogQuery, Deployment, FeedEntry, FleetStore, FleetTx, Instance, InstanceAnnotation,
-    InstanceFilter, NewInstance, RecordedTransition, StateChange, Transition, record_transition,
+    InstanceFilter, InstanceRef, NewInstance, RecordedTransition, StateChange, Transition, WrittenInstances,
+    record_transition,
 };
 pub use model::{ActionLog, ActionStatus, NewActionLog, NewOrganization, NewUser, Organization, OutboxMessage, User};
 pub use pools::{NewPool, Pool, PoolChange, PoolStore, PoolTx};

@@ -9,7 +9,7 @@ use qm_store::{Instance, InstanceFilter, StateChange, Transition};
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{Accepted, issue_command};
-use super::{Audit, Page, PageParams, message};
+use super::{Audit, Page, PageParams, instance_page, message};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::problem::{ApiResult, Json, Path, Problem, Query};
@@ -58,7 +58,7 @@ pub async fn list(
     principal: Principal,
     Query(page): Query<PageParams>,
     Query(query): Query<InstanceQuery>,
-) -> ApiResult<Page<Instance>> {
+) -> ApiResult<axum::response::Response> {
     let (limit, cursor) = page.resolve::<InstanceId>()?;
     let filter = InstanceFilter {
         organization: Some(principal.organization_id),
@@ -68,10 +68,9 @@ pub async fn list(
         zone: query.zone,
         archived: Some(query.archived.unwrap_or(false)),
         before: cursor,
-        limit: limit + 1,
+        limit,
     };
-    let instances = state.dependencies.store.instances(&filter).await?;
-    Ok(Page::from_overfetch(instances, limit, |instance: &Instance| instance.id.to_string()))
+    Ok(instance_page(&*state.dependencies.store, filter).await?)
 }
 
 /// An instance with its state history and progress.

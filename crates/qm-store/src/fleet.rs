@@ -119,17 +119,6 @@ impl InstanceRef<'_> {
     }
 }
 
-/// What [`FleetStore::write_instances_json`] wrote.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WrittenInstances {
-    /// Instances written (at most the `shown` asked for).
-    pub shown: usize,
-    /// Instances the filter found (at most its `limit`): more than `shown` when more follow.
-    pub found: usize,
-    /// The id of the last instance written.
-    pub last_shown: Option<InstanceId>,
-}
-
 impl Instance {
     pub fn borrow(&self) -> InstanceRef<'_> {
         InstanceRef {
@@ -354,13 +343,14 @@ pub trait FleetStore {
     async fn instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>, StoreError>;
     /// [`FleetStore::instances`] as JSON, for the instance list: the first `shown` instances
     /// found, each as its `Serialize` writes it, separated by commas, appended to `out` straight
-    /// from the rows. On an error, what `out` holds is unspecified.
+    /// from the rows. Returns the id of the last one written when the filter found more (where
+    /// the next page starts). On an error, what `out` holds is unspecified.
     async fn write_instances_json(
         &self,
         filter: &InstanceFilter,
         shown: usize,
         out: &mut Vec<u8>,
-    ) -> Result<WrittenInstances, StoreError>;
+    ) -> Result<Option<InstanceId>, StoreError>;
     /// The instances of a deployment (or pool) that are not finished, and the finished ones
     /// updated since `finished_since`; newest first, at most `limit`.
     async fn deployment_instances(
@@ -465,7 +455,7 @@ macro_rules! impl_fleet_sql {
             use super::*;
             use crate::fleet::{
                 ActionLogCounts, ActionLogQuery, Deployment, FeedEntry, FleetStore, FleetTx, Instance, InstanceAnnotation,
-                InstanceFilter, InstanceRef, NewInstance, StateChange, Transition, WrittenInstances,
+                InstanceFilter, InstanceRef, NewInstance, StateChange, Transition,
             };
             use crate::model::ActionLog;
             use crate::{StoreError, now};
@@ -646,10 +636,7 @@ macro_rules! impl_fleet_sql {
                     if let Some(before) = filter.before {
                         query = query.bind(before.as_uuid());
                     }
-                    // On a connection of its own: through the pool, each row passed one more
-                    // stream (the list's rows are the most a request reads).
-                    let mut connection = self.reader().acquire().await?;
-                    Ok(query.bind(i64::from(filter.limit)).fetch_all(&mut *connection).await?)
+                    Ok(query.bind(i64::from(filter.limit)).fetch_all(self.reader()).await?)
                 }
 
                 /// Instances of `provider` in one of `states` that also meet `condition` (SQL).
@@ -716,7 +703,7 @@ macro_rules! impl_fleet_sql {
                     filter: &InstanceFilter,
                     shown: usize,
                     out: &mut Vec<u8>,
-                ) -> Result<WrittenInstances, StoreError> {
+                ) -> Result<Option<InstanceId>, StoreError> {
                     let stored = <$db as crate::fleet::InstanceJsonColumn>::STORED;
                     let rows = self.instance_rows(filter, if stored { "id, json" } else { INSTANCE_COLUMNS }).await?;
                     let mut last_shown = None;
@@ -735,7 +722,7 @@ macro_rules! impl_fleet_sql {
                             last_shown = Some(instance.id);
                         }
                     }
-                    Ok(WrittenInstances { shown: rows.len().min(shown), found: rows.len(), last_shown })
+                    Ok(last_shown.filter(|_| rows.len() > shown))
                 }
 
                 async fn instance_history(&self, id: InstanceId) -> Result<Vec<StateChange>, StoreError> {

@@ -9,14 +9,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::{Instance, InstanceRef};
-
-impl Instance {
-    /// Appends the instance's JSON (as `serde_json` writes its `Serialize`) to `out`.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        self.borrow().write_json(out);
-    }
-}
+use crate::InstanceRef;
 
 impl InstanceRef<'_> {
     /// Appends the instance's JSON (as `serde_json` writes [`Instance`]'s `Serialize`) to `out`.
@@ -188,7 +181,7 @@ mod tests {
 
     fn both(instance: &Instance) -> (String, String) {
         let mut written = Vec::new();
-        instance.write_json(&mut written);
+        instance.borrow().write_json(&mut written);
         (String::from_utf8(written).expect("UTF-8"), serde_json::to_string(instance).expect("serialize"))
     }
 

@@ -50,8 +50,7 @@ pub use finops::{
 };
 pub use fleet::{
     ActionLogCounts, ActionLogQuery, Deployment, FeedEntry, FleetStore, FleetTx, Instance, InstanceAnnotation,
-    InstanceFilter, InstanceRef, NewInstance, RecordedTransition, StateChange, Transition, WrittenInstances,
-    record_transition,
+    InstanceFilter, InstanceRef, NewInstance, RecordedTransition, StateChange, Transition, record_transition,
 };
 pub use model::{ActionLog, ActionStatus, NewActionLog, NewOrganization, NewUser, Organization, OutboxMessage, User};
 pub use pools::{NewPool, Pool, PoolChange, PoolStore, PoolTx};

@@ -68,18 +68,10 @@ pub async fn instance_page(store: &dyn Store, mut filter: InstanceFilter) -> Res
     filter.limit = limit.saturating_add(1);
     let mut body = Vec::with_capacity(64 + limit.min(DEFAULT_LIMIT) as usize * INSTANCE_JSON_BYTES);
     body.extend_from_slice(b"{\"items\":[");
-    let written = store.write_instances_json(&filter, limit as usize, &mut body).await?;
+    let next = store.write_instances_json(&filter, limit as usize, &mut body).await?;
     body.extend_from_slice(b"],\"next_cursor\":");
-    match written.last_shown.filter(|_| written.found > written.shown) {
-        Some(last) => {
-            body.push(b'"');
-            body.extend_from_slice(
-                last.as_uuid().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes(),
-            );
-            body.push(b'"');
-        }
-        None => body.extend_from_slice(b"null"),
-    }
+    // An `Option<String>` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut body, &next.map(|id| id.to_string()));
     body.push(b'}');
     Ok(crate::problem::json_response(body))
 }

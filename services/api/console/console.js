@@ -203,7 +203,9 @@ function schedule(view) {
 const INSTANCE_STATES = ["requested", "provisioning", "booting", "ready", "unhealthy", "draining", "terminating", "terminated", "provisioning_failed", "startup_failed"];
 const PAGE_SIZE = 50;
 // The instances page's filters, sort and page (kept while the console is open).
-const listing = { state: "", provider: "", archived: false, sort: "", descending: false, cursors: [null] };
+// `asked` counts the list's requests: only the newest one draws (an older answer, from a live
+// refresh still in flight when Next was pressed, would show page 1's rows as page 2).
+const listing = { state: "", provider: "", archived: false, sort: "", descending: false, cursors: [null], asked: 0 };
 const INSTANCE_COLUMNS = [
   ["id", (item) => item.id], ["model", (item) => item.model], ["state", (item) => item.state], ["provider", (item) => item.provider],
   ["zone", (item) => item.zone], ["type", (item) => item.instance_type], ["since", (item) => item.state_changed_at],
@@ -237,7 +239,9 @@ async function instances() {
   if (listing.archived) query.set("archived", "true");
   const cursor = listing.cursors[listing.cursors.length - 1];
   if (cursor) query.set("cursor", cursor);
+  const asked = ++listing.asked;
   const [list, providers] = await Promise.all([api("GET", `/instances?${query}`), api("GET", "/providers")]);
+  if (asked !== listing.asked) return;
   const reload = () => instances().catch((error) => showError(error.message));
   const refilter = () => { listing.cursors = [null]; reload(); };
   const stateFilter = el("select", { id: "filter-state", onchange: (event) => { listing.state = event.target.value; refilter(); } },
